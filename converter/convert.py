@@ -1,0 +1,209 @@
+"""ONNX model → bundle: load, fold, find analog layers, map them onto tiles, write a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+
+from xbar import __version__
+from xbar.bundle import Bundle
+from xbar.config import MappingConfig
+from xbar.converter.fold import build_graph
+from xbar.converter.ir import Graph, Node
+from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
+from xbar.converter.load import default_opset, load_model
+from xbar.converter.mapping import map_weights
+from xbar.errors import ConfigError, UnsupportedOpError
+from xbar.ops import LAYER_OP
+
+
+def _digital_ops() -> frozenset[str]:
+    # The runtime's registry is the single list of executable digital ops.
+    from xbar.runtime.ops import SUPPORTED_OPS
+
+    return SUPPORTED_OPS
+
+
+def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
+    return None if shape is None else [None if d is None else int(d) for d in shape]
+
+
+def _jsonable(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        arrays[key] = value
+        return {"$array": key}
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{key}_{i}", arrays) for i, v in enumerate(value)]
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    raise UnsupportedOpError(f"attribute value of type {type(value).__name__} ({key}) is not supported")
+
+
+def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
+    if isinstance(source, onnx.ModelProto):
+        return hashlib.sha256(source.SerializeToString()).hexdigest()
+    h = hashlib.sha256()
+    with open(source, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    prefix = f"layers/{idx:03d}"
+    keys: dict[str, str] = {}
+
+    def put(name: str, value: np.ndarray) -> None:
+        keys[name] = f"{prefix}/{name}"
+        arrays[keys[name]] = value
+
+    aff = spec.affine
+    for name in ("bias", "gamma", "beta", "mean", "var"):
+        put(name, np.asarray(getattr(aff, name), dtype=np.float32))
+    entry: dict[str, Any] = {}
+    if placement == "analog":
+        mapped = map_weights(spec.weight, cfg, spec.structure)
+        put("conductance", mapped.conductance)
+        put("col_scale", mapped.col_scale)
+        put("column_order", mapped.column_order)
+        put("tile_used", mapped.tile_used)
+        entry["tiles"] = mapped.table
+    else:
+        put("weight", spec.weight.astype(np.float32))
+    entry["arrays"] = keys
+    return entry
+
+
+def convert(
+    model: str | os.PathLike | onnx.ModelProto,
+    *,
+    crossbar: tuple[int, int] = (128, 128),
+    encoding: str = "differential",
+    weight_bits: int | None = None,
+    digital: Iterable[str] = (),
+    g_min: float | None = None,
+    g_max: float | None = None,
+    weight_clip_percentile: float | None = None,
+) -> Bundle:
+    """Convert an ONNX model (path or ModelProto) into an in-memory bundle."""
+    kwargs: dict[str, Any] = {}
+    if g_min is not None:
+        kwargs["g_min"] = g_min
+    if g_max is not None:
+        kwargs["g_max"] = g_max
+    cfg = MappingConfig(
+        rows=int(crossbar[0]), cols=int(crossbar[1]), encoding=encoding, weight_bits=weight_bits,
+        weight_clip_percentile=weight_clip_percentile, **kwargs,
+    )
+    proto, label, original_opset = load_model(model)
+    graph = build_graph(proto, label, default_opset(proto))
+    digital = list(digital)
+
+    arrays: dict[str, np.ndarray] = {}
+    consumers = graph.consumers()
+    layers: list[dict[str, Any]] = []
+    new_nodes: list[Node] = []
+    absorbed: set[str] = set()
+    found_names: list[str] = []
+    supported = _digital_ops()
+    for node in graph.nodes:
+        if node.name in absorbed:
+            continue
+        spec = extract_layer(graph, node, label)
+        if spec is None:
+            if node.op not in supported:
+                raise UnsupportedOpError(
+                    f"{label}: node {node.name!r} uses op {node.op!r} (opset {graph.opset}), which xbar does not "
+                    f"support. Analog layers: Conv, Gemm, MatMul with a constant weight; digital ops: "
+                    f"{', '.join(sorted(supported))}."
+                )
+            new_nodes.append(node)
+            continue
+        found_names.append(spec.name)
+        for user in absorb_following(graph, spec, consumers, label):
+            absorbed.add(user.name)
+        idx = len(layers)
+        placement = "digital" if spec.name in digital else "analog"
+        k, n = spec.weight.shape
+        in_info = graph.info.get(spec.input)
+        out_info = graph.info.get(spec.output)
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "kind": spec.kind,
+            "placement": placement,
+            "input": spec.input,
+            "output": spec.output,
+            "input_shape": _json_shape(in_info.shape) if in_info else None,
+            "output_shape": _json_shape(out_info.shape) if out_info else None,
+            "K": int(k),
+            "N": int(n),
+            "weight_name": spec.weight_name,
+            "weights": int(spec.structure.sum()) if spec.structure is not None else int(k * n),
+            "params": spec.params,
+            "affine": {"source": spec.affine.source, "bn_node": spec.affine.bn_node, "eps": spec.affine.eps},
+        }
+        entry.update(_layer_arrays(idx, spec, placement, cfg, arrays))
+        layers.append(entry)
+        new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
+
+    unknown = [d for d in digital if d not in found_names]
+    if unknown:
+        raise ConfigError(
+            f"--digital {', '.join(unknown)}: no analog layer of that name in {label}. "
+            f"Analog layers are: {', '.join(found_names) or '(none)'}"
+        )
+    graph.nodes = new_nodes
+    graph.prune()
+
+    nodes_json = []
+    for i, node in enumerate(graph.nodes):
+        attrs = {k: _jsonable(v, f"attrs/{i:04d}_{k}", arrays) for k, v in node.attrs.items()}
+        nodes_json.append({"name": node.name, "op": node.op, "inputs": node.inputs, "outputs": node.outputs, "attrs": attrs})
+    const_keys = {}
+    for j, (name, value) in enumerate(sorted(graph.constants.items())):
+        key = f"constants/{j:04d}"
+        arrays[key] = np.asarray(value)
+        const_keys[name] = key
+
+    def io(names: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for name in names:
+            info = graph.info.get(name)
+            dtype = str(np.dtype(info.dtype)) if info and info.dtype is not None else "float32"
+            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype})
+        return out
+
+    n_analog = [l for l in layers if l["placement"] == "analog"]
+    manifest: dict[str, Any] = {
+        "xbar_version": __version__,
+        "model": {
+            "source": Path(label).name if not isinstance(model, onnx.ModelProto) else label,
+            "sha256": _source_digest(model),
+            "opset": graph.opset,
+            "original_opset": original_opset,
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        },
+        "mapping": cfg.to_dict(),
+        "graph": {"inputs": io(graph.inputs), "outputs": io(graph.outputs), "constants": const_keys, "nodes": nodes_json},
+        "layers": layers,
+        "summary": {
+            "analog_layers": len(n_analog),
+            "digital_layers": len(layers) - len(n_analog),
+            "tiles_used": sum(l["tiles"]["tiles_used"] for l in n_analog),
+            "analog_weights": sum(l["weights"] for l in n_analog),
+            "parameters": int(sum(l["weights"] + 2 * l["N"] for l in layers)
+                              + sum(int(np.asarray(v).size) for v in graph.constants.values()
+                                    if np.issubdtype(np.asarray(v).dtype, np.floating))),
+        },
+        "calibration": [],
+    }
+    return Bundle(manifest=manifest, arrays=arrays)

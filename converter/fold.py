@@ -1,0 +1,160 @@
+"""ONNX model → working Graph, with constants folded away.
+
+Everything that does not depend on the network input is computed once here (with the
+ONNX reference evaluator, so folding uses the standard's own semantics): Constant nodes,
+shape arithmetic on static dimensions (Shape → Gather chains), Identity and Dropout.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from xbar.converter.ir import Graph, Node, TensorInfo
+from xbar.errors import ModelError, UnsupportedOpError
+
+# Ops whose output changes from call to call must never be folded.
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_ALIASES = {"Identity", "Dropout"}
+
+
+def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    t = vi.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+    if not t.HasField("shape"):
+        return TensorInfo(None, dtype)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return TensorInfo(dims, dtype)
+
+
+def _attr_value(attr: onnx.AttributeProto):
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list):
+        return [v.decode() if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    (attr,) = node.attribute
+    value = _attr_value(attr)
+    if attr.name in ("value_float", "value_int"):
+        return np.array(value, dtype=np.float32 if attr.name == "value_float" else np.int64)
+    if attr.name in ("value_floats", "value_ints"):
+        return np.array(value, dtype=np.float32 if attr.name == "value_floats" else np.int64)
+    if isinstance(value, np.ndarray):
+        return value
+    raise UnsupportedOpError(f"Constant node {node.name!r}: attribute {attr.name!r} is not supported")
+
+
+def _evaluate(proto: onnx.NodeProto, args: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    names = [f"in{k}" if a is not None else "" for k, a in enumerate(args)]
+    node = onnx.NodeProto()
+    node.CopyFrom(proto)
+    del node.input[:]
+    node.input.extend(names)
+    inputs = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        for n, a in zip(names, args)
+        if a is not None
+    ]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o]
+    model = helper.make_model(
+        helper.make_graph([node], "fold", inputs, outputs), opset_imports=[helper.make_opsetid("", opset)]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = ReferenceEvaluator(model).run(None, {n: a for n, a in zip(names, args) if a is not None})
+    return [np.asarray(r) for r in results]
+
+
+def build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
+    g = model.graph
+    constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in g.initializer}
+    info: dict[str, TensorInfo] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        info[vi.name] = _tensor_info(vi)
+    inputs = [vi.name for vi in g.input if vi.name not in constants]
+    outputs = [vi.name for vi in g.output]
+
+    alias: dict[str, str] = {}
+    # Shape outputs whose dims are partly symbolic (batch): dims we know, None where not.
+    partial_shapes: dict[str, list[int | None]] = {}
+    nodes: list[Node] = []
+    used_names: set[str] = set()
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    for idx, proto in enumerate(g.node):
+        name = proto.name or f"{proto.op_type}_{idx}"
+        while name in used_names:
+            name = f"{name}_{idx}"
+        used_names.add(name)
+        if proto.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(
+                f"{label}: node {name!r} uses op {proto.op_type!r} from domain {proto.domain!r}; "
+                "xbar supports only standard ONNX ops. Re-export without custom ops."
+            )
+        ins = [resolve(i) if i else "" for i in proto.input]
+        outs = list(proto.output)
+        attrs = {a.name: _attr_value(a) for a in proto.attribute}
+        op = proto.op_type
+
+        if op == "Constant":
+            constants[outs[0]] = _constant_value(proto)
+            continue
+        if op in _ALIASES and ins and ins[0] and not (len(outs) > 1 and outs[1]):
+            alias[outs[0]] = ins[0]
+            continue
+        if op == "Shape":
+            src = info.get(ins[0])
+            if src is not None and src.shape is not None:
+                dims = src.shape
+                if ins[0] in constants:
+                    dims = list(constants[ins[0]].shape)
+                start = attrs.get("start", 0)
+                end = attrs.get("end", len(dims))
+                dims = dims[slice(start, end)]
+                if all(d is not None for d in dims):
+                    constants[outs[0]] = np.array(dims, dtype=np.int64)
+                    continue
+                partial_shapes[outs[0]] = dims
+        if op == "Gather" and ins[0] in partial_shapes and ins[1] in constants and attrs.get("axis", 0) == 0:
+            dims = partial_shapes[ins[0]]
+            picked = np.asarray(constants[ins[1]])
+            values = [dims[int(i)] for i in picked.reshape(-1)]
+            if all(v is not None for v in values):
+                constants[outs[0]] = np.array(values, dtype=np.int64).reshape(picked.shape)
+                continue
+        present = [i for i in ins if i]
+        if present and all(i in constants for i in present) and op not in _NONDETERMINISTIC:
+            try:
+                results = _evaluate(proto, [constants[i] if i else None for i in ins], opset)
+            except Exception as exc:
+                raise ModelError(
+                    f"{label}: node {name!r} ({op}) has only constant inputs but could not be evaluated "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+            for o, r in zip(outs, results):
+                if o:
+                    constants[o] = r
+            continue
+        nodes.append(Node(name=name, op=op, inputs=ins, outputs=outs, attrs=attrs, domain=proto.domain))
+
+    # A graph output that was an alias keeps its name through an explicit Identity.
+    for out in outputs:
+        if out in alias:
+            nodes.append(Node(name=f"{out}__identity", op="Identity", inputs=[resolve(out)], outputs=[out]))
+    graph = Graph(nodes=nodes, inputs=inputs, outputs=outputs, constants=constants, info=info, opset=opset)
+    graph.prune()
+    return graph

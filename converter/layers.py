@@ -1,0 +1,221 @@
+"""Find the layers that go onto crossbars and express each as y = affine(x · W).
+
+An analog layer is a Conv, a Gemm or a MatMul with a constant weight operand. Its weights
+become a K×N matrix (K inputs, N outputs; grouped convolutions become block-diagonal).
+A BatchNormalization that directly follows it is absorbed as the layer's per-output affine
+and stays unfolded, so calibration can re-fit it; without BN the affine is the identity
+and carries the bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xbar.converter.ir import Graph, Node
+from xbar.errors import ModelError
+
+ANALOG_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Affine:
+    """Per-output y = gamma·(z + bias − mean)/sqrt(var + eps) + beta."""
+
+    bias: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+    source: str  # "batchnorm" or "bias"
+    bn_node: str | None = None
+
+    @classmethod
+    def identity(cls, bias: np.ndarray) -> "Affine":
+        n = bias.shape[0]
+        return cls(bias, np.ones(n), np.zeros(n), np.zeros(n), np.ones(n), 0.0, "bias")
+
+
+@dataclass
+class LayerSpec:
+    name: str  # the ONNX node name of the Conv/Gemm/MatMul
+    kind: str  # conv | gemm | matmul
+    input: str
+    output: str
+    weight: np.ndarray  # K×N, float64
+    affine: Affine
+    weight_name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    structure: np.ndarray | None = None  # K×N bool: which cells carry a real weight
+
+
+def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndarray:
+    name = node.inputs[idx] if idx < len(node.inputs) else ""
+    if not name:
+        raise ModelError(f"{label}: node {node.name!r} ({node.op}) has no {what} input")
+    if name not in graph.constants:
+        raise ModelError(
+            f"{label}: node {node.name!r} ({node.op}) takes its {what} from tensor {name!r}, which is computed "
+            "at run time, not a constant. xbar programs weights into crossbars once, at conversion, so "
+            "they must be initializers; re-export the model with its weights as constants "
+            "(torch: export_params=True)."
+        )
+    return np.asarray(graph.constants[name], dtype=np.float64)
+
+
+def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, C/g, *k) kernel → block-diagonal (C·∏k)×M matrix in im2col row order."""
+    m, cg = w.shape[:2]
+    kk = int(np.prod(w.shape[2:]))
+    mg = m // group
+    kg = cg * kk
+    full = np.zeros((kg * group, m))
+    mask = np.zeros((kg * group, m), dtype=bool)
+    for g in range(group):
+        full[g * kg:(g + 1) * kg, g * mg:(g + 1) * mg] = w[g * mg:(g + 1) * mg].reshape(mg, kg).T
+        mask[g * kg:(g + 1) * kg, g * mg:(g + 1) * mg] = True
+    return full, mask
+
+
+def _bias_vector(c: np.ndarray, n: int, node: Node, label: str) -> np.ndarray | None:
+    c = np.asarray(c, dtype=np.float64)
+    if c.size == 1:
+        return np.full(n, float(c.reshape(())))
+    if c.ndim >= 1 and c.shape[-1] == n and c.size == n:
+        return c.reshape(n)
+    return None
+
+
+def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
+    """Return the analog form of `node`, or None if it is an ordinary digital op."""
+    if node.op not in ANALOG_OPS:
+        return None
+    a, b = node.inputs[0], node.inputs[1]
+    if node.op == "Conv":
+        if a in graph.constants:
+            raise ModelError(f"{label}: Conv node {node.name!r} has a constant input and a computed weight; not supported")
+        w = _const(graph, node, 1, "weight", label)
+        group = int(node.attrs.get("group", 1))
+        if w.ndim < 3:
+            raise ModelError(f"{label}: Conv node {node.name!r} has a weight of rank {w.ndim}; expected (M, C/group, k...)")
+        if w.shape[0] % group:
+            raise ModelError(f"{label}: Conv node {node.name!r}: {w.shape[0]} output channels not divisible by group={group}")
+        matrix, mask = _conv_weight(w, group)
+        n = w.shape[0]
+        bias = _const(graph, node, 2, "bias", label).reshape(n) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(n)
+        k = list(w.shape[2:])
+        ks = node.attrs.get("kernel_shape", k)
+        if list(ks) != k:
+            raise ModelError(f"{label}: Conv node {node.name!r}: kernel_shape {ks} disagrees with weight shape {list(w.shape)}")
+        spatial = len(k)
+        params = {
+            "kernel_shape": k,
+            "in_channels": int(w.shape[1] * group),
+            "group": group,
+            "strides": list(node.attrs.get("strides", [1] * spatial)),
+            "dilations": list(node.attrs.get("dilations", [1] * spatial)),
+            "pads": list(node.attrs.get("pads", [0] * (2 * spatial))),
+            "auto_pad": node.attrs.get("auto_pad", "NOTSET"),
+        }
+        structure = mask if group > 1 else None
+        return LayerSpec(node.name, "conv", a, node.outputs[0], matrix, Affine.identity(bias), b, params, structure)
+
+    if node.op == "Gemm":
+        if b not in graph.constants:
+            if a in graph.constants:
+                raise ModelError(
+                    f"{label}: Gemm node {node.name!r} has a constant A and a computed B; only constant B "
+                    "(the weight) is supported. Re-export with the weight as the second operand."
+                )
+            _const(graph, node, 1, "weight (B)", label)
+        w = _const(graph, node, 1, "weight (B)", label)
+        if w.ndim != 2:
+            raise ModelError(f"{label}: Gemm node {node.name!r} weight has shape {list(w.shape)}; expected 2-D")
+        if node.attrs.get("transB", 0):
+            w = w.T
+        w = w * float(node.attrs.get("alpha", 1.0))
+        n = w.shape[1]
+        bias = np.zeros(n)
+        if len(node.inputs) > 2 and node.inputs[2]:
+            c = _const(graph, node, 2, "bias (C)", label) * float(node.attrs.get("beta", 1.0))
+            vec = _bias_vector(c, n, node, label)
+            if vec is None:
+                raise ModelError(
+                    f"{label}: Gemm node {node.name!r} bias C has shape {list(c.shape)}, which is not per output "
+                    f"(expected a scalar or {n} values)"
+                )
+            bias = vec
+        params = {"transA": int(node.attrs.get("transA", 0))}
+        return LayerSpec(node.name, "gemm", a, node.outputs[0], w, Affine.identity(bias), b, params)
+
+    # MatMul: one operand constant (and 2-D), the other computed.
+    if b in graph.constants and a not in graph.constants:
+        w = _const(graph, node, 1, "weight", label)
+        side, inp, wname = "right", a, b
+    elif a in graph.constants and b not in graph.constants:
+        w = _const(graph, node, 0, "weight", label).T
+        side, inp, wname = "left", b, a
+    else:
+        return None  # both computed: a digital MatMul (e.g. attention scores)
+    if w.ndim != 2:
+        raise ModelError(
+            f"{label}: MatMul node {node.name!r} has a constant operand of shape {list(w.shape)}; "
+            "only a 2-D constant weight can be mapped onto crossbars"
+        )
+    return LayerSpec(node.name, "matmul", inp, node.outputs[0], w, Affine.identity(np.zeros(w.shape[1])), wname, {"side": side})
+
+
+def absorb_following(graph: Graph, layer: LayerSpec, consumers: dict[str, list[Node]], label: str) -> list[Node]:
+    """Absorb a directly following BatchNormalization (or bias Add) into the layer's affine.
+
+    Returns the nodes absorbed (to be removed from the graph).
+    """
+    absorbed: list[Node] = []
+    n = layer.weight.shape[1]
+    out_rank = None
+    info = graph.info.get(layer.output)
+    if info is not None and info.shape is not None:
+        out_rank = len(info.shape)
+    users = consumers.get(layer.output, [])
+    if layer.output in graph.outputs or len(users) != 1:
+        return absorbed
+    user = users[0]
+    # A bias Add after MatMul (torch's Linear on >2-D inputs) belongs to the layer.
+    if user.op == "Add" and layer.kind == "matmul" and layer.params["side"] == "right" and not layer.affine.bias.any():
+        other = user.inputs[1] if user.inputs[0] == layer.output else user.inputs[0]
+        if other in graph.constants:
+            c = np.asarray(graph.constants[other], dtype=np.float64)
+            if c.size == n and c.shape[-1] == n and (out_rank is None or c.ndim <= out_rank):
+                layer.affine.bias = c.reshape(n)
+                layer.output = user.outputs[0]
+                absorbed.append(user)
+                if layer.output in graph.outputs:
+                    return absorbed
+                users = consumers.get(layer.output, [])
+                if len(users) != 1:
+                    return absorbed
+                user = users[0]
+    channel_axis_is_output = layer.kind == "conv" or out_rank == 2 or (layer.kind == "gemm")
+    if layer.kind == "matmul" and layer.params["side"] == "left":
+        channel_axis_is_output = False
+    if user.op == "BatchNormalization" and channel_axis_is_output and user.inputs[0] == layer.output:
+        if len(user.outputs) > 1 and any(user.outputs[1:]):
+            return absorbed  # training-mode BN with running-stat outputs: leave it digital
+        if int(user.attrs.get("training_mode", 0)):
+            return absorbed
+        names = user.inputs[1:5]
+        if not all(x in graph.constants for x in names):
+            return absorbed
+        gamma, beta, mean, var = (np.asarray(graph.constants[x], dtype=np.float64).reshape(-1) for x in names)
+        if gamma.size != n:
+            raise ModelError(
+                f"{label}: BatchNormalization {user.name!r} has {gamma.size} channels but follows "
+                f"{layer.name!r} with {n} outputs"
+            )
+        layer.affine = Affine(layer.affine.bias, gamma, beta, mean, var, float(user.attrs.get("epsilon", 1e-5)), "batchnorm", user.name)
+        layer.output = user.outputs[0]
+        absorbed.append(user)
+    return absorbed

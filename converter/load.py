@@ -1,0 +1,64 @@
+"""Read an ONNX file into a checked, shape-inferred model at a known opset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import shape_inference, version_converter
+
+from xbar.errors import ModelError
+
+# The runtime implements operator semantics from opset 13 on (per-axis Softmax, axes as
+# inputs); older models are upgraded to this opset before anything else looks at them.
+TARGET_OPSET = 17
+MIN_NATIVE_OPSET = 13
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str, int]:
+    """Return (model, label, original opset). `label` names the source in error messages."""
+    if isinstance(source, onnx.ModelProto):
+        model, label = source, "<in-memory model>"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise ModelError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelError(f"{path} is a directory; give the path of an .onnx file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived or OSError
+            raise ModelError(
+                f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
+                "The file may be truncated or not an ONNX protobuf; export it again."
+            ) from None
+        if not model.graph.node and not model.graph.output:
+            raise ModelError(f"{path} parsed as an empty ONNX model (no nodes, no outputs); the file is probably not ONNX or is truncated")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
+    opset = default_opset(model)
+    if opset < MIN_NATIVE_OPSET:
+        try:
+            model = version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as exc:
+            raise ModelError(
+                f"{label}: could not upgrade the model from opset {opset} to {TARGET_OPSET} "
+                f"({type(exc).__name__}: {exc}); re-export it at opset {MIN_NATIVE_OPSET} or newer."
+            ) from None
+    try:
+        model = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"{label}: ONNX shape inference failed ({exc}); the model is inconsistent.") from None
+    return model, label, opset

@@ -1,0 +1,101 @@
+"""Lay a K×N weight matrix onto fixed-size crossbar tiles as conductances.
+
+Per output column the weights are normalised by their largest magnitude (or a percentile),
+optionally quantised, then encoded:
+- differential: weight column j → physical columns 2j (G+) and 2j+1 (G−) of its tile, so
+  both halves of a pair always share a tile and are subtracted before the ADC;
+- offset: weight column j → one column at G_mid + ΔG/2·u, and each tile's last physical
+  column is a reference at G_mid that is subtracted from every column of that tile.
+K is cut into row blocks of R rows (their partial sums add digitally) and the weight
+columns into column blocks. Cells with no weight sit at G_min (a RESET device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xbar.config import MappingConfig
+
+
+@dataclass
+class MappedLayer:
+    conductance: np.ndarray  # (n_row_blocks, n_col_blocks, R, C) float32, siemens
+    col_scale: np.ndarray  # (N,) weight units per unit of normalised weight (w_max per column)
+    column_order: np.ndarray  # (N,) int64: tile position p holds weight column column_order[p]
+    tile_used: np.ndarray  # (n_row_blocks, n_col_blocks) bool: tile holds at least one weight
+    table: dict[str, Any]  # tile table and utilisation, for the manifest
+
+
+def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
+    mag = np.abs(weight)
+    scale = mag.max(axis=0) if percentile is None else np.percentile(mag, percentile, axis=0)
+    # An all-zero column has nothing to normalise; any positive scale encodes it exactly.
+    return np.where(scale > 0, scale, 1.0)
+
+
+def quantise(u: np.ndarray, bits: int) -> np.ndarray:
+    levels = 2 ** (bits - 1) - 1
+    return np.round(u * levels) / levels
+
+
+def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None) -> MappedLayer:
+    k, n = weight.shape
+    scale = column_scale(weight, cfg.weight_clip_percentile)
+    u = np.clip(weight / scale, -1.0, 1.0)
+    if cfg.weight_bits is not None:
+        u = quantise(u, cfg.weight_bits)
+    order = np.arange(n, dtype=np.int64)
+    u = u[:, order]
+    r, c = cfg.rows, cfg.cols
+    cw = cfg.weight_cols_per_tile
+    nrb, ncb = -(-k // r), -(-n // cw)
+    dg = cfg.g_max - cfg.g_min
+    tiles = np.full((nrb * r, ncb, c), cfg.g_min, dtype=np.float64)
+    upad = np.zeros((nrb * r, ncb * cw))
+    upad[:k, :n] = u
+    ublocks = upad.reshape(nrb * r, ncb, cw)
+    if cfg.encoding == "differential":
+        tiles[:, :, 0:2 * cw:2] = cfg.g_min + dg * np.maximum(ublocks, 0.0)
+        tiles[:, :, 1:2 * cw:2] = cfg.g_min + dg * np.maximum(-ublocks, 0.0)
+    else:
+        g_mid = cfg.g_min + dg / 2
+        tiles[:, :, :cw] = g_mid + dg / 2 * ublocks
+        tiles[:k, :, cw] = g_mid  # reference column, one per tile
+    # Padding cells (beyond K rows or N columns) stay at G_min.
+    valid = np.zeros((nrb * r, ncb * cw), dtype=bool)
+    valid[:k, :n] = True if structure is None else structure[:, order]
+    phys_valid = np.zeros((nrb * r, ncb, c), dtype=bool)
+    vblocks = valid.reshape(nrb * r, ncb, cw)
+    if cfg.encoding == "differential":
+        phys_valid[:, :, 0:2 * cw:2] = vblocks
+        phys_valid[:, :, 1:2 * cw:2] = vblocks
+    else:
+        # Structural zeros (off-diagonal blocks of grouped convs) must stay at G_mid: the
+        # reference column subtracts G_mid on every row. Only true padding goes to G_min.
+        inside = np.zeros((nrb * r, ncb * cw), dtype=bool)
+        inside[:k, :n] = True
+        cols_view = tiles[:, :, :cw]
+        cols_view[~inside.reshape(nrb * r, ncb, cw)] = cfg.g_min
+        phys_valid[:, :, :cw] = vblocks
+        phys_valid[:k, :, cw] = vblocks[:k].any(axis=2)
+    conductance = tiles.reshape(nrb, r, ncb, c).transpose(0, 2, 1, 3).astype(np.float32)
+    pv = phys_valid.reshape(nrb, r, ncb, c).transpose(0, 2, 1, 3)
+    tile_used = pv.any(axis=(2, 3))
+    used_cells = int(pv.sum())
+    n_tiles = int(tile_used.sum())
+    table = {
+        "rows": r,
+        "cols": c,
+        "n_row_blocks": nrb,
+        "n_col_blocks": ncb,
+        "weight_cols_per_tile": cw,
+        "tiles_used": n_tiles,
+        "cells_used": used_cells,
+        "utilisation": used_cells / (n_tiles * r * c) if n_tiles else 0.0,
+        "rows_used_per_block": [min(r, k - i * r) for i in range(nrb)],
+        "weight_cols_per_block": [min(cw, n - j * cw) for j in range(ncb)],
+    }
+    return MappedLayer(conductance, scale.astype(np.float32), order, tile_used, table)

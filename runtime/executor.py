@@ -1,0 +1,100 @@
+"""Run a bundle: digital ops in NumPy, crossbar layers through their tiles."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from xbar.bundle import Bundle
+from xbar.errors import BundleError, DataError, XbarError
+from xbar.ops import LAYER_OP
+from xbar.runtime.layer import Layer
+from xbar.runtime.ops import NUM_OUTPUTS, get_op
+
+
+def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
+    def dec(v: Any) -> Any:
+        if isinstance(v, dict) and "$array" in v:
+            return bundle.array(v["$array"])
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        return v
+
+    return {k: dec(v) for k, v in attrs.items()}
+
+
+class Runtime:
+    """Executable form of a bundle. `run` takes and returns dicts of named arrays."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        graph = bundle.graph
+        self.inputs = graph["inputs"]
+        self.outputs = graph["outputs"]
+        self.input_names = [i["name"] for i in self.inputs]
+        self.output_names = [o["name"] for o in self.outputs]
+        self.constants = {name: bundle.array(key) for name, key in graph["constants"].items()}
+        self.layers = [Layer(entry, bundle) for entry in bundle.layers]
+        self.steps: list[tuple[str, Any, list[str], list[str], dict[str, Any]]] = []
+        for node in graph["nodes"]:
+            if node["op"] == LAYER_OP:
+                fn = self.layers[node["attrs"]["layer"]]
+                self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
+                continue
+            op = get_op(node["op"])
+            if op is None:
+                raise BundleError(f"bundle node {node['name']!r} uses op {node['op']!r}, which this runtime cannot run")
+            attrs = _decode_attrs(node["attrs"], bundle)
+            attrs[NUM_OUTPUTS] = len(node["outputs"])
+            self.steps.append((node["name"], op, node["inputs"], node["outputs"], attrs))
+        # Free each intermediate right after its last use to bound peak memory.
+        last_use: dict[str, int] = {}
+        for i, (_, _, ins, _, _) in enumerate(self.steps):
+            for name in ins:
+                last_use[name] = i
+        keep = set(self.output_names) | set(self.constants)
+        self._release = [[n for n in set(ins) if last_use.get(n) == i and n not in keep] for i, (_, _, ins, _, _) in enumerate(self.steps)]
+
+    def _check_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise DataError(f"missing model input(s) {missing}; the model takes {self.input_names}")
+        out = {}
+        for spec in self.inputs:
+            x = np.asarray(feeds[spec["name"]])
+            want = spec["shape"]
+            if want is not None:
+                ok = x.ndim == len(want) and all(w is None or w == s for w, s in zip(want, x.shape))
+                if not ok:
+                    shown = ["N" if w is None else w for w in want]
+                    raise DataError(
+                        f"input {spec['name']!r} has shape {list(x.shape)}, but the model expects "
+                        f"{shown} (N = any batch size)"
+                    )
+            dtype = np.dtype(spec["dtype"])
+            out[spec["name"]] = x.astype(dtype, copy=False)
+        return out
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env: dict[str, np.ndarray] = dict(self.constants)
+        env.update(self._check_inputs(feeds))
+        for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
+            args = [env[i] if i else None for i in ins]
+            try:
+                results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
+            except XbarError:
+                raise
+            except (ValueError, IndexError) as exc:
+                raise DataError(f"node {name!r} failed on inputs of shape "
+                                f"{[None if a is None else list(np.shape(a)) for a in args]}: {exc}") from None
+            for o, r in zip(outs, results):
+                if o:
+                    env[o] = r
+            for n in release:
+                env.pop(n, None)
+        return {name: env[name] for name in self.output_names}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Single-input, first-output convenience."""
+        return self.run({self.input_names[0]: x})[self.output_names[0]]
