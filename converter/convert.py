@@ -83,6 +83,13 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     return entry
 
 
+def _affine_parameters(layer: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
+    """Trainable per-output parameters, counted as the source framework would: BN γ, β; a bias."""
+    n = layer["N"]
+    has_bias = bool(np.any(arrays[layer["arrays"]["bias"]]))
+    return (2 * n if layer["affine"]["source"] == "batchnorm" else 0) + (n if has_bias else 0)
+
+
 def convert(
     model: str | os.PathLike | onnx.ModelProto,
     *,
@@ -200,7 +207,7 @@ def convert(
             "digital_layers": len(layers) - len(n_analog),
             "tiles_used": sum(l["tiles"]["tiles_used"] for l in n_analog),
             "analog_weights": sum(l["weights"] for l in n_analog),
-            "parameters": int(sum(l["weights"] + 2 * l["N"] for l in layers)
+            "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()
                                     if np.issubdtype(np.asarray(v).dtype, np.floating))),
         },

@@ -1,0 +1,37 @@
+# Two entry points that work on a fresh machine with only python3:
+#   make demo   install into .venv, convert the shipped ResNet-style model, evaluate it
+#   make test   install into .venv, run the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+XBAR   := $(VENV)/bin/xbar
+STAMP  := $(VENV)/.xbar-installed
+OUT    := build
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	@mkdir -p $(OUT)
+	$(XBAR) convert models/resnet_bn.onnx -o $(OUT)/resnet_bn.xbar --crossbar 128x128 --force
+	$(XBAR) info $(OUT)/resnet_bn.xbar
+	$(XBAR) eval $(OUT)/resnet_bn.xbar --data models/digits_test.npz --reference models/resnet_bn.onnx
+
+test: install
+	$(PY) -m pytest -n 2 -q
+
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/bench_ideal.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,44 @@
+"""Accuracy and agreement of a runtime over a data set, in batches."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from xbar.data import Dataset
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int,
+            progress: Callable[[Iterable[slice]], Iterable[slice]] | None = None) -> np.ndarray:
+    """Run `fn` over `x` in batches and concatenate the outputs."""
+    parts = []
+    chunks: Iterable[slice] = list(batches(len(x), batch_size))
+    if progress is not None:
+        chunks = progress(chunks)
+    for sl in chunks:
+        parts.append(np.asarray(fn(x[sl])))
+    return np.concatenate(parts, axis=0)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.reshape(len(y), -1).argmax(axis=1) == y).mean())
+
+
+def summarise(out: np.ndarray, data: Dataset, ref: np.ndarray | None = None) -> dict[str, float | int]:
+    result: dict[str, float | int] = {"n": len(data)}
+    if data.y is not None:
+        result["accuracy"] = accuracy(out, data.y)
+    if ref is not None:
+        a = out.reshape(len(out), -1)
+        b = ref.reshape(len(ref), -1)
+        result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+        result["max_abs_diff"] = float(np.max(np.abs(a.astype(np.float64) - b)))
+        if data.y is not None:
+            result["reference_accuracy"] = accuracy(ref, data.y)
+    return result

@@ -1,0 +1,121 @@
+"""The bundle file: round trip, checksums, no pickle, no path escape, atomic and no clobbering."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from xbar.bundle import FORMAT_VERSION, Bundle, load_bundle, save_bundle
+from xbar.converter import convert
+from xbar.errors import BundleError
+
+
+@pytest.fixture(scope="module")
+def bundle(models_dir):
+    return convert(models_dir / "cnn_bn.onnx")
+
+
+def _rewrite(src, dst, edit):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = edit(item.filename, zin.read(item.filename))
+            if data is not None:
+                zout.writestr(item.filename, data)
+
+
+def test_roundtrip_is_exact(bundle, tmp_path):
+    path = save_bundle(bundle, tmp_path / "a.xbar")
+    back = load_bundle(path)
+    assert back.manifest["format_version"] == FORMAT_VERSION
+    assert set(back.arrays) == set(bundle.arrays)
+    for k, v in bundle.arrays.items():
+        np.testing.assert_array_equal(back.arrays[k], v)
+        assert back.arrays[k].dtype == v.dtype
+    assert back.manifest["model"]["sha256"] == bundle.manifest["model"]["sha256"]
+
+
+def test_no_overwrite_without_force(bundle, tmp_path):
+    path = tmp_path / "a.xbar"
+    path.write_bytes(b"precious")
+    with pytest.raises(BundleError, match="already exists"):
+        save_bundle(bundle, path)
+    assert path.read_bytes() == b"precious"
+    save_bundle(bundle, path, force=True)
+    load_bundle(path)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    bad = Bundle(manifest={"graph": {}, "layers": []}, arrays={"x": np.array([object()], dtype=object)})
+    with pytest.raises(BundleError, match="pickle"):
+        save_bundle(bad, tmp_path / "b.xbar")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checksum_mismatch_is_detected(bundle, tmp_path):
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    key = next(k for k in bundle.arrays if k.endswith("conductance"))
+    member = f"arrays/{key}.npy"
+
+    def flip(name, data):
+        if name == member:
+            arr = np.load(io.BytesIO(data))
+            arr.flat[0] += 1e-6
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            return buf.getvalue()
+        return data
+
+    _rewrite(good, tmp_path / "t.xbar", flip)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(tmp_path / "t.xbar")
+
+
+def test_pickled_member_is_refused(bundle, tmp_path):
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    key = next(iter(bundle.arrays))
+    member = f"arrays/{key}.npy"
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    evil = buf.getvalue()
+
+    def swap(name, data):
+        if name == "manifest.json":
+            m = json.loads(data)
+            import hashlib
+            m["arrays"][key]["sha256"] = hashlib.sha256(evil).hexdigest()
+            return json.dumps(m).encode()
+        return evil if name == member else data
+
+    _rewrite(good, tmp_path / "p.xbar", swap)
+    with pytest.raises(BundleError, match="without pickle"):
+        load_bundle(tmp_path / "p.xbar")
+
+
+def test_path_escape_is_refused(bundle, tmp_path):
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    with zipfile.ZipFile(good, "a") as zf:
+        zf.writestr("../evil.npy", b"x")
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(good)
+
+
+def test_wrong_version_and_garbage(bundle, tmp_path):
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+
+    def bump(name, data):
+        if name == "manifest.json":
+            m = json.loads(data)
+            m["format_version"] = FORMAT_VERSION + 1
+            return json.dumps(m).encode()
+        return data
+
+    _rewrite(good, tmp_path / "v.xbar", bump)
+    with pytest.raises(BundleError, match="format version"):
+        load_bundle(tmp_path / "v.xbar")
+    (tmp_path / "g.xbar").write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="not a valid xbar bundle"):
+        load_bundle(tmp_path / "g.xbar")
+    with pytest.raises(BundleError, match="no such"):
+        load_bundle(tmp_path / "missing.xbar")

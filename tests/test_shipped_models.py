@@ -1,0 +1,68 @@
+"""Ideal hardware reproduces onnxruntime on the shipped models, through the tiles."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import close
+from xbar.bundle import load_bundle, save_bundle
+from xbar.converter import convert
+from xbar.runtime import Runtime
+
+MODELS = ["cnn_bn", "resnet_bn", "resnet_folded"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+@pytest.mark.parametrize("crossbar", [(128, 128), (32, 16), (64, 7)])
+def test_ideal_matches_onnxruntime(models_dir, test_data, model, encoding, crossbar):
+    if encoding == "differential" and crossbar[1] % 2:
+        pytest.skip("differential needs an even column count")
+    x, y = test_data
+    ref = ort.InferenceSession(str(models_dir / f"{model}.onnx")).run(None, {"input": x})[0]
+    out = Runtime(convert(models_dir / f"{model}.onnx", crossbar=crossbar, encoding=encoding))(x)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert close(out, ref)
+    assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_bn_kept_as_affine_not_folded(models_dir):
+    b = convert(models_dir / "resnet_bn.onnx")
+    assert all(layer["affine"]["source"] == "batchnorm" for layer in b.layers if layer["kind"] == "conv")
+    assert not any(n["op"] == "BatchNormalization" for n in b.graph["nodes"])
+    folded = convert(models_dir / "resnet_folded.onnx")
+    assert all(layer["affine"]["source"] == "bias" for layer in folded.layers)
+    # The folded model's conv biases are carried by the identity affine.
+    assert any(np.any(folded.array(layer["arrays"]["bias"])) for layer in folded.layers)
+
+
+def test_weight_quantisation_changes_outputs_within_its_step(models_dir, test_data):
+    x, _ = test_data
+    exact = Runtime(convert(models_dir / "resnet_bn.onnx"))(x[:64])
+    q8 = Runtime(convert(models_dir / "resnet_bn.onnx", weight_bits=8))(x[:64])
+    q3 = Runtime(convert(models_dir / "resnet_bn.onnx", weight_bits=3))(x[:64])
+    err8, err3 = np.abs(q8 - exact).max(), np.abs(q3 - exact).max()
+    assert 0 < err8 < err3
+
+
+def test_digital_pin_and_roundtrip(models_dir, test_data, tmp_path):
+    x, _ = test_data
+    names = [layer["name"] for layer in convert(models_dir / "resnet_bn.onnx").layers]
+    b = convert(models_dir / "resnet_bn.onnx", digital=[names[0], names[-1]])
+    places = {layer["name"]: layer["placement"] for layer in b.layers}
+    assert places[names[0]] == places[names[-1]] == "digital"
+    assert b.manifest["summary"]["digital_layers"] == 2
+    out = Runtime(b)(x)
+    path = save_bundle(b, tmp_path / "m.xbar")
+    again = Runtime(load_bundle(path))(x)
+    np.testing.assert_array_equal(out, again)
+    ref = ort.InferenceSession(str(models_dir / "resnet_bn.onnx")).run(None, {"input": x})[0]
+    assert close(out, ref)
+
+
+def test_batch_axis_is_dynamic(models_dir, test_data):
+    x, _ = test_data
+    rt = Runtime(convert(models_dir / "cnn_bn.onnx"))
+    full = rt(x[:7])
+    for n in (1, 3):
+        np.testing.assert_allclose(rt(x[:n]), full[:n], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,73 @@
+"""Load `.npz` data sets (x: inputs, y: optional integer labels) and check them against a model."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xbar.errors import DataError
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray | None
+    path: str
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _shape_text(shape: list[int | None]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = None,
+                 min_samples: int = 1) -> Dataset:
+    """Read `path` (keys `x`, optional `y`) and check it fits `input_spec` (name/shape/dtype)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz archive; save the data with numpy.savez(path, x=..., y=...)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise DataError(f"{path} holds a single array; save a .npz with keys 'x' (inputs) and optionally 'y' (labels)")
+            if "x" not in npz.files:
+                raise DataError(f"{path} has no array 'x' (found {', '.join(npz.files) or 'nothing'}); "
+                                "xbar reads inputs from key 'x' and labels from key 'y'")
+            x = npz["x"]
+            y = npz["y"] if "y" in npz.files else None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc}); save it with numpy.savez") from None
+    except ValueError as exc:
+        raise DataError(f"{path} cannot be read without pickle ({exc}); store plain numeric arrays") from None
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{path}: x has dtype {x.dtype}; numeric inputs are needed")
+    if x.ndim == 0 or x.shape[0] < min_samples:
+        n = 0 if x.ndim == 0 else x.shape[0]
+        raise DataError(f"{path}: x holds {n} samples; at least {min_samples} needed")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise DataError(f"{path}: x contains {bad} NaN/Inf values; clean the data first")
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: y has shape {list(y.shape)}; expected one label per sample, i.e. ({x.shape[0]},)")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
+    if input_spec is not None and input_spec.get("shape") is not None:
+        want = input_spec["shape"]
+        fits = x.ndim == len(want) and all(w is None or w == s for w, s in zip(want, x.shape))
+        if not fits:
+            raise DataError(
+                f"{path}: x has shape {tuple(x.shape)}, but model input {input_spec['name']!r} expects "
+                f"{_shape_text(want)} (N = number of samples). Reshape the data to match the model."
+            )
+    dtype = np.dtype(input_spec["dtype"]) if input_spec else np.float32
+    return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
