@@ -1,0 +1,74 @@
+"""Operator registry and the small helpers every op family shares.
+
+Kept apart from ``__init__`` so that the family modules can import it without
+importing the package's public surface (which imports them in turn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from xbar.errors import UnsupportedOpError
+
+OpFn = Callable[[list[np.ndarray | None], dict[str, Any]], list[np.ndarray]]
+
+REGISTRY: dict[str, OpFn] = {}
+
+# ONNX lets several ops infer their behaviour from how many outputs the node
+# declares (Split without sizes, Dropout's mask, MaxPool's Indices); the op
+# function cannot see the node, so the executor passes that count under this
+# key. No ONNX attribute name starts with an underscore, so it cannot clash.
+NUM_OUTPUTS = "_num_outputs"
+
+
+class OpNotImplementedError(UnsupportedOpError, NotImplementedError):
+    """A valid ONNX feature this runtime does not execute.
+
+    Also a NotImplementedError so generic callers that probe optional features
+    (and catch that builtin) treat it as "not available" rather than a crash.
+    """
+
+
+def register(*op_types: str) -> Callable[[OpFn], OpFn]:
+    def deco(fn: OpFn) -> OpFn:
+        for op_type in op_types:
+            if op_type in REGISTRY:
+                raise RuntimeError(f"op {op_type!r} registered twice")
+            REGISTRY[op_type] = fn
+        return fn
+
+    return deco
+
+
+def unsupported(op: str, attr: str, value: Any, supported: Sequence[Any] | None = None) -> OpNotImplementedError:
+    msg = f"{op}: {attr}={value!r} is not supported"
+    if supported:
+        msg += f" (supported: {', '.join(repr(s) for s in supported)})"
+    return OpNotImplementedError(msg)
+
+
+def opt_input(inputs: Sequence[np.ndarray | None], index: int) -> np.ndarray | None:
+    """Optional input ``index``; trailing optional inputs may be absent from the list entirely."""
+    return inputs[index] if len(inputs) > index else None
+
+
+def ints(value: Any) -> list[int]:
+    """A 0-d/1-d integer tensor or an int/list attribute as python ints.
+
+    Python ints are used for shape arithmetic so that INT64_MAX/INT64_MIN
+    sentinels (Slice ends) cannot overflow numpy int64.
+    """
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def norm_axis(axis: int, rank: int, op: str) -> int:
+    if not -rank <= axis < rank:
+        raise ValueError(f"{op}: axis {axis} out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def num_outputs(attrs: dict[str, Any], default: int = 1) -> int:
+    return int(attrs.get(NUM_OUTPUTS, default))

@@ -1,0 +1,55 @@
+"""Reductions (ONNX opset 13-21).
+
+ReduceSum takes axes as an input since opset 13, the others since opset 18;
+both the attribute and the input form are accepted for every op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._registry import ints, norm_axis, opt_input, register
+
+
+def _lowest(dtype: np.dtype) -> Any:
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _highest(dtype: np.dtype) -> Any:
+    return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+
+
+def _reduce(op_type: str, fn: Callable[..., np.ndarray], empty: Callable[[np.dtype], Any] | None = None) -> None:
+    def op(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x = inputs[0]
+        axes_in = opt_input(inputs, 1)
+        if axes_in is not None:
+            axes = ints(axes_in)
+        else:
+            axes = [int(a) for a in attrs.get("axes") or []]
+        if not axes:
+            if int(attrs.get("noop_with_empty_axes", 0)):
+                return [x]
+            axes = list(range(x.ndim))
+        axis = tuple(sorted({norm_axis(a, x.ndim, op_type) for a in axes}))
+        keepdims = bool(int(attrs.get("keepdims", 1)))
+        if empty is not None and any(x.shape[a] == 0 for a in axis):
+            # numpy refuses (max/min) or warns and returns nan (mean) on an
+            # empty reduction; ONNX/onnxruntime give the reduction's identity.
+            shape = [1 if a in axis else n for a, n in enumerate(x.shape) if keepdims or a not in axis]
+            return [np.full(shape, empty(x.dtype), dtype=x.dtype)]
+        out = np.asarray(fn(x, axis=axis, keepdims=keepdims))
+        # np.mean of integers returns float64; ONNX keeps the input type.
+        return [out if out.dtype == x.dtype else out.astype(x.dtype)]
+
+    op.__name__ = op.__qualname__ = f"op_{op_type}"
+    register(op_type)(op)
+
+
+_reduce("ReduceMean", np.mean, lambda dtype: 0)
+_reduce("ReduceSum", np.sum)
+_reduce("ReduceMax", np.max, _lowest)
+_reduce("ReduceMin", np.min, _highest)
