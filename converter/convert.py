@@ -129,7 +129,9 @@ def convert(
         if spec is None:
             if node.op not in supported:
                 raise UnsupportedOpError(
-                    f"{label}: node {node.name!r} uses op {node.op!r} (opset {graph.opset}), which xbar does not "
+                    f"{label}: node {node.name!r} uses op {node.op!r} (opset {original_opset}"
+                    + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
+                    + "), which xbar does not "
                     f"support. Analog layers: Conv, Gemm, MatMul with a constant weight; digital ops: "
                     f"{', '.join(sorted(supported))}."
                 )

@@ -49,6 +49,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
     opset = default_opset(model)
+    if opset < 7:
+        model = _per_channel_prelu_slopes(model)
     if opset < MIN_NATIVE_OPSET:
         try:
             model = version_converter.convert_version(model, TARGET_OPSET)
@@ -62,3 +64,35 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
     except Exception as exc:
         raise ModelError(f"{label}: ONNX shape inference failed ({exc}); the model is inconsistent.") from None
     return model, label, opset
+
+
+def _per_channel_prelu_slopes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Before opset 7 a 1-D PRelu slope of length C meant one slope per channel (axis 1).
+
+    From opset 7 on the slope broadcasts from the right, and the version converter does
+    not rewrite it, so reshape such slopes to (C, 1, ..., 1) while the meaning is known.
+    """
+    from onnx import numpy_helper
+
+    inferred = shape_inference.infer_shapes(model)
+    ranks = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info):
+        if vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    inits = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "PRelu" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        slope = numpy_helper.to_array(inits[node.input[1]])
+        rank = ranks.get(node.input[0])
+        if slope.ndim == 1 and slope.size > 1 and rank is not None and rank > 2:
+            shape = (slope.size,) + (1,) * (rank - 2)
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(slope.reshape(shape), node.input[1]))
+            # Old exports also list initializers as graph inputs; keep that declaration in step.
+            for vi in model.graph.input:
+                if vi.name == node.input[1]:
+                    dims = vi.type.tensor_type.shape.dim
+                    del dims[:]
+                    for d in shape:
+                        dims.add().dim_value = d
+    return model

@@ -56,7 +56,8 @@ def _sha256(data: bytes) -> str:
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    # np.save keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+    np.save(buf, np.asarray(arr), allow_pickle=False)
     return buf.getvalue()
 
 
