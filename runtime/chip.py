@@ -32,3 +32,108 @@ def assemble(tiles: np.ndarray, k: int, n: int, column_order: np.ndarray) -> np.
     out = np.empty_like(full)
     out[:, column_order] = full
     return out
+
+
+# --------------------------------------------------------------------------- chip instances
+
+from dataclasses import dataclass  # noqa: E402
+
+from xbar.hardware import HardwareSpec  # noqa: E402
+from xbar.runtime import devices  # noqa: E402
+
+
+@dataclass
+class TileState:
+    """What one analog layer's tiles compute on one chip instance, fixed per instance.
+
+    Matrices are in normalised units: inputs in [-1, 1] (fraction of the DAC range), weights
+    in [-1, 1] (fraction of the column scale), so a column current of 1 means one fully
+    driven row through a fully programmed differential pair.
+    """
+
+    d: np.ndarray  # (nrb, R, Npad) float32, effective weights per tile, row blocks stacked
+    var: np.ndarray | None  # (nrb, R, Npad) float32 read-noise variance per unit input², or None
+    ref_var: np.ndarray | None  # (nrb, R, ncb) float32 offset encoding: reference column variance
+    comp: np.ndarray  # (nrb, Npad) float32 digital drift-compensation factor (1 = none)
+    i_max: np.ndarray  # (nrb, Npad) float32 largest possible |current| (all inputs at ±1)
+
+
+def _retarget(conductance: np.ndarray, mapping: dict[str, Any], device) -> np.ndarray:
+    """Stored conductances (mapping window) → targets in this device's window, float64."""
+    dg_map = mapping["g_max"] - mapping["g_min"]
+    frac = (conductance.astype(np.float64) - mapping["g_min"]) / dg_map
+    return device.g_min + frac * (device.g_max - device.g_min)
+
+
+def _pair_difference(g: np.ndarray, encoding: str, dg: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Physical (…, R, C) → normalised weights (…, R, Cw), and the reference column if offset."""
+    c = g.shape[-1]
+    if encoding == "differential":
+        cw = c // 2
+        return (g[..., 0:2 * cw:2] - g[..., 1:2 * cw:2]) / dg, None
+    cw = c - 1
+    return (g[..., :cw] - g[..., cw:cw + 1]) / (dg / 2), g[..., cw]
+
+
+def _stack(t: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """(nrb, ncb, R, Cw) → (nrb, R, ncb·Cw), zeroing tiles that were never allocated."""
+    t = t * used[:, :, None, None]
+    nrb, ncb, r, cw = t.shape
+    return np.ascontiguousarray(t.transpose(0, 2, 1, 3).reshape(nrb, r, ncb * cw)).astype(np.float32)
+
+
+def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
+                spec: HardwareSpec, rng: np.random.Generator) -> TileState:
+    """Sample one layer's devices (programming, faults, drift) and solve its circuit once."""
+    dev = spec.device
+    dg = dev.g_max - dev.g_min
+    g_t = _retarget(conductance, mapping, dev)
+    state = devices.program_devices(g_t, dev, spec.faults, rng)
+    t = spec.t_inference
+    drifting = dev.model != "ideal" and dev.drift
+    g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog
+    g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+    sigma = devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
+
+    def circuit(g: np.ndarray) -> np.ndarray:
+        if not spec.circuit.ir_drop:
+            return g
+        from xbar.runtime.irdrop import effective_conductance
+
+        out = g.copy()
+        c = spec.circuit
+        out[tile_used] = effective_conductance(g[tile_used], c.r_wire, c.r_driver, c.r_sense)
+        return out
+
+    g_eff = circuit(g_now)
+    w, _ = _pair_difference(g_eff, mapping["encoding"], dg)
+    nrb, ncb = conductance.shape[:2]
+    var = ref_var = None
+    if np.any(sigma):
+        s2 = sigma ** 2 / (dg if mapping["encoding"] == "differential" else dg / 2) ** 2
+        if mapping["encoding"] == "differential":
+            var = _stack(s2[..., 0::2] + s2[..., 1::2], tile_used)
+        else:
+            cw = s2.shape[-1] - 1
+            var = _stack(s2[..., :cw], tile_used)
+            ref_var = np.ascontiguousarray((s2[..., cw] * tile_used[:, :, None]).transpose(0, 2, 1)).astype(np.float32)
+    d = _stack(w, tile_used)
+    cw = w.shape[-1]
+    comp = np.ones((nrb, ncb * cw), dtype=np.float32)
+    if spec.drift_compensation != "off" and drifting:
+        # A fixed probe (every row driven at full scale) read right after programming and
+        # again at time t; the ratio of summed physical column currents is stored digitally.
+        before = circuit(devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)).sum(axis=2)
+        after = g_eff.sum(axis=2)  # (nrb, ncb, C) column currents for the probe
+        if spec.drift_compensation == "tile":
+            ratio = before.sum(axis=2) / np.maximum(after.sum(axis=2), 1e-30)
+            comp = np.repeat(ratio[:, :, None], cw, axis=2).reshape(nrb, ncb * cw)
+        else:
+            if mapping["encoding"] == "differential":
+                b, a = before[..., 0::2] + before[..., 1::2], after[..., 0::2] + after[..., 1::2]
+            else:
+                b, a = before[..., :cw], after[..., :cw]
+            comp = (b / np.maximum(a, 1e-30)).reshape(nrb, ncb * cw)
+        comp = comp.astype(np.float32)
+    i_max = np.abs(d).sum(axis=1)
+    return TileState(d=d, var=var, ref_var=ref_var, comp=comp, i_max=i_max.astype(np.float32))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from xbar.hardware import HardwareSpec
 
 import numpy as np
 
@@ -27,15 +30,25 @@ def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
 class Runtime:
     """Executable form of a bundle. `run` takes and returns dicts of named arrays."""
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0):
+        """`hardware` None (or an ideal spec) runs the programmed weights exactly; otherwise
+        a chip instance is sampled from `seed`: the same seed is the same chip, bit for bit."""
         self.bundle = bundle
+        self.hardware = hardware
+        self.seed = seed
         graph = bundle.graph
         self.inputs = graph["inputs"]
         self.outputs = graph["outputs"]
         self.input_names = [i["name"] for i in self.inputs]
         self.output_names = [o["name"] for o in self.outputs]
         self.constants = {name: bundle.array(key) for name, key in graph["constants"].items()}
-        self.layers = [Layer(entry, bundle) for entry in bundle.layers]
+        # Independent, stable streams: chip sampling per layer, and read noise per layer, so
+        # one layer's draws never shift another's when options change.
+        self.layers = [
+            Layer(entry, bundle, hardware,
+                  np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
+            for i, entry in enumerate(bundle.layers)
+        ]
         self.steps: list[tuple[str, Any, list[str], list[str], dict[str, Any]]] = []
         for node in graph["nodes"]:
             if node["op"] == LAYER_OP:

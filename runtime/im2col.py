@@ -38,12 +38,14 @@ def output_size(spatial: tuple[int, ...], kernel: list[int], strides: list[int],
     ]
 
 
-def im2col(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
-           pads: list[int]) -> tuple[np.ndarray, list[int]]:
-    """(B, C, *S) → (B, C·∏kernel, L) patches in (channel, kernel offset) row order, and out size.
+def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
+            pads: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(B, C, *S) → (B·L, C·∏kernel) patch rows, and the output spatial size.
 
-    Rows are ordered as the ONNX weight (M, C, *k) flattens, so a K×N weight matrix applies
-    directly. Loops over kernel offsets only (9 for 3×3), each a strided copy of the batch.
+    Columns are ordered (channel, kernel offsets) as the ONNX weight (M, C, *k) flattens, so
+    the bundle's K×N matrix applies directly. The work happens channels-last: a patch row
+    is then one strided window of a (B, *S, C) array and the whole layer is one large GEMM
+    (B·L × K by K × N) instead of B small ones.
     """
     b, c = x.shape[:2]
     spatial = x.shape[2:]
@@ -51,15 +53,15 @@ def im2col(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list
     out = output_size(spatial, kernel, strides, dilations, pads)
     if any(o <= 0 for o in out):
         raise ValueError(f"convolution output would be empty: input {list(spatial)}, kernel {kernel}, pads {pads}")
-    if all(k == 1 for k in kernel) and not any(pads):
-        sl = tuple(slice(None, None, s) for s in strides)
-        patches = x[(slice(None), slice(None)) + sl]
-        return np.ascontiguousarray(patches).reshape(b, c, -1), out
+    xl = np.moveaxis(x, 1, -1)  # a view; free when x is itself a channels-last buffer
     if any(pads):
-        width = [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)]
-        x = np.pad(x, width)
-    cols = np.empty((b, c, *kernel, *out), dtype=x.dtype)
-    for offs in itertools.product(*(range(k) for k in kernel)):
-        sl = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offs, dilations, strides, out))
-        cols[(slice(None), slice(None)) + offs] = x[(slice(None), slice(None)) + sl]
-    return cols.reshape(b, c * int(np.prod(kernel)), -1), out
+        xl = np.pad(xl, [(0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)] + [(0, 0)])
+    if all(k == 1 for k in kernel):
+        sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(strides, out))
+        return xl[(slice(None),) + sl].reshape(-1, c), out
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    win = np.lib.stride_tricks.sliding_window_view(xl, span, axis=tuple(range(1, nd + 1)))
+    # win: (B, *positions, C, *span); pick strided positions and dilated taps.
+    sel = ((slice(None),) + tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(strides, out))
+           + (slice(None),) + tuple(slice(None, None, d) for d in dilations))
+    return win[sel].reshape(-1, c * int(np.prod(kernel))), out

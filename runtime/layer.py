@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xbar.hardware import HardwareSpec
 
 import numpy as np
 
 from xbar.bundle import Bundle
 from xbar.errors import DataError
-from xbar.runtime.chip import assemble, normalised_tiles
-from xbar.runtime.im2col import im2col, resolve_pads
+from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
+from xbar.runtime.im2col import patches, resolve_pads
+
+
+@dataclass
+class ChipContext:
+    """The non-ideal hardware a layer runs on: spec, this layer's tiles, its noise stream."""
+
+    spec: "HardwareSpec"
+    tiles: TileState
+    rng: np.random.Generator
+    x_max: float | None  # DAC range from calibration data; None: each input vector's own max |x|
+    i_fs: np.ndarray  # (nrb, Npad) ADC full scale per tile column, normalised current
 
 
 class Layer:
     """A Conv/Gemm/MatMul whose weights live on crossbar tiles (or stay digital if pinned)."""
 
-    def __init__(self, entry: dict[str, Any], bundle: Bundle):
+    def __init__(self, entry: dict[str, Any], bundle: Bundle, hardware: "HardwareSpec | None" = None,
+                 chip_rng: np.random.Generator | None = None, read_rng: np.random.Generator | None = None):
         self.entry = entry
         self.name = entry["name"]
         self.kind = entry["kind"]
@@ -36,7 +52,38 @@ class Layer:
             self.matrix = a["weight"].astype(np.float32)
         self.gain = gain.astype(np.float32)
         self.shift = shift.astype(np.float32)
-        self.matrix_t = np.ascontiguousarray(self.matrix.T) if self.kind == "conv" else None
+        self.chip: ChipContext | None = None
+        if entry["placement"] == "analog" and hardware is not None and not hardware.is_ideal:
+            tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
+                                hardware, chip_rng)
+            ranges = entry.get("ranges")
+            x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
+            i_fs = tiles.i_max
+            if ranges and hardware.adc.range == "percentile":
+                i_fs = bundle.array(ranges["adc"]).astype(np.float32)
+            i_fs = np.maximum(i_fs, np.float32(1e-12))
+            self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
+            self.position = np.argsort(a["column_order"])
+
+    def product(self, cols: np.ndarray) -> np.ndarray:
+        """(M, K) input vectors → (M, N) weighted sums in weight units, before the affine."""
+        if self.chip is None:
+            return cols @ self.matrix
+        from xbar.runtime.analog import dac, tiled_product
+
+        c = self.chip
+        if c.x_max is not None:
+            x_max = np.float32(c.x_max)
+        else:
+            # Abs-max input scaling (aihwkit's default noise management): each input vector
+            # is scaled to the full DAC range and the result scaled back digitally.
+            x_max = np.abs(cols).max(axis=1, keepdims=True)
+            x_max[x_max == 0] = 1.0
+        v = dac(cols, x_max, c.spec.dac.bits)
+        y = tiled_product(v, c.tiles, c.spec, c.i_fs, c.rng)
+        y = y[:, self.position]
+        y *= x_max
+        return y
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "conv":
@@ -47,13 +94,19 @@ class Layer:
             if self.params.get("transA"):
                 x = x.T
             self._check_width(x.shape[-1], x.shape)
-            return self._affine(x @ self.matrix, axis=-1)
+            return self._affine(self._rows(x), axis=-1)
         if self.params["side"] == "right":
             self._check_width(x.shape[-1], x.shape)
-            return self._affine(x @ self.matrix, axis=-1)
+            return self._affine(self._rows(x), axis=-1)
         xt = np.swapaxes(x, -1, -2)
         self._check_width(xt.shape[-1], x.shape)
-        return self._affine(np.swapaxes(xt @ self.matrix, -1, -2), axis=-2)
+        return self._affine(np.swapaxes(self._rows(xt), -1, -2), axis=-2)
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """(..., K) → (..., N) through the crossbar (or the ideal matrix)."""
+        if self.chip is None:
+            return x @ self.matrix
+        return self.product(x.reshape(-1, self.k)).reshape(*x.shape[:-1], self.n)
 
     def _check_width(self, width: int, shape: tuple[int, ...]) -> None:
         if width != self.k:
@@ -74,7 +127,8 @@ class Layer:
                 f"{len(p['kernel_shape'])} spatial dims), got shape {list(x.shape)}"
             )
         pads = resolve_pads(x.shape[2:], p["kernel_shape"], p["strides"], p["dilations"], p["pads"], p["auto_pad"])
-        cols, out = im2col(x, p["kernel_shape"], p["strides"], p["dilations"], pads)
-        y = np.matmul(self.matrix_t, cols)  # (B, N, L)
-        y = self._affine(y, axis=1)
-        return y.reshape(x.shape[0], self.n, *out)
+        cols, out = patches(x, p["kernel_shape"], p["strides"], p["dilations"], pads)
+        y = self._affine(self.product(cols), axis=-1)  # (B·L, N), channels-last
+        # Hand back an NCHW view of the channels-last result: elementwise ops keep that
+        # memory order and the next convolution's moveaxis undoes it for free.
+        return np.moveaxis(y.reshape(x.shape[0], *out, self.n), -1, 1)

@@ -1,0 +1,64 @@
+"""The per-inference path of a crossbar layer on a non-ideal chip.
+
+Everything that is fixed per chip instance is in a TileState; per inference the work is:
+DAC (clip, quantise), one batched product over all tiles, read noise sampled at the
+output (one more product of v² with σ², not a fresh conductance matrix per read), output
+noise, ADC (clip, quantise) per tile column, drift compensation, sum of row-block partial
+sums. Inputs arrive as im2col columns (B, K, L); outputs leave as (B, Npad, L).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xbar.hardware import HardwareSpec
+from xbar.runtime.chip import TileState
+
+
+def quantise_symmetric(x: np.ndarray, bits: int, full_scale: np.ndarray | float) -> np.ndarray:
+    """Clip to ±full_scale and round to the 2^(bits−1)−1 levels per side (zero is a level)."""
+    levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
+    step = np.asarray(full_scale, dtype=np.float32) / levels
+    q = np.clip(np.rint(x / step), -levels, levels)
+    return q * step
+
+
+def dac(x: np.ndarray, x_max: np.ndarray | float, bits: int | None) -> np.ndarray:
+    """Inputs → normalised drive voltages in [-1, 1] (fraction of V_read)."""
+    v = x / x_max
+    if bits is None:
+        return np.clip(v, -1.0, 1.0)
+    return quantise_symmetric(v, bits, 1.0)
+
+
+def adc(i: np.ndarray, full_scale: np.ndarray, bits: int | None) -> np.ndarray:
+    if bits is None:
+        return np.clip(i, -full_scale, full_scale)
+    return quantise_symmetric(i, bits, full_scale)
+
+
+def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.ndarray,
+                  rng: np.random.Generator, use_adc: bool = True) -> np.ndarray:
+    """(M, K) normalised voltages → (M, Npad) currents summed over row blocks."""
+    m, k = v.shape
+    nrb, r, npad = st.d.shape
+    if k < nrb * r:
+        v = np.concatenate([v, np.zeros((m, nrb * r - k), dtype=v.dtype)], axis=1)
+    vb = v.reshape(m, nrb, r).transpose(1, 0, 2)  # (nrb, M, R)
+    y = np.matmul(vb, st.d)  # (nrb, M, Npad): every tile of the layer in one call
+    if st.var is not None:
+        v2 = vb * vb
+        std = np.sqrt(np.matmul(v2, st.var))
+        y += std * rng.standard_normal(y.shape, dtype=np.float32)
+        if st.ref_var is not None:
+            ncb = st.ref_var.shape[2]
+            ref_std = np.sqrt(np.matmul(v2, st.ref_var))  # (nrb, M, ncb), shared by a tile's columns
+            noise = ref_std * rng.standard_normal(ref_std.shape, dtype=np.float32)
+            y = (y.reshape(nrb, m, ncb, npad // ncb) - noise[..., None]).reshape(nrb, m, npad)
+    fs = i_fs[:, None, :]
+    if spec.adc.noise > 0:
+        y += np.float32(spec.adc.noise) * fs * rng.standard_normal(y.shape, dtype=np.float32)
+    if use_adc:
+        y = adc(y, fs, spec.adc.bits)
+    y *= st.comp[:, None, :]
+    return y.sum(axis=0)
