@@ -53,6 +53,9 @@ class Layer:
         self.gain = gain.astype(np.float32)
         self.shift = shift.astype(np.float32)
         self.chip: ChipContext | None = None
+        # Optional observer of (layer, input vectors, output sums); used by range finding
+        # and per-layer diagnostics, never by plain inference.
+        self.probe = None
         if entry["placement"] == "analog" and hardware is not None and not hardware.is_ideal:
             tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
                                 hardware, chip_rng)
@@ -60,13 +63,20 @@ class Layer:
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
             i_fs = tiles.i_max
             if ranges and hardware.adc.range == "percentile":
-                i_fs = bundle.array(ranges["adc"]).astype(np.float32)
+                key = ranges["adc"] if x_max is not None else ranges["adc_absmax"]
+                i_fs = bundle.array(key).astype(np.float32)
             i_fs = np.maximum(i_fs, np.float32(1e-12))
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
             self.position = np.argsort(a["column_order"])
 
     def product(self, cols: np.ndarray) -> np.ndarray:
         """(M, K) input vectors → (M, N) weighted sums in weight units, before the affine."""
+        y = self._product(cols)
+        if self.probe is not None:
+            self.probe(self, cols, y)
+        return y
+
+    def _product(self, cols: np.ndarray) -> np.ndarray:
         if self.chip is None:
             return cols @ self.matrix
         from xbar.runtime.analog import dac, tiled_product
@@ -104,8 +114,6 @@ class Layer:
 
     def _rows(self, x: np.ndarray) -> np.ndarray:
         """(..., K) → (..., N) through the crossbar (or the ideal matrix)."""
-        if self.chip is None:
-            return x @ self.matrix
         return self.product(x.reshape(-1, self.k)).reshape(*x.shape[:-1], self.n)
 
     def _check_width(self, width: int, shape: tuple[int, ...]) -> None:

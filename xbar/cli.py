@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from xbar import __version__
 from xbar.errors import XbarError
@@ -38,6 +39,33 @@ def cli() -> None:
     """
 
 
+def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: tuple[str, ...] = (),
+                      only: tuple[str, ...] = (), without: tuple[str, ...] = ()):
+    """Bundle's target (or ideal) ← --hardware preset/TOML ← --set KEY=VALUE ← --only/--without."""
+    from xbar.errors import ConfigError
+    from xbar.hardware import PRESETS, HardwareSpec, ablate, parse_assignment, preset
+
+    spec = HardwareSpec.from_dict(base) if base else preset("ideal")
+    if hardware:
+        if hardware in PRESETS:
+            spec = preset(hardware)
+        elif Path(hardware).suffix == ".toml" or Path(hardware).exists():
+            if not Path(hardware).exists():
+                raise ConfigError(f"--hardware {hardware}: no such TOML file")
+            spec = HardwareSpec.from_toml(hardware)
+        else:
+            raise ConfigError(f"--hardware {hardware!r} is neither a preset ({', '.join(PRESETS)}) nor a .toml file")
+    if sets:
+        spec = spec.override(dict(parse_assignment(item) for item in sets))
+    if only or without:
+        spec = ablate(spec, list(only) or None, list(without) or None)
+    return spec
+
+
+_HARDWARE_HELP = "Target chip: a preset (ideal, pcm, rram) or a TOML file."
+_SET_HELP = "Override one hardware field, e.g. adc.bits=6 or circuit.r_wire=2.5; repeatable."
+
+
 def _shape(shape: list[int | None] | None) -> str:
     if shape is None:
         return "?"
@@ -58,9 +86,15 @@ def _shape(shape: list[int | None] | None) -> str:
               help="Scale each column by this percentile of |W| instead of its maximum; larger weights clip.")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
+@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
+              "its conductance window is used for the mapping.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--calib-data", type=click.Path(dir_okay=False, path_type=Path),
+              help=".npz with inputs 'x': find DAC input ranges and ADC full scales from them.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: str, encoding: str, weight_bits: int | None,
-            weight_clip: float | None, digital: tuple[str, ...], force: bool) -> None:
+            weight_clip: float | None, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
+            calib_data: Path | None, force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
     from xbar.bundle import save_bundle
     from xbar.config import parse_crossbar
@@ -72,8 +106,22 @@ def convert(model: Path, output: Path | None, crossbar: str, encoding: str, weig
         raise BundleError(f"{output} already exists; pass --force to overwrite it")
     if output.resolve() == model.resolve():
         raise BundleError(f"output {output} is the input model; choose another -o")
+    spec = _resolve_hardware(None, hardware, sets)
     bundle = do_convert(model, crossbar=parse_crossbar(crossbar), encoding=encoding, weight_bits=weight_bits,
-                        digital=digital, weight_clip_percentile=weight_clip)
+                        digital=digital, weight_clip_percentile=weight_clip,
+                        g_min=spec.device.g_min, g_max=spec.device.g_max)
+    bundle.manifest["hardware"] = spec.to_dict()
+    if calib_data is not None:
+        from xbar.data import load_dataset
+        from xbar.runtime.ranges import find_ranges
+
+        ds = load_dataset(calib_data, bundle.graph["inputs"][0])
+        find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
+        click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
+                   f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
+    elif not spec.is_ideal:
+        click.echo("warning: no --calib-data: ADC full scales will be the physical maximum column current and "
+                   "the DAC scales every input vector by its own max |x|", err=True)
     save_bundle(bundle, output, force=force)
     s = bundle.manifest["summary"]
     click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles of {crossbar}, "
@@ -147,22 +195,36 @@ def _iter_bar(items, label):
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with 'x' (inputs, model input shape) and optional 'y' (integer labels).")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
-              help="Source ONNX model: also run it in onnxruntime and report agreement and max |diff|.")
+              help="Source ONNX model: also run it in onnxruntime and report agreement and max |diff| (ideal hardware).")
+@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--seeds", default="0", show_default=True, metavar="LIST",
+              help="Chip instances to sample, e.g. 0-9 or 0,3,7. One seed is one chip, bit for bit.")
+@click.option("--drift", metavar="TIMES", help="Times after programming, e.g. 1s,1h,1d,1y [default: the spec's t_inference].")
+@click.option("--only", multiple=True, metavar="NAME",
+              help="Keep only these non-idealities: programming, drift, read, ir-drop, faults, dac, adc, output-noise.")
+@click.option("--without", multiple=True, metavar="NAME", help="Switch these non-idealities off (same names).")
+@click.option("--per-layer", is_flag=True, help="Per analog layer: SNR against ideal hardware, clipping, dominant error.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(bundle: Path, data: Path, reference: Path | None, batch_size: int, as_json: bool) -> None:
-    """Evaluate a bundle on a data set on the simulated chip."""
+def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | None, sets: tuple[str, ...],
+             seeds: str, drift: str | None, only: tuple[str, ...], without: tuple[str, ...], per_layer: bool,
+             batch_size: int, as_json: bool) -> None:
+    """Evaluate a bundle on a data set: ideal hardware, and chip instances of the target hardware."""
     from xbar.bundle import load_bundle
     from xbar.data import load_dataset
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
     from xbar.runtime.evaluate import predict, summarise
+    from xbar.units import format_time, parse_seeds, parse_time_list
 
     b = load_bundle(bundle)
-    rt = Runtime(b)
+    spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets, only, without)
+    seed_list = parse_seeds(seeds)
+    times = parse_time_list(drift) if drift else [spec.t_inference]
     ds = load_dataset(data, b.graph["inputs"][0])
     show = not as_json and sys.stderr.isatty()
-    out = predict(rt, ds.x, batch_size, _progress("xbar", show))
+    ideal = predict(Runtime(b), ds.x, batch_size, _progress("ideal", show))
     ref = None
     warning = None
     if reference is not None:
@@ -170,22 +232,87 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, batch_size: int, 
             warning = f"{reference} is not the model this bundle was converted from (sha256 differs)"
             click.echo(f"warning: {warning}", err=True)
         ref = predict(onnxruntime_fn(reference), ds.x, batch_size, _progress("onnxruntime", show))
-    result: dict[str, Any] = {"bundle": str(bundle), "data": str(data), "hardware": "ideal", **summarise(out, ds, ref)}
+    result: dict[str, Any] = {"bundle": str(bundle), "data": str(data), **summarise(ideal, ds, ref)}
+    if "accuracy" in result:
+        result["ideal_accuracy"] = result["accuracy"]
     if warning:
         result["warning"] = warning
+    result["hardware"] = spec.to_dict()
+    rows = []
+    if not spec.is_ideal:
+        if any("ranges" not in layer for layer in b.layers if layer["placement"] == "analog"):
+            if spec.adc.range == "percentile" and spec.adc.bits is not None:
+                click.echo("warning: the bundle has no calibrated ranges (convert with --calib-data): "
+                           "ADC full scales are the physical maximum column currents", err=True)
+        from xbar.runtime.sweep import sweep
+
+        def bar(jobs):
+            jobs = list(jobs)
+            if not show:
+                return jobs
+            return _iter_bar(jobs, "chips")
+
+        rows = sweep(b, spec, ds, seed_list, times, batch_size, ideal_out=ideal, progress=bar)
+        result["seeds"] = seed_list
+        result["rows"] = [r.to_dict() for r in rows]
+        if len(rows) == 1 and rows[0].accuracies:
+            result["accuracy"] = rows[0].mean
+        elif len(rows) == 1:
+            result.pop("accuracy", None)
+    diagnostics = None
+    if per_layer:
+        from xbar.runtime.diagnose import diagnose
+
+        diagnostics = diagnose(b, spec.override(t_inference=times[-1]), ds.x[: min(len(ds), 256)], seed_list[0])
+        result["per_layer"] = diagnostics
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{bundle} on {data}: {ds.x.shape[0]} samples, ideal hardware")
-    if "accuracy" in result:
-        click.echo(f"  accuracy (xbar)         {100 * result['accuracy']:.2f}%")
-    if ref is not None:
+    _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, format_time)
+
+
+def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, format_time) -> None:
+    from xbar.table import render
+
+    click.echo(f"{bundle} on {data}: {len(ds)} samples")
+    if "ideal_accuracy" in result:
+        click.echo(f"  accuracy, ideal hardware   {100 * result['ideal_accuracy']:.2f}%")
+    if "agreement" in result:
         if "reference_accuracy" in result:
-            click.echo(f"  accuracy (onnxruntime)  {100 * result['reference_accuracy']:.2f}%")
-        click.echo(f"  top-1 agreement         {100 * result['agreement']:.2f}%")
-        click.echo(f"  max |xbar - onnxrt|     {result['max_abs_diff']:.3g}")
-    if "accuracy" not in result and ref is None:
-        click.echo("  (no labels 'y' in the data and no --reference: nothing to score)")
+            click.echo(f"  accuracy, onnxruntime      {100 * result['reference_accuracy']:.2f}%")
+        click.echo(f"  top-1 agreement (ideal vs onnxruntime)  {100 * result['agreement']:.2f}%")
+        click.echo(f"  max |xbar ideal - onnxruntime|          {result['max_abs_diff']:.3g}")
+    if spec.is_ideal:
+        if "accuracy" not in result and "agreement" not in result:
+            click.echo("  (no labels 'y' in the data and no --reference: nothing to score)")
+    else:
+        click.echo("\nhardware\n" + "\n".join("  " + line for line in spec.describe().splitlines()))
+        n = len(seed_list)
+        label = "accuracy" if rows and rows[0].accuracies else "top-1 agreement with ideal"
+        table = []
+        for r in rows:
+            if r.accuracies:
+                table.append([format_time(r.t), f"{100 * r.mean:.2f} ± {100 * r.std:.2f}%",
+                              f"{100 * min(r.accuracies):.2f}%", f"{100 * max(r.accuracies):.2f}%",
+                              f"{100 * float(np.mean(r.agreements)):.2f}%"])
+            else:
+                table.append([format_time(r.t), "-", "-", "-", f"{100 * float(np.mean(r.agreements)):.2f}%"])
+        click.echo(f"\n{label} over {n} chip instance{'s' if n > 1 else ''} (seeds {_seed_text(seed_list)}), "
+                   f"mean ± sample std:")
+        click.echo(render(["time", "accuracy", "worst chip", "best chip", "agrees w/ ideal"], table,
+                          numeric=[False, True, True, True, True]))
+    if diagnostics:
+        click.echo("\nper layer (worst first; SNR of the layer's output against ideal hardware on the same input):")
+        drows = [[d["layer"], f"{d['snr_db']:.1f}", f"{100 * d['dac_clip']:.2f}%", f"{100 * d['adc_clip']:.2f}%",
+                  d["tiles"], d["dominant"]] for d in diagnostics]
+        click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
+                          numeric=[False, True, True, True, True, False]))
+
+
+def _seed_text(seeds: list[int]) -> str:
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def main() -> None:

@@ -1,0 +1,56 @@
+"""Accuracy over chip instances (seeds) and drift times: the table `xbar eval` prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from xbar.bundle import Bundle
+from xbar.data import Dataset
+from xbar.hardware import HardwareSpec
+from xbar.runtime.evaluate import accuracy, predict
+from xbar.runtime.executor import Runtime
+
+
+@dataclass
+class SweepRow:
+    t: float
+    accuracies: list[float] = field(default_factory=list)
+    agreements: list[float] = field(default_factory=list)  # top-1 agreement with ideal hardware
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        # Sample standard deviation across chip instances (ddof=1), 0 for a single chip.
+        return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        out = {"t": self.t, "agreement_with_ideal_mean": float(np.mean(self.agreements))}
+        if self.accuracies:
+            out.update(accuracy_mean=self.mean, accuracy_std=self.std, accuracy_min=min(self.accuracies),
+                       accuracy_max=max(self.accuracies), accuracies=self.accuracies)
+        return out
+
+
+def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], times: list[float],
+          batch_size: int = 128, ideal_out: np.ndarray | None = None,
+          progress: Callable[[Iterable[tuple[float, int]]], Iterable[tuple[float, int]]] | None = None
+          ) -> list[SweepRow]:
+    """Evaluate one chip per (time, seed); every chip is sampled afresh from its seed."""
+    if ideal_out is None:
+        ideal_out = predict(Runtime(bundle), data.x, batch_size)
+    ideal_top = ideal_out.reshape(len(ideal_out), -1).argmax(1)
+    rows = {t: SweepRow(t) for t in times}
+    jobs = [(t, s) for t in times for s in seeds]
+    for t, seed in (progress(jobs) if progress else jobs):
+        rt = Runtime(bundle, spec.override(t_inference=t), seed=seed)
+        out = predict(rt, data.x, batch_size)
+        if data.y is not None:
+            rows[t].accuracies.append(accuracy(out, data.y))
+        rows[t].agreements.append(float((out.reshape(len(out), -1).argmax(1) == ideal_top).mean()))
+    return [rows[t] for t in times]
