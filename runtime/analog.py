@@ -32,8 +32,9 @@ def dac(x: np.ndarray, x_max: np.ndarray | float, bits: int | None) -> np.ndarra
 
 
 def adc(i: np.ndarray, full_scale: np.ndarray, bits: int | None) -> np.ndarray:
+    """Column currents → clipped, quantised readings; an ideal ADC (bits None) passes them on."""
     if bits is None:
-        return np.clip(i, -full_scale, full_scale)
+        return i
     return quantise_symmetric(i, bits, full_scale)
 
 

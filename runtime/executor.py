@@ -31,8 +31,9 @@ class Runtime:
     """Executable form of a bundle. `run` takes and returns dicts of named arrays."""
 
     def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0):
-        """`hardware` None (or an ideal spec) runs the programmed weights exactly; otherwise
-        a chip instance is sampled from `seed`: the same seed is the same chip, bit for bit."""
+        """`hardware` None runs the programmed weights exactly, row blocks fused into one product.
+        Otherwise a chip instance is sampled from `seed` (the same seed is the same chip, bit
+        for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC."""
         self.bundle = bundle
         self.hardware = hardware
         self.seed = seed

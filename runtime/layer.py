@@ -56,7 +56,9 @@ class Layer:
         # Optional observer of (layer, input vectors, output sums); used by range finding
         # and per-layer diagnostics, never by plain inference.
         self.probe = None
-        if entry["placement"] == "analog" and hardware is not None and not hardware.is_ideal:
+        # Any hardware spec, even an ideal one, runs the full per-tile path; only
+        # `hardware=None` takes the fused exact product (the fast ideal reference).
+        if entry["placement"] == "analog" and hardware is not None:
             tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
                                 hardware, chip_rng)
             ranges = entry.get("ranges")
