@@ -48,8 +48,8 @@ IB = H·VL, i.e. I = H·v and G_eff = Hᵀ.
 
 Why this is exact: it is a direct solve — Gaussian elimination of the circuit equations in
 a nested-dissection order — with no iteration and no tolerance, so G_eff agrees with a plain
-nodal solve up to floating-point rounding (tests: ≲ 1e-12 relative against an independent
-sparse nodal solve, r_w 0.1–10 Ω, G up to 100 µS, up to 256×256).
+nodal solve up to floating-point rounding (against an independent sparse nodal solve, r_w
+up to 10 Ω, G up to 100 µS, up to 256×256: 1e-13 to 1e-11 relative; the tests demand 1e-9).
 
 Why this method: per N×N tile it costs O(N³) flops (≈ 170 Mflop for 128×128: the largest
 joins are k = N solves with O(N) right-hand sides), against O(N⁴) for a column-by-column
@@ -61,8 +61,8 @@ per 64×64 tile, ≈ 20 ms per 128×128, ≈ 105 ms per 256×256. Tiles whose si
 powers of two are padded (rows above row 0, columns right of column C−1, G = 0): beyond
 the open wire ends no current flows, so the padding changes nothing.
 
-Threads: a stack of tiles is cut into chunks that run on one worker thread per core when
-threadpoolctl is installed; meanwhile BLAS is limited to one thread process-wide (its own
+Threads: a stack of tiles is cut into chunks that run on one worker thread per core (or
+`MAX_WORKERS`) when threadpoolctl is installed; meanwhile BLAS is limited to one thread process-wide (its own
 threading only slows these mid-sized products). Without threadpoolctl everything runs on
 the calling thread and BLAS threading is left alone.
 """
