@@ -67,17 +67,23 @@ def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndar
 
 
 def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M, C/g, *k) kernel → block-diagonal (C·∏k)×M matrix in im2col row order."""
+    """(M, C/g, *k) kernel → (∏k·C)×M matrix, rows ordered (kernel offset, input channel).
+
+    Kernel-offset-major rows let the runtime cut patches out of a channels-last activation
+    as runs of C contiguous values. Groups occupy disjoint (channel, output) blocks; the
+    rest of the matrix is a structural zero, recorded in the returned mask.
+    """
     m, cg = w.shape[:2]
     kk = int(np.prod(w.shape[2:]))
     mg = m // group
-    kg = cg * kk
-    full = np.zeros((kg * group, m))
-    mask = np.zeros((kg * group, m), dtype=bool)
+    c = cg * group
+    full = np.zeros((kk, c, m))
+    mask = np.zeros((kk, c, m), dtype=bool)
     for g in range(group):
-        full[g * kg:(g + 1) * kg, g * mg:(g + 1) * mg] = w[g * mg:(g + 1) * mg].reshape(mg, kg).T
-        mask[g * kg:(g + 1) * kg, g * mg:(g + 1) * mg] = True
-    return full, mask
+        wg = w[g * mg:(g + 1) * mg].reshape(mg, cg, kk).transpose(2, 1, 0)  # (kk, cg, mg)
+        full[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = wg
+        mask[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = True
+    return full.reshape(kk * c, m), mask.reshape(kk * c, m)
 
 
 def _bias_vector(c: np.ndarray, n: int, node: Node, label: str) -> np.ndarray | None:

@@ -34,11 +34,12 @@ def _snr_db(signal: np.ndarray, error: np.ndarray) -> float:
 
 def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     rt = Runtime(bundle, spec, seed)
-    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for i, layer in enumerate(rt.layers):
         if layer.chip is not None:
-            layer.probe = (lambda idx: lambda lyr, cols, y: seen.setdefault(idx, (cols.copy(), y.copy())))(i)
+            layer.probe = (lambda idx: lambda lyr, cols, y: parts.setdefault(idx, []).append((cols.copy(), y.copy())))(i)
     rt(x)
+    seen = {i: (np.concatenate([c for c, _ in p]), np.concatenate([y for _, y in p])) for i, p in parts.items()}
     active = spec.active_nonidealities()
     report = []
     for i, (cols, y) in seen.items():

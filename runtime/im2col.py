@@ -38,14 +38,14 @@ def output_size(spatial: tuple[int, ...], kernel: list[int], strides: list[int],
     ]
 
 
-def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
-            pads: list[int]) -> tuple[np.ndarray, list[int]]:
-    """(B, C, *S) → (B·L, C·∏kernel) patch rows, and the output spatial size.
+def patch_view(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
+               pads: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(B, C, *S) → a (B, *out, K) array of patches, K = ∏kernel·C, and the output size.
 
-    Columns are ordered (channel, kernel offsets) as the ONNX weight (M, C, *k) flattens, so
-    the bundle's K×N matrix applies directly. The work happens channels-last: a patch row
-    is then one strided window of a (B, *S, C) array and the whole layer is one large GEMM
-    (B·L × K by K × N) instead of B small ones.
+    Patch columns are ordered (kernel offset, channel), the row order of the bundle's K×N
+    matrix for convolutions. Where possible the result is a strided view of the
+    channels-last input (nothing copied yet): the caller copies it chunk by chunk, so each
+    chunk of patches is still in cache when its GEMM reads it.
     """
     b, c = x.shape[:2]
     spatial = x.shape[2:]
@@ -55,13 +55,46 @@ def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: lis
         raise ValueError(f"convolution output would be empty: input {list(spatial)}, kernel {kernel}, pads {pads}")
     xl = np.moveaxis(x, 1, -1)  # a view; free when x is itself a channels-last buffer
     if any(pads):
-        xl = np.pad(xl, [(0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)] + [(0, 0)])
+        padded = np.zeros((b, *(n + pads[i] + pads[i + nd] for i, n in enumerate(spatial)), c), dtype=x.dtype)
+        padded[(slice(None),) + tuple(slice(pads[i], pads[i] + n) for i, n in enumerate(spatial))] = xl
+        xl = padded
+    elif not xl.flags.c_contiguous:
+        xl = np.ascontiguousarray(xl)
     if all(k == 1 for k in kernel):
         sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(strides, out))
-        return xl[(slice(None),) + sl].reshape(-1, c), out
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    win = np.lib.stride_tricks.sliding_window_view(xl, span, axis=tuple(range(1, nd + 1)))
-    # win: (B, *positions, C, *span); pick strided positions and dilated taps.
-    sel = ((slice(None),) + tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(strides, out))
-           + (slice(None),) + tuple(slice(None, None, d) for d in dilations))
-    return win[sel].reshape(-1, c * int(np.prod(kernel))), out
+        return xl[(slice(None),) + sl], out
+    st = xl.strides
+    if dilations[-1] == 1:
+        # The last kernel axis and the channels are one contiguous run of k·C values.
+        shape = (b, *out, *kernel[:-1], kernel[-1] * c)
+        steps = (st[0], *(st[1 + i] * strides[i] for i in range(nd)),
+                 *(st[1 + i] * dilations[i] for i in range(nd - 1)), st[-1])
+        view = np.lib.stride_tricks.as_strided(xl, shape, steps, writeable=False)
+        return view.reshape(b, *out, -1) if nd == 1 else _merge_tail(view, b, out), out
+    cols = np.empty((b, *out, int(np.prod(kernel)), c), dtype=x.dtype)
+    for k, offs in enumerate(itertools.product(*(range(k) for k in kernel))):
+        sl = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offs, dilations, strides, out))
+        cols[..., k, :] = xl[(slice(None),) + sl]
+    return cols.reshape(b, *out, -1), out
+
+
+class _merge_tail:
+    """A (B, *out, k1, …, k_last·C) strided view read as (B, *out, K) without copying it all.
+
+    Slicing along the batch and reshaping a slice copies only that slice.
+    """
+
+    def __init__(self, view: np.ndarray, b: int, out: list[int]):
+        self.view = view
+        self.shape = (b, *out, int(np.prod(view.shape[1 + len(out):])))
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        part = self.view[key]
+        return part.reshape(part.shape[0], *self.shape[1:])
+
+
+def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
+            pads: list[int]) -> tuple[np.ndarray, list[int]]:
+    """(B, C, *S) → (B·L, K) patch rows (materialised), and the output spatial size."""
+    view, out = patch_view(x, kernel, strides, dilations, pads)
+    return view[0:x.shape[0]].reshape(-1, view.shape[-1]), out

@@ -13,7 +13,11 @@ import numpy as np
 from xbar.bundle import Bundle
 from xbar.errors import DataError
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
-from xbar.runtime.im2col import patches, resolve_pads
+from xbar.runtime.im2col import patch_view, resolve_pads
+
+# Patches are copied and multiplied this many values at a time (16 MiB of float32), so a
+# chunk is still in cache when its GEMM reads it: ~2x faster than one layer-sized GEMM.
+CHUNK_VALUES = 1 << 22
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Layer:
             self.matrix = a["weight"].astype(np.float32)
         self.gain = gain.astype(np.float32)
         self.shift = shift.astype(np.float32)
+        # Exact hardware only: the column gains folded into the matrix save one pass per layer.
+        self.fused = (self.matrix * self.gain).astype(np.float32)
         self.chip: ChipContext | None = None
         # Optional observer of (layer, input vectors, output sums); used by range finding
         # and per-layer diagnostics, never by plain inference.
@@ -137,8 +143,19 @@ class Layer:
                 f"{len(p['kernel_shape'])} spatial dims), got shape {list(x.shape)}"
             )
         pads = resolve_pads(x.shape[2:], p["kernel_shape"], p["strides"], p["dilations"], p["pads"], p["auto_pad"])
-        cols, out = patches(x, p["kernel_shape"], p["strides"], p["dilations"], pads)
-        y = self._affine(self.product(cols), axis=-1)  # (B·L, N), channels-last
+        view, out = patch_view(x, p["kernel_shape"], p["strides"], p["dilations"], pads)
+        b = x.shape[0]
+        per_image = int(np.prod(out)) * view.shape[-1]
+        step = max(1, CHUNK_VALUES // per_image)
+        y = np.empty((b, *out, self.n), dtype=np.float32)
+        for start in range(0, b, step):
+            cols = view[start:start + step].reshape(-1, view.shape[-1])
+            if self.chip is None and self.probe is None:
+                part = cols @ self.fused
+                part += self.shift
+            else:
+                part = self._affine(self.product(cols), axis=-1)  # channels-last rows
+            y[start:start + step] = part.reshape(-1, *out, self.n)
         # Hand back an NCHW view of the channels-last result: elementwise ops keep that
         # memory order and the next convolution's moveaxis undoes it for free.
-        return np.moveaxis(y.reshape(x.shape[0], *out, self.n), -1, 1)
+        return np.moveaxis(y, -1, 1)
