@@ -113,3 +113,55 @@ def test_unknown_digital_layer_lists_the_real_ones(run, models_dir, tmp_path):
 def test_bad_crossbar_option(run, models_dir, tmp_path):
     _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "d.xbar", "--crossbar", "128x127"), "even")
     _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "d.xbar", "--crossbar", "big"), "ROWSxCOLS")
+
+
+@pytest.fixture(scope="module")
+def pcm_bundle(tmp_path_factory, models_dir):
+    out = tmp_path_factory.mktemp("pcm") / "p.xbar"
+    r = CliRunner().invoke(cli, ["convert", str(models_dir / "resnet_bn.onnx"), "-o", str(out), "--hardware", "pcm",
+                                 "--set", "circuit.ir_drop=false", "--calib-data", str(models_dir / "digits_calib.npz")])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_eval_over_chips_and_times(run, pcm_bundle, models_dir):
+    r = run("eval", pcm_bundle, "--data", models_dir / "digits_test.npz", "--seeds", "0-2", "--drift", "1s,1d", "--json")
+    res = json.loads(r.output)
+    assert res["seeds"] == [0, 1, 2] and [row["t"] for row in res["rows"]] == [1.0, 86400.0]
+    early, late = res["rows"]
+    assert len(early["accuracies"]) == 3
+    # Drift over a day costs accuracy on this chip model, and ideal hardware is the ceiling.
+    assert late["accuracy_mean"] < early["accuracy_mean"] <= res["ideal_accuracy"] + 0.01
+    assert res["hardware"]["device"]["model"] == "pcm"
+    text = run("eval", pcm_bundle, "--data", models_dir / "digits_test.npz", "--seeds", "0-1", "--drift", "1h").output
+    assert "mean ± sample std" in text and "1 h" in text and "device" in text
+
+
+def test_eval_is_reproducible_and_ablations_work(run, pcm_bundle, models_dir):
+    args = ("eval", pcm_bundle, "--data", models_dir / "digits_test.npz", "--seeds", "3", "--drift", "1d", "--json")
+    a, b = json.loads(run(*args).output), json.loads(run(*args).output)
+    assert a["rows"] == b["rows"]
+    only_adc = json.loads(run(*args, "--only", "adc").output)
+    assert only_adc["hardware"]["device"]["drift"] is False
+    assert only_adc["rows"][0]["accuracy_mean"] >= a["rows"][0]["accuracy_mean"]
+    no_drift = json.loads(run(*args, "--without", "drift").output)
+    assert no_drift["hardware"]["device"]["drift"] is False and no_drift["hardware"]["device"]["prog_noise"] is True
+
+
+def test_eval_per_layer(run, pcm_bundle, models_dir):
+    res = json.loads(run("eval", pcm_bundle, "--data", models_dir / "digits_test.npz", "--per-layer", "--json").output)
+    rows = res["per_layer"]
+    assert len(rows) == 9 and [r["snr_db"] for r in rows] == sorted(r["snr_db"] for r in rows)
+    assert all(r["dominant"] in ("programming", "read", "drift", "dac", "adc") for r in rows)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (("--drift", "yesterday"), ["yesterday"]),
+    (("--hardware", "quantum"), ["quantum", "pcm"]),
+    (("--set", "adc.bits=0"), ["adc.bits"]),
+    (("--set", "adc.bitz=4"), ["bitz"]),
+    (("--only", "gravity"), ["gravity", "ir-drop"]),
+    (("--seeds", "5-2"), ["5-2"]),
+])
+def test_eval_rejects_bad_hardware_options(run, pcm_bundle, models_dir, args, needles):
+    _user_error(run("eval", pcm_bundle, "--data", models_dir / "digits_test.npz", *args), *needles)
