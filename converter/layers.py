@@ -125,6 +125,8 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
             "dilations": list(node.attrs.get("dilations", [1] * spatial)),
             "pads": list(node.attrs.get("pads", [0] * (2 * spatial))),
             "auto_pad": node.attrs.get("auto_pad", "NOTSET"),
+            # Rows of K: kernel offsets (row-major) outer, input channels inner.
+            "row_order": "kernel,channel",
         }
         structure = mask if group > 1 else None
         return LayerSpec(node.name, "conv", a, node.outputs[0], matrix, Affine.identity(bias), b, params, structure)

@@ -91,10 +91,25 @@ class Runtime:
         return out
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        walk = self.walk(feeds)
+        while True:
+            try:
+                next(walk)
+            except StopIteration as done:
+                return done.value
+
+    def walk(self, feeds: Mapping[str, np.ndarray]):
+        """Execute step by step, pausing before every layer: yields (layer, its input).
+
+        A caller may change the layer (e.g. re-fit its affine) before resuming; the
+        generator's return value is the dict of outputs.
+        """
         env: dict[str, np.ndarray] = dict(self.constants)
         env.update(self._check_inputs(feeds))
         for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
             args = [env[i] if i else None for i in ins]
+            if isinstance(fn, Layer):
+                yield fn, args[0]
             try:
                 results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
             except XbarError:

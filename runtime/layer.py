@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from xbar.bundle import Bundle
-from xbar.errors import DataError
+from xbar.errors import BundleError, DataError
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
 from xbar.runtime.im2col import patch_view, resolve_pads
 
@@ -41,23 +41,21 @@ class Layer:
         self.kind = entry["kind"]
         self.params = entry["params"]
         self.k, self.n = entry["K"], entry["N"]
+        if self.kind == "conv" and self.params.get("row_order") != "kernel,channel":
+            raise BundleError(f"layer {self.name!r}: convolution rows are in order {self.params.get('row_order')!r}; "
+                              "this runtime needs 'kernel,channel'. Convert the model again with this xbar.")
         keys = entry["arrays"]
         a = {name: bundle.array(key) for name, key in keys.items()}
-        eps = entry["affine"]["eps"]
-        gain = a["gamma"].astype(np.float64) / np.sqrt(a["var"].astype(np.float64) + eps)
-        shift = a["beta"] + (a["bias"] - a["mean"]) * gain
         if entry["placement"] == "analog":
             tiles = normalised_tiles(a["conductance"], bundle.manifest["mapping"])
             # Weights on hardware are in normalised units; the digital periphery rescales
             # each column by its w_max and applies the affine in one multiply-add.
             self.matrix = assemble(tiles, self.k, self.n, a["column_order"])
-            gain = gain * a["col_scale"]
+            self.col_scale = a["col_scale"].astype(np.float64)
         else:
             self.matrix = a["weight"].astype(np.float32)
-        self.gain = gain.astype(np.float32)
-        self.shift = shift.astype(np.float32)
-        # Exact hardware only: the column gains folded into the matrix save one pass per layer.
-        self.fused = (self.matrix * self.gain).astype(np.float32)
+            self.col_scale = np.ones(self.n)
+        self.set_affine(a["bias"], a["gamma"], a["beta"], a["mean"], a["var"], entry["affine"]["eps"])
         self.chip: ChipContext | None = None
         # Optional observer of (layer, input vectors, output sums); used by range finding
         # and per-layer diagnostics, never by plain inference.
@@ -77,8 +75,16 @@ class Layer:
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
             self.position = np.argsort(a["column_order"])
 
+    def set_affine(self, bias, gamma, beta, mean, var, eps: float) -> None:
+        """Per-output y = γ·(z + b − μ)/√(σ² + ε) + β, applied after the product (z)."""
+        gain = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+        self.shift = (np.asarray(beta, np.float64) + (np.asarray(bias, np.float64) - mean) * gain).astype(np.float32)
+        self.gain = (gain * self.col_scale).astype(np.float32)
+        # Exact hardware only: the column gains folded into the matrix save one pass per layer.
+        self.fused = (self.matrix * self.gain).astype(np.float32)
+
     def product(self, cols: np.ndarray) -> np.ndarray:
-        """(M, K) input vectors → (M, N) weighted sums in weight units, before the affine."""
+        """(M, K) input vectors → (M, N) sums in normalised weight units (before column scale and affine)."""
         y = self._product(cols)
         if self.probe is not None:
             self.probe(self, cols, y)
@@ -128,7 +134,23 @@ class Layer:
         if width != self.k:
             raise DataError(f"layer {self.name!r} expects {self.k} input features, got a tensor of shape {list(shape)}")
 
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """The layer's output before its per-output affine, in the layout __call__ returns
+        (channel axis 1 for Conv, the output axis for Gemm/MatMul), scaled to weight units."""
+        self._identity = True
+        try:
+            return self(x)
+        finally:
+            self._identity = False
+
+    _identity = False
+
     def _affine(self, y: np.ndarray, axis: int) -> np.ndarray:
+        if self._identity:
+            shape = [1] * y.ndim
+            shape[axis] = self.n
+            y *= self.col_scale.astype(np.float32).reshape(shape)
+            return y
         shape = [1] * y.ndim
         shape[axis] = self.n
         y *= self.gain.reshape(shape)
@@ -150,7 +172,7 @@ class Layer:
         y = np.empty((b, *out, self.n), dtype=np.float32)
         for start in range(0, b, step):
             cols = view[start:start + step].reshape(-1, view.shape[-1])
-            if self.chip is None and self.probe is None:
+            if self.chip is None and self.probe is None and not self._identity:
                 part = cols @ self.fused
                 part += self.shift
             else:

@@ -34,8 +34,10 @@ def cli() -> None:
     \b
     xbar convert model.onnx        map the weights onto crossbar tiles -> model.xbar
     xbar info model.xbar           layers, shapes, tiles, utilisation
-    xbar eval model.xbar --data test.npz --reference model.onnx
-                                   accuracy on the simulated chip vs onnxruntime
+    xbar eval model.xbar --data test.npz --hardware pcm --seeds 0-9 --drift 1h,1d,1y
+                                   accuracy on simulated chips over time
+    xbar calibrate model.xbar --data calib.npz --drift 1d
+                                   re-fit batch-norm on one chip -> model.calibrated.xbar
     """
 
 
@@ -171,8 +173,15 @@ def info(bundle: Path, as_json: bool) -> None:
     s = m["summary"]
     click.echo(f"\n{s['analog_layers']} analog layers on {s['tiles_used']} tiles, {s['digital_layers']} digital; "
                f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
+    from xbar.units import format_time
+
     for rec in m.get("calibration", []):
-        click.echo(f"calibration: {json.dumps(rec)}")
+        acc = (f"; accuracy on calibration data {100 * rec['accuracy_before']:.2f}% -> {100 * rec['accuracy_after']:.2f}%"
+               if "accuracy_before" in rec else "")
+        click.echo(f"calibration: '{rec['method']}' on {rec['samples']} samples, chip seed {rec['seed']}, "
+                   f"t = {format_time(rec['t_inference'])}, {rec['hardware']['device']['model']} device{acc}; "
+                   f"agreement with ideal {100 * rec['agreement_with_ideal_before']:.2f}% -> "
+                   f"{100 * rec['agreement_with_ideal_after']:.2f}% ({rec['date']})")
 
 
 def _progress(label: str, enabled: bool):
@@ -190,6 +199,63 @@ def _iter_bar(items, label):
         yield from bar
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibration .npz: 'x' inputs (a few hundred samples), optional 'y' labels (only to report accuracy).")
+@click.option("--method", type=click.Choice(["stats", "affine"]), default="affine", show_default=True,
+              help="stats: re-estimate BN mean/variance from noisy activations; affine: per-channel least squares "
+                   "to the ideal-hardware activations. Both label-free.")
+@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The chip instance to calibrate.")
+@click.option("--drift", metavar="TIME", help="Time after programming at which to calibrate, e.g. 1h [default: the spec's].")
+@click.option("--only", multiple=True, metavar="NAME", help="Keep only these non-idealities (as for eval).")
+@click.option("--without", multiple=True, metavar="NAME", help="Switch these non-idealities off (as for eval).")
+@click.option("--no-fold", is_flag=True, help="Keep BN statistics unfolded instead of the periphery's gain/shift form.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibrated bundle [default: BUNDLE with suffix .calibrated.xbar].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
+def calibrate(bundle: Path, data: Path, method: str, hardware: str | None, sets: tuple[str, ...], seed: int,
+              drift: str | None, only: tuple[str, ...], without: tuple[str, ...], no_fold: bool,
+              output: Path | None, batch_size: int, force: bool) -> None:
+    """Re-fit every analog layer's per-output affine (batch-norm) on one chip instance, then fold it.
+
+    The input bundle is never modified; the output records the calibration (method, samples,
+    chip seed, drift time, hardware, before/after on the calibration data).
+    """
+    from xbar.bundle import load_bundle, save_bundle
+    from xbar.data import load_dataset
+    from xbar.errors import BundleError
+    from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
+    from xbar.units import format_time, parse_time
+
+    output = output or bundle.with_name(bundle.stem + ".calibrated.xbar")
+    if output.exists() and not force:
+        raise BundleError(f"{output} already exists; pass --force to overwrite it")
+    if output.resolve() == bundle.resolve():
+        raise BundleError("the output would overwrite the input bundle; choose another -o")
+    b = load_bundle(bundle)
+    spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets, only, without)
+    if drift:
+        spec = spec.override(t_inference=parse_time(drift))
+    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES)
+    t0 = __import__("time").perf_counter()
+    show = sys.stderr.isatty()
+    out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
+                            progress=(lambda items: _iter_bar(list(items), "layers")) if show else None)
+    save_bundle(out, output, force=force)
+    took = __import__("time").perf_counter() - t0
+    click.echo(f"calibrated {len(rec['layers'])} layers of {bundle} with '{method}' on {rec['samples']} samples, "
+               f"chip seed {seed}, t = {format_time(spec.t_inference)} ({took:.1f} s) -> {output}")
+    if "accuracy_before" in rec:
+        click.echo(f"  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
+                   f"{100 * rec['accuracy_after']:.2f}% after (ideal hardware {100 * rec['accuracy_ideal']:.2f}%)")
+    click.echo(f"  top-1 agreement with ideal hardware: {100 * rec['agreement_with_ideal_before']:.2f}% before, "
+               f"{100 * rec['agreement_with_ideal_after']:.2f}% after")
+
+
 @cli.command(name="eval")
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -198,8 +264,9 @@ def _iter_bar(items, label):
               help="Source ONNX model: also run it in onnxruntime and report agreement and max |diff| (ideal hardware).")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--seeds", default="0", show_default=True, metavar="LIST",
-              help="Chip instances to sample, e.g. 0-9 or 0,3,7. One seed is one chip, bit for bit.")
+@click.option("--seeds", default=None, metavar="LIST",
+              help="Chip instances to sample, e.g. 0-9 or 0,3,7. One seed is one chip, bit for bit. "
+                   "[default: 0, or the chip a calibrated bundle was calibrated on]")
 @click.option("--drift", metavar="TIMES", help="Times after programming, e.g. 1s,1h,1d,1y [default: the spec's t_inference].")
 @click.option("--only", multiple=True, metavar="NAME",
               help="Keep only these non-idealities: programming, drift, read, ir-drop, faults, dac, adc, output-noise.")
@@ -219,9 +286,17 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     from xbar.units import format_time, parse_seeds, parse_time_list
 
     b = load_bundle(bundle)
-    spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets, only, without)
+    record = (b.manifest.get("calibration") or [None])[-1]
+    # A calibrated bundle is evaluated on the chip it was calibrated for, unless told otherwise.
+    base = record["hardware"] if record else b.manifest.get("hardware")
+    spec = _resolve_hardware(base, hardware, sets, only, without)
+    if seeds is None:
+        seeds = str(record["seed"]) if record else "0"
     seed_list = parse_seeds(seeds)
-    times = parse_time_list(drift) if drift else [spec.t_inference]
+    if drift is None and record and hardware is None:
+        times = [record["t_inference"]]
+    else:
+        times = parse_time_list(drift) if drift else [spec.t_inference]
     ds = load_dataset(data, b.graph["inputs"][0])
     show = not as_json and sys.stderr.isatty()
     ideal = predict(Runtime(b), ds.x, batch_size, _progress("ideal", show))

@@ -1,0 +1,188 @@
+"""Re-fit each analog layer's per-output affine on one chip instance, then fold it.
+
+Layers are visited in topological order while the calibration set flows through the
+noisy chip, so each layer is fitted on the inputs it really receives once every earlier
+layer is already calibrated. Two label-free methods:
+
+- stats: re-estimate the batch-norm statistics μ, σ² from the noisy pre-BN activations.
+  For layers whose affine is not a batch-norm (BN folded at export, or an earlier
+  calibration already folded), the same idea is applied against the clean activations:
+  the per-channel mean and spread of the noisy output are matched to the ideal output's.
+- affine: per output channel, least squares a, b with a·y_noisy + b ≈ y_clean, where
+  y_clean is the ideal-hardware activation at the same point for the same samples.
+
+Folding writes the result as the periphery applies it (γ = gain, β = shift, μ = 0,
+σ² = 1, ε = 0, b = 0): one multiply-add per output after the ADC.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from xbar import __version__
+from xbar.bundle import Bundle
+from xbar.errors import DataError
+from xbar.hardware import HardwareSpec
+from xbar.runtime.evaluate import accuracy, predict
+from xbar.runtime.executor import Runtime
+from xbar.runtime.layer import Layer
+
+METHODS = ("stats", "affine")
+MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
+
+
+@dataclass
+class Affine:
+    bias: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    eps: float
+
+    def gain(self) -> np.ndarray:
+        return self.gamma / np.sqrt(self.var + self.eps)
+
+    def shift(self) -> np.ndarray:
+        return self.beta + (self.bias - self.mean) * self.gain()
+
+
+def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
+    """Layer output → (samples, N): every position of every sample is one observation."""
+    if layer.kind == "conv":
+        return np.moveaxis(y, 1, -1).reshape(-1, layer.n).astype(np.float64)
+    if layer.kind == "matmul" and layer.params.get("side") == "left":
+        return np.swapaxes(y, -1, -2).reshape(-1, layer.n).astype(np.float64)
+    return y.reshape(-1, layer.n).astype(np.float64)
+
+
+def _read_affine(bundle: Bundle, entry: dict[str, Any]) -> Affine:
+    k = entry["arrays"]
+    get = lambda name: bundle.array(k[name]).astype(np.float64)  # noqa: E731
+    return Affine(get("bias"), get("gamma"), get("beta"), get("mean"), get("var"), float(entry["affine"]["eps"]))
+
+
+def _fit(method: str, layer: Layer, aff: Affine, source: str, x_noisy: np.ndarray, clean_out: np.ndarray) -> Affine:
+    if method == "stats" and source == "batchnorm":
+        z = _channels(layer.raw(x_noisy), layer) + aff.bias
+        return Affine(aff.bias, aff.gamma, aff.beta, z.mean(axis=0), z.var(axis=0), aff.eps)
+    y_noisy = _channels(layer(x_noisy), layer)
+    y_clean = _channels(clean_out, layer)
+    mn, mc = y_noisy.mean(axis=0), y_clean.mean(axis=0)
+    if method == "stats":
+        sn, sc = y_noisy.std(axis=0), y_clean.std(axis=0)
+        a = np.where(sn > 0, sc / np.where(sn > 0, sn, 1), 1.0)
+    else:
+        cov = ((y_noisy - mn) * (y_clean - mc)).mean(axis=0)
+        var = ((y_noisy - mn) ** 2).mean(axis=0)
+        a = np.where(var > 0, cov / np.where(var > 0, var, 1), 1.0)
+    b = mc - a * mn
+    # y' = a·(γ(z + b − μ)/s + β) + b: scale γ and β, keep the statistics.
+    return Affine(aff.bias, a * aff.gamma, a * aff.beta + b, aff.mean, aff.var, aff.eps)
+
+
+def _write_affine(bundle: Bundle, entry: dict[str, Any], aff: Affine) -> None:
+    keys = entry["arrays"]
+    for name in ("bias", "gamma", "beta", "mean", "var"):
+        bundle.arrays[keys[name]] = getattr(aff, name).astype(np.float32)
+    entry["affine"]["eps"] = aff.eps
+
+
+def fold_bundle(bundle: Bundle) -> Bundle:
+    """Every analog layer's affine as the periphery applies it: γ = gain, β = shift, μ = 0, σ² = 1."""
+    out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
+    for entry in out.layers:
+        if entry["placement"] != "analog":
+            continue
+        aff = _read_affine(out, entry)
+        n = aff.gamma.shape[0]
+        _write_affine(out, entry, Affine(np.zeros(n), aff.gain(), aff.shift(), np.zeros(n), np.ones(n), 0.0))
+        entry["affine"]["source"] = "calibrated"
+    return out
+
+
+def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> None:
+    if len(x) < MIN_SAMPLES:
+        raise DataError(f"{path}: {len(x)} calibration samples; at least {MIN_SAMPLES} are needed "
+                        "(a few hundred give stable per-channel fits)")
+
+
+def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, method: str,
+              y: np.ndarray | None = None, fold: bool = True, batch_size: int = 128,
+              progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> tuple[Bundle, dict[str, Any]]:
+    """Return a calibrated copy of `bundle` (the input is not modified) and its record."""
+    if method not in METHODS:
+        raise DataError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
+    ranges_found = False
+    if any("ranges" not in e for e in out.layers if e["placement"] == "analog"):
+        from xbar.runtime.ranges import find_ranges
+
+        find_ranges(out, x, spec, batch_size)
+        ranges_found = True
+    noisy = Runtime(out, spec, seed)
+    clean = Runtime(out)
+    before = predict(noisy, x, batch_size)
+    ideal = predict(clean, x, batch_size)
+
+    noisy = Runtime(out, spec, seed)  # fresh read-noise streams for the fit itself
+    feeds = {noisy.input_names[0]: x}
+    walk_n, walk_c = noisy.walk(feeds), clean.walk(feeds)
+    changed = []
+    steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog"]
+    bar = iter(progress(steps)) if progress else None
+    while True:
+        try:
+            layer, x_noisy = next(walk_n)
+        except StopIteration:
+            break
+        clean_layer, x_clean = next(walk_c)
+        index = noisy.layers.index(layer)
+        entry = out.layers[index]
+        if entry["placement"] != "analog":
+            continue
+        clean_out = clean_layer(x_clean)
+        aff = _read_affine(out, entry)
+        new = _fit(method, layer, aff, entry["affine"]["source"], x_noisy, clean_out)
+        _write_affine(out, entry, new)
+        layer.set_affine(new.bias, new.gamma, new.beta, new.mean, new.var, new.eps)
+        changed.append(entry["name"])
+        if bar is not None:
+            next(bar, None)
+    if fold:
+        out = fold_bundle(out)
+    after = predict(Runtime(out, spec, seed), x, batch_size)
+    record: dict[str, Any] = {
+        "method": method,
+        "samples": int(len(x)),
+        "seed": int(seed),
+        "t_inference": spec.t_inference,
+        "hardware": spec.to_dict(),
+        "folded": fold,
+        "ranges_from_calibration_data": ranges_found,
+        "layers": changed,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "xbar_version": __version__,
+        "agreement_with_ideal_before": _agree(before, ideal),
+        "agreement_with_ideal_after": _agree(after, ideal),
+    }
+    if y is not None:
+        record["accuracy_before"] = accuracy(before, y)
+        record["accuracy_after"] = accuracy(after, y)
+        record["accuracy_ideal"] = accuracy(ideal, y)
+    out.manifest.setdefault("calibration", []).append(record)
+    return out, record
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).mean())
+
+
+def _deep_copy(obj: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(obj)
