@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from xbar import __version__
+from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
 from xbar.converter.fold import build_graph
@@ -67,7 +68,7 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         arrays[keys[name]] = value
 
     aff = spec.affine
-    for name in ("bias", "gamma", "beta", "mean", "var"):
+    for name in AFFINE_FIELDS:
         put(name, np.asarray(getattr(aff, name), dtype=np.float32))
     entry: dict[str, Any] = {}
     if placement == "analog":
@@ -158,7 +159,7 @@ def convert(
             "weight_name": spec.weight_name,
             "weights": int(spec.structure.sum()) if spec.structure is not None else int(k * n),
             "params": spec.params,
-            "affine": {"source": spec.affine.source, "bn_node": spec.affine.bn_node, "eps": spec.affine.eps},
+            "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
         }
         entry.update(_layer_arrays(idx, spec, placement, cfg, arrays))
         layers.append(entry)

@@ -14,29 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from xbar.affine import Affine
 from xbar.converter.ir import Graph, Node
 from xbar.errors import ModelError
 
 ANALOG_OPS = ("Conv", "Gemm", "MatMul")
-
-
-@dataclass
-class Affine:
-    """Per-output y = gamma·(z + bias − mean)/sqrt(var + eps) + beta."""
-
-    bias: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    mean: np.ndarray
-    var: np.ndarray
-    eps: float
-    source: str  # "batchnorm" or "bias"
-    bn_node: str | None = None
-
-    @classmethod
-    def identity(cls, bias: np.ndarray) -> "Affine":
-        n = bias.shape[0]
-        return cls(bias, np.ones(n), np.zeros(n), np.zeros(n), np.ones(n), 0.0, "bias")
 
 
 @dataclass
@@ -47,9 +29,11 @@ class LayerSpec:
     output: str
     weight: np.ndarray  # K×N, float64
     affine: Affine
+    affine_source: str  # "batchnorm" or "bias"
     weight_name: str
     params: dict[str, Any] = field(default_factory=dict)
     structure: np.ndarray | None = None  # K×N bool: which cells carry a real weight
+    bn_node: str | None = None  # the BatchNormalization absorbed as the affine, if any
 
 
 def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndarray:
@@ -129,7 +113,7 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
             "row_order": "kernel,channel",
         }
         structure = mask if group > 1 else None
-        return LayerSpec(node.name, "conv", a, node.outputs[0], matrix, Affine.identity(bias), b, params, structure)
+        return LayerSpec(node.name, "conv", a, node.outputs[0], matrix, Affine.identity(bias), "bias", b, params, structure)
 
     if node.op == "Gemm":
         if b not in graph.constants:
@@ -157,7 +141,7 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
                 )
             bias = vec
         params = {"transA": int(node.attrs.get("transA", 0))}
-        return LayerSpec(node.name, "gemm", a, node.outputs[0], w, Affine.identity(bias), b, params)
+        return LayerSpec(node.name, "gemm", a, node.outputs[0], w, Affine.identity(bias), "bias", b, params)
 
     # MatMul: one operand constant (and 2-D), the other computed.
     if b in graph.constants and a not in graph.constants:
@@ -173,7 +157,7 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
             f"{label}: MatMul node {node.name!r} has a constant operand of shape {list(w.shape)}; "
             "only a 2-D constant weight can be mapped onto crossbars"
         )
-    return LayerSpec(node.name, "matmul", inp, node.outputs[0], w, Affine.identity(np.zeros(w.shape[1])), wname, {"side": side})
+    return LayerSpec(node.name, "matmul", inp, node.outputs[0], w, Affine.identity(np.zeros(w.shape[1])), "bias", wname, {"side": side})
 
 
 def absorb_following(graph: Graph, layer: LayerSpec, consumers: dict[str, list[Node]], label: str) -> list[Node]:
@@ -223,7 +207,8 @@ def absorb_following(graph: Graph, layer: LayerSpec, consumers: dict[str, list[N
                 f"{label}: BatchNormalization {user.name!r} has {gamma.size} channels but follows "
                 f"{layer.name!r} with {n} outputs"
             )
-        layer.affine = Affine(layer.affine.bias, gamma, beta, mean, var, float(user.attrs.get("epsilon", 1e-5)), "batchnorm", user.name)
+        layer.affine = Affine(layer.affine.bias, gamma, beta, mean, var, float(user.attrs.get("epsilon", 1e-5)))
+        layer.affine_source, layer.bn_node = "batchnorm", user.name
         layer.output = user.outputs[0]
         absorbed.append(user)
     return absorbed

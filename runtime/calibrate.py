@@ -18,12 +18,12 @@ Folding writes the result as the periphery applies it (γ = gain, β = shift, μ
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from xbar import __version__
+from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.errors import DataError
 from xbar.hardware import HardwareSpec
@@ -33,22 +33,6 @@ from xbar.runtime.layer import Layer
 
 METHODS = ("stats", "affine")
 MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
-
-
-@dataclass
-class Affine:
-    bias: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    mean: np.ndarray
-    var: np.ndarray
-    eps: float
-
-    def gain(self) -> np.ndarray:
-        return self.gamma / np.sqrt(self.var + self.eps)
-
-    def shift(self) -> np.ndarray:
-        return self.beta + (self.bias - self.mean) * self.gain()
 
 
 def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
@@ -61,9 +45,8 @@ def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
 
 
 def _read_affine(bundle: Bundle, entry: dict[str, Any]) -> Affine:
-    k = entry["arrays"]
-    get = lambda name: bundle.array(k[name]).astype(np.float64)  # noqa: E731
-    return Affine(get("bias"), get("gamma"), get("beta"), get("mean"), get("var"), float(entry["affine"]["eps"]))
+    keys = entry["arrays"]
+    return Affine(*(bundle.array(keys[name]).astype(np.float64) for name in FIELDS), float(entry["affine"]["eps"]))
 
 
 def _fit(method: str, layer: Layer, aff: Affine, source: str, x_noisy: np.ndarray, clean_out: np.ndarray) -> Affine:
@@ -87,8 +70,8 @@ def _fit(method: str, layer: Layer, aff: Affine, source: str, x_noisy: np.ndarra
 
 def _write_affine(bundle: Bundle, entry: dict[str, Any], aff: Affine) -> None:
     keys = entry["arrays"]
-    for name in ("bias", "gamma", "beta", "mean", "var"):
-        bundle.arrays[keys[name]] = getattr(aff, name).astype(np.float32)
+    for name in FIELDS:
+        bundle.arrays[keys[name]] = np.asarray(getattr(aff, name)).astype(np.float32)
     entry["affine"]["eps"] = aff.eps
 
 
@@ -98,9 +81,7 @@ def fold_bundle(bundle: Bundle) -> Bundle:
     for entry in out.layers:
         if entry["placement"] != "analog":
             continue
-        aff = _read_affine(out, entry)
-        n = aff.gamma.shape[0]
-        _write_affine(out, entry, Affine(np.zeros(n), aff.gain(), aff.shift(), np.zeros(n), np.ones(n), 0.0))
+        _write_affine(out, entry, _read_affine(out, entry).folded())
         entry["affine"]["source"] = "calibrated"
     return out
 
@@ -149,7 +130,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         aff = _read_affine(out, entry)
         new = _fit(method, layer, aff, entry["affine"]["source"], x_noisy, clean_out)
         _write_affine(out, entry, new)
-        layer.set_affine(new.bias, new.gamma, new.beta, new.mean, new.var, new.eps)
+        layer.set_affine(new)
         changed.append(entry["name"])
         if bar is not None:
             next(bar, None)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
@@ -55,7 +56,7 @@ class Layer:
         else:
             self.matrix = a["weight"].astype(np.float32)
             self.col_scale = np.ones(self.n)
-        self.set_affine(a["bias"], a["gamma"], a["beta"], a["mean"], a["var"], entry["affine"]["eps"])
+        self.set_affine(Affine(*(a[name] for name in FIELDS), entry["affine"]["eps"]))
         self.chip: ChipContext | None = None
         # Optional observer of (layer, input vectors, output sums); used by range finding
         # and per-layer diagnostics, never by plain inference.
@@ -75,10 +76,10 @@ class Layer:
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
             self.position = np.argsort(a["column_order"])
 
-    def set_affine(self, bias, gamma, beta, mean, var, eps: float) -> None:
-        """Per-output y = γ·(z + b − μ)/√(σ² + ε) + β, applied after the product (z)."""
-        gain = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-        self.shift = (np.asarray(beta, np.float64) + (np.asarray(bias, np.float64) - mean) * gain).astype(np.float32)
+    def set_affine(self, affine: Affine) -> None:
+        """The per-output affine applied after the product (see xbar.affine)."""
+        gain = affine.gain()
+        self.shift = affine.shift().astype(np.float32)
         self.gain = (gain * self.col_scale).astype(np.float32)
         # Exact hardware only: the column gains folded into the matrix save one pass per layer.
         self.fused = (self.matrix * self.gain).astype(np.float32)
