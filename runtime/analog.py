@@ -38,24 +38,34 @@ def adc(i: np.ndarray, full_scale: np.ndarray, bits: int | None) -> np.ndarray:
     return quantise_symmetric(i, bits, full_scale)
 
 
+def per_block(v: np.ndarray, mats: np.ndarray, k: int) -> np.ndarray:
+    """(M, K) inputs, (nrb, R, X) per-row-block matrices → (nrb, M, X) partial products.
+
+    Full row blocks go through one batched matmul; the last, partly filled block uses only
+    its K − (nrb−1)·R live rows instead of multiplying padding.
+    """
+    nrb, r, x = mats.shape
+    m = v.shape[0]
+    head = (nrb - 1) * r
+    out = np.empty((nrb, m, x), dtype=np.float32)
+    if nrb > 1:
+        np.matmul(v[:, :head].reshape(m, nrb - 1, r).transpose(1, 0, 2), mats[:-1], out=out[:-1])
+    np.matmul(v[:, head:k], mats[-1, :k - head], out=out[-1])
+    return out
+
+
 def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.ndarray,
                   rng: np.random.Generator, use_adc: bool = True) -> np.ndarray:
-    """(M, K) normalised voltages → (M, Npad) currents summed over row blocks."""
-    m, k = v.shape
-    nrb, r, npad = st.d.shape
-    if k < nrb * r:
-        v = np.concatenate([v, np.zeros((m, nrb * r - k), dtype=v.dtype)], axis=1)
-    vb = v.reshape(m, nrb, r).transpose(1, 0, 2)  # (nrb, M, R)
-    y = np.matmul(vb, st.d)  # (nrb, M, Npad): every tile of the layer in one call
+    """(M, K) normalised voltages → (M, N) currents of tile positions, summed over row blocks."""
+    y = per_block(v, st.d, st.k)  # (nrb, M, N): every tile of the layer
     if st.var is not None:
-        v2 = vb * vb
-        std = np.sqrt(np.matmul(v2, st.var))
+        v2 = v * v
+        std = np.sqrt(per_block(v2, st.var, st.k))
         y += std * rng.standard_normal(y.shape, dtype=np.float32)
         if st.ref_var is not None:
-            ncb = st.ref_var.shape[2]
-            ref_std = np.sqrt(np.matmul(v2, st.ref_var))  # (nrb, M, ncb), shared by a tile's columns
+            ref_std = np.sqrt(per_block(v2, st.ref_var, st.k))  # (nrb, M, ncb), shared by a tile's columns
             noise = ref_std * rng.standard_normal(ref_std.shape, dtype=np.float32)
-            y = (y.reshape(nrb, m, ncb, npad // ncb) - noise[..., None]).reshape(nrb, m, npad)
+            y -= noise[:, :, st.block_of]
     fs = i_fs[:, None, :]
     if spec.adc.noise > 0:
         y += np.float32(spec.adc.noise) * fs * rng.standard_normal(y.shape, dtype=np.float32)

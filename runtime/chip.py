@@ -51,11 +51,15 @@ class TileState:
     driven row through a fully programmed differential pair.
     """
 
-    d: np.ndarray  # (nrb, R, Npad) float32, effective weights per tile, row blocks stacked
-    var: np.ndarray | None  # (nrb, R, Npad) float32 read-noise variance per unit input², or None
+    # Columns are tile positions 0..N−1 only: padding columns are never read out, so they
+    # are dropped here; rows keep the tile height (the last block's extra rows see no input).
+    d: np.ndarray  # (nrb, R, N) float32, effective weights per tile, row blocks stacked
+    var: np.ndarray | None  # (nrb, R, N) float32 read-noise variance per unit input², or None
     ref_var: np.ndarray | None  # (nrb, R, ncb) float32 offset encoding: reference column variance
-    comp: np.ndarray  # (nrb, Npad) float32 digital drift-compensation factor (1 = none)
-    i_max: np.ndarray  # (nrb, Npad) float32 largest possible |current| (all inputs at ±1)
+    block_of: np.ndarray  # (N,) column block of each tile position (whose reference it shares)
+    comp: np.ndarray  # (nrb, N) float32 digital drift-compensation factor (1 = none)
+    i_max: np.ndarray  # (nrb, N) float32 largest possible |current| (all inputs at ±1)
+    k: int  # rows in use (the layer's K)
 
 
 def _retarget(conductance: np.ndarray, mapping: dict[str, Any], device) -> np.ndarray:
@@ -83,7 +87,7 @@ def _stack(t: np.ndarray, used: np.ndarray) -> np.ndarray:
 
 
 def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
-                spec: HardwareSpec, rng: np.random.Generator) -> TileState:
+                spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None) -> TileState:
     """Sample one layer's devices (programming, faults, drift) and solve its circuit once."""
     dev = spec.device
     dg = dev.g_max - dev.g_min
@@ -135,5 +139,11 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
                 b, a = before[..., :cw], after[..., :cw]
             comp = (b / np.maximum(a, 1e-30)).reshape(nrb, ncb * cw)
         comp = comp.astype(np.float32)
+    k = nrb * conductance.shape[2] if k is None else k
+    n = ncb * cw if n is None else n
+    d, comp = np.ascontiguousarray(d[:, :, :n]), np.ascontiguousarray(comp[:, :n])
+    if var is not None:
+        var = np.ascontiguousarray(var[:, :, :n])
     i_max = np.abs(d).sum(axis=1)
-    return TileState(d=d, var=var, ref_var=ref_var, comp=comp, i_max=i_max.astype(np.float32))
+    return TileState(d=d, var=var, ref_var=ref_var, block_of=np.arange(n) // cw, comp=comp,
+                     i_max=i_max.astype(np.float32), k=k)

@@ -14,7 +14,7 @@ import numpy as np
 
 from xbar.bundle import Bundle
 from xbar.hardware import HardwareSpec, ablate
-from xbar.runtime.analog import dac
+from xbar.runtime.analog import dac, per_block
 from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
 
@@ -50,14 +50,9 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
         x_max = chip.x_max if chip.x_max is not None else np.maximum(np.abs(cols).max(axis=1, keepdims=True), 1e-30)
         dac_clip = float(np.mean(np.abs(cols) > x_max)) if chip.x_max is not None else 0.0
         v = dac(cols, x_max, spec.dac.bits)
-        d = chip.tiles.d
-        nrb, r, _ = d.shape
-        vp = np.zeros((len(v), nrb * r), np.float32)
-        vp[:, : v.shape[1]] = v
-        # Only columns that carry weights; padding columns are never read out.
-        currents = np.matmul(vp.reshape(len(v), nrb, r).transpose(1, 0, 2), d)[:, :, layer.position]
-        fs = chip.i_fs[:, None, layer.position]
-        adc_clip = float(np.mean(np.abs(currents) > fs)) if spec.adc.bits is not None else 0.0
+        # Clean signal currents of the columns that carry weights, against their full scale.
+        currents = per_block(v, chip.tiles.d, chip.tiles.k)
+        adc_clip = float(np.mean(np.abs(currents) > chip.i_fs[:, None, :])) if spec.adc.bits is not None else 0.0
         errors = {}
         for name in active:
             alone = Layer(entry, bundle, ablate(spec, only=[name]), *_rngs(seed, i))

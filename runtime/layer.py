@@ -65,13 +65,13 @@ class Layer:
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
             tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
-                                hardware, chip_rng)
+                                hardware, chip_rng, self.k, self.n)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
             i_fs = tiles.i_max
             if ranges and hardware.adc.range == "percentile":
                 key = ranges["adc"] if x_max is not None else ranges["adc_absmax"]
-                i_fs = bundle.array(key).astype(np.float32)
+                i_fs = bundle.array(key)[:, :self.n].astype(np.float32)
             i_fs = np.maximum(i_fs, np.float32(1e-12))
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
             self.position = np.argsort(a["column_order"])
