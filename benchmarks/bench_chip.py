@@ -45,11 +45,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -66,11 +64,6 @@ TARGET_RATIO = 2.0
 TARGET_PREP_S = 60.0
 T_INFERENCE = 86400.0  # 1 day
 CALIB_SAMPLES = 256
-# Bump when the ResNet-18 generator changes so a stale cache file is not reused.
-GEN18_VERSION = 1
-RESNET18 = f"resnet18_v{GEN18_VERSION}.onnx"
-
-
 def chip_spec():
     from xbar.hardware import preset
 
@@ -79,75 +72,6 @@ def chip_spec():
     assert d.model == "pcm" and d.prog_noise and d.drift and d.read_noise, spec.describe()
     assert spec.dac.bits == 8 and spec.adc.bits == 8 and spec.circuit.ir_drop, spec.describe()
     return spec
-
-
-# --------------------------------------------------------------------------- ResNet-18 model
-# Runs only in the `_generate18` child process (torch is imported there, never here).
-
-
-def _generate18(out: Path) -> None:
-    import torch
-    import torch.nn as nn
-
-    torch.manual_seed(0)
-
-    def conv_bn(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
-
-    class Basic(nn.Module):  # torchvision BasicBlock: 3x3 (stride) - 3x3, 1x1 projection shortcut
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3))
-            self.short = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(self.body(x) + self.short(x))
-
-    layers: list[nn.Module] = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for i, width in enumerate((64, 128, 256, 512)):
-        for j in range(2):
-            layers.append(Basic(cin, width, 2 if (i > 0 and j == 0) else 1))
-            cin = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
-    model = nn.Sequential(*layers)
-    with torch.no_grad():  # random BN statistics/affine, as bench_ideal.py does
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    model.eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    with tempfile.TemporaryDirectory(prefix="xbar-bench-gen-") as tmp:
-        path = Path(tmp) / out.name
-        torch.onnx.export(
-            model, (torch.zeros(1, 3, 224, 224),), str(path),
-            dynamo=False, opset_version=OPSET, do_constant_folding=False,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out.with_suffix(".tmp"))
-        os.replace(out.with_suffix(".tmp"), out)
-    print(json.dumps({"params": n_params}))
-
-
-def ensure_resnet18() -> tuple[Path, float | None]:
-    """Cached ResNet-18-shaped model (bench_ideal.ensure_model's pattern); returns generation time."""
-    path = CACHE / RESNET18
-    if path.exists():
-        return path, None
-    CACHE.mkdir(parents=True, exist_ok=True)
-    print(f"  generating {path.relative_to(ROOT)} with torch (cached for later runs) ...", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "_generate18", str(path)], capture_output=True, text=True)
-    if proc.returncode != 0 or not path.exists():
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"generating resnet18 failed (exit {proc.returncode})")
-    return path, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- a. inference
@@ -473,9 +397,6 @@ def bench_irdrop(spec, reps: int) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1 and argv[1] == "_generate18":
-        _generate18(Path(argv[2]))
-        return 0
     if len(argv) > 1 and argv[1] == "_prep":
         _prep_child(argv[2])
         return 0
@@ -516,7 +437,7 @@ def main(argv: list[str]) -> int:
 
     print("preparing models")
     r20, g20 = ensure_model("resnet20")
-    r18, g18 = (None, None) if args.skip_prep else ensure_resnet18()
+    r18, g18 = (None, None) if args.skip_prep else ensure_model("resnet18")
     for name, path, g in (("resnet20", r20, g20), ("resnet18", r18, g18)):
         if path is not None:
             note = f"generated in {g:.1f} s" if g is not None else "cached"

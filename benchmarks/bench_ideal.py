@@ -65,6 +65,7 @@ GEN_VERSION = 1
 GENERATED = {
     "resnet20": f"resnet20_cifar_v{GEN_VERSION}.onnx",
     "resnet50": f"resnet50_v{GEN_VERSION}.onnx",
+    "resnet18": f"resnet18_v{GEN_VERSION}.onnx",  # used by bench_chip.py
 }
 
 
@@ -115,6 +116,15 @@ def _generate(kind: str, out: Path) -> None:
                 cin = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
         shape = (1, 3, 32, 32)
+    elif kind == "resnet18":  # torchvision ResNet-18 shape: basic blocks [2, 2, 2, 2]
+        layers = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+        cin = 64
+        for i, width in enumerate((64, 128, 256, 512)):
+            for j in range(2):
+                layers.append(Basic(cin, width, 2 if (i > 0 and j == 0) else 1))
+                cin = width
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+        shape = (1, 3, 224, 224)
     elif kind == "resnet50":
         layers = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         cin = 64
