@@ -110,7 +110,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     before = predict(noisy, x, batch_size)
     ideal = predict(clean, x, batch_size)
 
-    noisy = Runtime(out, spec, seed)  # fresh read-noise streams for the fit itself
+    # The same chip continues into the fit: its read-noise streams go on from where the
+    # "before" pass left them, so the fit sees fresh draws and the chip is sampled once.
     feeds = {noisy.input_names[0]: x}
     walk_n, walk_c = noisy.walk(feeds), clean.walk(feeds)
     changed = []
