@@ -1,5 +1,6 @@
 # Two entry points that work on a fresh machine with only python3:
-#   make demo   install into .venv, convert the shipped ResNet-style model, evaluate it
+#   make demo   install into .venv; convert the shipped ResNet-style model for a PCM chip,
+#               evaluate it (ideal vs onnxruntime, chips over drift time), calibrate, re-evaluate
 #   make test   install into .venv, run the whole test suite (slow tests included)
 PYTHON ?= python3
 VENV   := .venv
@@ -20,9 +21,14 @@ $(STAMP): pyproject.toml
 
 demo: install
 	@mkdir -p $(OUT)
-	$(XBAR) convert models/resnet_bn.onnx -o $(OUT)/resnet_bn.xbar --crossbar 128x128 --force
+	$(XBAR) convert models/resnet_bn.onnx -o $(OUT)/resnet_bn.xbar --crossbar 128x128 \
+		--hardware pcm --calib-data models/digits_calib.npz --force
 	$(XBAR) info $(OUT)/resnet_bn.xbar
-	$(XBAR) eval $(OUT)/resnet_bn.xbar --data models/digits_test.npz --reference models/resnet_bn.onnx
+	$(XBAR) eval $(OUT)/resnet_bn.xbar --data models/digits_test.npz --reference models/resnet_bn.onnx \
+		--seeds 0-4 --drift 1s,1d,1y
+	$(XBAR) calibrate $(OUT)/resnet_bn.xbar --data models/digits_calib.npz --seed 0 --drift 1d \
+		-o $(OUT)/resnet_bn.calibrated.xbar --force
+	$(XBAR) eval $(OUT)/resnet_bn.calibrated.xbar --data models/digits_test.npz
 
 test: install
 	$(PY) -m pytest -n 2 -q

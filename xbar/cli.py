@@ -313,6 +313,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     if warning:
         result["warning"] = warning
     result["hardware"] = spec.to_dict()
+    result["calibrated"] = record is not None
     rows = []
     if not spec.is_ideal:
         if any("ranges" not in layer for layer in b.layers if layer["placement"] == "analog"):
@@ -351,7 +352,10 @@ def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, fo
 
     click.echo(f"{bundle} on {data}: {len(ds)} samples")
     if "ideal_accuracy" in result:
-        click.echo(f"  accuracy, ideal hardware   {100 * result['ideal_accuracy']:.2f}%")
+        # A calibrated bundle's affines are fitted to one chip, so on exact hardware it is
+        # that chip's correction applied where nothing needs correcting: say so.
+        which = " (with this bundle's chip-calibrated affines)" if b_calibrated(result) else ""
+        click.echo(f"  accuracy, ideal hardware{which}   {100 * result['ideal_accuracy']:.2f}%")
     if "agreement" in result:
         if "reference_accuracy" in result:
             click.echo(f"  accuracy, onnxruntime      {100 * result['reference_accuracy']:.2f}%")
@@ -382,6 +386,10 @@ def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, fo
                   d["tiles"], d["dominant"]] for d in diagnostics]
         click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True, True, True, True, False]))
+
+
+def b_calibrated(result: dict[str, Any]) -> bool:
+    return bool(result.get("calibrated"))
 
 
 def _seed_text(seeds: list[int]) -> str:
