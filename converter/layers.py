@@ -17,8 +17,8 @@ import numpy as np
 from xbar.affine import Affine
 from xbar.converter.ir import Graph, Node
 from xbar.errors import ModelError
+from xbar.ops import ANALOG_OPS
 
-ANALOG_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass

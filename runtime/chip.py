@@ -7,9 +7,13 @@ offset columns. Non-ideal chips (later) replace the conductances, never this con
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from xbar.hardware import HardwareSpec
+from xbar.runtime import devices
 
 
 def normalised_tiles(conductance: np.ndarray, mapping: dict[str, Any]) -> np.ndarray:
@@ -35,11 +39,6 @@ def assemble(tiles: np.ndarray, k: int, n: int, column_order: np.ndarray) -> np.
 
 
 # --------------------------------------------------------------------------- chip instances
-
-from dataclasses import dataclass  # noqa: E402
-
-from xbar.hardware import HardwareSpec  # noqa: E402
-from xbar.runtime import devices  # noqa: E402
 
 
 @dataclass

@@ -91,10 +91,3 @@ class _merge_tail:
     def __getitem__(self, key: slice) -> np.ndarray:
         part = self.view[key]
         return part.reshape(part.shape[0], *self.shape[1:])
-
-
-def patches(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
-            pads: list[int]) -> tuple[np.ndarray, list[int]]:
-    """(B, C, *S) → (B·L, K) patch rows (materialised), and the output spatial size."""
-    view, out = patch_view(x, kernel, strides, dilations, pads)
-    return view[0:x.shape[0]].reshape(-1, view.shape[-1]), out

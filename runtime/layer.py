@@ -147,13 +147,11 @@ class Layer:
     _identity = False
 
     def _affine(self, y: np.ndarray, axis: int) -> np.ndarray:
-        if self._identity:
-            shape = [1] * y.ndim
-            shape[axis] = self.n
-            y *= self.col_scale.astype(np.float32).reshape(shape)
-            return y
         shape = [1] * y.ndim
         shape[axis] = self.n
+        if self._identity:  # raw(): column scale only, no affine
+            y *= self.col_scale.astype(np.float32).reshape(shape)
+            return y
         y *= self.gain.reshape(shape)
         y += self.shift.reshape(shape)
         return y

@@ -354,7 +354,7 @@ def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, fo
     if "ideal_accuracy" in result:
         # A calibrated bundle's affines are fitted to one chip, so on exact hardware it is
         # that chip's correction applied where nothing needs correcting: say so.
-        which = " (with this bundle's chip-calibrated affines)" if b_calibrated(result) else ""
+        which = " (with this bundle's chip-calibrated affines)" if result.get("calibrated") else ""
         click.echo(f"  accuracy, ideal hardware{which}   {100 * result['ideal_accuracy']:.2f}%")
     if "agreement" in result:
         if "reference_accuracy" in result:
@@ -386,10 +386,6 @@ def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, fo
                   d["tiles"], d["dominant"]] for d in diagnostics]
         click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True, True, True, True, False]))
-
-
-def b_calibrated(result: dict[str, Any]) -> bool:
-    return bool(result.get("calibrated"))
 
 
 def _seed_text(seeds: list[int]) -> str:
