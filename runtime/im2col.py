@@ -63,7 +63,9 @@ def patch_view(x: np.ndarray, kernel: list[int], strides: list[int], dilations: 
     if all(k == 1 for k in kernel):
         sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(strides, out))
         return xl[(slice(None),) + sl], out
-    st = xl.strides
+    # A size-1 channel axis keeps whatever stride moveaxis gave it (NumPy ignores it when
+    # judging contiguity), but the kernel-row run below steps through it value by value.
+    st = (*xl.strides[:-1], xl.itemsize)
     if dilations[-1] == 1:
         # The last kernel axis and the channels are one contiguous run of k·C values.
         shape = (b, *out, *kernel[:-1], kernel[-1] * c)

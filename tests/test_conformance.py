@@ -309,3 +309,23 @@ def test_conv_transpose_is_unsupported(tmp_path):
                           input_names=["input"], output_names=["output"])
     with pytest.raises(UnsupportedOpError, match="ConvTranspose"):
         convert(path)
+
+
+@pytest.mark.parametrize("kernel,strides,dilations", [([3, 3], [1, 1], [1, 1]), ([2, 3], [1, 2], [2, 1]), ([5], [2], [1])])
+def test_single_channel_conv_without_padding(kernel, strides, dilations, tmp_path):
+    """A 1-channel input with no padding is unfolded straight from the input array (no
+    padded copy), where a size-1 channel axis may carry any stride."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    spatial = [9] * len(kernel)
+    w = rng.normal(size=(4, 1, *kernel)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=kernel, strides=strides, dilations=dilations)
+    graph = helper.make_graph([node], "c1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, *spatial])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, *(f"s{i}" for i in range(len(kernel)))])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    path = tmp_path / "c1.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    x = rng.normal(size=(5, 1, *spatial)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert_close(Runtime(convert(path))(x), ref, f"1-channel conv {kernel}")
