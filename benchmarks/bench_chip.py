@@ -21,9 +21,10 @@ a. Inference time of one chip instance, Runtime(bundle, spec, seed=0), divided b
    then timed in interleaved repetitions (the order rotates every round) with --settle
    seconds of idle time after every call (see bench_ideal.py: spinning OpenBLAS threads
    otherwise slow the next engine). Reported: medians, ratio of medians, ratio of minima.
-   Then a short profile of the chip call: where the time goes (DAC, signal GEMM, read-noise
-   GEMM + sampling, ADC, ...), from an instrumented copy of xbar.runtime.analog.tiled_product
-   whose output is checked to be bit-identical to the real one on the same noise stream.
+   Then a short profile of the chip call on one worker thread: where the time goes (DAC,
+   signal GEMM, read-noise GEMM + sampling, ADC, ...), from an instrumented copy of
+   xbar.runtime.analog.tiled_product whose output is checked to be bit-identical to the real
+   one on the same noise stream.
 b. Chip preparation time, Runtime(bundle, spec, seed=0) - programming, drift, faults, exact
    IR drop of every tile (twice per tile with drift compensation on: the compensation probe
    reads the array as programmed and at time t) - for a ResNet-18-sized model (ImageNet
@@ -162,42 +163,46 @@ def _instrumented_tiled_product(timers: _Timers):
     """
     import numpy as np
 
-    from xbar.runtime.analog import adc
+    from xbar.runtime.analog import per_block
+    from xbar.runtime.gauss import standard_normal
 
-    def tiled_product(v, st, spec, i_fs, rng, use_adc=True):
+    def tiled_product(v, st, spec, i_fs, rng, use_adc=True, unit=1.0):
         t = time.perf_counter()
-        m, k = v.shape
-        nrb, r, npad = st.d.shape
-        if k < nrb * r:
-            v = np.concatenate([v, np.zeros((m, nrb * r - k), dtype=v.dtype)], axis=1)
-        vb = v.reshape(m, nrb, r).transpose(1, 0, 2)
-        t = timers.add("tile: zero-pad rows to the tile grid", t)
-        y = np.matmul(vb, st.d)
+        y = per_block(v, st.d, st.k)
         t = timers.add("tile: signal GEMM (v @ G_eff)", t)
         if st.var is not None:
-            v2 = vb * vb
-            std = np.sqrt(np.matmul(v2, st.var))
-            t = timers.add("tile: read-noise sigma (v^2 @ var GEMM, sqrt)", t)
-            z = rng.standard_normal(y.shape, dtype=np.float32)
-            t = timers.add("tile: read-noise sampling (standard_normal)", t)
-            y += std * z
+            v2 = np.square(v)
+            std = per_block(v2, st.var, st.k)
+            np.sqrt(std, out=std)
+            t = timers.add("tile: read-noise sigma (v^2, v^2 @ var GEMM, sqrt)", t)
+            z = standard_normal(rng, y.shape)
+            t = timers.add("tile: read-noise sampling (Box-Muller normals)", t)
+            z *= std
+            y += z
             t = timers.add("tile: read-noise add (y += sigma*z)", t)
             if st.ref_var is not None:
-                ncb = st.ref_var.shape[2]
-                ref_std = np.sqrt(np.matmul(v2, st.ref_var))
-                noise = ref_std * rng.standard_normal(ref_std.shape, dtype=np.float32)
-                y = (y.reshape(nrb, m, ncb, npad // ncb) - noise[..., None]).reshape(nrb, m, npad)
+                ref_std = np.sqrt(per_block(v2, st.ref_var, st.k))
+                noise = ref_std * standard_normal(rng, ref_std.shape)
+                y -= noise[:, :, st.block_of]
                 t = timers.add("tile: reference-column noise (offset encoding)", t)
-        fs = i_fs[:, None, :]
+        fs = i_fs / np.float32(unit)
         if spec.adc.noise > 0:
-            y += np.float32(spec.adc.noise) * fs * rng.standard_normal(y.shape, dtype=np.float32)
+            z = standard_normal(rng, y.shape)
+            z *= (np.float32(spec.adc.noise) * fs)[:, None, :]
+            y += z
             t = timers.add("tile: ADC output noise", t)
-        if use_adc:
-            y = adc(y, fs, spec.adc.bits)
-            t = timers.add("tile: ADC (clip + quantise)", t)
-        y *= st.comp[:, None, :]
-        t = timers.add("tile: drift compensation (y *= comp)", t)
-        out = y.sum(axis=0)
+        scale = st.comp * np.float32(unit)
+        if use_adc and spec.adc.bits is not None:
+            levels = float(2 ** (spec.adc.bits - 1) - 1) if spec.adc.bits > 1 else 1.0
+            step = fs / np.float32(levels)
+            y /= step[:, None, :]
+            np.rint(y, out=y)
+            np.clip(y, -levels, levels, out=y)
+            scale = scale * step
+            t = timers.add("tile: ADC (to levels, round, clip)", t)
+        y *= scale[:, None, :]
+        t = timers.add("tile: back to currents, drift compensation", t)
+        out = y.sum(axis=0) if y.shape[0] > 1 else y[0]
         timers.add("tile: sum of row-block partial sums", t)
         return out
 
@@ -205,65 +210,70 @@ def _instrumented_tiled_product(timers: _Timers):
 
 
 def profile_chip(res: dict, reps: int) -> dict:
-    """Exclusive time per category of the chip call, median over reps (instrumented copy)."""
+    """Time per category of the chip call, median over reps, on ONE thread (an instrumented
+    copy of tiled_product; the categories add up to CPU time, which the worker threads share)."""
     import numpy as np
 
     import xbar.runtime.analog as analog
-    from xbar.runtime.layer import Layer
+    import xbar.runtime.layer as layer_mod
+    import xbar.runtime.parallel as parallel
 
     chip, x = res["chip"], res["x"]
     rngs = [layer.chip.rng for layer in chip.layers if getattr(layer, "chip", None) is not None]
     states = [g.bit_generator.state for g in rngs]
     ref = chip(x)
-    orig = {"tiled_product": analog.tiled_product, "dac": analog.dac, "_product": Layer.__dict__.get("_product")}
+    orig = {"tiled_product": layer_mod.tiled_product, "dac_codes": layer_mod.dac_codes,
+            "_crossbar": layer_mod.Layer._crossbar, "workers": parallel.MAX_WORKERS}
     timers = _Timers()
+    dac_key = "DAC (patch copy, scale to levels, round)"
 
-    def dac(*a, **k):
+    def dac_codes(*a, **k):
         t = time.perf_counter()
-        out = orig["dac"](*a, **k)
-        timers.add("DAC (x / x_max, clip, quantise)", t)
+        out = orig["dac_codes"](*a, **k)
+        timers.add(dac_key, t)
         return out
 
-    def product(self, cols):
+    def crossbar(self, *a, **k):
         t = time.perf_counter()
-        out = orig["_product"](self, cols)
-        timers.add("_product total", t)
+        out = orig["_crossbar"](self, *a, **k)
+        timers.add("_crossbar total", t)
         return out
 
-    analog.tiled_product = _instrumented_tiled_product(timers)
-    analog.dac = dac
-    if orig["_product"] is not None:
-        Layer._product = product
+    layer_mod.tiled_product = _instrumented_tiled_product(timers)
+    layer_mod.dac_codes = dac_codes
+    layer_mod.Layer._crossbar = crossbar
+    parallel.MAX_WORKERS = 1
     runs = []
     try:
-        for g, s in zip(rngs, states):
-            g.bit_generator.state = s
-        t0 = time.perf_counter()
-        out = chip(x)
-        total = time.perf_counter() - t0
-        identical = bool(np.array_equal(out, ref))
-        runs.append((total, dict(timers.t)))
-        for _ in range(reps - 1):
-            timers.t.clear()
+        with parallel._blas_controller().limit(limits=1, user_api="blas"):
+            for g, s in zip(rngs, states):
+                g.bit_generator.state = s
             t0 = time.perf_counter()
-            chip(x)
-            runs.append((time.perf_counter() - t0, dict(timers.t)))
+            out = chip(x)
+            total = time.perf_counter() - t0
+            identical = bool(np.array_equal(out, ref))
+            runs.append((total, dict(timers.t)))
+            for _ in range(reps - 1):
+                timers.t.clear()
+                t0 = time.perf_counter()
+                chip(x)
+                runs.append((time.perf_counter() - t0, dict(timers.t)))
             timers.t.clear()
     finally:
-        analog.tiled_product = orig["tiled_product"]
-        analog.dac = orig["dac"]
-        if orig["_product"] is not None:
-            Layer._product = orig["_product"]
+        layer_mod.tiled_product = orig["tiled_product"]
+        layer_mod.dac_codes = orig["dac_codes"]
+        layer_mod.Layer._crossbar = orig["_crossbar"]
+        parallel.MAX_WORKERS = orig["workers"]
     cats: dict[str, list[float]] = defaultdict(list)
     for total, t in runs:
         tile = sum(v for k, v in t.items() if k.startswith("tile:"))
-        inner = tile + t.get("DAC (x / x_max, clip, quantise)", 0.0)
-        prod = t.get("_product total", inner)
+        xbar_total = t.get("_crossbar total", tile)
         for k, v in t.items():
-            if k != "_product total":
+            if k != "_crossbar total":
                 cats[k].append(v)
-        cats["layer glue: abs-max x_max, column reorder, y *= x_max"].append(max(prod - inner, 0.0))
-        cats["outside the crossbar product: im2col, affine, digital ops"].append(max(total - prod, 0.0))
+        cats["layer glue: column reorder, y *= x_max"].append(max(xbar_total - tile, 0.0))
+        cats["outside DAC and crossbar: patch abs-max, affine, digital ops"].append(
+            max(total - xbar_total - t.get(dac_key, 0.0), 0.0))
         cats["TOTAL"].append(total)
     med = {k: statistics.median(v) for k, v in cats.items()}
     return {"median": med, "identical": identical, "reps": reps}
@@ -361,6 +371,7 @@ def bench_irdrop(spec, reps: int) -> list[dict]:
     import numpy as np
 
     import xbar.runtime.irdrop as irdrop
+    import xbar.runtime.parallel as parallel
     from bench_irdrop import CASES
 
     c, g_max = spec.circuit, spec.device.g_max
@@ -378,8 +389,8 @@ def bench_irdrop(spec, reps: int) -> list[dict]:
         row = {"n": n, "stack": count, "best": min(walls) / count, "median": statistics.median(walls) / count,
                "cpu_median": statistics.median(cpus) / count}
         # The same stack on one worker thread: how much the default thread count buys.
-        saved = irdrop.MAX_WORKERS
-        irdrop.MAX_WORKERS = 1
+        saved = parallel.MAX_WORKERS
+        parallel.MAX_WORKERS = 1
         try:
             one = []
             for _ in range(max(1, reps // 2)):
@@ -387,7 +398,7 @@ def bench_irdrop(spec, reps: int) -> list[dict]:
                 irdrop.effective_conductance(g, c.r_wire, c.r_driver, c.r_sense)
                 one.append(time.perf_counter() - t0)
         finally:
-            irdrop.MAX_WORKERS = saved
+            parallel.MAX_WORKERS = saved
         row["one_worker"] = statistics.median(one) / count
         rows.append(row)
     return rows
@@ -429,8 +440,9 @@ def main(argv: list[str]) -> int:
     for line in spec.describe().splitlines():
         print("              " + line)
     import xbar.runtime.irdrop as irdrop
+    import xbar.runtime.parallel as parallel
 
-    print(f"IR drop     : exact solve, {irdrop._workers()} worker thread(s) over chunks of tiles, BLAS held to 1 thread meanwhile")
+    print(f"IR drop     : exact solve, {parallel.workers()} worker thread(s) over chunks of tiles, BLAS held to 1 thread meanwhile")
     print(flush=True)
 
     import numpy as np
@@ -469,7 +481,8 @@ def main(argv: list[str]) -> int:
           "(random weights and inputs: only a plausibility check)")
     print(flush=True)
 
-    print(f"a'. profile of the chip call (instrumented copy of tiled_product, {prof_reps} call(s), median ms per category)",
+    print(f"a'. profile of the chip call on ONE thread (instrumented copy of tiled_product, {prof_reps} call(s), "
+          "median ms per category)",
           flush=True)
     p = profile_chip(a, prof_reps)
     med = p["median"]
@@ -480,19 +493,11 @@ def main(argv: list[str]) -> int:
     print("  instrumented output bit-identical to the real call on the same noise stream: "
           f"{'yes' if p['identical'] else 'NO - xbar.runtime.analog changed; the breakdown is only indicative'}")
     shapes = layer_shapes(a["chip"])
-    used = sum(k * n for _, k, n, *_ in shapes)
-    padded = sum(nrb * r * npad for *_, nrb, r, npad, _ in shapes)
-    print(f"  padding: the analog layers hold {used:,} weights, the tiles they run on {padded:,} cells "
-          f"({padded / used:.1f}x); every tile is computed in full (zero rows, unused columns): "
-          + ", ".join(f"K{k}xN{n} -> {nrb}x{r}x{npad}" for _, k, n, nrb, r, npad, _ in shapes[:3]) + ", ...")
     if all(sp for *_, sp in shapes):
-        macs = sum(sp * k * n for _, k, n, _, _, _, sp in shapes)
-        cols = sum(sp * nrb * npad for _, _, _, nrb, _, npad, sp in shapes)
         need = sum(sp * n for _, _, n, _, _, _, sp in shapes)
-        done_macs = sum(sp * nrb * r * npad for _, _, _, nrb, r, npad, sp in shapes)
-        print(f"  per image, weighted by output positions: {done_macs / macs:.1f}x the useful MACs are computed "
-              f"(both GEMMs), and {cols / need:.1f}x the needed outputs are sampled, ADC-quantised and "
-              f"compensated (unused columns x row blocks)")
+        sampled = sum(sp * nrb * npad for _, _, _, nrb, _, npad, sp in shapes)
+        print(f"  per image: {sampled:,} tile outputs sampled, ADC-quantised and compensated for {need:,} layer "
+              f"outputs ({sampled / need:.1f}x: one per row block of K); both GEMMs use only live rows and columns")
     print(flush=True)
 
     # ---- b
@@ -532,7 +537,7 @@ def main(argv: list[str]) -> int:
     for r in ir:
         print(f"  {r['n']:>4}x{r['n']:<4} {r['stack']:>5} {r['median'] * 1e3:>15.1f} {r['best'] * 1e3:>8.1f} "
               f"{r['cpu_median'] * 1e3:>12.1f} {r['one_worker'] * 1e3:>17.1f}")
-    print(f"  default = {irdrop._workers()} worker thread(s); CPU ms/tile counts all threads (CPU > wall means the "
+    print(f"  default = {parallel.workers()} worker thread(s); CPU ms/tile counts all threads (CPU > wall means the "
           "workers overlapped)")
     print(f"  other load: {ir_load.text()} of all cores")
     print()

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import xbar.runtime.irdrop as irdrop
+import xbar.runtime.parallel as parallel
 
 R_WIRE, R_DRIVER, R_SENSE = 1.0, 10.0, 10.0
 G_MAX = 25e-6
@@ -48,10 +49,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--workers", type=int, default=None, help="worker threads (default: one per core)")
     args = ap.parse_args()
-    irdrop.MAX_WORKERS = args.workers
+    parallel.MAX_WORKERS = args.workers
 
     print(f"python {platform.python_version()}, numpy {np.__version__}, "
-          f"worker threads: {irdrop._workers()}; BLAS: {_blas_info()}")
+          f"worker threads: {parallel.workers()}; BLAS: {_blas_info()}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     print(f"G ~ U[0, {G_MAX * 1e6:.0f} µS], r_wire = {R_WIRE} Ω, r_driver = {R_DRIVER} Ω, r_sense = {R_SENSE} Ω")
     print(f"{'tile':>9} {'stack':>5} {'best ms/tile':>13} {'median':>8} {'cpu ms/tile':>12}"

@@ -13,6 +13,7 @@ import numpy as np
 
 from xbar.hardware import HardwareSpec
 from xbar.runtime.chip import TileState
+from xbar.runtime.gauss import standard_normal
 
 
 def quantise_symmetric(x: np.ndarray, bits: int, full_scale: np.ndarray | float) -> np.ndarray:
@@ -29,6 +30,31 @@ def dac(x: np.ndarray, x_max: np.ndarray | float, bits: int | None) -> np.ndarra
     if bits is None:
         return np.clip(v, -1.0, 1.0)
     return quantise_symmetric(v, bits, 1.0)
+
+
+def dac_codes(x: np.ndarray, x_max: np.ndarray | float, bits: int | None,
+              may_clip: bool = True) -> tuple[np.ndarray, float]:
+    """The DAC as in `dac`, returned as (codes, unit) with voltages = codes · unit.
+
+    With `bits`, codes are the integer levels (as float32) and unit = 1/levels: the
+    products then run on small integers and the one multiply by the unit moves to the
+    (smaller) column outputs. `x` may be any strided view (e.g. unfolded patches) and
+    `x_max` anything that broadcasts against it; codes are a new C-ordered array of x's
+    shape, so reading a strided view here is also its copy. `may_clip` False skips the
+    clip when no |x| exceeds x_max (abs-max scaling of every vector).
+    """
+    codes = np.empty(x.shape, dtype=np.float32)
+    if bits is None:
+        np.divide(x, x_max, out=codes)
+        if may_clip:
+            np.clip(codes, -1.0, 1.0, out=codes)
+        return codes, 1.0
+    levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
+    np.multiply(x, np.float32(levels) / np.asarray(x_max, dtype=np.float32), out=codes)
+    np.rint(codes, out=codes)
+    if may_clip:
+        np.clip(codes, -levels, levels, out=codes)
+    return codes, 1.0 / levels
 
 
 def adc(i: np.ndarray, full_scale: np.ndarray, bits: int | None) -> np.ndarray:
@@ -55,21 +81,34 @@ def per_block(v: np.ndarray, mats: np.ndarray, k: int) -> np.ndarray:
 
 
 def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.ndarray,
-                  rng: np.random.Generator, use_adc: bool = True) -> np.ndarray:
-    """(M, K) normalised voltages → (M, N) currents of tile positions, summed over row blocks."""
-    y = per_block(v, st.d, st.k)  # (nrb, M, N): every tile of the layer
+                  rng: np.random.Generator, use_adc: bool = True, unit: float = 1.0) -> np.ndarray:
+    """(M, K) drive voltages in units of `unit` → (M, N) currents of tile positions, summed
+    over row blocks (normalised units: a fully driven row through a full pair gives 1)."""
+    y = per_block(v, st.d, st.k)  # (nrb, M, N): every tile of the layer, in units of `unit`
     if st.var is not None:
-        v2 = v * v
-        std = np.sqrt(per_block(v2, st.var, st.k))
-        y += std * rng.standard_normal(y.shape, dtype=np.float32)
+        v2 = np.square(v)
+        std = per_block(v2, st.var, st.k)
+        np.sqrt(std, out=std)
+        z = standard_normal(rng, y.shape)
+        z *= std
+        y += z
         if st.ref_var is not None:
             ref_std = np.sqrt(per_block(v2, st.ref_var, st.k))  # (nrb, M, ncb), shared by a tile's columns
-            noise = ref_std * rng.standard_normal(ref_std.shape, dtype=np.float32)
+            noise = ref_std * standard_normal(rng, ref_std.shape)
             y -= noise[:, :, st.block_of]
-    fs = i_fs[:, None, :]
+    fs = i_fs / np.float32(unit)  # (nrb, N) full scales in the units of y
     if spec.adc.noise > 0:
-        y += np.float32(spec.adc.noise) * fs * rng.standard_normal(y.shape, dtype=np.float32)
-    if use_adc:
-        y = adc(y, fs, spec.adc.bits)
-    y *= st.comp[:, None, :]
-    return y.sum(axis=0)
+        z = standard_normal(rng, y.shape)
+        z *= (np.float32(spec.adc.noise) * fs)[:, None, :]
+        y += z
+    scale = st.comp * np.float32(unit)  # back to normalised current, drift-compensated
+    if use_adc and spec.adc.bits is not None:
+        # The ADC as in `adc`, in place: to levels, round, clip, and back in one multiply.
+        levels = float(2 ** (spec.adc.bits - 1) - 1) if spec.adc.bits > 1 else 1.0
+        step = fs / np.float32(levels)
+        y /= step[:, None, :]
+        np.rint(y, out=y)
+        np.clip(y, -levels, levels, out=y)
+        scale = scale * step
+    y *= scale[:, None, :]
+    return y.sum(axis=0) if y.shape[0] > 1 else y[0]

@@ -14,6 +14,7 @@ from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP
 from xbar.runtime.layer import Layer
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
+from xbar.runtime.parallel import blas_single_threaded, workers
 
 
 def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
@@ -105,7 +106,16 @@ class Runtime:
         generator's return value is the dict of outputs.
         """
         env: dict[str, np.ndarray] = dict(self.constants)
-        env.update(self._check_inputs(feeds))
+        inputs = self._check_inputs(feeds)
+        env.update(inputs)
+        # A batch that fills every worker keeps BLAS on one thread for the whole run: the
+        # layers then run on chunk threads, and BLAS threads never sit spinning between them.
+        batch = max((np.shape(v)[0] for v in inputs.values() if np.ndim(v)), default=1)
+        with blas_single_threaded(batch >= 2 * workers()):
+            yield from self._steps(env)
+        return {name: env[name] for name in self.output_names}
+
+    def _steps(self, env: dict[str, np.ndarray]):
         for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
             args = [env[i] if i else None for i in ins]
             if isinstance(fn, Layer):
@@ -122,7 +132,6 @@ class Runtime:
                     env[o] = r
             for n in release:
                 env.pop(n, None)
-        return {name: env[name] for name in self.output_names}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Single-input, first-output convenience."""

@@ -61,26 +61,19 @@ per 64×64 tile, ≈ 20 ms per 128×128, ≈ 105 ms per 256×256. Tiles whose si
 powers of two are padded (rows above row 0, columns right of column C−1, G = 0): beyond
 the open wire ends no current flows, so the padding changes nothing.
 
-Threads: a stack of tiles is cut into chunks that run on one worker thread per core (or
-`MAX_WORKERS`) when threadpoolctl is installed; meanwhile BLAS is limited to one thread process-wide (its own
-threading only slows these mid-sized products). Without threadpoolctl everything runs on
-the calling thread and BLAS threading is left alone.
+Threads: a stack of tiles is cut into chunks that run on one worker thread per core
+(xbar.runtime.parallel); meanwhile BLAS is limited to one thread process-wide (its own
+threading only slows these mid-sized products).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-try:  # optional: without it, BLAS threading is left alone and tiles run on one thread
-    from threadpoolctl import ThreadpoolController
-except ImportError:  # pragma: no cover
-    ThreadpoolController = None
+from xbar.runtime.parallel import map_chunks
 
 __all__ = ["effective_conductance"]
 
@@ -105,28 +98,6 @@ _CHUNK_CELLS = 1 << 14
 # Cells per group of the uniform levels: a group's working set (~150 bytes per cell) stays
 # in a core's L2 cache; a whole 128×128 tile at once runs 2x slower.
 _GROUP_CELLS = 1 << 13
-
-# Worker threads over chunks of tiles (None: one per available core).
-MAX_WORKERS: int | None = None
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    # Created on first use (inspecting the loaded libraries costs ~0.1 ms, limiting via a
-    # kept controller ~3 µs).
-    return ThreadpoolController() if ThreadpoolController is not None else None
-
-
-def _workers() -> int:
-    if ThreadpoolController is None:
-        return 1
-    if MAX_WORKERS is not None:
-        return max(1, MAX_WORKERS)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
 
 _Layout = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
@@ -486,15 +457,7 @@ def effective_conductance(g: np.ndarray, r_wire: float, r_driver: float = 0.0,
         padded[:, rp - rows:, :cols] = tiles[s:s + chunk]
         out[s:s + chunk] = sched.solve(padded, *resist)[:, rp - rows:, :cols]
 
-    workers = min(_workers(), len(starts))
-    # BLAS is held to one thread: its own threading only slows these mid-sized products
-    # (and would compete with the chunk threads, which numpy and BLAS let run in parallel).
-    ctl = _blas_controller()
-    with ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext():
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
-        else:
-            for s in starts:
-                run(s)
+    # One chunk runs inline with BLAS threading as it is; several run on worker threads
+    # with BLAS held to one thread (its threading only slows these mid-sized products).
+    map_chunks(lambda j: run(starts[j]), len(starts))
     return out.reshape(g.shape)

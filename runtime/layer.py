@@ -13,12 +13,16 @@ import numpy as np
 from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError
+from xbar.runtime.analog import dac_codes, tiled_product
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
-from xbar.runtime.im2col import patch_view, resolve_pads
+from xbar.runtime.im2col import patch_absmax, patch_block, patch_view, resolve_pads
+from xbar.runtime.parallel import map_chunks, streams
 
-# Patches are copied and multiplied this many values at a time (16 MiB of float32), so a
-# chunk is still in cache when its GEMM reads it: ~2x faster than one layer-sized GEMM.
-CHUNK_VALUES = 1 << 22
+# Input vectors are copied and multiplied in chunks of about this many values (2 MiB of
+# float32), one chunk per worker thread at a time, so a chunk and its intermediates stay
+# in the core's cache from the patch copy to the ADC. Chunk boundaries depend only on
+# this and the layer's shape, so results do not depend on the number of threads.
+CHUNK_VALUES = 1 << 19
 
 
 @dataclass
@@ -27,7 +31,7 @@ class ChipContext:
 
     spec: "HardwareSpec"
     tiles: TileState
-    rng: np.random.Generator
+    rng: np.random.Generator  # the layer's read-noise stream; each call spawns one child per chunk from it
     x_max: float | None  # DAC range from calibration data; None: each input vector's own max |x|
     i_fs: np.ndarray  # (nrb, Npad) ADC full scale per tile column, normalised current
 
@@ -84,31 +88,56 @@ class Layer:
         # Exact hardware only: the column gains folded into the matrix save one pass per layer.
         self.fused = (self.matrix * self.gain).astype(np.float32)
 
-    def product(self, cols: np.ndarray) -> np.ndarray:
-        """(M, K) input vectors → (M, N) sums in normalised weight units (before column scale and affine)."""
-        y = self._product(cols)
+    def product(self, cols: np.ndarray, rng: np.random.Generator | None = None,
+                absmax: np.ndarray | None = None) -> np.ndarray:
+        """(M, K) input vectors → (M, N) sums in normalised weight units (before column scale
+        and affine). On a chip, `rng` is the read-noise stream (default: the layer's next) and
+        `absmax` (M, 1), if known, each vector's max |x| (else it is computed here)."""
+        y = self._product(cols, rng, absmax)
         if self.probe is not None:
             self.probe(self, cols, y)
         return y
 
-    def _product(self, cols: np.ndarray) -> np.ndarray:
+    def _product(self, cols: np.ndarray, rng: np.random.Generator | None,
+                 absmax: np.ndarray | None = None) -> np.ndarray:
         if self.chip is None:
             return cols @ self.matrix
-        from xbar.runtime.analog import dac, tiled_product
+        if self.chip.x_max is None and absmax is None:
+            absmax = np.maximum(cols.max(axis=1, keepdims=True), -cols.min(axis=1, keepdims=True))
+        codes, unit, x_scale = self._dac(cols, absmax)
+        return self._crossbar(codes, unit, x_scale, rng)
 
+    def _dac(self, x: np.ndarray, absmax: np.ndarray | None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Input vectors (any strided view) → DAC codes (C order), code unit, and the scale
+        the outputs are multiplied back by: the fixed range, or each vector's max |x|."""
         c = self.chip
         if c.x_max is not None:
-            x_max = np.float32(c.x_max)
-        else:
-            # Abs-max input scaling (aihwkit's default noise management): each input vector
-            # is scaled to the full DAC range and the result scaled back digitally.
-            x_max = np.abs(cols).max(axis=1, keepdims=True)
-            x_max[x_max == 0] = 1.0
-        v = dac(cols, x_max, c.spec.dac.bits)
-        y = tiled_product(v, c.tiles, c.spec, c.i_fs, c.rng)
+            x_scale = np.float32(c.x_max)
+            return (*dac_codes(x, x_scale, c.spec.dac.bits), x_scale)
+        # Abs-max input scaling (aihwkit's default noise management): each input vector is
+        # scaled to the full DAC range and the result scaled back digitally.
+        x_scale = np.where(absmax > 0, absmax, np.float32(1))
+        return (*dac_codes(x, x_scale, c.spec.dac.bits, may_clip=False), x_scale)
+
+    def _crossbar(self, codes: np.ndarray, unit: float, x_scale: np.ndarray,
+                  rng: np.random.Generator | None) -> np.ndarray:
+        """(M, K) DAC codes → (M, N) column sums in weight units, in the layer's column order."""
+        c = self.chip
+        if rng is None:
+            rng = streams(c.rng, 1)[0]
+        y = tiled_product(codes, c.tiles, c.spec, c.i_fs, rng, unit=unit)
         y = y[:, self.position]
-        y *= x_max
+        y *= x_scale.reshape(-1, 1) if np.ndim(x_scale) else x_scale
         return y
+
+    def _chunks(self, rows: int, width: int, fn) -> None:
+        """Run fn(start, stop, rng) over chunks of `rows` input vectors of `width` values,
+        in parallel unless a probe must see them in order."""
+        step = max(1, CHUNK_VALUES // max(1, width))
+        starts = range(0, rows, step)
+        rngs = streams(self.chip.rng, len(starts)) if self.chip is not None else [None] * len(starts)
+        map_chunks(lambda j: fn(starts[j], min(starts[j] + step, rows), rngs[j]), len(starts),
+                   serial=self.probe is not None)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "conv":
@@ -128,8 +157,15 @@ class Layer:
         return self._affine(np.swapaxes(self._rows(xt), -1, -2), axis=-2)
 
     def _rows(self, x: np.ndarray) -> np.ndarray:
-        """(..., K) → (..., N) through the crossbar (or the ideal matrix)."""
-        return self.product(x.reshape(-1, self.k)).reshape(*x.shape[:-1], self.n)
+        """(..., K) → (..., N) through the crossbar (or the ideal matrix), before the affine."""
+        flat = x.reshape(-1, self.k)
+        out = np.empty((flat.shape[0], self.n), dtype=np.float32)
+
+        def run(lo: int, hi: int, rng) -> None:
+            out[lo:hi] = self.product(flat[lo:hi], rng)
+
+        self._chunks(flat.shape[0], self.k, run)
+        return out.reshape(*x.shape[:-1], self.n)
 
     def _check_width(self, width: int, shape: tuple[int, ...]) -> None:
         if width != self.k:
@@ -164,19 +200,39 @@ class Layer:
                 f"{len(p['kernel_shape'])} spatial dims), got shape {list(x.shape)}"
             )
         pads = resolve_pads(x.shape[2:], p["kernel_shape"], p["strides"], p["dilations"], p["pads"], p["auto_pad"])
-        view, out = patch_view(x, p["kernel_shape"], p["strides"], p["dilations"], pads)
-        b = x.shape[0]
-        per_image = int(np.prod(out)) * view.shape[-1]
-        step = max(1, CHUNK_VALUES // per_image)
+        geometry = (p["kernel_shape"], p["strides"], p["dilations"], pads)
+        exact = self.chip is None and self.probe is None and not self._identity
+        direct = self.chip is not None and self.probe is None
+        per_vector = self.chip is not None and self.chip.x_max is None  # abs-max DAC scaling
+        if direct and not per_vector:
+            # A fixed DAC range: quantise every activation once and unfold the codes (the
+            # patches repeat each activation ∏kernel times).
+            codes, unit, x_scale = self._dac(np.moveaxis(x, 1, -1), None)
+            x = np.moveaxis(codes, -1, 1)
+        view, out = patch_view(x, *geometry)
+        b, k = x.shape[0], view.shape[-1]
         y = np.empty((b, *out, self.n), dtype=np.float32)
-        for start in range(0, b, step):
-            cols = view[start:start + step].reshape(-1, view.shape[-1])
-            if self.chip is None and self.probe is None and not self._identity:
-                part = cols @ self.fused
-                part += self.shift
+        rows = y.reshape(b, -1, self.n)
+
+        def run(lo: int, hi: int, rng) -> None:
+            dest = rows[lo:hi].reshape(-1, self.n)
+            if exact:
+                np.matmul(view[lo:hi].reshape(-1, k), self.fused, out=dest)
+                dest += self.shift
+                return
+            amax = patch_absmax(x[lo:hi], *geometry) if per_vector else None  # (b, *out)
+            if direct and per_vector:
+                # DAC straight from the strided patches: scaling them is also their copy.
+                block = patch_block(view, lo, hi)
+                c, u, xs = self._dac(block, amax.reshape(*amax.shape, *[1] * (block.ndim - amax.ndim)))
+                y = self._crossbar(c.reshape(-1, k), u, xs, rng)
+            elif direct:
+                y = self._crossbar(view[lo:hi].reshape(-1, k), unit, x_scale, rng)
             else:
-                part = self._affine(self.product(cols), axis=-1)  # channels-last rows
-            y[start:start + step] = part.reshape(-1, *out, self.n)
+                y = self.product(view[lo:hi].reshape(-1, k), rng, None if amax is None else amax.reshape(-1, 1))
+            dest[...] = self._affine(y, axis=-1)  # channels-last rows
+
+        self._chunks(b, int(np.prod(out)) * k, run)
         # Hand back an NCHW view of the channels-last result: elementwise ops keep that
         # memory order and the next convolution's moveaxis undoes it for free.
         return np.moveaxis(y, -1, 1)

@@ -186,13 +186,13 @@ def test_stack_equals_tiles_one_at_a_time():
 
 
 def test_worker_threads_give_identical_results(monkeypatch):
-    import xbar.runtime.irdrop as irdrop
+    import xbar.runtime.parallel as parallel
 
     rng = np.random.default_rng(6)
     g = rng.uniform(0.0, 100e-6, (9, 64, 64))  # several chunks
-    monkeypatch.setattr(irdrop, "MAX_WORKERS", 1)
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 1)
     one = effective_conductance(g, 1.0, 10.0, 10.0)
-    monkeypatch.setattr(irdrop, "MAX_WORKERS", 2)
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
     np.testing.assert_array_equal(effective_conductance(g, 1.0, 10.0, 10.0), one)
 
 

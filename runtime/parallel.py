@@ -1,0 +1,102 @@
+"""Chunks of independent work on one worker thread per core, BLAS held to one thread.
+
+NumPy releases the GIL inside copies, ufuncs and BLAS calls, so plain threads over chunks
+of rows run the whole per-chunk pipeline (patch copy, GEMMs, quantisation, noise) on every
+core at once, where BLAS's own threading would parallelise the GEMMs only. While chunks
+run, BLAS is limited to one thread process-wide so the two kinds of threads do not compete.
+
+Results never depend on the number of workers: chunk boundaries are fixed by the caller
+and every chunk that draws random numbers gets its own stream (see `streams`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+# Worker threads (None: XBAR_THREADS from the environment, else one per available core).
+MAX_WORKERS: int | None = None
+
+_local = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    # Created on first use: inspecting the loaded libraries costs ~0.1 ms, a kept
+    # controller limits BLAS in ~3 µs.
+    return ThreadpoolController()
+
+
+def workers() -> int:
+    """How many threads map_chunks uses."""
+    if MAX_WORKERS is not None:
+        return max(1, MAX_WORKERS)
+    env = os.environ.get("XBAR_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"XBAR_THREADS must be a whole number of threads, got {env!r}") from None
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="xbar", initializer=_mark_worker)
+
+
+def _mark_worker() -> None:
+    _local.worker = True
+
+
+def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> None:
+    """Call fn(0) … fn(count − 1), each once, on worker threads; return when all are done.
+
+    One chunk, `serial`, a single worker, or a call from inside a worker runs inline on the
+    calling thread with BLAS threading left as it is. The first exception is re-raised.
+    """
+    n = min(workers(), count)
+    if serial or n <= 1 or getattr(_local, "worker", False):
+        for j in range(count):
+            fn(j)
+        return
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        futures = [_pool(n).submit(fn, j) for j in range(count)]
+        for f in futures:
+            f.result()
+
+
+@contextlib.contextmanager
+def blas_single_threaded(active: bool = True) -> Iterator[None]:
+    """Hold BLAS to one thread for a whole run of many map_chunks calls (if `active`).
+
+    OpenBLAS's own threads keep spinning for a while after a multi-threaded call; a run
+    that lets BLAS use them between its chunked layers pays for that spinning in every
+    chunked layer that follows.
+    """
+    if not active or workers() <= 1:
+        yield
+        return
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+def streams(rng: np.random.Generator, count: int) -> list[np.random.Generator]:
+    """`count` independent generators for the chunks of one call, drawn from `rng`.
+
+    One draw from the layer's stream per call keys the call; its chunks get spawned
+    children of that key, so a chunk's noise depends on its index, never on which thread
+    ran it or in what order.
+    """
+    key = np.random.SeedSequence(int(rng.integers(1 << 63)))
+    return [np.random.Generator(np.random.SFC64(s)) for s in key.spawn(count)]

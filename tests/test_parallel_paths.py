@@ -1,0 +1,181 @@
+"""The fast per-inference paths: chunk threads, the Box–Muller sampler, DAC codes and patch
+abs-max. Each is checked against the plain computation it replaces."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import xbar.runtime.parallel as parallel
+from xbar.converter import convert
+from xbar.hardware import preset
+from xbar.runtime import Runtime
+from xbar.runtime.analog import dac, dac_codes
+from xbar.runtime.gauss import MAX_ABS, standard_normal
+from xbar.runtime.im2col import patch_absmax, patch_view
+from xbar.runtime.ranges import find_ranges
+
+
+# ---------------------------------------------------------------------------- sampler
+
+def test_box_muller_samples_are_standard_normal():
+    z = standard_normal(np.random.default_rng(0), (1_000_001,))  # odd: one of a pair dropped
+    assert z.dtype == np.float32 and z.shape == (1_000_001,)
+    n = z.size
+    # Mean within 5 standard errors (1/√n); variance within 5 s.e. (√(2/n)); no excess
+    # kurtosis beyond 5 s.e. (√(24/n)); KS against N(0, 1) does not reject.
+    assert abs(z.mean()) < 5 / np.sqrt(n)
+    assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(stats.kurtosis(z)) < 5 * np.sqrt(24 / n)
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+    # Tails: P(|z| > 3) = 2.70e-3; its binomial s.e. at this n is 5.2e-5.
+    assert abs(np.mean(np.abs(z) > 3) - 2 * stats.norm.sf(3)) < 5 * 5.2e-5
+    assert np.abs(z).max() <= MAX_ABS
+
+
+def test_box_muller_pairs_are_uncorrelated_and_seeded():
+    z = standard_normal(np.random.default_rng(1), (2, 250_000))
+    h = z.size // 2
+    flat = z.reshape(-1)
+    # The cos and sin halves share radii; independent normals have correlation 0 (s.e. 1/√h).
+    assert abs(np.corrcoef(flat[:h], flat[h:])[0, 1]) < 5 / np.sqrt(h)
+    assert abs(np.corrcoef(flat[:h] ** 2, flat[h:] ** 2)[0, 1]) < 5 / np.sqrt(h)
+    np.testing.assert_array_equal(z, standard_normal(np.random.default_rng(1), (2, 250_000)))
+
+
+# ---------------------------------------------------------------------------- DAC codes
+
+@pytest.mark.parametrize("bits", [None, 2, 4, 8])
+def test_dac_codes_are_the_dac_levels(bits):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4000, 37)).astype(np.float32)
+    x_max = np.float32(1.7)
+    codes, unit = dac_codes(x, x_max, bits)
+    ref = dac(x, x_max, bits)
+    if bits is None:
+        np.testing.assert_array_equal(codes, ref)
+        return
+    levels = 2 ** (bits - 1) - 1
+    assert unit == pytest.approx(1 / levels)
+    assert np.all(codes == np.rint(codes)) and np.abs(codes).max() <= levels
+    # The same level everywhere, except where x/x_max·levels lies within float32 rounding
+    # of a tie between two levels (the two forms round their scaled input differently).
+    diff = np.abs(codes * np.float32(unit) - ref)
+    assert np.mean(diff > 1e-6) < 1e-3 and diff.max() <= unit + 1e-6
+
+
+def test_dac_codes_read_strided_views_in_c_order():
+    x = np.arange(2 * 5 * 6, dtype=np.float32).reshape(2, 5, 6)[:, ::2, 1:]
+    scale = np.array([[[2.0]], [[4.0]]], dtype=np.float32)
+    codes, unit = dac_codes(x, scale, 8, may_clip=False)
+    assert codes.flags.c_contiguous
+    np.testing.assert_array_equal(codes, np.rint(x * (127 / scale)))
+
+
+# ---------------------------------------------------------------------------- patch abs-max
+
+@pytest.mark.parametrize("kernel,strides,dilations,pads", [
+    ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+    ([3, 3], [2, 2], [1, 1], [0, 1, 1, 0]),
+    ([2, 3], [1, 2], [2, 1], [0, 0, 0, 0]),
+    ([1, 1], [2, 2], [1, 1], [0, 0, 0, 0]),
+    ([5], [2], [1], [2, 2]),
+    ([2, 2, 2], [1, 1, 1], [1, 1, 1], [1, 0, 1, 0, 1, 0]),
+])
+@pytest.mark.parametrize("channels", [1, 3, 16])
+def test_patch_absmax_is_the_row_max_of_the_patches(kernel, strides, dilations, pads, channels):
+    rng = np.random.default_rng(3)
+    spatial = [7] * len(kernel)
+    x = rng.normal(size=(3, channels, *spatial)).astype(np.float32)
+    view, out = patch_view(x, kernel, strides, dilations, pads)
+    cols = view[0:3].reshape(-1, view.shape[-1])
+    ref = np.abs(cols).max(axis=1).reshape(3, *out)
+    np.testing.assert_array_equal(patch_absmax(x, kernel, strides, dilations, pads), ref)
+
+
+# ---------------------------------------------------------------------------- chunk threads
+
+@pytest.fixture(scope="module")
+def resnet(models_dir, test_data):
+    bundle = convert(models_dir / "resnet_bn.onnx")
+    return find_ranges(bundle, test_data[0][:64], preset("pcm"))
+
+
+@pytest.mark.parametrize("dac_range", ["max", "calibrated"])
+def test_chip_outputs_do_not_depend_on_the_number_of_threads(resnet, test_data, monkeypatch, dac_range):
+    """Chunk boundaries and each chunk's noise stream are fixed by the layer and the call,
+    so 1, 2 or 3 worker threads give the same chip outputs bit for bit."""
+    x = test_data[0][:96]  # several chunks per layer
+    spec = preset("pcm").override(t_inference=86400.0, **{"dac.range": dac_range})
+    outs = []
+    for n in (1, 2, 3):
+        monkeypatch.setattr(parallel, "MAX_WORKERS", n)
+        rt = Runtime(resnet, spec, seed=4)
+        outs.append((rt(x), rt(x)))
+    for first, second in outs[1:]:
+        np.testing.assert_array_equal(first, outs[0][0])
+        np.testing.assert_array_equal(second, outs[0][1])
+    assert not np.array_equal(outs[0][0], outs[0][1])  # read noise is fresh per inference
+
+
+@pytest.mark.parametrize("dac_range", ["max", "calibrated"])
+def test_a_probe_sees_what_inference_computes(resnet, test_data, dac_range):
+    """With a probe the layer takes the generic path (whole patches, DAC in product());
+    without one, the DAC reads strided patches or pre-quantised activations. Same result."""
+    x = test_data[0][:64]
+    spec = preset("pcm").override(**{"dac.range": dac_range})
+    plain = Runtime(resnet, spec, seed=5)(x)
+    rt = Runtime(resnet, spec, seed=5)
+    seen = []
+    for layer in rt.layers:
+        layer.probe = lambda lyr, cols, y: seen.append(cols.shape)
+    np.testing.assert_array_equal(rt(x), plain)
+    assert seen
+
+
+def test_ideal_outputs_do_not_depend_on_the_number_of_threads(resnet, test_data, monkeypatch):
+    x = test_data[0][:96]
+    outs = []
+    for n in (1, 2):
+        monkeypatch.setattr(parallel, "MAX_WORKERS", n)
+        outs.append(Runtime(resnet)(x))
+    # The same GEMM kernels on the same rows; only BLAS's thread split may differ.
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_map_chunks_runs_every_chunk_once_and_reraises(monkeypatch):
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    hits = np.zeros(37, dtype=int)
+
+    def fn(j):
+        hits[j] += 1
+
+    parallel.map_chunks(fn, 37)
+    assert np.all(hits == 1)
+
+    def bad(j):
+        if j == 5:
+            raise ValueError("chunk 5")
+
+    with pytest.raises(ValueError, match="chunk 5"):
+        parallel.map_chunks(bad, 9)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    monkeypatch.setattr(parallel, "MAX_WORKERS", None)
+    monkeypatch.setenv("XBAR_THREADS", "3")
+    assert parallel.workers() == 3
+    monkeypatch.setenv("XBAR_THREADS", "many")
+    with pytest.raises(ValueError, match="XBAR_THREADS"):
+        parallel.workers()
+
+
+def test_chunk_streams_are_independent_and_reproducible():
+    a = parallel.streams(np.random.default_rng(7), 4)
+    b = parallel.streams(np.random.default_rng(7), 4)
+    draws = [g.random(1000) for g in a]
+    for g, d in zip(b, draws):
+        np.testing.assert_array_equal(g.random(1000), d)
+    for d, e in itertools.combinations(draws, 2):
+        assert abs(np.corrcoef(d, e)[0, 1]) < 0.2
