@@ -20,14 +20,7 @@ from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
 from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights
 from xbar.errors import ConfigError, UnsupportedOpError
-from xbar.ops import LAYER_OP
-
-
-def _digital_ops() -> frozenset[str]:
-    # The runtime's registry is the single list of executable digital ops.
-    from xbar.runtime.ops import SUPPORTED_OPS
-
-    return SUPPORTED_OPS
+from xbar.ops import DIGITAL_OPS, LAYER_OP
 
 
 def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
@@ -122,7 +115,7 @@ def convert(
     new_nodes: list[Node] = []
     absorbed: set[str] = set()
     found_names: list[str] = []
-    supported = _digital_ops()
+    supported = DIGITAL_OPS
     for node in graph.nodes:
         if node.name in absorbed:
             continue

@@ -17,10 +17,13 @@ Semantics are those of ONNX opset 13-21. Unsupported attribute values raise
 
 from __future__ import annotations
 
+from xbar.ops import DIGITAL_OPS
+
 from . import elementwise, matmul, normalization, pooling, reduce, shape  # noqa: F401  (register ops)
 from ._registry import NUM_OUTPUTS, REGISTRY, OpFn, OpNotImplementedError
 
-SUPPORTED_OPS: frozenset[str] = frozenset(REGISTRY)
+# The shared vocabulary (xbar.ops); tests keep the registry equal to it.
+SUPPORTED_OPS: frozenset[str] = DIGITAL_OPS
 
 
 def get_op(op_type: str) -> OpFn | None:
