@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -70,8 +71,19 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
         for j in range(count):
             fn(j)
         return
+    # One task per worker, each taking the next chunk index until none is left: a pool
+    # round trip costs tens of µs and small layers have many small chunks, yet a worker
+    # that falls behind (a busy core) still gets fewer of them.
+    indices = itertools.count()  # next() on it is atomic under the GIL
+
+    def drain() -> None:
+        for j in indices:
+            if j >= count:
+                return
+            fn(j)
+
     with _blas_controller().limit(limits=1, user_api="blas"):
-        futures = [_pool(n).submit(fn, j) for j in range(count)]
+        futures = [_pool(n).submit(drain) for _ in range(n)]
         for f in futures:
             f.result()
 
