@@ -13,6 +13,7 @@ from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP
 from xbar.runtime.layer import Layer
+from xbar.runtime.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
 from xbar.runtime.parallel import blas_single_threaded, workers
 
@@ -35,6 +36,7 @@ class Runtime:
         """`hardware` None runs the programmed weights exactly, row blocks fused into one product.
         Otherwise a chip instance is sampled from `seed` (the same seed is the same chip, bit
         for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC."""
+        keep_freed_memory()
         self.bundle = bundle
         self.hardware = hardware
         self.seed = seed
