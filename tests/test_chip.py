@@ -168,3 +168,31 @@ def test_programming_noise_on_tiles_matches_the_closed_form():
     z = (got - expected_mean) / np.sqrt(sp ** 2 + s0 ** 2 * (0.5 - 1 / (2 * np.pi)))
     assert abs(z.mean()) < 5 / np.sqrt(z.size)
     assert z.std() == pytest.approx(1.0, rel=0.05)
+
+
+def test_probe_as_programmed_is_reused_across_drift_times_bit_for_bit(resnet, test_data, monkeypatch):
+    """The compensation probe's exact IR-drop solve depends on the programmed chip, not on
+    the drift time: a second time for the same seed reuses it and gives what a fresh solve
+    gives."""
+    from xbar.runtime import chip
+
+    x = test_data[0][:32]
+    spec = preset("pcm")  # IR drop on, drift compensation per tile
+    solves = []
+    real = chip._probe_as_programmed
+
+    def counting(g0, tile_used, spec_, circuit):
+        return real(g0, tile_used, spec_, lambda g: solves.append(1) or circuit(g))
+
+    monkeypatch.setattr(chip, "_probe_as_programmed", counting)
+    chip._PROBE_CACHE.clear()
+    Runtime(resnet, spec.override(t_inference=3600.0), seed=11)
+    first = len(solves)
+    cached = Runtime(resnet, spec.override(t_inference=86400.0), seed=11)(x)
+    assert first > 0 and len(solves) == first  # the second time solved no probe
+    chip._PROBE_CACHE.clear()
+    fresh = Runtime(resnet, spec.override(t_inference=86400.0), seed=11)(x)
+    assert len(solves) == 2 * first
+    np.testing.assert_array_equal(cached, fresh)
+    Runtime(resnet, spec.override(t_inference=86400.0), seed=12)  # another chip: its own solve
+    assert len(solves) == 3 * first
