@@ -38,6 +38,49 @@ def _column_percentile(v: np.ndarray, d: np.ndarray, pct: float, n: int) -> np.n
     return out
 
 
+class _Sample:
+    """A uniform random sample of at most `size` of all the vectors offered, in any chunks.
+
+    Every vector gets a uniform random key and the `size` smallest keys are kept (a
+    bottom-k sample: sampling without replacement over the whole stream, whatever the
+    chunking). Only vectors whose key beats the current k-th smallest are copied, and they
+    are merged in once a sample's worth has piled up, so the work stays proportional to the
+    ~size·ln(total/size) candidates.
+    """
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng = size, rng
+        self.threshold = 1.0  # keys are in [0, 1): everything qualifies until the sample is full
+        self.keys = [np.empty(0)]
+        self.parts: list[np.ndarray] = []
+        self.pending = 0
+        self.seen = 0
+
+    def add(self, cols: np.ndarray) -> None:
+        self.seen += len(cols)
+        keys = self.rng.random(len(cols))
+        take = keys < self.threshold
+        if not take.any():
+            return
+        self.keys.append(keys[take])
+        self.parts.append(np.array(cols[take], dtype=np.float32))
+        self.pending += int(take.sum())
+        if self.pending >= self.size:
+            self._merge()
+
+    def _merge(self) -> None:
+        keys = np.concatenate(self.keys)
+        order = np.argsort(keys, kind="stable")[:self.size]
+        self.keys, self.parts = [keys[order]], [np.concatenate(self.parts)[order]]
+        self.pending = 0
+        if len(order) == self.size:
+            self.threshold = float(self.keys[0][-1])
+
+    def vectors(self) -> np.ndarray:
+        self._merge()
+        return self.parts[0]
+
+
 def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: int = 128, seed: int = 0,
                 progress: Callable[[Iterable[slice]], Iterable[slice]] | None = None) -> Bundle:
     """Add `ranges` to every analog layer of `bundle` (in place) and return it."""
@@ -46,24 +89,22 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
     rt = Runtime(bundle)
     rng = np.random.default_rng(seed)
     chunks = list(batches(len(x), batch_size))
-    kept: dict[int, list[np.ndarray]] = {}
+    samples = {i: _Sample(MAX_VECTORS, rng) for i, layer in enumerate(rt.layers) if layer.entry["placement"] == "analog"}
 
     def keep(index: int):
         def probe(layer, cols, y):
-            per_batch = max(1, MAX_VECTORS // len(chunks))
-            take = cols if len(cols) <= per_batch else cols[rng.choice(len(cols), per_batch, replace=False)]
-            kept.setdefault(index, []).append(np.array(take, dtype=np.float32))
+            samples[index].add(cols)
         return probe
 
-    for i, layer in enumerate(rt.layers):
-        if layer.entry["placement"] == "analog":
-            layer.probe = keep(i)
+    for i in samples:
+        rt.layers[i].probe = keep(i)
     for sl in (progress(chunks) if progress else chunks):
         rt(x[sl])
+    kept = {i: s.vectors() for i, s in samples.items() if s.seen}
     for i, entry in enumerate(bundle.layers):
         if i not in kept:
             continue
-        cols = np.concatenate(kept[i])
+        cols = kept[i]
         x_max = float(np.percentile(np.abs(cols), spec.dac.percentile))
         if x_max <= 0:
             x_max = float(np.abs(cols).max()) or 1.0

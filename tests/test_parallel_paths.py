@@ -216,3 +216,33 @@ def test_runs_reuse_freed_memory_instead_of_faulting_it_in_again(models_dir, tmp
     # Measured here: 0 against ~1600 faults per run (12 MB of fresh pages each time).
     assert default > 500
     assert kept < default / 10
+
+
+# ---------------------------------------------------------------------------- range sampling
+
+def test_range_sample_is_exact_size_uniform_and_independent_of_chunking():
+    from xbar.runtime.ranges import _Sample
+
+    n, size = 100_000, 2_000
+    rows = np.arange(n, dtype=np.float32)[:, None]
+    one = _Sample(size, np.random.default_rng(0))
+    one.add(rows)
+    many = _Sample(size, np.random.default_rng(0))
+    cuts = np.sort(np.random.default_rng(1).choice(n, 60, replace=False))
+    for part in np.split(rows, cuts):
+        many.add(part)
+    a, b = one.vectors()[:, 0], many.vectors()[:, 0]
+    assert len(a) == size and len(np.unique(a)) == size
+    np.testing.assert_array_equal(np.sort(a), np.sort(b))  # same keys stream, same sample
+    # Uniform over the stream: 10 equal bins hold size/10 = 200 each; binomial s.d. ≈ 13.4.
+    counts = np.bincount((a // (n // 10)).astype(int), minlength=10)
+    assert np.all(np.abs(counts - size / 10) < 5 * np.sqrt(size * 0.1 * 0.9))
+
+
+def test_range_sample_keeps_everything_when_there_is_less():
+    from xbar.runtime.ranges import _Sample
+
+    s = _Sample(100, np.random.default_rng(0))
+    s.add(np.ones((30, 4)))
+    s.add(np.zeros((20, 4)))
+    assert s.vectors().shape == (50, 4) and s.seen == 50
