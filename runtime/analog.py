@@ -4,7 +4,10 @@ Everything that is fixed per chip instance is in a TileState; per inference the 
 DAC (clip, quantise), one batched product over all tiles, read noise sampled at the
 output (one more product of v² with σ², not a fresh conductance matrix per read), output
 noise, ADC (clip, quantise) per tile column, drift compensation, sum of row-block partial
-sums. Inputs arrive as im2col columns (B, K, L); outputs leave as (B, Npad, L).
+sums. Inputs arrive as (M, K) rows (one input vector each, e.g. a chunk of unfolded
+patches); outputs leave as (M, N). `dac` and `adc` state the converters' semantics; the
+layer path uses `dac_codes` and the in-place ADC of `tiled_product`, which compute the same
+levels (up to float32 rounding at exact ties).
 """
 
 from __future__ import annotations

@@ -225,12 +225,12 @@ class Layer:
                 # DAC straight from the strided patches: scaling them is also their copy.
                 block = patch_block(view, lo, hi)
                 c, u, xs = self._dac(block, amax.reshape(*amax.shape, *[1] * (block.ndim - amax.ndim)))
-                y = self._crossbar(c.reshape(-1, k), u, xs, rng)
+                sums = self._crossbar(c.reshape(-1, k), u, xs, rng)
             elif direct:
-                y = self._crossbar(view[lo:hi].reshape(-1, k), unit, x_scale, rng)
+                sums = self._crossbar(view[lo:hi].reshape(-1, k), unit, x_scale, rng)
             else:
-                y = self.product(view[lo:hi].reshape(-1, k), rng, None if amax is None else amax.reshape(-1, 1))
-            dest[...] = self._affine(y, axis=-1)  # channels-last rows
+                sums = self.product(view[lo:hi].reshape(-1, k), rng, None if amax is None else amax.reshape(-1, 1))
+            dest[...] = self._affine(sums, axis=-1)  # channels-last rows
 
         self._chunks(b, int(np.prod(out)) * k, run)
         # Hand back an NCHW view of the channels-last result: elementwise ops keep that
