@@ -38,6 +38,32 @@ def output_size(spatial: tuple[int, ...], kernel: list[int], strides: list[int],
     ]
 
 
+def zero_padded(x: np.ndarray, pads: list[int], first: int) -> np.ndarray:
+    """x with its axes first … first+nd−1 padded by zeros ([begin…, end…] as in ONNX).
+
+    Only the border is zero-filled; the interior is written once, by the copy of x.
+    """
+    nd = len(pads) // 2
+    shape = list(x.shape)
+    inner = [slice(None)] * x.ndim
+    for i in range(nd):
+        ax = first + i
+        shape[ax] += pads[i] + pads[i + nd]
+        inner[ax] = slice(pads[i], pads[i] + x.shape[ax])
+    out = np.empty(shape, dtype=x.dtype)
+    out[tuple(inner)] = x
+    for i in range(nd):
+        ax, lo, hi = first + i, pads[i], pads[i + nd]
+        edge = [slice(None)] * x.ndim
+        if lo:
+            edge[ax] = slice(0, lo)
+            out[tuple(edge)] = 0
+        if hi:
+            edge[ax] = slice(shape[ax] - hi, shape[ax])
+            out[tuple(edge)] = 0
+    return out
+
+
 def patch_view(x: np.ndarray, kernel: list[int], strides: list[int], dilations: list[int],
                pads: list[int]) -> tuple[np.ndarray, list[int]]:
     """(B, C, *S) → a (B, *out, K) array of patches, K = ∏kernel·C, and the output size.
@@ -55,9 +81,7 @@ def patch_view(x: np.ndarray, kernel: list[int], strides: list[int], dilations: 
         raise ValueError(f"convolution output would be empty: input {list(spatial)}, kernel {kernel}, pads {pads}")
     xl = np.moveaxis(x, 1, -1)  # a view; free when x is itself a channels-last buffer
     if any(pads):
-        padded = np.zeros((b, *(n + pads[i] + pads[i + nd] for i, n in enumerate(spatial)), c), dtype=x.dtype)
-        padded[(slice(None),) + tuple(slice(pads[i], pads[i] + n) for i, n in enumerate(spatial))] = xl
-        xl = padded
+        xl = zero_padded(xl, pads, first=1)
     elif not xl.flags.c_contiguous:
         xl = np.ascontiguousarray(xl)
     if all(k == 1 for k in kernel):
@@ -113,9 +137,7 @@ def patch_absmax(x: np.ndarray, kernel: list[int], strides: list[int], dilations
     out = output_size(spatial, kernel, strides, dilations, pads)
     a = _last_axis_absmax(np.moveaxis(x, 1, -1))  # (B, *S)
     if any(pads):
-        padded = np.zeros((a.shape[0], *(n + pads[i] + pads[i + nd] for i, n in enumerate(spatial))), dtype=a.dtype)
-        padded[(slice(None),) + tuple(slice(pads[i], pads[i] + n) for i, n in enumerate(spatial))] = a
-        a = padded
+        a = zero_padded(a, pads, first=1)
     result = np.zeros((a.shape[0], *out), dtype=a.dtype)
     for offs in itertools.product(*(range(k) for k in kernel)):
         sl = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offs, dilations, strides, out))
