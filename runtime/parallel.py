@@ -60,6 +60,12 @@ def _mark_worker() -> None:
     _local.worker = True
 
 
+# A forked child inherits the pool object but not its threads: work submitted there would
+# wait forever, so the child starts with no pool and makes its own on first use.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> None:
     """Call fn(0) … fn(count − 1), each once, on worker threads; return when all are done.
 

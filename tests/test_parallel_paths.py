@@ -246,3 +246,31 @@ def test_range_sample_keeps_everything_when_there_is_less():
     s.add(np.ones((30, 4)))
     s.add(np.zeros((20, 4)))
     assert s.vectors().shape == (50, 4) and s.seen == 50
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_worker_pool(monkeypatch):
+    """multiprocessing's default start method on Linux forks; a child must not inherit the
+    parent's pool object without its threads (submitted work would never run)."""
+    import multiprocessing
+
+    import threading
+
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    both = threading.Barrier(2, timeout=30)
+    parallel.map_chunks(lambda j: both.wait(), 2)  # the parent's pool now has both threads
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_chunk_sum_in_child)
+        assert result.get(timeout=60) == sum(range(8))
+
+
+def _chunk_sum_in_child() -> int:
+    parallel.MAX_WORKERS = 2
+    out = np.zeros(8, dtype=int)
+
+    def fn(j):
+        out[j] = j
+
+    parallel.map_chunks(fn, 8)
+    return int(out.sum())
