@@ -1,10 +1,12 @@
-"""Convolution as one matrix product: unfold input patches once per layer (im2col)."""
+"""Convolution as a matrix product: unfold the input into patches (im2col), chunk by chunk."""
 
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
+
+from xbar.runtime.ops.pooling import window_reduce
 
 
 def resolve_pads(spatial: tuple[int, ...], kernel: list[int], strides: list[int], dilations: list[int],
@@ -129,23 +131,17 @@ def patch_absmax(x: np.ndarray, kernel: list[int], strides: list[int], dilations
                  pads: list[int]) -> np.ndarray:
     """(B, C, *S) → (B, *out): max |x| over each patch, exactly the row max of |patches|.
 
-    Taken as a max over channels per pixel, then a sliding max over the kernel window
-    (padding counts as 0), so it reads the input, not the ∏kernel-times larger patches.
+    Taken as a max over channels per pixel, then the separable sliding max of MaxPool over
+    the kernel window (padding counts as 0), so it reads the input, not the ∏kernel-times
+    larger patches.
     """
-    spatial = x.shape[2:]
-    nd = len(spatial)
-    out = output_size(spatial, kernel, strides, dilations, pads)
-    a = _last_axis_absmax(np.moveaxis(x, 1, -1))  # (B, *S)
-    if any(pads):
-        a = zero_padded(a, pads, first=1)
-    result = np.zeros((a.shape[0], *out), dtype=a.dtype)
-    for offs in itertools.product(*(range(k) for k in kernel)):
-        sl = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in zip(offs, dilations, strides, out))
-        np.maximum(result, a[(slice(None),) + sl], out=result)
-    return result
+    a = absmax_last_axis(np.moveaxis(x, 1, -1))[:, None]  # (B, 1, *S)
+    attrs = {"kernel_shape": kernel, "strides": strides, "dilations": dilations, "pads": pads}
+    return window_reduce(a, attrs, np.maximum, 0)[:, 0]
 
 
-def _last_axis_absmax(x: np.ndarray) -> np.ndarray:
+def absmax_last_axis(x: np.ndarray) -> np.ndarray:
+    """max |x| over the last axis."""
     # Halving the axis pass by pass: NumPy's reduction over a short last axis costs ~3 ns
     # per value, the elementwise maxima of halves ~2x less.
     a = np.abs(x)

@@ -15,7 +15,7 @@ from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError
 from xbar.runtime.analog import dac_codes, tiled_product
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
-from xbar.runtime.im2col import patch_absmax, patch_block, patch_view, resolve_pads
+from xbar.runtime.im2col import absmax_last_axis, patch_absmax, patch_block, patch_view, resolve_pads
 from xbar.runtime.parallel import map_chunks, streams
 
 # Input vectors are copied and multiplied in chunks of about this many values (2 MiB of
@@ -103,7 +103,7 @@ class Layer:
         if self.chip is None:
             return cols @ self.matrix
         if self.chip.x_max is None and absmax is None:
-            absmax = np.maximum(cols.max(axis=1, keepdims=True), -cols.min(axis=1, keepdims=True))
+            absmax = absmax_last_axis(cols)[:, None]
         codes, unit, x_scale = self._dac(cols, absmax)
         return self._crossbar(codes, unit, x_scale, rng)
 

@@ -105,6 +105,13 @@ def _pool(xp: np.ndarray, g: _Geometry, ufunc: np.ufunc) -> np.ndarray:
     return out
 
 
+def window_reduce(x: np.ndarray, attrs: dict[str, Any], ufunc: np.ufunc, fill: Any, op: str = "window") -> np.ndarray:
+    """Reduce every window of x (N, C, *spatial) with ``ufunc``; ``attrs`` as for MaxPool
+    (kernel_shape, strides, dilations, pads, ...), padding filled with ``fill``."""
+    g = _geometry(op, x.shape[2:], attrs)
+    return _pool(_padded(x, g, fill), g, ufunc)
+
+
 def _check_rank(op: str, x: np.ndarray) -> None:
     if x.ndim not in (3, 4, 5):
         raise unsupported(op, "input rank", x.ndim, [3, 4, 5])
@@ -120,10 +127,8 @@ def max_pool(inputs, attrs):
     _check_rank("MaxPool", x)
     if num_outputs(attrs) >= 2:
         raise unsupported("MaxPool", "output Indices", "requested")
-    g = _geometry("MaxPool", x.shape[2:], attrs)
     # Padding (explicit and ceil-mode overhang) never wins a max.
-    xp = _padded(x, g, _lowest(x.dtype))
-    return [_pool(xp, g, np.maximum)]
+    return [window_reduce(x, attrs, np.maximum, _lowest(x.dtype), "MaxPool")]
 
 
 def _valid_counts(g: _Geometry, spatial: tuple[int, ...], include_pad: bool, dtype: np.dtype) -> np.ndarray:
