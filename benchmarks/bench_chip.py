@@ -163,7 +163,7 @@ def _instrumented_tiled_product(timers: _Timers):
     """
     import numpy as np
 
-    from xbar.runtime.analog import per_block
+    from xbar.runtime.analog import adc_levels, per_block
     from xbar.runtime.gauss import standard_normal
 
     def tiled_product(v, st, spec, i_fs, rng, use_adc=True, unit=1.0):
@@ -193,12 +193,7 @@ def _instrumented_tiled_product(timers: _Timers):
             t = timers.add("tile: ADC output noise", t)
         scale = st.comp * np.float32(unit)
         if use_adc and spec.adc.bits is not None:
-            levels = float(2 ** (spec.adc.bits - 1) - 1) if spec.adc.bits > 1 else 1.0
-            step = fs / np.float32(levels)
-            y /= step[:, None, :]
-            np.rint(y, out=y)
-            np.clip(y, -levels, levels, out=y)
-            scale = scale * step
+            scale = scale * adc_levels(y, fs, spec.adc.bits)
             t = timers.add("tile: ADC (to levels, round, clip)", t)
         y *= scale[:, None, :]
         t = timers.add("tile: back to currents, drift compensation", t)

@@ -67,6 +67,17 @@ def adc(i: np.ndarray, full_scale: np.ndarray, bits: int | None) -> np.ndarray:
     return quantise_symmetric(i, bits, full_scale)
 
 
+def adc_levels(y: np.ndarray, full_scale: np.ndarray, bits: int) -> np.ndarray:
+    """The ADC as in `adc`, in place: (nrb, M, N) currents → integer levels; returns the
+    (nrb, N) step that turns levels back into current (left to the caller's one multiply)."""
+    levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
+    step = full_scale / np.float32(levels)
+    y /= step[:, None, :]
+    np.rint(y, out=y)
+    np.clip(y, -levels, levels, out=y)
+    return step
+
+
 def per_block(v: np.ndarray, mats: np.ndarray, k: int) -> np.ndarray:
     """(M, K) inputs, (nrb, R, X) per-row-block matrices → (nrb, M, X) partial products.
 
@@ -106,12 +117,6 @@ def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.nda
         y += z
     scale = st.comp * np.float32(unit)  # back to normalised current, drift-compensated
     if use_adc and spec.adc.bits is not None:
-        # The ADC as in `adc`, in place: to levels, round, clip, and back in one multiply.
-        levels = float(2 ** (spec.adc.bits - 1) - 1) if spec.adc.bits > 1 else 1.0
-        step = fs / np.float32(levels)
-        y /= step[:, None, :]
-        np.rint(y, out=y)
-        np.clip(y, -levels, levels, out=y)
-        scale = scale * step
+        scale = scale * adc_levels(y, fs, spec.adc.bits)
     y *= scale[:, None, :]
     return y.sum(axis=0) if y.shape[0] > 1 else y[0]
