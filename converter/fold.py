@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from xbar.converter.checks import refuse_nonfinite
 from xbar.converter.ir import Graph, Node, TensorInfo
 from xbar.errors import ModelError, UnsupportedOpError
 
@@ -82,6 +83,11 @@ def build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         info[vi.name] = _tensor_info(vi)
     inputs = [vi.name for vi in g.input if vi.name not in constants]
+    for idx, node in enumerate(g.node):
+        for name in node.input:
+            if name in constants:
+                refuse_nonfinite(constants[name], name, node.name or f"{node.op_type}_{idx}", node.op_type, label,
+                                 "constant", allow_inf=True)
     outputs = [vi.name for vi in g.output]
 
     alias: dict[str, str] = {}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from xbar.affine import Affine
+from xbar.converter.checks import refuse_nonfinite
 from xbar.converter.ir import Graph, Node
 from xbar.errors import ModelError
 from xbar.ops import ANALOG_OPS
@@ -47,7 +48,9 @@ def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndar
             "they must be initializers; re-export the model with its weights as constants "
             "(torch: export_params=True)."
         )
-    return np.asarray(graph.constants[name], dtype=np.float64)
+    value = np.asarray(graph.constants[name], dtype=np.float64)
+    refuse_nonfinite(value, name, node.name, node.op, label, what)
+    return value
 
 
 def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +183,7 @@ def absorb_following(graph: Graph, layer: LayerSpec, consumers: dict[str, list[N
         other = user.inputs[1] if user.inputs[0] == layer.output else user.inputs[0]
         if other in graph.constants:
             c = np.asarray(graph.constants[other], dtype=np.float64)
+            refuse_nonfinite(c, other, user.name, user.op, label, "bias")
             if c.size == n and c.shape[-1] == n and (out_rank is None or c.ndim <= out_rank):
                 layer.affine.bias = c.reshape(n)
                 layer.output = user.outputs[0]
@@ -201,7 +205,12 @@ def absorb_following(graph: Graph, layer: LayerSpec, consumers: dict[str, list[N
         names = user.inputs[1:5]
         if not all(x in graph.constants for x in names):
             return absorbed
+        for what, x in zip(("scale", "bias", "mean", "variance"), names):
+            refuse_nonfinite(graph.constants[x], x, user.name, user.op, label, f"batch-norm {what}")
         gamma, beta, mean, var = (np.asarray(graph.constants[x], dtype=np.float64).reshape(-1) for x in names)
+        if np.any(var + float(user.attrs.get("epsilon", 1e-5)) <= 0):
+            raise ModelError(f"{label}: BatchNormalization {user.name!r} has a variance + epsilon <= 0 in tensor "
+                             f"{names[3]!r}; its normalisation is undefined. Fix the model and export it again.")
         if gamma.size != n:
             raise ModelError(
                 f"{label}: BatchNormalization {user.name!r} has {gamma.size} channels but follows "

@@ -43,6 +43,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
             ) from None
         if not model.graph.node and not model.graph.output:
             raise ModelError(f"{path} parsed as an empty ONNX model (no nodes, no outputs); the file is probably not ONNX or is truncated")
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise ModelError(
+                f"{label} declares ONNX opset {imp.version}, newer than any the installed onnx "
+                f"{onnx.__version__} knows (opsets 1 to {newest}); the meaning of its operators is unknown, so "
+                f"xbar will not guess it. Export the model at opset {newest} or older."
+            )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
