@@ -25,7 +25,7 @@ import numpy as np
 from xbar import __version__
 from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
-from xbar.errors import DataError
+from xbar.errors import ConfigError, DataError
 from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
 from xbar.runtime.executor import Runtime
@@ -86,6 +86,43 @@ def fold_bundle(bundle: Bundle) -> Bundle:
     return out
 
 
+def keep_source_affines(bundle: Bundle) -> None:
+    """Before the first calibration, keep each analog layer's affine as converted (in place).
+
+    A calibrated bundle is judged against the network the user converted, not against its
+    own chip-fitted affines on exact hardware; `source_network` restores that network.
+    """
+    for i, entry in enumerate(bundle.layers):
+        if entry["placement"] != "analog" or "source_affine" in entry:
+            continue
+        keys = {name: f"layers/{i:03d}/source_{name}" for name in FIELDS}
+        for name in FIELDS:
+            bundle.arrays[keys[name]] = bundle.array(entry["arrays"][name])
+        entry["source_affine"] = {"source": entry["affine"]["source"], "eps": entry["affine"]["eps"], "arrays": keys}
+
+
+def has_source_affines(bundle: Bundle) -> bool:
+    """False only for a calibrated bundle written before source affines were kept."""
+    return not bundle.manifest.get("calibration") or all(
+        "source_affine" in e for e in bundle.layers if e["placement"] == "analog")
+
+
+def source_network(bundle: Bundle) -> Bundle:
+    """The bundle with every analog layer's affine as converted (itself if never calibrated)."""
+    if not any("source_affine" in e for e in bundle.layers):
+        return bundle
+    out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
+    for entry in out.layers:
+        src = entry.pop("source_affine", None)
+        if src is None:
+            continue
+        for name in FIELDS:
+            out.arrays[entry["arrays"][name]] = out.array(src["arrays"][name])
+        entry["affine"]["source"], entry["affine"]["eps"] = src["source"], src["eps"]
+    out.manifest["calibration"] = []
+    return out
+
+
 def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> None:
     if len(x) < MIN_SAMPLES:
         raise DataError(f"{path}: {len(x)} calibration samples; at least {MIN_SAMPLES} are needed "
@@ -98,15 +135,24 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     """Return a calibrated copy of `bundle` (the input is not modified) and its record."""
     if method not in METHODS:
         raise DataError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if spec.is_ideal:
+        raise ConfigError("calibration needs a non-ideal chip: on exact hardware there is nothing to correct; "
+                          "give a hardware target with non-idealities (e.g. the pcm preset)")
     out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
+    keep_source_affines(out)
     ranges_found = False
     if any("ranges" not in e for e in out.layers if e["placement"] == "analog"):
         from xbar.runtime.ranges import find_ranges
 
         find_ranges(out, x, spec, batch_size)
         ranges_found = True
+    from xbar.runtime.ranges import effective_spec
+
+    spec, notes = effective_spec(out, spec)
     noisy = Runtime(out, spec, seed)
-    clean = Runtime(out)
+    # The target of the fit is the converted network on exact hardware, also when the
+    # bundle was calibrated before.
+    clean = Runtime(source_network(out))
     before = predict(noisy, x, batch_size)
     ideal = predict(clean, x, batch_size)
 
@@ -146,6 +192,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         "hardware": spec.to_dict(),
         "folded": fold,
         "ranges_from_calibration_data": ranges_found,
+        "notes": notes,
         "layers": changed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "xbar_version": __version__,

@@ -38,7 +38,12 @@ def summarise(out: np.ndarray, data: Dataset, ref: np.ndarray | None = None) -> 
         a = out.reshape(len(out), -1)
         b = ref.reshape(len(ref), -1)
         result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
-        result["max_abs_diff"] = float(np.max(np.abs(a.astype(np.float64) - b)))
+        diff = float(np.max(np.abs(a.astype(np.float64) - b)))
+        result["max_abs_diff"] = diff
+        # Scale-free companion: the largest difference as a fraction of the largest |output|,
+        # readable whether outputs are ~1e12 or ~1e-14.
+        peak = float(np.max(np.abs(b))) if b.size else 0.0
+        result["max_rel_diff"] = diff / peak if peak > 0 else (0.0 if diff == 0 else float("inf"))
         if data.y is not None:
             result["reference_accuracy"] = accuracy(ref, data.y)
     return result

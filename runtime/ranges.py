@@ -126,3 +126,46 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
             "adc_absmax": f"{prefix}/adc_full_scale_absmax",
         }
     return bundle
+
+
+def effective_spec(bundle: Bundle, spec: HardwareSpec) -> tuple[HardwareSpec, list[str]]:
+    """`spec` as the runtime will apply it to `bundle`, and a note for every field that changed.
+
+    Range policies need measured ranges: without them the DAC scales each input vector by
+    its own max |x| and the ADC full scale is the largest current a column can carry. With
+    them, the percentiles are the ones the ranges were measured at, whatever `spec` asks.
+    Printing and recording this spec, not the requested one, keeps reports truthful.
+    """
+    from xbar.errors import BundleError
+
+    analog = [e for e in bundle.layers if e["placement"] == "analog"]
+    ranged = [e for e in analog if "ranges" in e]
+    if spec.is_ideal or not analog:
+        return spec, []
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    if not ranged:
+        if spec.dac.range == "calibrated" and spec.dac.bits is not None:
+            changes["dac.range"] = "max"
+            notes.append("the bundle has no measured input ranges (convert with --calib-data): "
+                         "the DAC scales every input vector by its own max |x| (dac.range = max)")
+        if spec.adc.range == "percentile" and (spec.adc.bits is not None or spec.adc.noise > 0):
+            changes["adc.range"] = "physical"
+            notes.append("the bundle has no measured ADC full scales (convert with --calib-data): "
+                         "each is the largest current its column can carry (adc.range = physical)")
+    elif len(ranged) < len(analog):
+        missing = ", ".join(e["name"] for e in analog if "ranges" not in e)
+        raise BundleError(f"the bundle has measured ranges for some analog layers but not for {missing}; "
+                          "convert it again with --calib-data")
+    else:
+        r = ranged[0]["ranges"]
+        for field, used in (("dac", spec.dac.range == "calibrated" and spec.dac.bits is not None),
+                            ("adc", spec.adc.range == "percentile")):
+            measured = float(r[f"{field}_percentile"])
+            if measured != getattr(spec, field).percentile:
+                changes[f"{field}.percentile"] = measured
+                if used:
+                    notes.append(f"{field}.percentile: the bundle's ranges were measured at the {measured:g}th "
+                                 f"percentile, which is what runs (not {getattr(spec, field).percentile:g}); "
+                                 "convert again with --calib-data to measure others")
+    return (spec.override(changes) if changes else spec), notes

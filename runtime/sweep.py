@@ -12,6 +12,8 @@ from xbar.data import Dataset
 from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
 from xbar.runtime.executor import Runtime
+from xbar.stats import summary
+from xbar.units import format_time
 
 
 @dataclass
@@ -30,11 +32,11 @@ class SweepRow:
         return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        out = {"t": self.t, "agreement_with_ideal_mean": float(np.mean(self.agreements))}
-        if self.accuracies:
-            out.update(accuracy_mean=self.mean, accuracy_std=self.std, accuracy_min=min(self.accuracies),
-                       accuracy_max=max(self.accuracies), accuracies=self.accuracies)
-        return out
+        """One drift time over the chips: `accuracy` (None without labels) and
+        `agreement_with_ideal`, each a `xbar.stats.summary` (per-chip values in seed order)."""
+        return {"t": self.t, "time": format_time(self.t),
+                "accuracy": summary(self.accuracies) if self.accuracies else None,
+                "agreement_with_ideal": summary(self.agreements)}
 
 
 def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], times: list[float],

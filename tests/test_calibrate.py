@@ -111,7 +111,7 @@ def test_label_free_methods_need_no_labels(models_dir, calib, tmp_path):
                         "--set", "circuit.ir_drop=false"])
     for method in ("stats", "affine"):
         r = runner.invoke(cli, ["calibrate", str(src), "--data", str(tmp_path / "nolabels.npz"), "--method", method,
-                                "-o", str(tmp_path / f"{method}.xbar")])
+                                "--drift", "1h", "-o", str(tmp_path / f"{method}.xbar")])
         assert r.exit_code == 0, r.output
         assert "agreement with ideal" in r.output
 
@@ -127,7 +127,8 @@ def test_bad_calibration_data(models_dir, calib, tmp_path, content, needles):
     src = tmp_path / "p.xbar"
     runner = CliRunner()
     runner.invoke(cli, ["convert", str(models_dir / "cnn_bn.onnx"), "-o", str(src), "--hardware", "pcm"])
-    r = runner.invoke(cli, ["calibrate", str(src), "--data", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "o.xbar")])
+    r = runner.invoke(cli, ["calibrate", str(src), "--data", str(tmp_path / "bad.npz"), "--drift", "1d",
+                            "-o", str(tmp_path / "o.xbar")])
     assert r.exit_code != 0 and "Traceback" not in r.output
     for needle in needles:
         assert needle in r.output, r.output

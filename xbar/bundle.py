@@ -167,3 +167,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             except ValueError as exc:
                 raise BundleError(f"{path}: array member {member} cannot be read without pickle ({exc})") from None
     return Bundle(manifest=manifest, arrays=arrays)
+
+
+def check_output(path: str | os.PathLike, force: bool, inputs=()) -> Path:  # interim; replaced by the hardened one
+    path = Path(path)
+    if path.exists() and not force:
+        raise BundleError(f"{path} already exists; pass --force to overwrite it")
+    for i in inputs:
+        if Path(i).exists() and path.resolve() == Path(i).resolve():
+            raise BundleError(f"output {path} is the input {i}; choose another -o")
+    return path

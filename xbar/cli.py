@@ -41,9 +41,18 @@ def cli() -> None:
     """
 
 
+def _names(values: tuple[str, ...]) -> list[str]:
+    """--only/--without values: repeated options and comma lists alike ('drift,read')."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
 def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: tuple[str, ...] = (),
                       only: tuple[str, ...] = (), without: tuple[str, ...] = ()):
-    """Bundle's target (or ideal) ← --hardware preset/TOML ← --set KEY=VALUE ← --only/--without."""
+    """Bundle's target (or ideal) ← --hardware preset/TOML ← --set KEY=VALUE ← --only/--without.
+
+    A value that is wrong by itself (unknown preset, key or non-ideality, malformed
+    assignment) is a usage error (exit 2); a TOML file's content is the file's error (exit 1).
+    """
     from xbar.errors import ConfigError
     from xbar.hardware import PRESETS, HardwareSpec, ablate, parse_assignment, preset
 
@@ -51,21 +60,76 @@ def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: t
     if hardware:
         if hardware in PRESETS:
             spec = preset(hardware)
-        elif Path(hardware).suffix == ".toml" or Path(hardware).exists():
-            if not Path(hardware).exists():
-                raise ConfigError(f"--hardware {hardware}: no such TOML file")
+        elif Path(hardware).exists():
             spec = HardwareSpec.from_toml(hardware)
+        elif Path(hardware).suffix == ".toml":
+            raise ConfigError(f"--hardware {hardware}: no such TOML file")
         else:
-            raise ConfigError(f"--hardware {hardware!r} is neither a preset ({', '.join(PRESETS)}) nor a .toml file")
+            raise click.BadParameter(f"{hardware!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+                                     "TOML file", param_hint="'--hardware'")
     if sets:
-        spec = spec.override(dict(parse_assignment(item) for item in sets))
+        try:
+            spec = spec.override(dict(parse_assignment(item) for item in sets))
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--set'") from None
     if only or without:
-        spec = ablate(spec, list(only) or None, list(without) or None)
+        try:
+            ablated = ablate(spec, _names(only) or None, _names(without) or None)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--only' / '--without'") from None
+        if ablated.is_ideal:
+            active = ", ".join(spec.active_nonidealities()) or "none"
+            raise ConfigError(f"--only {','.join(_names(only)) or '-'} --without {','.join(_names(without)) or '-'} "
+                              f"leaves no non-ideality switched on (this hardware has: {active}); nothing would be "
+                              "simulated. Keep at least one of them.")
+        spec = ablated
     return spec
+
+
+def _parsed(parse):
+    """A click callback running an xbar parser: its ConfigError becomes a usage error (exit 2)."""
+    from xbar.errors import ConfigError
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _parse_crossbar(text: str):
+    from xbar.config import parse_crossbar
+
+    return parse_crossbar(text)
+
+
+def _parse_seeds(text: str):
+    from xbar.units import parse_seeds
+
+    return parse_seeds(text)
+
+
+def _parse_time(text: str):
+    from xbar.units import parse_time
+
+    return parse_time(text)
+
+
+def _parse_times(text: str):
+    from xbar.units import parse_time_list
+
+    return parse_time_list(text)
 
 
 _HARDWARE_HELP = "Target chip: a preset (ideal, pcm, rram) or a TOML file."
 _SET_HELP = "Override one hardware field, e.g. adc.bits=6 or circuit.r_wire=2.5; repeatable."
+_NAMES = "programming, drift, read, ir-drop, faults, dac, adc, output-noise"
+_ONLY_HELP = f"Keep only these non-idealities ({_NAMES}); repeat the option or give a comma list."
+_WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option or give a comma list."
 
 
 def _shape(shape: list[int | None] | None) -> str:
@@ -78,8 +142,8 @@ def _shape(shape: list[int | None] | None) -> str:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Bundle to write [default: MODEL with suffix .xbar].")
-@click.option("--crossbar", default="128x128", show_default=True, metavar="RxC",
-              help="Physical tile size: rows (inputs) x columns (bit lines).")
+@click.option("--crossbar", default="128x128", show_default=True, metavar="RxC", callback=_parsed(_parse_crossbar),
+              help="Physical tile size: rows (inputs) x columns (bit lines), e.g. 256x128.")
 @click.option("--encoding", type=click.Choice(["differential", "offset"]), default="differential", show_default=True,
               help="differential: G+/G- column pair per weight; offset: one column around G_mid plus one reference column per tile.")
 @click.option("--weight-bits", type=int, default=None, metavar="N",
@@ -94,22 +158,18 @@ def _shape(shape: list[int | None] | None) -> str:
 @click.option("--calib-data", type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with inputs 'x': find DAC input ranges and ADC full scales from them.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
-def convert(model: Path, output: Path | None, crossbar: str, encoding: str, weight_bits: int | None,
+def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
             weight_clip: float | None, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
             calib_data: Path | None, force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
-    from xbar.bundle import save_bundle
-    from xbar.config import parse_crossbar
+    from xbar.bundle import check_output, save_bundle
     from xbar.converter import convert as do_convert
-    from xbar.errors import BundleError
+    from xbar.runtime.ranges import effective_spec
 
     output = output or model.with_suffix(".xbar")
-    if output.exists() and not force:
-        raise BundleError(f"{output} already exists; pass --force to overwrite it")
-    if output.resolve() == model.resolve():
-        raise BundleError(f"output {output} is the input model; choose another -o")
+    check_output(output, force, inputs=[model] + ([calib_data] if calib_data else []))
     spec = _resolve_hardware(None, hardware, sets)
-    bundle = do_convert(model, crossbar=parse_crossbar(crossbar), encoding=encoding, weight_bits=weight_bits,
+    bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
                         digital=digital, weight_clip_percentile=weight_clip,
                         g_min=spec.device.g_min, g_max=spec.device.g_max)
     bundle.manifest["hardware"] = spec.to_dict()
@@ -121,13 +181,12 @@ def convert(model: Path, output: Path | None, crossbar: str, encoding: str, weig
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
-    elif not spec.is_ideal:
-        click.echo("warning: no --calib-data: ADC full scales will be the physical maximum column current and "
-                   "the DAC scales every input vector by its own max |x|", err=True)
+    for note in effective_spec(bundle, spec)[1]:
+        click.echo(f"note: {note}", err=True)
     save_bundle(bundle, output, force=force)
     s = bundle.manifest["summary"]
-    click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles of {crossbar}, "
-               f"{s['digital_layers']} digital layers, {s['analog_weights']:,} analog weights")
+    click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles of "
+               f"{crossbar[0]}x{crossbar[1]}, {s['digital_layers']} digital layers, {s['analog_weights']:,} analog weights")
 
 
 @cli.command()
@@ -140,9 +199,13 @@ def info(bundle: Path, as_json: bool) -> None:
 
     b = load_bundle(bundle)
     m = b.manifest
+    target, notes = _target(b)
     if as_json:
         keep = {k: m[k] for k in ("format_version", "xbar_version", "model", "mapping", "summary", "calibration")}
-        keep["layers"] = [{k: v for k, v in layer.items() if k != "arrays"} for layer in m["layers"]]
+        keep["hardware"] = None if target.is_ideal else target.to_dict()
+        keep["hardware_notes"] = notes
+        keep["layers"] = [{k: v for k, v in layer.items() if k not in ("arrays", "source_affine")}
+                          for layer in m["layers"]]
         click.echo(json.dumps(keep, indent=1))
         return
     mp = m["mapping"]
@@ -155,7 +218,15 @@ def info(bundle: Path, as_json: bool) -> None:
                f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS")
     ins = ", ".join(f"{i['name']} {_shape(i['shape'])}" for i in m["graph"]["inputs"])
     outs = ", ".join(f"{o['name']} {_shape(o['shape'])}" for o in m["graph"]["outputs"])
-    click.echo(f"io       {ins} -> {outs}\n")
+    click.echo(f"io       {ins} -> {outs}")
+    if target.is_ideal:
+        click.echo("target   ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)\n")
+    else:
+        lines = target.describe().splitlines()
+        click.echo("target   " + "\n         ".join(lines[:-1]))  # the time line: eval and calibrate choose it
+        for note in notes:
+            click.echo(f"         note: {note}")
+        click.echo()
     rows = []
     for layer in m["layers"]:
         t = layer.get("tiles")
@@ -166,7 +237,7 @@ def info(bundle: Path, as_json: bool) -> None:
             t["tiles_used"] if t else "-",
             f"{100 * t['utilisation']:.1f}%" if t else "-",
             f"{layer['weights']:,}",
-            "BN" if layer["affine"]["source"] == "batchnorm" else "bias",
+            {"batchnorm": "BN", "calibrated": "calibrated"}.get(layer["affine"]["source"], "bias"),
         ])
     click.echo(render(["layer", "kind", "where", "K×N", "input", "output", "blocks", "tiles", "util", "weights", "affine"],
                       rows, numeric=[False, False, False, True, False, False, True, True, True, True, False]))
@@ -182,6 +253,15 @@ def info(bundle: Path, as_json: bool) -> None:
                    f"t = {format_time(rec['t_inference'])}, {rec['hardware']['device']['model']} device{acc}; "
                    f"agreement with ideal {100 * rec['agreement_with_ideal_before']:.2f}% -> "
                    f"{100 * rec['agreement_with_ideal_after']:.2f}% ({rec['date']})")
+
+
+def _target(b):
+    """The bundle's hardware target as the runtime would apply it, and what differs from the stored one."""
+    from xbar.hardware import HardwareSpec, preset
+    from xbar.runtime.ranges import effective_spec
+
+    stored = b.manifest.get("hardware")
+    return effective_spec(b, HardwareSpec.from_dict(stored) if stored else preset("ideal"))
 
 
 def _progress(label: str, enabled: bool):
@@ -203,57 +283,77 @@ def _iter_bar(items, label):
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Calibration .npz: 'x' inputs (a few hundred samples), optional 'y' labels (only to report accuracy).")
+@click.option("--drift", metavar="TIME", callback=_parsed(_parse_time),
+              help="Required: the time after programming at which to calibrate, e.g. 1d. The chip keeps drifting, "
+                   "so a fit is only right near the time it was made for.")
 @click.option("--method", type=click.Choice(["stats", "affine"]), default="affine", show_default=True,
               help="stats: re-estimate BN mean/variance from noisy activations; affine: per-channel least squares "
                    "to the ideal-hardware activations. Both label-free.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The chip instance to calibrate.")
-@click.option("--drift", metavar="TIME", help="Time after programming at which to calibrate, e.g. 1h [default: the spec's].")
-@click.option("--only", multiple=True, metavar="NAME", help="Keep only these non-idealities (as for eval).")
-@click.option("--without", multiple=True, metavar="NAME", help="Switch these non-idealities off (as for eval).")
+@click.option("--only", multiple=True, metavar="NAMES", help=_ONLY_HELP)
+@click.option("--without", multiple=True, metavar="NAMES", help=_WITHOUT_HELP)
 @click.option("--no-fold", is_flag=True, help="Keep BN statistics unfolded instead of the periphery's gain/shift form.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Calibrated bundle [default: BUNDLE with suffix .calibrated.xbar].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
-def calibrate(bundle: Path, data: Path, method: str, hardware: str | None, sets: tuple[str, ...], seed: int,
-              drift: str | None, only: tuple[str, ...], without: tuple[str, ...], no_fold: bool,
+def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardware: str | None, sets: tuple[str, ...],
+              seed: int, only: tuple[str, ...], without: tuple[str, ...], no_fold: bool,
               output: Path | None, batch_size: int, force: bool) -> None:
     """Re-fit every analog layer's per-output affine (batch-norm) on one chip instance, then fold it.
 
     The input bundle is never modified; the output records the calibration (method, samples,
-    chip seed, drift time, hardware, before/after on the calibration data).
+    chip seed, drift time, effective hardware, before/after on the calibration data).
     """
-    from xbar.bundle import load_bundle, save_bundle
-    from xbar.data import load_dataset
-    from xbar.errors import BundleError
-    from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
-    from xbar.units import format_time, parse_time
+    import time
 
+    from xbar.bundle import check_output, load_bundle, save_bundle
+    from xbar.data import check_labels, classes_of, load_dataset
+    from xbar.errors import ConfigError
+    from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
+    from xbar.units import format_time
+
+    if drift is None:
+        raise click.UsageError("give --drift TIME, the time after programming to calibrate for (e.g. --drift 1d): "
+                               "a chip calibrated at one time can be worse than uncalibrated at another, so xbar "
+                               "does not pick one for you")
     output = output or bundle.with_name(bundle.stem + ".calibrated.xbar")
-    if output.exists() and not force:
-        raise BundleError(f"{output} already exists; pass --force to overwrite it")
-    if output.resolve() == bundle.resolve():
-        raise BundleError("the output would overwrite the input bundle; choose another -o")
+    check_output(output, force, inputs=[bundle, data])
     b = load_bundle(bundle)
     spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets, only, without)
-    if drift:
-        spec = spec.override(t_inference=parse_time(drift))
+    if spec.is_ideal:
+        raise ConfigError(f"{bundle} targets ideal hardware (converted without --hardware) and no --hardware was "
+                          "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
+    spec = spec.override(t_inference=drift)
     ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES)
-    t0 = __import__("time").perf_counter()
+    check_labels(ds, classes_of(b.graph["outputs"][0]))
+    t0 = time.perf_counter()
     show = sys.stderr.isatty()
     out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
                             progress=(lambda items: _iter_bar(list(items), "layers")) if show else None)
+    took = time.perf_counter() - t0
     save_bundle(out, output, force=force)
-    took = __import__("time").perf_counter() - t0
+    ran = _spec_of(rec["hardware"])
     click.echo(f"calibrated {len(rec['layers'])} layers of {bundle} with '{method}' on {rec['samples']} samples, "
-               f"chip seed {seed}, t = {format_time(spec.t_inference)} ({took:.1f} s) -> {output}")
+               f"chip seed {seed}, t = {format_time(ran.t_inference)} -> {output}")
+    click.echo(f"  took {took:.1f} s wall-clock on this machine (ranges, before/after passes and the fit; "
+               "not loading or saving)")
+    click.echo("\nhardware\n" + "\n".join("  " + line for line in ran.describe().splitlines()))
+    for note in rec.get("notes", []):
+        click.echo(f"  note: {note}")
     if "accuracy_before" in rec:
-        click.echo(f"  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
+        click.echo(f"\n  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
                    f"{100 * rec['accuracy_after']:.2f}% after (ideal hardware {100 * rec['accuracy_ideal']:.2f}%)")
     click.echo(f"  top-1 agreement with ideal hardware: {100 * rec['agreement_with_ideal_before']:.2f}% before, "
                f"{100 * rec['agreement_with_ideal_after']:.2f}% after")
+
+
+def _spec_of(d: dict[str, Any]):
+    from xbar.hardware import HardwareSpec
+
+    return HardwareSpec.from_dict(d)
 
 
 @cli.command(name="eval")
@@ -264,126 +364,165 @@ def calibrate(bundle: Path, data: Path, method: str, hardware: str | None, sets:
               help="Source ONNX model: also run it in onnxruntime and report agreement and max |diff| (ideal hardware).")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--seeds", default=None, metavar="LIST",
+@click.option("--seeds", default=None, metavar="LIST", callback=_parsed(_parse_seeds),
               help="Chip instances to sample, e.g. 0-9 or 0,3,7. One seed is one chip, bit for bit. "
                    "[default: 0, or the chip a calibrated bundle was calibrated on]")
-@click.option("--drift", metavar="TIMES", help="Times after programming, e.g. 1s,1h,1d,1y [default: the spec's t_inference].")
-@click.option("--only", multiple=True, metavar="NAME",
-              help="Keep only these non-idealities: programming, drift, read, ir-drop, faults, dac, adc, output-noise.")
-@click.option("--without", multiple=True, metavar="NAME", help="Switch these non-idealities off (same names).")
-@click.option("--per-layer", is_flag=True, help="Per analog layer: SNR against ideal hardware, clipping, dominant error.")
+@click.option("--drift", metavar="TIMES", callback=_parsed(_parse_times),
+              help="Times after programming, e.g. 1s,1h,1d,1y [default: the spec's t_inference, or the time a "
+                   "calibrated bundle was calibrated for].")
+@click.option("--only", multiple=True, metavar="NAMES", help=_ONLY_HELP)
+@click.option("--without", multiple=True, metavar="NAMES", help=_WITHOUT_HELP)
+@click.option("--per-layer", is_flag=True, help="Per analog layer: SNR against ideal hardware, clipping, dominant "
+              "error; on the first seed at the last drift time.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text (schema: README).")
 def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | None, sets: tuple[str, ...],
-             seeds: str, drift: str | None, only: tuple[str, ...], without: tuple[str, ...], per_layer: bool,
-             batch_size: int, as_json: bool) -> None:
+             seeds: list[int] | None, drift: list[float] | None, only: tuple[str, ...], without: tuple[str, ...],
+             per_layer: bool, batch_size: int, as_json: bool) -> None:
     """Evaluate a bundle on a data set: ideal hardware, and chip instances of the target hardware."""
     from xbar.bundle import load_bundle
-    from xbar.data import load_dataset
+    from xbar.data import check_labels, classes_of, load_dataset
+    from xbar.errors import ConfigError
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
+    from xbar.runtime.calibrate import has_source_affines, source_network
     from xbar.runtime.evaluate import predict, summarise
-    from xbar.units import format_time, parse_seeds, parse_time_list
+    from xbar.runtime.ranges import effective_spec
 
     b = load_bundle(bundle)
     record = (b.manifest.get("calibration") or [None])[-1]
     # A calibrated bundle is evaluated on the chip it was calibrated for, unless told otherwise.
     base = record["hardware"] if record else b.manifest.get("hardware")
     spec = _resolve_hardware(base, hardware, sets, only, without)
-    if seeds is None:
-        seeds = str(record["seed"]) if record else "0"
-    seed_list = parse_seeds(seeds)
-    if drift is None and record and hardware is None:
+    if spec.is_ideal and (seeds is not None or drift is not None):
+        raise ConfigError(f"--seeds/--drift choose chip instances, but {bundle} targets ideal hardware and no "
+                          "--hardware was given; pass --hardware pcm (or a TOML file) to sample chips")
+    seed_list = seeds if seeds is not None else [record["seed"] if record else 0]
+    if drift is not None:
+        times = drift
+    elif record and hardware is None:
         times = [record["t_inference"]]
     else:
-        times = parse_time_list(drift) if drift else [spec.t_inference]
+        times = [spec.t_inference]
+    spec, notes = effective_spec(b, spec)
     ds = load_dataset(data, b.graph["inputs"][0])
+    n_classes = classes_of(b.graph["outputs"][0])
+    check_labels(ds, n_classes)
+    ref_fn = onnxruntime_fn(reference, ds.x, str(data)) if reference is not None else None
     show = not as_json and sys.stderr.isatty()
-    ideal = predict(Runtime(b), ds.x, batch_size, _progress("ideal", show))
+    warnings = []
+    # "Ideal" is the network as converted, also for a calibrated bundle: its chip-fitted
+    # affines on exact hardware would be a correction applied where nothing needs one.
+    exact = has_source_affines(b)
+    if not exact:
+        warnings.append("this calibrated bundle predates stored source affines: 'ideal' below runs its "
+                        "chip-calibrated affines on exact hardware, not the converted network")
+    ideal = predict(Runtime(source_network(b)), ds.x, batch_size, _progress("ideal", show))
+    if n_classes is None:
+        check_labels(ds, int(ideal.reshape(len(ideal), -1).shape[1]))
     ref = None
-    warning = None
-    if reference is not None:
-        if file_sha256(reference) != b.manifest["model"]["sha256"]:
-            warning = f"{reference} is not the model this bundle was converted from (sha256 differs)"
-            click.echo(f"warning: {warning}", err=True)
-        ref = predict(onnxruntime_fn(reference), ds.x, batch_size, _progress("onnxruntime", show))
-    result: dict[str, Any] = {"bundle": str(bundle), "data": str(data), **summarise(ideal, ds, ref)}
-    if "accuracy" in result:
-        result["ideal_accuracy"] = result["accuracy"]
-    if warning:
-        result["warning"] = warning
-    result["hardware"] = spec.to_dict()
-    result["calibrated"] = record is not None
+    same_model = None
+    if ref_fn is not None:
+        same_model = file_sha256(reference) == b.manifest["model"]["sha256"]
+        if not same_model:
+            warnings.append(f"{reference} is not the model this bundle was converted from (sha256 differs)")
+        ref = predict(ref_fn, ds.x, batch_size, _progress("onnxruntime", show))
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    scored = summarise(ideal, ds, ref)
+    result: dict[str, Any] = {
+        "xbar_version": __version__, "bundle": str(bundle), "data": str(data), "n": len(ds),
+        "labels": ds.y is not None,
+        "ideal_network": "source" if exact else "calibrated",
+        "ideal_accuracy": scored.get("accuracy"),
+        "reference": None if ref is None else {
+            "model": str(reference), "same_model": same_model, "accuracy": scored.get("reference_accuracy"),
+            "agreement": scored["agreement"], "max_abs_diff": scored["max_abs_diff"],
+            "max_rel_diff": scored["max_rel_diff"]},
+        "calibration": None if record is None else {
+            k: record[k] for k in ("method", "seed", "t_inference", "samples", "date")},
+        "hardware": None if spec.is_ideal else {k: v for k, v in spec.to_dict().items() if k != "t_inference"},
+        "hardware_notes": notes,
+        "seeds": None, "rows": [], "per_layer": None, "warnings": warnings,
+    }
     rows = []
     if not spec.is_ideal:
-        if any("ranges" not in layer for layer in b.layers if layer["placement"] == "analog"):
-            if spec.adc.range == "percentile" and spec.adc.bits is not None:
-                click.echo("warning: the bundle has no calibrated ranges (convert with --calib-data): "
-                           "ADC full scales are the physical maximum column currents", err=True)
         from xbar.runtime.sweep import sweep
 
         def bar(jobs):
             jobs = list(jobs)
-            if not show:
-                return jobs
-            return _iter_bar(jobs, "chips")
+            return _iter_bar(jobs, "chips") if show else jobs
 
         rows = sweep(b, spec, ds, seed_list, times, batch_size, ideal_out=ideal, progress=bar)
         result["seeds"] = seed_list
         result["rows"] = [r.to_dict() for r in rows]
-        if len(rows) == 1 and rows[0].accuracies:
-            result["accuracy"] = rows[0].mean
-        elif len(rows) == 1:
-            result.pop("accuracy", None)
-    diagnostics = None
-    if per_layer:
+    if per_layer and not spec.is_ideal:
         from xbar.runtime.diagnose import diagnose
 
-        diagnostics = diagnose(b, spec.override(t_inference=times[-1]), ds.x[: min(len(ds), 256)], seed_list[0])
-        result["per_layer"] = diagnostics
+        x = ds.x[: min(len(ds), 256)]
+        result["per_layer"] = {"seed": seed_list[0], "t": times[-1], "samples": int(len(x)),
+                               "layers": diagnose(b, spec.override(t_inference=times[-1]), x, seed_list[0])}
     if as_json:
         click.echo(json.dumps(result))
         return
-    _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, format_time)
+    _print_eval(result, spec, times, rows)
 
 
-def _print_eval(bundle, data, ds, spec, result, rows, seed_list, diagnostics, format_time) -> None:
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
     from xbar.table import render
+    from xbar.units import format_time
 
-    click.echo(f"{bundle} on {data}: {len(ds)} samples")
-    if "ideal_accuracy" in result:
-        # A calibrated bundle's affines are fitted to one chip, so on exact hardware it is
-        # that chip's correction applied where nothing needs correcting: say so.
-        which = " (with this bundle's chip-calibrated affines)" if result.get("calibrated") else ""
-        click.echo(f"  accuracy, ideal hardware{which}   {100 * result['ideal_accuracy']:.2f}%")
-    if "agreement" in result:
-        if "reference_accuracy" in result:
-            click.echo(f"  accuracy, onnxruntime      {100 * result['reference_accuracy']:.2f}%")
-        click.echo(f"  top-1 agreement (ideal vs onnxruntime)  {100 * result['agreement']:.2f}%")
-        click.echo(f"  max |xbar ideal - onnxruntime|          {result['max_abs_diff']:.3g}")
+    click.echo(f"{result['bundle']} on {result['data']}: {result['n']} samples"
+               + ("" if result["labels"] else " (no labels 'y': agreement only)"))
+    cal = result["calibration"]
+    if cal:
+        ideal = ("the network as converted" if result["ideal_network"] == "source"
+                 else "this bundle's calibrated affines on exact hardware")
+        click.echo(f"  calibrated with '{cal['method']}' on chip seed {cal['seed']} at t = "
+                   f"{format_time(cal['t_inference'])}; 'ideal' below is {ideal}")
+    if result["labels"]:
+        click.echo(f"  accuracy, ideal hardware   {_pct(result['ideal_accuracy'])}")
+    ref = result["reference"]
+    if ref:
+        if ref["accuracy"] is not None:
+            click.echo(f"  accuracy, onnxruntime      {_pct(ref['accuracy'])}")
+        click.echo(f"  top-1 agreement (ideal vs onnxruntime)  {_pct(ref['agreement'])}")
+        click.echo(f"  max |xbar ideal - onnxruntime|          {ref['max_abs_diff']:.3g} "
+                   f"({ref['max_rel_diff']:.3g} of max |onnxruntime output|)")
     if spec.is_ideal:
-        if "accuracy" not in result and "agreement" not in result:
-            click.echo("  (no labels 'y' in the data and no --reference: nothing to score)")
-    else:
-        click.echo("\nhardware\n" + "\n".join("  " + line for line in spec.describe().splitlines()))
-        n = len(seed_list)
-        label = "accuracy" if rows and rows[0].accuracies else "top-1 agreement with ideal"
-        table = []
-        for r in rows:
-            if r.accuracies:
-                table.append([format_time(r.t), f"{100 * r.mean:.2f} ± {100 * r.std:.2f}%",
-                              f"{100 * min(r.accuracies):.2f}%", f"{100 * max(r.accuracies):.2f}%",
-                              f"{100 * float(np.mean(r.agreements)):.2f}%"])
-            else:
-                table.append([format_time(r.t), "-", "-", "-", f"{100 * float(np.mean(r.agreements)):.2f}%"])
-        click.echo(f"\n{label} over {n} chip instance{'s' if n > 1 else ''} (seeds {_seed_text(seed_list)}), "
-                   f"mean ± sample std:")
-        click.echo(render(["time", "accuracy", "worst chip", "best chip", "agrees w/ ideal"], table,
-                          numeric=[False, True, True, True, True]))
-    if diagnostics:
-        click.echo("\nper layer (worst first; SNR of the layer's output against ideal hardware on the same input):")
-        drows = [[d["layer"], f"{d['snr_db']:.1f}", f"{100 * d['dac_clip']:.2f}%", f"{100 * d['adc_clip']:.2f}%",
-                  d["tiles"], d["dominant"]] for d in diagnostics]
+        click.echo("\nhardware: ideal (the bundle has no hardware target; --hardware pcm samples chip instances)")
+        return
+    click.echo("\nhardware\n" + "\n".join("  " + line for line in spec.describe(times).splitlines()))
+    for note in result["hardware_notes"]:
+        click.echo(f"  note: {note}")
+    seeds = result["seeds"]
+    n = len(seeds)
+    what = "accuracy" if result["labels"] else "top-1 agreement with ideal hardware"
+    table = []
+    for r in result["rows"]:
+        a, g = r["accuracy"], r["agreement_with_ideal"]
+        main = a if a is not None else g
+        ci = f"[{100 * main['ci95'][0]:.2f}, {100 * main['ci95'][1]:.2f}]" if n > 1 else "-"
+        spread = f" ± {100 * main['std']:.2f}" if n > 1 else ""
+        table.append([r["time"], f"{100 * main['mean']:.2f}{spread}%", ci,
+                      _pct(main["min"]), _pct(main["max"]), _pct(g["mean"])])
+    click.echo(f"\n{what} over {n} chip instance{'s' if n > 1 else ''} "
+               f"(seed{'s' if n > 1 else ''} {_seed_text(seeds)}): "
+               "mean ± sample std, 95% confidence interval of the mean, worst and best chip")
+    click.echo(render(["time", what.split()[0] if result["labels"] else "agreement", "95% CI", "worst chip",
+                       "best chip", "agrees w/ ideal"], table, numeric=[False, True, True, True, True, True]))
+    if n < 10:
+        click.echo(f"  ({n} chip{'s' if n > 1 else ''}: too few for a spread; use --seeds 0-39 where the tail matters)")
+    d = result["per_layer"]
+    if d:
+        click.echo(f"\nper layer, chip seed {d['seed']} at t = {format_time(d['t'])}, first {d['samples']} samples "
+                   "(worst first; SNR of the layer's output against ideal hardware on the same input):")
+        drows = [[e["layer"], f"{e['snr_db']:.1f}", f"{100 * e['dac_clip']:.2f}%", f"{100 * e['adc_clip']:.2f}%",
+                  e["tiles"], e["dominant"]] for e in d["layers"]]
         click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True, True, True, True, False]))
 

@@ -71,3 +71,25 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
             )
     dtype = np.dtype(input_spec["dtype"]) if input_spec else np.float32
     return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
+
+
+def classes_of(output_spec: dict[str, Any]) -> int | None:
+    """Classes a model output scores: its values per sample, if its shape is static."""
+    shape = output_spec.get("shape")
+    if not shape or any(d is None for d in shape[1:]):
+        return None
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
+def check_labels(data: Dataset, n_classes: int | None) -> None:
+    """Refuse labels that no output could match: scoring them as misses would bias accuracy."""
+    y = data.y
+    if y is None or len(y) == 0:
+        return
+    bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
+    if bad.any():
+        values = np.unique(y[bad])
+        shown = ", ".join(str(int(v)) for v in values[:8]) + (", …" if len(values) > 8 else "")
+        allowed = "non-negative class indices" if n_classes is None else f"class indices 0 to {n_classes - 1}"
+        raise DataError(f"{data.path}: y holds {int(bad.sum())} labels outside the model's output "
+                        f"({allowed}): {shown}. Fix the labels, or check that the data belong to this model.")

@@ -486,6 +486,9 @@ class HardwareSpec:
             raise ConfigError(f"cannot read hardware file {str(path)!r}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"hardware file {str(path)!r} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"hardware file {str(path)!r} is not a text file (not UTF-8); "
+                              "give a preset name or a TOML file such as examples/pcm_4bit_adc.toml") from None
         try:
             return cls.from_dict(data, base=base)
         except ConfigError as exc:
@@ -527,8 +530,11 @@ class HardwareSpec:
         """True when nothing deviates from exact matrix-vector products."""
         return not self.active_nonidealities()
 
-    def describe(self) -> str:
-        """A compact multi-line summary with units (what `xbar eval` prints as the effective spec)."""
+    def describe(self, times: Iterable[float] | None = None) -> str:
+        """A compact multi-line summary with units (what `xbar eval` prints as the effective spec).
+
+        `times`: the drift times actually evaluated, when there are several (each result
+        row has its own); the summary then names them instead of t_inference."""
         d, dac, adc, c, f = self.device, self.dac, self.adc, self.circuit, self.faults
 
         def onoff(flag: bool, scale: float, detail: str = "") -> str:
@@ -572,7 +578,9 @@ class HardwareSpec:
             faults_s = "none"
         else:
             faults_s = f"stuck at G_min {f.p_stuck_at_gmin * 100:.3g} %, stuck at G_max {f.p_stuck_at_gmax * 100:.3g} %"
-        time_s = f"t = {format_time(self.t_inference)} after programming; drift compensation {self.drift_compensation}"
+        ts = [self.t_inference] if times is None else list(times)
+        when = ", ".join(format_time(t) for t in ts) + (" (one row each)" if len(ts) > 1 else "")
+        time_s = f"t = {when} after programming; drift compensation {self.drift_compensation}"
         rows = [("device", dev), ("dac", dac_s), ("adc", adc_s), ("circuit", circ), ("faults", faults_s), ("time", time_s)]
         return "\n".join(f"{k:<8} {v}" for k, v in rows)
 

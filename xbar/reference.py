@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from xbar.errors import ModelError
+from xbar.errors import DataError, ModelError
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -20,8 +20,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def onnxruntime_fn(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
-    """First output of the model at `path` for a single input, via onnxruntime."""
+def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
+                   data_label: str = "the data") -> Callable[[np.ndarray], np.ndarray]:
+    """First output of the model at `path` for a single input, via onnxruntime.
+
+    With `x`, its shape is checked against the model's declared input first, so a
+    mismatch is one clear error before any work rather than onnxruntime's mid-run failure.
+    """
     import onnxruntime as ort
 
     path = Path(path)
@@ -31,5 +36,21 @@ def onnxruntime_fn(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"{path}: onnxruntime cannot load the reference model ({exc})") from None
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+    meta = session.get_inputs()[0]
+    declared = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in meta.shape) + ")"
+    if x is not None:
+        fits = len(meta.shape) == x.ndim and all(not isinstance(d, int) or d == s for d, s in zip(meta.shape, x.shape))
+        if not fits:
+            raise DataError(f"{data_label}: x has shape {tuple(x.shape)}, but the reference model {path} expects "
+                            f"input {meta.name!r} of shape {declared}; give the reference this bundle was "
+                            "converted from, or data that fits it.")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {meta.name: batch})[0]
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"the reference model {path} (input {meta.name!r} of shape {declared}) fails on a batch "
+                            f"of shape {tuple(batch.shape)} from {data_label}: {first}") from None
+
+    return run
