@@ -484,15 +484,19 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
                  else "this bundle's calibrated affines on exact hardware")
         click.echo(f"  calibrated with '{cal['method']}' on chip seed {cal['seed']} at t = "
                    f"{format_time(cal['t_inference'])}; 'ideal' below is {ideal}")
+    pairs = []
     if result["labels"]:
-        click.echo(f"  accuracy, ideal hardware   {_pct(result['ideal_accuracy'])}")
+        pairs.append(("accuracy, ideal hardware", _pct(result["ideal_accuracy"])))
     ref = result["reference"]
     if ref:
         if ref["accuracy"] is not None:
-            click.echo(f"  accuracy, onnxruntime      {_pct(ref['accuracy'])}")
-        click.echo(f"  top-1 agreement (ideal vs onnxruntime)  {_pct(ref['agreement'])}")
-        click.echo(f"  max |xbar ideal - onnxruntime|          {ref['max_abs_diff']:.3g} "
-                   f"({ref['max_rel_diff']:.3g} of max |onnxruntime output|)")
+            pairs.append(("accuracy, onnxruntime", _pct(ref["accuracy"])))
+        pairs.append(("top-1 agreement, ideal vs onnxruntime", _pct(ref["agreement"])))
+        pairs.append(("max |ideal - onnxruntime|", f"{ref['max_abs_diff']:.3g} "
+                      f"({ref['max_rel_diff']:.3g} of the largest |onnxruntime output|)"))
+    width = max((len(k) for k, _ in pairs), default=0)
+    for k, v in pairs:
+        click.echo(f"  {k:<{width}}  {v}")
     if spec.is_ideal:
         click.echo("\nhardware: ideal (the bundle has no hardware target; --hardware pcm samples chip instances)")
         return
