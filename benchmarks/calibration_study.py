@@ -183,8 +183,9 @@ class TileCache:
     """Memoise xbar.runtime.layer.build_tiles: same inputs and chip stream -> same TileState.
 
     build_tiles only spawns children from the chip Generator's SeedSequence (programming,
-    drift, faults) and never draws from the Generator itself afterwards, so the key below
-    (array contents, mapping, spec, SeedSequence identity) determines its result exactly.
+    drift, faults, frozen read noise) and never draws from the Generator itself, so the
+    key below (array contents, mapping, spec, SeedSequence identity) determines its result
+    exactly.
     The TileState is read-only in the runtime (analog.tiled_product only reads it).
     """
 

@@ -115,7 +115,8 @@ def _probe_as_programmed(g0: np.ndarray, tile_used: np.ndarray, spec: HardwareSp
 
 def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
                 spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None) -> TileState:
-    """Sample one layer's devices (programming, faults, drift) and solve its circuit once."""
+    """Sample one layer's devices (programming, faults, drift, frozen read noise if chosen)
+    and solve its circuit once."""
     dev = spec.device
     dg = dev.g_max - dev.g_min
     g_t = _retarget(conductance, mapping, dev)
@@ -124,7 +125,15 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     drifting = dev.model != "ideal" and dev.drift
     g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog
     g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
-    sigma = devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
+    frozen = dev.read_noise_mode == "frozen"
+    if frozen:
+        # The deviation is part of what the chip holds at time t, so the circuit solve and
+        # the compensation probe below see it. Its stream is a fourth child of the chip's,
+        # after program_devices' three, so a seed's other draws match fresh mode's. It does
+        # not depend on t: like fresh mode's read stream, one seed's standard normals serve
+        # every t, so a time sweep differs only by drift and sigma(t), not by a new draw.
+        g_now = devices.read(g_now, t, dev, rng.spawn(1)[0], g_ref=state.g_prog)
+    sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
 
     def circuit(g: np.ndarray) -> np.ndarray:
         if not spec.circuit.ir_drop:
@@ -140,7 +149,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     w, _ = _pair_difference(g_eff, mapping["encoding"], dg)
     nrb, ncb = conductance.shape[:2]
     var = ref_var = None
-    if np.any(sigma):
+    if sigma is not None and np.any(sigma):
         s2 = sigma ** 2 / (dg if mapping["encoding"] == "differential" else dg / 2) ** 2
         if mapping["encoding"] == "differential":
             var = _stack(s2[..., 0::2] + s2[..., 1::2], tile_used)

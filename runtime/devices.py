@@ -20,7 +20,10 @@ Joshi et al., Nat. Commun. 11, 2473 (2020), following IBM aihwkit `PCMLikeNoiseM
                 conductance. We additionally clip the log's argument at 1, so sigma >= 0 even
                 for t + t0 < t_read (impossible with the defaults: t0 = 20 s >> 250 ns).
                 The result is the accumulated noise at time t: aihwkit draws it once per
-                evaluation time, frozen for all reads of that evaluation.
+                evaluation time, frozen for all reads of that evaluation. xbar draws it
+                afresh at every read by default (sampled at the column output, see
+                xbar.runtime.analog); device.read_noise_mode = 'frozen' follows aihwkit
+                (one `read` per device at chip preparation, xbar.runtime.chip.build_tiles).
 
 RRAM (spec.model == 'rram', illustrative):
   programming   G_p = clip(G_t + s_p rel_p G_t xi, g_min, g_max)  (program-and-verify window,
@@ -32,7 +35,9 @@ RRAM (spec.model == 'rram', illustrative):
 
 Random-stream layout of `program_devices` (so that switching one effect off does not change
 the realisation of the others): the given Generator spawns three children, used for
-programming noise, drift exponents and faults, in that order.
+programming noise, drift exponents and faults, in that order. The chip's frozen read noise
+(xbar.runtime.chip.build_tiles) is a fourth child spawned after these, so it leaves them as
+they are in fresh mode.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ TOML layout (every key optional; sections override the preset named at the top):
     preset = "pcm"
     t_inference = "1d"          # numbers are seconds; strings go through xbar.units.parse_time
     drift_compensation = "tile"
-    [device]   model, g_min, g_max (or r_on / r_off in ohms), prog_noise, ... (see DeviceSpec)
+    [device]   model, g_min, g_max (or r_on / r_off in ohms), prog_noise, read_noise_mode, ...
+               (see DeviceSpec)
     [dac]      bits, range, percentile, v_read
     [adc]      bits, range, percentile, noise
     [circuit]  ir_drop, r_wire, r_driver, r_sense
@@ -44,6 +45,7 @@ DEVICE_MODELS = ("ideal", "pcm", "rram")
 DAC_RANGES = ("max", "calibrated")
 ADC_RANGES = ("percentile", "physical")
 DRIFT_COMPENSATIONS = ("off", "tile", "column")
+READ_NOISE_MODES = ("fresh", "frozen")
 PRESETS = ("ideal", "pcm", "rram")
 #: Non-idealities `ablate` can switch off, by name.
 ABLATIONS = ("programming", "drift", "read", "ir-drop", "faults", "dac", "adc", "output-noise")
@@ -166,6 +168,12 @@ class DeviceSpec:
     read_noise_scale: float = 1.0  # dimensionless multiplier of the read-noise sigma
     # Read duration in the PCM 1/f noise integral, seconds; aihwkit t_read = 250 ns.
     t_read: float = 250e-9  # s
+    # When read noise is drawn. 'fresh': anew at every read, so no calibration can undo it.
+    # 'frozen': once per device, chip instance and evaluation time, then held for every read,
+    # as IBM aihwkit does (src/aihwkit/inference/noise/pcm.py,
+    # PCMLikeNoiseModel.apply_drift_noise_to_conductance, run once per drift_analog_weights
+    # call into the stored weights); it then acts like a per-chip weight error.
+    read_noise_mode: str = "fresh"  # 'fresh' | 'frozen'
 
     # --- PCM coefficients (aihwkit PCMLikeNoiseModel, fitted by Nandakumar et al. 2019 on
     # IBM doped-GST mushroom cells; used in Joshi et al. 2020). g = G / g_max.
@@ -209,6 +217,7 @@ class DeviceSpec:
     def __post_init__(self) -> None:
         _coerce_fields(self)
         _choice("device.model", self.model, DEVICE_MODELS)
+        _choice("device.read_noise_mode", self.read_noise_mode, READ_NOISE_MODES)
         _need(
             math.isfinite(self.g_max) and 0.0 <= self.g_min < self.g_max,
             f"device.g_min and device.g_max must satisfy 0 <= g_min < g_max (siemens); "
@@ -555,6 +564,7 @@ class HardwareSpec:
                 prog_detail = f"sigma = {d.rram_prog_rel:.3g} G"
                 drift_detail = f"nu ~ |N({d.rram_nu_mean:g}, {d.rram_nu_std:g})|, t0 = {format_time(d.t0)}"
                 read_detail = f"sigma = {d.rram_read_rel:.3g} G"
+            read_detail += ", fresh per read" if d.read_noise_mode == "fresh" else ", frozen per chip and time"
             dev = (
                 f"{d.model}, {window}; programming noise {onoff(d.prog_noise, d.prog_noise_scale, prog_detail)}; "
                 f"drift {onoff(d.drift, d.drift_scale, drift_detail)}; read noise {onoff(d.read_noise, d.read_noise_scale, read_detail)}"
