@@ -78,7 +78,7 @@ def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: t
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="'--only' / '--without'") from None
         if ablated.is_ideal:
-            active = ", ".join(spec.active_nonidealities()) or "none"
+            active = ", ".join(spec.active_nonidealities()) or "none: it is ideal; give --hardware"
             raise ConfigError(f"--only {','.join(_names(only)) or '-'} --without {','.join(_names(without)) or '-'} "
                               f"leaves no non-ideality switched on (this hardware has: {active}); nothing would be "
                               "simulated. Keep at least one of them.")
@@ -394,9 +394,10 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     # A calibrated bundle is evaluated on the chip it was calibrated for, unless told otherwise.
     base = record["hardware"] if record else b.manifest.get("hardware")
     spec = _resolve_hardware(base, hardware, sets, only, without)
-    if spec.is_ideal and (seeds is not None or drift is not None):
-        raise ConfigError(f"--seeds/--drift choose chip instances, but {bundle} targets ideal hardware and no "
-                          "--hardware was given; pass --hardware pcm (or a TOML file) to sample chips")
+    if spec.is_ideal and (seeds is not None or drift is not None or per_layer):
+        given = "--hardware selects ideal hardware" if hardware else f"{bundle} targets ideal hardware"
+        raise ConfigError(f"--seeds, --drift and --per-layer are about chip instances, but {given}; pass "
+                          "--hardware pcm (or a TOML file) to sample chips")
     seed_list = seeds if seeds is not None else [record["seed"] if record else 0]
     if drift is not None:
         times = drift
@@ -465,7 +466,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     if as_json:
         click.echo(json.dumps(result))
         return
-    _print_eval(result, spec, times, rows)
+    _print_eval(dict(result, asked_ideal=hardware is not None), spec, times, rows)
 
 
 def _pct(v: float | None) -> str:
@@ -498,7 +499,8 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
     for k, v in pairs:
         click.echo(f"  {k:<{width}}  {v}")
     if spec.is_ideal:
-        click.echo("\nhardware: ideal (the bundle has no hardware target; --hardware pcm samples chip instances)")
+        click.echo("\nhardware: ideal" + ("" if result["asked_ideal"] else
+                                           " (the bundle has no hardware target; --hardware pcm samples chip instances)"))
         return
     click.echo("\nhardware\n" + "\n".join("  " + line for line in spec.describe(times).splitlines()))
     for note in result["hardware_notes"]:
