@@ -68,7 +68,8 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         mapped = map_weights(spec.weight, cfg, spec.structure)
         put("conductance", mapped.conductance)
         put("col_scale", mapped.col_scale)
-        put("column_order", mapped.column_order)
+        put("position_output", mapped.position_output)
+        put("position_gain", mapped.position_gain)
         put("tile_used", mapped.tile_used)
         entry["tiles"] = mapped.table
     else:

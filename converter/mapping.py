@@ -7,7 +7,11 @@ optionally quantised, then encoded:
 - offset: weight column j → one column at G_mid + ΔG/2·u, and each tile's last physical
   column is a reference at G_mid that is subtracted from every column of that tile.
 K is cut into row blocks of R rows (their partial sums add digitally) and the weight
-columns into column blocks. Cells with no weight sit at G_min (a RESET device).
+positions into column blocks. Cells with no weight sit at G_min (a RESET device).
+
+A weight position is one differential pair or offset column. In fixed point there is one
+per output column; the column map (xbar.columns) records each position's output and
+digital gain, which is all the runtime needs to put outputs back together.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from xbar.config import MappingConfig
 class MappedLayer:
     conductance: np.ndarray  # (n_row_blocks, n_col_blocks, R, C) float32, siemens
     col_scale: np.ndarray  # (N,) weight units per unit of normalised weight (w_max per column)
-    column_order: np.ndarray  # (N,) int64: tile position p holds weight column column_order[p]
+    position_output: np.ndarray  # (P,) int64: output column of tile position p
+    position_gain: np.ndarray  # (P,) float32: digital gain of tile position p
     tile_used: np.ndarray  # (n_row_blocks, n_col_blocks) bool: tile holds at least one weight
     table: dict[str, Any]  # tile table and utilisation, for the manifest
 
@@ -47,15 +52,27 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     u = np.clip(weight / scale, -1.0, 1.0)
     if cfg.weight_bits is not None:
         u = quantise(u, cfg.weight_bits)
-    order = np.arange(n, dtype=np.int64)
-    u = u[:, order]
+    valid = np.ones((k, n), dtype=bool) if structure is None else structure
+    output = np.arange(n, dtype=np.int64)
+    gain = np.ones(n, dtype=np.float32)
+    conductance, tile_used, table = tile_positions(u, valid, cfg)
+    return MappedLayer(conductance, scale.astype(np.float32), output, gain, tile_used, table)
+
+
+def tile_positions(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(K, P) normalised weights per position, in tile order, → conductances, used tiles, table.
+
+    `valid` marks the cells that carry a weight (False: structural zeros such as the
+    off-diagonal blocks of grouped convolutions); they count as unused.
+    """
+    k, p = v.shape
     r, c = cfg.rows, cfg.cols
     cw = cfg.weight_cols_per_tile
-    nrb, ncb = -(-k // r), -(-n // cw)
+    nrb, ncb = -(-k // r), -(-p // cw)
     dg = cfg.g_max - cfg.g_min
     tiles = np.full((nrb * r, ncb, c), cfg.g_min, dtype=np.float64)
     upad = np.zeros((nrb * r, ncb * cw))
-    upad[:k, :n] = u
+    upad[:k, :p] = v
     ublocks = upad.reshape(nrb * r, ncb, cw)
     if cfg.encoding == "differential":
         tiles[:, :, 0:2 * cw:2] = cfg.g_min + dg * np.maximum(ublocks, 0.0)
@@ -64,11 +81,11 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
         g_mid = cfg.g_min + dg / 2
         tiles[:, :, :cw] = g_mid + dg / 2 * ublocks
         tiles[:k, :, cw] = g_mid  # reference column, one per tile
-    # Padding cells (beyond K rows or N columns) stay at G_min.
-    valid = np.zeros((nrb * r, ncb * cw), dtype=bool)
-    valid[:k, :n] = True if structure is None else structure[:, order]
+    # Padding cells (beyond K rows or P positions) stay at G_min.
+    vpad = np.zeros((nrb * r, ncb * cw), dtype=bool)
+    vpad[:k, :p] = valid
     phys_valid = np.zeros((nrb * r, ncb, c), dtype=bool)
-    vblocks = valid.reshape(nrb * r, ncb, cw)
+    vblocks = vpad.reshape(nrb * r, ncb, cw)
     if cfg.encoding == "differential":
         phys_valid[:, :, 0:2 * cw:2] = vblocks
         phys_valid[:, :, 1:2 * cw:2] = vblocks
@@ -76,7 +93,7 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
         # Structural zeros (off-diagonal blocks of grouped convs) must stay at G_mid: the
         # reference column subtracts G_mid on every row. Only true padding goes to G_min.
         inside = np.zeros((nrb * r, ncb * cw), dtype=bool)
-        inside[:k, :n] = True
+        inside[:k, :p] = True
         cols_view = tiles[:, :, :cw]
         cols_view[~inside.reshape(nrb * r, ncb, cw)] = cfg.g_min
         phys_valid[:, :, :cw] = vblocks
@@ -92,10 +109,11 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
         "n_row_blocks": nrb,
         "n_col_blocks": ncb,
         "weight_cols_per_tile": cw,
+        "positions": p,
         "tiles_used": n_tiles,
         "cells_used": used_cells,
         "utilisation": used_cells / (n_tiles * r * c) if n_tiles else 0.0,
         "rows_used_per_block": [min(r, k - i * r) for i in range(nrb)],
-        "weight_cols_per_block": [min(cw, n - j * cw) for j in range(ncb)],
+        "weight_cols_per_block": [min(cw, p - j * cw) for j in range(ncb)],
     }
-    return MappedLayer(conductance, scale.astype(np.float32), order, tile_used, table)
+    return conductance, tile_used, table

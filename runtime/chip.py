@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from xbar.columns import ColumnMap
 from xbar.hardware import HardwareSpec
 from xbar.runtime import devices
 
@@ -31,13 +32,11 @@ def normalised_tiles(conductance: np.ndarray, mapping: dict[str, Any]) -> np.nda
     return (diff / (dg / 2)).astype(np.float32)
 
 
-def assemble(tiles: np.ndarray, k: int, n: int, column_order: np.ndarray) -> np.ndarray:
-    """Stack tiles back into one K×N matrix, in the layer's original column order."""
+def assemble(tiles: np.ndarray, k: int, columns: ColumnMap) -> np.ndarray:
+    """Stack tiles back into one K×N matrix: positions in tile order, folded by the column map."""
     nrb, ncb, r, cw = tiles.shape
-    full = tiles.transpose(0, 2, 1, 3).reshape(nrb * r, ncb * cw)[:k, :n]
-    out = np.empty_like(full)
-    out[:, column_order] = full
-    return out
+    full = tiles.transpose(0, 2, 1, 3).reshape(nrb * r, ncb * cw)[:k, :columns.positions]
+    return columns.fold(full)
 
 
 # --------------------------------------------------------------------------- chip instances

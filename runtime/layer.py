@@ -12,6 +12,7 @@ import numpy as np
 
 from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
+from xbar.columns import read_map
 from xbar.errors import BundleError, DataError
 from xbar.runtime.analog import dac_codes, tiled_product
 from xbar.runtime.chip import TileState, assemble, build_tiles, normalised_tiles
@@ -52,10 +53,12 @@ class Layer:
         keys = entry["arrays"]
         a = {name: bundle.array(key) for name, key in keys.items()}
         if entry["placement"] == "analog":
+            self.columns = read_map(entry, a.__getitem__)
+            self.p = self.columns.positions
             tiles = normalised_tiles(a["conductance"], bundle.manifest["mapping"])
             # Weights on hardware are in normalised units; the digital periphery rescales
             # each column by its w_max and applies the affine in one multiply-add.
-            self.matrix = assemble(tiles, self.k, self.n, a["column_order"])
+            self.matrix = assemble(tiles, self.k, self.columns)
             self.col_scale = a["col_scale"].astype(np.float64)
         else:
             self.matrix = a["weight"].astype(np.float32)
@@ -69,16 +72,15 @@ class Layer:
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
             tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
-                                hardware, chip_rng, self.k, self.n)
+                                hardware, chip_rng, self.k, self.p)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
             i_fs = tiles.i_max
             if ranges and hardware.adc.range == "percentile":
                 key = ranges["adc"] if x_max is not None else ranges["adc_absmax"]
-                i_fs = bundle.array(key)[:, :self.n].astype(np.float32)
+                i_fs = bundle.array(key)[:, :self.p].astype(np.float32)
             i_fs = np.maximum(i_fs, np.float32(1e-12))
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
-            self.position = np.argsort(a["column_order"])
 
     def set_affine(self, affine: Affine) -> None:
         """The per-output affine applied after the product (see xbar.affine)."""
@@ -125,8 +127,7 @@ class Layer:
         c = self.chip
         if rng is None:
             rng = streams(c.rng, 1)[0]
-        y = tiled_product(codes, c.tiles, c.spec, c.i_fs, rng, unit=unit)
-        y = y[:, self.position]
+        y = self.columns.combine(tiled_product(codes, c.tiles, c.spec, c.i_fs, rng, unit=unit))
         y *= x_scale.reshape(-1, 1) if np.ndim(x_scale) else x_scale
         return y
 

@@ -110,12 +110,13 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
         if x_max <= 0:
             x_max = float(np.abs(cols).max()) or 1.0
         d = _ideal_tiles(bundle, entry)
+        positions = int(entry["tiles"].get("positions", entry["N"]))  # format 1: one per output
         fixed = np.clip(cols / x_max, -1, 1)
         rowmax = np.abs(cols).max(axis=1, keepdims=True)
         rowmax[rowmax == 0] = 1
         prefix = f"layers/{i:03d}"
-        bundle.arrays[f"{prefix}/adc_full_scale"] = _column_percentile(fixed, d, spec.adc.percentile, entry["N"])
-        bundle.arrays[f"{prefix}/adc_full_scale_absmax"] = _column_percentile(cols / rowmax, d, spec.adc.percentile, entry["N"])
+        bundle.arrays[f"{prefix}/adc_full_scale"] = _column_percentile(fixed, d, spec.adc.percentile, positions)
+        bundle.arrays[f"{prefix}/adc_full_scale_absmax"] = _column_percentile(cols / rowmax, d, spec.adc.percentile, positions)
         entry["ranges"] = {
             "input": x_max,
             "dac_percentile": spec.dac.percentile,

@@ -3,12 +3,17 @@
 import numpy as np
 import pytest
 
+from xbar.columns import ColumnMap
 from xbar.config import MappingConfig, parse_crossbar
 from xbar.converter.mapping import map_weights
 from xbar.errors import ConfigError
 from xbar.runtime.chip import assemble, normalised_tiles
 
 rng = np.random.default_rng(0)
+
+
+def _map(m, n):
+    return ColumnMap(m.position_output, m.position_gain, n)
 
 
 @pytest.mark.parametrize("encoding", ["differential", "offset"])
@@ -22,7 +27,7 @@ def test_tiles_reassemble_to_normalised_weights(encoding, shape, tile):
     assert m.conductance.shape == (-(-k // tile[0]), -(-n // cw), tile[0], tile[1])
     assert m.conductance.dtype == np.float32
     assert m.conductance.min() >= cfg.g_min and m.conductance.max() <= cfg.g_max * (1 + 1e-6)
-    got = assemble(normalised_tiles(m.conductance, cfg.to_dict()), k, n, m.column_order) * m.col_scale
+    got = assemble(normalised_tiles(m.conductance, cfg.to_dict()), k, _map(m, n)) * m.col_scale
     np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
     # Each column's largest weight uses the full conductance window.
     np.testing.assert_allclose(m.col_scale, np.abs(w).max(axis=0), rtol=1e-6)
@@ -69,7 +74,7 @@ def test_quantised_levels():
     w = rng.normal(size=(50, 4))
     cfg = MappingConfig(weight_bits=4)
     m = map_weights(w, cfg)
-    u = assemble(normalised_tiles(m.conductance, cfg.to_dict()), 50, 4, m.column_order)
+    u = assemble(normalised_tiles(m.conductance, cfg.to_dict()), 50, _map(m, 4))
     levels = u * 7
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
     assert np.abs(levels).max() == pytest.approx(7, abs=1e-4)
@@ -80,7 +85,7 @@ def test_percentile_clip_saturates_outliers():
     w[0] = 50.0
     m = map_weights(w, MappingConfig(weight_clip_percentile=99.0))
     assert np.all(m.col_scale < 5)
-    u = assemble(normalised_tiles(m.conductance, MappingConfig().to_dict()), 1000, 2, m.column_order)
+    u = assemble(normalised_tiles(m.conductance, MappingConfig().to_dict()), 1000, _map(m, 2))
     assert np.allclose(u[0], 1.0, atol=1e-6)
 
 
