@@ -9,6 +9,10 @@ from typing import Any
 from xbar.errors import ConfigError
 
 ENCODINGS = ("differential", "offset")
+REARRANGEMENTS = ("none", "ir-drop", "balance")
+#: Largest exponent count and step: gains 2^(-k·e) down to 2^-24, float32's mantissa.
+MAX_AFP_EXPONENTS = 8
+MAX_GAIN_EXPONENT = 24
 
 # Conductance window of the mapping target. Default: the PCM device of Nandakumar et al.
 # 2019 / Joshi et al. 2020 as parameterised in IBM aihwkit (PCMLikeNoiseModel, g_max = 25 uS),
@@ -28,6 +32,14 @@ class MappingConfig:
     g_min, g_max: programmable conductance window in siemens.
     weight_clip_percentile: per-column scale from this percentile of |W| instead of
         the maximum (weights beyond it are clipped); None = use the maximum.
+    afp_exponents, afp_step: analog floating point with E exponents e = 0..E−1 and gains
+        2^(−k·e): each weight goes to one exponent's position of its output (E = 1: fixed
+        point). With weight_bits, mantissas are quantised per position.
+    bit_slices, bits_per_cell: the magnitude quantised to S·b bits and split into S
+        digits of b bits, one position each, weighted by 2^(b·s) (S = 1: no slicing).
+    rearrange: where positions sit on the tiles: 'none' (output order), 'ir-drop' (the
+        positions drawing most current nearest the drivers), 'balance' (current spread
+        evenly over column blocks).
     """
 
     rows: int = 128
@@ -37,6 +49,11 @@ class MappingConfig:
     g_min: float = DEFAULT_G_MIN_S
     g_max: float = DEFAULT_G_MAX_S
     weight_clip_percentile: float | None = None
+    afp_exponents: int = 1
+    afp_step: int = 2
+    bit_slices: int = 1
+    bits_per_cell: int | None = None
+    rearrange: str = "none"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rows, int) and isinstance(self.cols, int)) or self.rows < 1 or self.cols < 1:
@@ -56,6 +73,28 @@ class MappingConfig:
         p = self.weight_clip_percentile
         if p is not None and not (50.0 <= p <= 100.0):
             raise ConfigError(f"weight clip percentile must be in [50, 100]; got {p}")
+        e, k = self.afp_exponents, self.afp_step
+        if not (isinstance(e, int) and 1 <= e <= MAX_AFP_EXPONENTS):
+            raise ConfigError(f"--afp-exponents must be an integer in [1, {MAX_AFP_EXPONENTS}]; got {e}")
+        if not (isinstance(k, int) and k >= 1 and k * (e - 1) <= MAX_GAIN_EXPONENT):
+            raise ConfigError(f"--afp-step {k} with --afp-exponents {e}: the smallest gain 2^-(k·(E-1)) must stay "
+                              f">= 2^-{MAX_GAIN_EXPONENT} (float32 resolution); use a smaller step or fewer exponents")
+        s, b = self.bit_slices, self.bits_per_cell
+        if not (isinstance(s, int) and s >= 1):
+            raise ConfigError(f"--bit-slices must be a positive integer; got {s}")
+        if s > 1 or b is not None:
+            if s == 1 or b is None:
+                raise ConfigError("bit slicing needs both --bit-slices S (>= 2) and --bits-per-cell b")
+            if not (isinstance(b, int) and 1 <= b and s * b <= 16):
+                raise ConfigError(f"--bit-slices {s} --bits-per-cell {b}: need b >= 1 and S·b <= 16 magnitude bits")
+            if self.weight_bits is not None:
+                raise ConfigError("--weight-bits and bit slicing both set the weight resolution; bit slicing "
+                                  f"stores S·b = {s * b} magnitude bits plus the sign: drop --weight-bits")
+            if e > 1:
+                raise ConfigError("--afp-exponents and --bit-slices cannot combine: analog floating point gives "
+                                  "each weight one position, bit slicing several; choose one")
+        if self.rearrange not in REARRANGEMENTS:
+            raise ConfigError(f"--rearrange-columns must be one of {', '.join(REARRANGEMENTS)}; got {self.rearrange!r}")
 
     @property
     def weight_cols_per_tile(self) -> int:
