@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import onnx
@@ -21,6 +21,9 @@ from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights
 from xbar.errors import ConfigError, UnsupportedOpError
 from xbar.ops import DIGITAL_OPS, LAYER_OP
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xbar.hardware import HardwareSpec
 
 
 def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
@@ -52,7 +55,8 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
-def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
+                  hardware: "HardwareSpec | None" = None) -> dict[str, Any]:
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -65,7 +69,8 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         put(name, np.asarray(getattr(aff, name), dtype=np.float32))
     entry: dict[str, Any] = {}
     if placement == "analog":
-        mapped = map_weights(spec.weight, cfg, spec.structure)
+        mapped = map_weights(spec.weight, cfg, spec.structure,
+                             *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else ()))
         put("conductance", mapped.conductance)
         put("col_scale", mapped.col_scale)
         put("position_output", mapped.position_output)
@@ -95,17 +100,34 @@ def convert(
     g_min: float | None = None,
     g_max: float | None = None,
     weight_clip_percentile: float | None = None,
+    afp_exponents: int = 1,
+    afp_step: int = 2,
+    bit_slices: int = 1,
+    bits_per_cell: int | None = None,
+    rearrange: str = "none",
+    hardware: "HardwareSpec | None" = None,
 ) -> Bundle:
-    """Convert an ONNX model (path or ModelProto) into an in-memory bundle."""
+    """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
+
+    `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
+    are given), the device noise analog floating point weighs and the circuit column
+    placement needs."""
     kwargs: dict[str, Any] = {}
+    if hardware is not None:
+        kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
     if g_min is not None:
         kwargs["g_min"] = g_min
     if g_max is not None:
         kwargs["g_max"] = g_max
     cfg = MappingConfig(
         rows=int(crossbar[0]), cols=int(crossbar[1]), encoding=encoding, weight_bits=weight_bits,
-        weight_clip_percentile=weight_clip_percentile, **kwargs,
+        weight_clip_percentile=weight_clip_percentile, afp_exponents=afp_exponents, afp_step=afp_step,
+        bit_slices=bit_slices, bits_per_cell=bits_per_cell, rearrange=rearrange, **kwargs,
     )
+    if rearrange != "none":
+        from xbar.converter.placement import check_circuit
+
+        check_circuit(rearrange, hardware.circuit if hardware else None)
     proto, label, original_opset = load_model(model)
     graph = build_graph(proto, label, default_opset(proto))
     digital = list(digital)
@@ -155,7 +177,15 @@ def convert(
             "params": spec.params,
             "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
         }
-        entry.update(_layer_arrays(idx, spec, placement, cfg, arrays))
+        entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware))
+        if placement == "analog":
+            t = entry["tiles"]
+            out_shape = entry["output_shape"]
+            known = out_shape is not None and all(d is not None for d in out_shape[1:])
+            # One ADC conversion per position and row block for every input vector; a
+            # sample brings one vector per output position (conv: per output pixel).
+            t["adc_per_vector"] = t["n_row_blocks"] * t["positions"]
+            t["vectors_per_sample"] = int(np.prod(out_shape[1:])) // int(n) if known else None
         layers.append(entry)
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
@@ -203,6 +233,9 @@ def convert(
             "analog_layers": len(n_analog),
             "digital_layers": len(layers) - len(n_analog),
             "tiles_used": sum(l["tiles"]["tiles_used"] for l in n_analog),
+            "physical_columns": sum(l["tiles"]["physical_columns"] for l in n_analog),
+            "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in n_analog)
+                               if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),
             "analog_weights": sum(l["weights"] for l in n_analog),
             "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()

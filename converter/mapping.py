@@ -17,11 +17,15 @@ digital gain, which is all the runtime needs to put outputs back together.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xbar.config import MappingConfig
+from xbar.converter.encodings import encode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xbar.hardware import CircuitSpec, DeviceSpec
 
 
 @dataclass
@@ -41,22 +45,34 @@ def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0)
 
 
-def quantise(u: np.ndarray, bits: int) -> np.ndarray:
-    levels = 2 ** (bits - 1) - 1
-    return np.round(u * levels) / levels
+def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None,
+                device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None
+                ) -> MappedLayer:
+    """Scale, encode (xbar.converter.encodings), place and tile one layer's K×N weights.
 
-
-def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None) -> MappedLayer:
+    `device` and `t` (the target's device model and time) steer analog floating point;
+    `circuit` (its wires) steers column placement; neither is needed for fixed point."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
     u = np.clip(weight / scale, -1.0, 1.0)
-    if cfg.weight_bits is not None:
-        u = quantise(u, cfg.weight_bits)
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
-    output = np.arange(n, dtype=np.int64)
-    gain = np.ones(n, dtype=np.float32)
-    conductance, tile_used, table = tile_positions(u, valid, cfg)
-    return MappedLayer(conductance, scale.astype(np.float32), output, gain, tile_used, table)
+    enc = encode(u, valid, cfg, device, t)
+    if cfg.rearrange == "none":
+        order = np.arange(len(enc.output))
+    else:
+        from xbar.converter.placement import place
+
+        order = place(enc.v, enc.valid, cfg, circuit)
+    conductance, tile_used, table = tile_positions(enc.v[:, order], enc.valid[:, order], cfg)
+    table["physical_columns"] = _physical_columns(table, cfg)
+    return MappedLayer(conductance, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table)
+
+
+def _physical_columns(table: dict[str, Any], cfg: MappingConfig) -> int:
+    """Bit lines that carry weights: two per differential pair, one per offset column plus
+    each column block's reference column."""
+    p = table["positions"]
+    return 2 * p if cfg.encoding == "differential" else p + table["n_col_blocks"]
 
 
 def tile_positions(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

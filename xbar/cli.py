@@ -150,6 +150,19 @@ def _shape(shape: list[int | None] | None) -> str:
               help="Quantise normalised weights to N-bit signed levels [default: unquantised].")
 @click.option("--weight-clip", type=float, default=None, metavar="PERCENTILE",
               help="Scale each column by this percentile of |W| instead of its maximum; larger weights clip.")
+@click.option("--afp-exponents", type=click.IntRange(min=1), default=1, show_default=True, metavar="E",
+              help="Analog floating point: each weight gets one of E exponents, its own column group per output "
+                   "with digital gain 2^(-k·e); 1 = fixed point.")
+@click.option("--afp-step", type=click.IntRange(min=1), default=2, show_default=True, metavar="k",
+              help="Exponent step k of analog floating point (gains 1, 2^-k, 2^-2k, ...).")
+@click.option("--bit-slices", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
+              help="Bit slicing: the weight magnitude as S digits of --bits-per-cell bits, one column group each.")
+@click.option("--bits-per-cell", type=click.IntRange(min=1), default=None, metavar="b",
+              help="Bits one cell holds in bit slicing.")
+@click.option("--rearrange-columns", "rearrange", type=click.Choice(["none", "ir-drop", "balance"]), default="none",
+              show_default=True, help="Where weight columns sit on the tiles: ir-drop places the columns drawing the "
+                                      "most current where wire resistance costs least; balance spreads current "
+                                      "over column blocks. Needs a --hardware target with IR drop.")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
@@ -159,7 +172,8 @@ def _shape(shape: list[int | None] | None) -> str:
               help=".npz with inputs 'x': find DAC input ranges and ADC full scales from them.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
-            weight_clip: float | None, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
+            weight_clip: float | None, afp_exponents: int, afp_step: int, bit_slices: int, bits_per_cell: int | None,
+            rearrange: str, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
             calib_data: Path | None, force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
     from xbar.bundle import check_output, save_bundle
@@ -170,8 +184,9 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     check_output(output, force, inputs=[model] + ([calib_data] if calib_data else []))
     spec = _resolve_hardware(None, hardware, sets)
     bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
-                        digital=digital, weight_clip_percentile=weight_clip,
-                        g_min=spec.device.g_min, g_max=spec.device.g_max)
+                        digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
+                        afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, rearrange=rearrange,
+                        hardware=spec)
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
         from xbar.data import load_dataset
@@ -214,6 +229,12 @@ def info(bundle: Path, as_json: bool) -> None:
     click.echo(f"model    {src['source']}  sha256 {src['sha256'][:16]}…  opset {src['opset']}"
                + (f" (upgraded from {src['original_opset']})" if src["original_opset"] != src["opset"] else ""))
     bits = f"{mp['weight_bits']}-bit weights" if mp["weight_bits"] else "unquantised weights"
+    if mp.get("afp_exponents", 1) > 1:
+        bits += f", analog floating point ({mp['afp_exponents']} exponents, gains 2^-{mp['afp_step']}e)"
+    if mp.get("bit_slices", 1) > 1:
+        bits = f"bit-sliced: {mp['bit_slices']} slices of {mp['bits_per_cell']} bits (+ sign)"
+    if mp.get("rearrange", "none") != "none":
+        bits += f", columns placed for {mp['rearrange']}"
     click.echo(f"mapping  {mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
                f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS")
     ins = ", ".join(f"{i['name']} {_shape(i['shape'])}" for i in m["graph"]["inputs"])
@@ -230,20 +251,31 @@ def info(bundle: Path, as_json: bool) -> None:
     rows = []
     for layer in m["layers"]:
         t = layer.get("tiles")
+        cols = t.get("physical_columns", 2 * t["weight_cols_per_block"][0] if t else 0) if t else None
+        adc = _adc_per_sample(t)
         rows.append([
             layer["name"], layer["kind"], layer["placement"], f"{layer['K']}×{layer['N']}",
             _shape(layer["input_shape"]), _shape(layer["output_shape"]),
             f"{t['n_row_blocks']}×{t['n_col_blocks']}" if t else "-",
             t["tiles_used"] if t else "-",
+            f"{cols:,}" if t else "-",
+            "-" if adc is None else f"{adc:,}",
             f"{100 * t['utilisation']:.1f}%" if t else "-",
             f"{layer['weights']:,}",
             {"batchnorm": "BN", "calibrated": "calibrated"}.get(layer["affine"]["source"], "bias"),
         ])
-    click.echo(render(["layer", "kind", "where", "K×N", "input", "output", "blocks", "tiles", "util", "weights", "affine"],
-                      rows, numeric=[False, False, False, True, False, False, True, True, True, True, False]))
+    click.echo(render(["layer", "kind", "where", "K×N", "input", "output", "blocks", "tiles", "columns",
+                       "ADC/sample", "util", "weights", "affine"], rows,
+                      numeric=[False, False, False, True, False, False, True, True, True, True, True, True, False]))
     s = m["summary"]
+    extra = ""
+    if "physical_columns" in s:
+        adc = s.get("adc_per_sample")
+        extra = (f"; {s['physical_columns']:,} physical columns, "
+                 + ("ADC conversions per sample unknown (symbolic shapes)" if adc is None
+                    else f"{adc:,} ADC conversions per sample"))
     click.echo(f"\n{s['analog_layers']} analog layers on {s['tiles_used']} tiles, {s['digital_layers']} digital; "
-               f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
+               f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all{extra}")
     from xbar.units import format_time
 
     for rec in m.get("calibration", []):
@@ -253,6 +285,13 @@ def info(bundle: Path, as_json: bool) -> None:
                    f"t = {format_time(rec['t_inference'])}, {rec['hardware']['device']['model']} device{acc}; "
                    f"agreement with ideal {100 * rec['agreement_with_ideal_before']:.2f}% -> "
                    f"{100 * rec['agreement_with_ideal_after']:.2f}% ({rec['date']})")
+
+
+def _adc_per_sample(t: dict[str, Any] | None) -> int | None:
+    """ADC conversions one sample costs a layer: per input vector one per position and row block."""
+    if not t or t.get("vectors_per_sample") is None:
+        return None
+    return t["adc_per_vector"] * t["vectors_per_sample"]
 
 
 def _target(b):

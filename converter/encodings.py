@@ -1,0 +1,133 @@
+"""Encodings: a layer's normalised weights u = W/w_max ∈ [-1, 1] → weight positions.
+
+Every encoding yields the same four things (the column map of xbar.columns): v (K, P),
+the normalised weight each position holds per row, in [-1, 1]; output (P,) and gain (P,),
+so that u[:, j] = Σ_{p: output[p] = j} gain[p]·v[:, p]; and valid (K, P), the cells that
+are programmed devices. Positions come out output by output; where they sit on the tiles
+is the placement's business (xbar.converter.placement).
+
+- fixed point: one position per output, gain 1; with weight_bits, u is quantised.
+- analog floating point (our design, after the bi-scale idea in DESIGN.md §3): E
+  exponents with gains 2^(−k·e). Each weight goes to exactly one exponent of its output,
+  as the mantissa m = u/2^(−k·e) ∈ [-1, 1]; the other positions of that output hold 0 in
+  its row. The exponent minimises the expected squared error the weight contributes,
+  under the target device's programming and read noise and the mantissa quantisation:
+
+      cost_e(u) = gain_e² · (σ²(m_e) − σ²(0) + Δ²/12),   over e with |u| ≤ gain_e,
+
+  where σ²(m) is the variance, in normalised units, of a position holding m (both
+  devices of a differential pair: the one at |m| and the one at G_min; one column for
+  offset), Δ = 1/(2^(B−1) − 1) the mantissa step with --weight-bits B (else 0). The
+  −σ²(0) is because a weight's row in every other position of its output still holds a
+  device at rest, whatever exponent it takes. A small weight in a high exponent uses
+  more of the conductance range, where PCM's noise grows more slowly than the signal,
+  but its gain also scales the noise down; the rule weighs both, per device model and
+  time, instead of a fixed magnitude threshold. Without a noisy device (ideal target)
+  all costs tie and the weight takes the smallest gain that still holds it. An exponent
+  that no weight of an output uses gets no position (no columns, no ADC).
+- bit slicing: |u| quantised to L = 2^(S·b) − 1 levels, q = Σ_s d_s·2^(b·s) with digits
+  d_s ∈ [0, 2^b − 1]; slice s holds sign(u)·d_s/(2^b − 1) with gain (2^b − 1)·2^(b·s)/L.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from xbar.config import MappingConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xbar.hardware import DeviceSpec
+
+
+@dataclass
+class Encoded:
+    v: np.ndarray  # (K, P) float64 normalised weight per row and position
+    output: np.ndarray  # (P,) int64
+    gain: np.ndarray  # (P,) float32
+    valid: np.ndarray  # (K, P) bool
+
+
+def quantise(u: np.ndarray, bits: int) -> np.ndarray:
+    levels = 2 ** (bits - 1) - 1
+    return np.round(u * levels) / levels
+
+
+def encode(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig, device: "DeviceSpec | None" = None,
+           t: float = 0.0) -> Encoded:
+    if cfg.afp_exponents > 1:
+        return _afp(u, valid, cfg, device, t)
+    if cfg.bit_slices > 1:
+        return _bit_slices(u, valid, cfg)
+    v = quantise(u, cfg.weight_bits) if cfg.weight_bits is not None else u
+    n = u.shape[1]
+    return Encoded(v, np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32), valid)
+
+
+def position_variance(m: np.ndarray, encoding: str, device: "DeviceSpec | None", t: float) -> np.ndarray:
+    """Variance in normalised weight units of a position holding m, from programming and read noise."""
+    m = np.asarray(m, dtype=np.float64)
+    if device is None or device.model == "ideal":
+        return np.zeros(m.shape)
+    from xbar.device_stats import pcm_prog_sigma, read_sigma
+
+    dg = device.g_max - device.g_min
+
+    def var(g: np.ndarray) -> np.ndarray:
+        prog = 0.0
+        if device.prog_noise:
+            sigma = pcm_prog_sigma(g, device) if device.model == "pcm" else device.rram_prog_rel * g
+            prog = (device.prog_noise_scale * sigma) ** 2
+        return prog + read_sigma(g, t, device) ** 2
+
+    if encoding == "differential":
+        return (var(device.g_min + dg * np.maximum(m, 0)) + var(device.g_min + dg * np.maximum(-m, 0))) / dg ** 2
+    return var(device.g_min + dg / 2 * (1 + m)) / (dg / 2) ** 2
+
+
+def exponents(u: np.ndarray, cfg: MappingConfig, device: "DeviceSpec | None", t: float) -> np.ndarray:
+    """The exponent of every weight (the rule in the module docstring)."""
+    gains = 2.0 ** (-cfg.afp_step * np.arange(cfg.afp_exponents))
+    a = np.abs(u)
+    q2 = 0.0 if cfg.weight_bits is None else (1.0 / (2 ** (cfg.weight_bits - 1) - 1)) ** 2 / 12
+    rest = position_variance(np.zeros(1), cfg.encoding, device, t)[0]
+    best = np.zeros(u.shape, dtype=np.int64)
+    best_cost = np.full(u.shape, np.inf)
+    for e, g in enumerate(gains):
+        fits = a <= g * (1 + 1e-12)
+        cost = g * g * (position_variance(np.where(fits, u / g, 0.0), cfg.encoding, device, t) - rest + q2)
+        # Ties (no noise, no quantisation) go to the smaller gain: more of the range is used.
+        better = fits & (cost <= best_cost * (1 + 1e-12) + 1e-300)
+        best[better], best_cost[better] = e, cost[better]
+    return best
+
+
+def _afp(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig, device, t: float) -> Encoded:
+    k, n = u.shape
+    e = exponents(u, cfg, device, t)
+    e[~valid] = 0  # structural zeros hold nothing in any exponent
+    used = np.zeros((cfg.afp_exponents, n), dtype=bool)
+    used[e[valid], np.nonzero(valid)[1]] = True
+    used[0, ~used.any(axis=0)] = True  # an all-zero output still has one position
+    groups, outputs = np.nonzero(used.T)[1], np.nonzero(used.T)[0]  # output-major, exponent ascending
+    gain = (2.0 ** (-cfg.afp_step * groups)).astype(np.float32)
+    v = np.where(e[:, outputs] == groups, u[:, outputs] / gain.astype(np.float64), 0.0)
+    if cfg.weight_bits is not None:
+        v = quantise(v, cfg.weight_bits)
+    return Encoded(np.clip(v, -1.0, 1.0), outputs.astype(np.int64), gain, valid[:, outputs])
+
+
+def _bit_slices(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> Encoded:
+    s, b = cfg.bit_slices, cfg.bits_per_cell
+    k, n = u.shape
+    levels = 2 ** (s * b) - 1
+    digit = 2 ** b - 1
+    q = np.rint(np.abs(u) * levels).astype(np.int64)
+    sign = np.sign(u)
+    slices = np.arange(s)
+    v = np.stack([sign * ((q >> (b * i)) & digit) / digit for i in slices], axis=2).reshape(k, n * s)
+    gain = np.tile(digit * 2.0 ** (b * slices) / levels, n).astype(np.float32)
+    output = np.repeat(np.arange(n, dtype=np.int64), s)
+    return Encoded(v, output, gain, np.repeat(valid, s, axis=1))
