@@ -107,13 +107,13 @@ def exponents(u: np.ndarray, cfg: MappingConfig, device: "DeviceSpec | None", t:
 def _afp(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig, device, t: float) -> Encoded:
     k, n = u.shape
     e = exponents(u, cfg, device, t)
-    e[~valid] = 0  # structural zeros hold nothing in any exponent
+    held = valid & (u != 0)  # a zero is 0 in every position: it asks for none
     used = np.zeros((cfg.afp_exponents, n), dtype=bool)
-    used[e[valid], np.nonzero(valid)[1]] = True
+    used[e[held], np.nonzero(held)[1]] = True
     used[0, ~used.any(axis=0)] = True  # an all-zero output still has one position
     groups, outputs = np.nonzero(used.T)[1], np.nonzero(used.T)[0]  # output-major, exponent ascending
     gain = (2.0 ** (-cfg.afp_step * groups)).astype(np.float32)
-    v = np.where(e[:, outputs] == groups, u[:, outputs] / gain.astype(np.float64), 0.0)
+    v = np.where(held[:, outputs] & (e[:, outputs] == groups), u[:, outputs] / gain.astype(np.float64), 0.0)
     if cfg.weight_bits is not None:
         v = quantise(v, cfg.weight_bits)
     return Encoded(np.clip(v, -1.0, 1.0), outputs.astype(np.int64), gain, valid[:, outputs])

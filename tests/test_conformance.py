@@ -212,6 +212,46 @@ def test_encodings_default_crossbar_bn_kept(encoding, exported):
 
 
 # --------------------------------------------------------------------------
+# analog floating point and bit slicing: several column positions per output
+# --------------------------------------------------------------------------
+
+# 4 slices of 4 bits keep 16 magnitude bits: quantisation (≤ 2^-17 of a column's largest
+# weight) stays far inside the conformance tolerance, so any mistake in the map shows.
+ENCODING_OPTIONS = {
+    "afp2": dict(afp_exponents=2),
+    "afp3-step1-offset": dict(afp_exponents=3, afp_step=1, encoding="offset"),
+    "slices4x4": dict(bit_slices=4, bits_per_cell=4),
+    "slices4x4-offset": dict(bit_slices=4, bits_per_cell=4, encoding="offset"),
+}
+
+
+@pytest.mark.parametrize("crossbar", SMALL_CROSSBARS, ids=lambda c: f"{c[0]}x{c[1]}")
+@pytest.mark.parametrize("option", list(ENCODING_OPTIONS))
+@pytest.mark.parametrize("name", names_with("tiles"))
+def test_multi_position_encodings(name, option, crossbar, exported):
+    """Exact hardware, fused and tile by tile, BN kept where the model has one and folded where not."""
+    from xbar.hardware import preset
+
+    bn_mode = "kept" if "bn" in ZOO[name].tags else "folded"
+    path = exported(name, 13, bn_mode)
+    bundle = convert(path, crossbar=crossbar, **ENCODING_OPTIONS[option])
+    layers = [l for l in bundle.layers if l["placement"] == "analog"]
+    assert any(l["tiles"]["positions"] > l["N"] for l in layers), f"{name}: no output has several positions"
+    check_against_ort(Runtime(bundle), name, path, f"{name} {option} {crossbar}", batches=(3,))
+    check_against_ort(Runtime(bundle, preset("ideal"), seed=0), name, path, f"{name} {option} {crossbar} on tiles",
+                      batches=(3,))
+
+
+@pytest.mark.parametrize("option", list(ENCODING_OPTIONS))
+def test_multi_position_encodings_bn_folded_and_kept(option, exported):
+    for name in names_with("bn"):
+        for bn_mode in BN_MODES:
+            path = exported(name, 17, bn_mode)
+            check_against_ort(Runtime(convert(path, **ENCODING_OPTIONS[option])), name, path,
+                              f"{name} {option} bn {bn_mode}", batches=(2,))
+
+
+# --------------------------------------------------------------------------
 # layers pinned digital
 # --------------------------------------------------------------------------
 
