@@ -104,6 +104,7 @@ def convert(
     afp_step: int = 2,
     bit_slices: int = 1,
     bits_per_cell: int | None = None,
+    replicas: int = 1,
     rearrange: str = "none",
     hardware: "HardwareSpec | None" = None,
 ) -> Bundle:
@@ -122,7 +123,7 @@ def convert(
     cfg = MappingConfig(
         rows=int(crossbar[0]), cols=int(crossbar[1]), encoding=encoding, weight_bits=weight_bits,
         weight_clip_percentile=weight_clip_percentile, afp_exponents=afp_exponents, afp_step=afp_step,
-        bit_slices=bit_slices, bits_per_cell=bits_per_cell, rearrange=rearrange, **kwargs,
+        bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas, rearrange=rearrange, **kwargs,
     )
     if rearrange != "none":
         from xbar.converter.placement import check_circuit

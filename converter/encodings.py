@@ -25,6 +25,9 @@ is the placement's business (xbar.converter.placement).
   time, instead of a fixed magnitude threshold. Without a noisy device (ideal target)
   all costs tie and the weight takes the smallest gain that still holds it. An exponent
   that no weight of an output uses gets no position (no columns, no ADC).
+- replicas: R positions per output each holding u, gain 1/R: independent device errors
+  average down by √R. It costs R times the cells, so it is the fair fixed-point baseline
+  for an encoding with R positions per output.
 - bit slicing: |u| quantised to L = 2^(S·b) − 1 levels, q = Σ_s d_s·2^(b·s) with digits
   d_s ∈ [0, 2^b − 1]; slice s holds sign(u)·d_s/(2^b − 1) with gain (2^b − 1)·2^(b·s)/L.
 """
@@ -62,8 +65,9 @@ def encode(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig, device: "Device
     if cfg.bit_slices > 1:
         return _bit_slices(u, valid, cfg)
     v = quantise(u, cfg.weight_bits) if cfg.weight_bits is not None else u
-    n = u.shape[1]
-    return Encoded(v, np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32), valid)
+    n, r = u.shape[1], cfg.replicas
+    return Encoded(np.repeat(v, r, axis=1), np.repeat(np.arange(n, dtype=np.int64), r),
+                   np.full(n * r, 1.0 / r, dtype=np.float32), np.repeat(valid, r, axis=1))
 
 
 def position_variance(m: np.ndarray, encoding: str, device: "DeviceSpec | None", t: float) -> np.ndarray:

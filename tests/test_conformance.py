@@ -222,6 +222,7 @@ ENCODING_OPTIONS = {
     "afp3-step1-offset": dict(afp_exponents=3, afp_step=1, encoding="offset"),
     "slices4x4": dict(bit_slices=4, bits_per_cell=4),
     "slices4x4-offset": dict(bit_slices=4, bits_per_cell=4, encoding="offset"),
+    "replicas3": dict(replicas=3),
 }
 
 

@@ -156,3 +156,10 @@ def test_encoding_options_that_cannot_combine(models_dir, tmp_path, args, needle
     for needle in needles:
         assert needle in r.output, r.output
     assert not out.exists()
+
+
+def test_replicas_average_independent_copies():
+    u = rng.uniform(-1, 1, size=(9, 4))
+    enc = encode(u, np.ones(u.shape, bool), MappingConfig(replicas=3))
+    np.testing.assert_allclose(_fold(enc, 4), u, atol=1e-7)
+    assert np.all(np.bincount(enc.output) == 3) and np.allclose(enc.gain, 1 / 3)

@@ -159,6 +159,8 @@ def _shape(shape: list[int | None] | None) -> str:
               help="Bit slicing: the weight magnitude as S digits of --bits-per-cell bits, one column group each.")
 @click.option("--bits-per-cell", type=click.IntRange(min=1), default=None, metavar="b",
               help="Bits one cell holds in bit slicing.")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
+              help="Program every weight on R column pairs and average them digitally (fixed point only).")
 @click.option("--rearrange-columns", "rearrange", type=click.Choice(["none", "ir-drop", "balance"]), default="none",
               show_default=True, help="Where weight columns sit on the tiles: ir-drop places the columns drawing the "
                                       "most current where wire resistance costs least; balance spreads current "
@@ -173,7 +175,7 @@ def _shape(shape: list[int | None] | None) -> str:
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
             weight_clip: float | None, afp_exponents: int, afp_step: int, bit_slices: int, bits_per_cell: int | None,
-            rearrange: str, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
+            replicas: int, rearrange: str, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
             calib_data: Path | None, force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
     from xbar.bundle import check_output, save_bundle
@@ -185,7 +187,8 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     spec = _resolve_hardware(None, hardware, sets)
     bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
-                        afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, rearrange=rearrange,
+                        afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
+                        rearrange=rearrange,
                         hardware=spec)
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
@@ -233,6 +236,8 @@ def info(bundle: Path, as_json: bool) -> None:
         bits += f", analog floating point ({mp['afp_exponents']} exponents, gains 2^-{mp['afp_step']}e)"
     if mp.get("bit_slices", 1) > 1:
         bits = f"bit-sliced: {mp['bit_slices']} slices of {mp['bits_per_cell']} bits (+ sign)"
+    if mp.get("replicas", 1) > 1:
+        bits += f", {mp['replicas']} replicas per weight"
     if mp.get("rearrange", "none") != "none":
         bits += f", columns placed for {mp['rearrange']}"
     click.echo(f"mapping  {mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "

@@ -37,6 +37,8 @@ class MappingConfig:
         point). With weight_bits, mantissas are quantised per position.
     bit_slices, bits_per_cell: the magnitude quantised to S·b bits and split into S
         digits of b bits, one position each, weighted by 2^(b·s) (S = 1: no slicing).
+    replicas: every weight programmed on R positions whose readings are averaged (gain
+        1/R); the equal-cell baseline for analog floating point (R = 1: none).
     rearrange: where positions sit on the tiles: 'none' (output order), 'ir-drop' (the
         positions drawing most current nearest the drivers), 'balance' (current spread
         evenly over column blocks).
@@ -53,6 +55,7 @@ class MappingConfig:
     afp_step: int = 2
     bit_slices: int = 1
     bits_per_cell: int | None = None
+    replicas: int = 1
     rearrange: str = "none"
 
     def __post_init__(self) -> None:
@@ -93,6 +96,12 @@ class MappingConfig:
             if e > 1:
                 raise ConfigError("--afp-exponents and --bit-slices cannot combine: analog floating point gives "
                                   "each weight one position, bit slicing several; choose one")
+        r = self.replicas
+        if not (isinstance(r, int) and 1 <= r <= MAX_AFP_EXPONENTS):
+            raise ConfigError(f"--replicas must be an integer in [1, {MAX_AFP_EXPONENTS}]; got {r}")
+        if r > 1 and (e > 1 or s > 1):
+            raise ConfigError("--replicas averages copies of a fixed-point weight; it does not combine with "
+                              "--afp-exponents or --bit-slices")
         if self.rearrange not in REARRANGEMENTS:
             raise ConfigError(f"--rearrange-columns must be one of {', '.join(REARRANGEMENTS)}; got {self.rearrange!r}")
 
