@@ -128,7 +128,7 @@ def convert(
     if rearrange != "none":
         from xbar.converter.placement import check_circuit
 
-        check_circuit(rearrange, hardware.circuit if hardware else None)
+        check_circuit(rearrange, hardware.circuit if hardware is not None and not hardware.is_ideal else None)
     proto, label, original_opset = load_model(model)
     graph = build_graph(proto, label, default_opset(proto))
     digital = list(digital)

@@ -84,7 +84,7 @@ def place(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig, circuit: Circuit
     p = v.shape[1]
     if cfg.rearrange == "none":
         return np.arange(p, dtype=np.int64)
-    _require_ir_drop(cfg.rearrange, circuit)
+    check_circuit(cfg.rearrange, circuit)
     cw = cfg.weight_cols_per_tile
     ranked = np.argsort(-load(v, valid, cfg.encoding), kind="stable")  # heaviest first, ties by index
     slots = _dealing_sequence(p, cw)
@@ -112,7 +112,8 @@ def _dealing_sequence(p: int, cw: int) -> np.ndarray:
     return np.lexsort((visit, slot))
 
 
-def _require_ir_drop(policy: str, circuit: CircuitSpec | None) -> None:
+def check_circuit(policy: str, circuit: CircuitSpec | None) -> None:
+    """Refuse a placement policy the target's circuit cannot inform (before any conversion work)."""
     if circuit is None:
         missing = "this conversion has no hardware target (no --hardware), so no circuit"
     elif not circuit.ir_drop:
