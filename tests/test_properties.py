@@ -188,11 +188,17 @@ def test_override_from_text_never_fails_unexpectedly(text):
     assert isinstance(spec, HardwareSpec)
 
 
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in d.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
 def _changed(spec: HardwareSpec) -> dict[str, object]:
-    flat = lambda d, p="": {k2: v2 for k, v in d.items()  # noqa: E731
-                            for k2, v2 in (flat(v, f"{p}{k}.") if isinstance(v, dict) else {f"{p}{k}": v}).items()}
-    new, old = flat(spec.to_dict()), flat(PCM.to_dict())
-    return {k: new[k] for k in new if new[k] != old[k]}
+    """The dotted fields in which `spec` differs from the pcm preset."""
+    new, old = _flat(spec.to_dict()), _flat(PCM.to_dict())
+    return {k: v for k, v in new.items() if v != old[k]}
 
 
 @SETTINGS
