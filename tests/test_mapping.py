@@ -100,6 +100,11 @@ def test_bad_mapping_config(kwargs, field):
 
 def test_parse_crossbar():
     assert parse_crossbar("128x64") == (128, 64)
-    assert parse_crossbar("256") == (256, 256)
+    assert parse_crossbar("64X32") == (64, 32)
+    assert parse_crossbar(" 128 \u00d7 64 ") == (128, 64)
+    with pytest.raises(ConfigError, match="'256x256'"):
+        parse_crossbar("256")
+    with pytest.raises(ConfigError, match="between 1 and"):
+        parse_crossbar("0x128")
     with pytest.raises(ConfigError, match="ROWSxCOLS"):
         parse_crossbar("128 by 128")

@@ -118,13 +118,28 @@ class MappingConfig:
         return cls(**data)
 
 
+#: Largest accepted rows/cols in a crossbar size (real tiles are <= 4096); also keeps int() away
+#: from Python's limit on very long digit strings.
+MAX_CROSSBAR_SIDE = 1_000_000
+
+
 def parse_crossbar(text: str) -> tuple[int, int]:
-    """Parse 'RxC' (e.g. '128x128') or a single 'N' for a square tile."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+))?\s*", text)
+    """Parse 'RxC' (rows x columns): '128x128', '64X32', '128×64', spaces around the x allowed.
+
+    A single number is refused: it is ambiguous between a square tile and a typo, so the
+    error asks for the explicit square form ('128x128').
+    """
+    shown = repr(text if not isinstance(text, str) or len(text) <= 40 else text[:37] + "...")
+    if not isinstance(text, str):
+        raise ConfigError(f"crossbar size {shown} is not of the form ROWSxCOLS, e.g. 128x128")
+    if re.fullmatch(r"\s*[0-9]+\s*", text):
+        n = text.strip()
+        raise ConfigError(f"crossbar size {shown} gives one number; write both sides, e.g. '{n}x{n}' for a square tile")
+    m = re.fullmatch(r"\s*([0-9]+)\s*[xX\u00d7]\s*([0-9]+)\s*", text)
     if not m:
-        raise ConfigError(f"crossbar size {text!r} is not of the form ROWSxCOLS, e.g. 128x128")
-    rows = int(m.group(1))
-    cols = int(m.group(2)) if m.group(2) else rows
-    if rows < 1 or cols < 1:
-        raise ConfigError(f"crossbar size {text!r} must be positive")
-    return rows, cols
+        raise ConfigError(f"crossbar size {shown} is not of the form ROWSxCOLS, e.g. 128x128 (rows = inputs, "
+                          "columns = bit lines)")
+    sides = [g.lstrip("0") or "0" for g in m.groups()]
+    if any(len(g) > len(str(MAX_CROSSBAR_SIDE)) or not 1 <= int(g) <= MAX_CROSSBAR_SIDE for g in sides):
+        raise ConfigError(f"crossbar size {shown} must have between 1 and {MAX_CROSSBAR_SIDE} rows and columns")
+    return int(sides[0]), int(sides[1])

@@ -1,0 +1,571 @@
+"""Misuse through the real command line, in a subprocess: every bad input must give a clear
+one-paragraph error naming the culprit, a non-zero exit status and no traceback, and must
+lose nothing: no output file left behind, no input file changed.
+
+Each case builds its files in the test's own directory (the subprocess's cwd, so paths and
+needles are short relative names) and returns the command line and the text the error must
+contain. The whole directory tree is hashed before and after the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from xbar.bundle import save_bundle
+from xbar.converter import convert
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "cnn_bn.onnx"
+TEST_DATA = ROOT / "models" / "digits_test.npz"
+TIMEOUT = 120  # s per command; a hang is a failure, not a stuck CI job
+
+NEEDS_WIRING = pytest.mark.xfail(strict=True, reason="needs CLI wiring of check_output")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the CLI and checking that nothing was lost
+# --------------------------------------------------------------------------------------------
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("XBAR")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return subprocess.run([sys.executable, "-m", "xbar.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every entry under `root` (nothing ignored): a file's sha256, or what else it is."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "symlink -> " + os.readlink(p)
+        elif p.is_dir():
+            out[rel] = f"dir {p.stat().st_mode & 0o777:o}"
+        else:
+            out[rel] = _sha256(p)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shared, valid ingredients (built once per module)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def valid_bundle(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("valid") / "valid.xbar"
+    save_bundle(convert(MODEL), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def samples() -> tuple[np.ndarray, np.ndarray]:
+    with np.load(TEST_DATA) as d:
+        return d["x"][:20].copy(), d["y"][:20].copy()  # x: (20, 1, 16, 16) float32, y: int64
+
+
+@dataclass
+class Kit:
+    """What a case builder gets: its directory and the valid ingredients to spoil."""
+
+    dir: Path
+    bundle_src: Path
+    x: np.ndarray
+    y: np.ndarray
+
+    def bundle(self, name: str = "b.xbar") -> str:
+        shutil.copyfile(self.bundle_src, self.dir / name)
+        return name
+
+    def model(self, name: str = "m.onnx") -> str:
+        shutil.copyfile(MODEL, self.dir / name)
+        return name
+
+    def data(self, name: str = "d.npz", **arrays: np.ndarray) -> str:
+        np.savez(self.dir / name, **(arrays or {"x": self.x, "y": self.y}))
+        return name
+
+    def write(self, name: str, data: bytes) -> str:
+        (self.dir / name).write_bytes(data)
+        return name
+
+    def rewrite_bundle(self, name: str, edit: Callable[[str, bytes], bytes | None],
+                       extra: dict[str, bytes] | None = None) -> str:
+        """A copy of the valid bundle with members passed through `edit` (None drops one)."""
+        with zipfile.ZipFile(self.bundle_src) as zin, zipfile.ZipFile(self.dir / name, "w") as zout:
+            for info in zin.infolist():
+                data = edit(info.filename, zin.read(info))
+                if data is not None:
+                    zout.writestr(info.filename, data)
+            for member, data in (extra or {}).items():
+                zout.writestr(member, data)
+        return name
+
+    def edit_manifest(self, name: str, change: Callable[[dict], object]) -> str:
+        """A copy of the valid bundle whose manifest `change` edited in place."""
+
+        def edit(member: str, data: bytes) -> bytes:
+            if member != "manifest.json":
+                return data
+            m = json.loads(data)
+            change(m)
+            return json.dumps(m).encode()
+
+        return self.rewrite_bundle(name, edit)
+
+    def manifest(self) -> dict:
+        with zipfile.ZipFile(self.bundle_src) as zf:
+            return json.loads(zf.read("manifest.json"))
+
+
+@pytest.fixture()
+def kit(tmp_path, valid_bundle, samples) -> Kit:
+    return Kit(tmp_path, valid_bundle, *samples)
+
+
+# --------------------------------------------------------------------------------------------
+# The cases: id -> builder(kit) returning (argv, needles)
+# --------------------------------------------------------------------------------------------
+
+Case = tuple[list[str], tuple[str, ...]]
+CASES: list = []
+
+
+def case(case_id: str, *marks):
+    def register(build: Callable[[Kit], Case]) -> Callable[[Kit], Case]:
+        CASES.append(pytest.param(build, id=case_id, marks=marks))
+        return build
+
+    return register
+
+
+# ---- ONNX models (convert) ----------------------------------------------------------------
+
+
+@case("onnx-truncated")
+def _(k: Kit) -> Case:
+    data = MODEL.read_bytes()
+    return ["convert", k.write("trunc.onnx", data[: len(data) // 3]), "-o", "out.xbar"], ("trunc.onnx", "ONNX")
+
+
+@case("onnx-garbage")
+def _(k: Kit) -> Case:
+    junk = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    return ["convert", k.write("garbage.onnx", junk)], ("garbage.onnx",)  # default output garbage.xbar
+
+
+@case("onnx-empty")
+def _(k: Kit) -> Case:
+    return ["convert", k.write("empty.onnx", b""), "-o", "out.xbar"], ("empty.onnx",)
+
+
+@case("onnx-directory")
+def _(k: Kit) -> Case:
+    (k.dir / "dir.onnx").mkdir()
+    return ["convert", "dir.onnx", "-o", "out.xbar"], ("dir.onnx", "directory")
+
+
+@case("onnx-missing")
+def _(k: Kit) -> Case:
+    return ["convert", "missing.onnx", "-o", "out.xbar"], ("missing.onnx",)
+
+
+@case("onnx-unsupported-op")
+def _(k: Kit) -> Case:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    node = helper.make_node("Hardmax", ["x"], ["y"], name="odd_node")
+    m = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(k.dir / "h.onnx"))
+    return ["convert", "h.onnx", "-o", "out.xbar"], ("h.onnx", "odd_node", "Hardmax")
+
+
+@case("onnx-crossbar-single-number")
+def _(k: Kit) -> Case:
+    return ["convert", k.model(), "-o", "out.xbar", "--crossbar", "128"], ("'128x128'",)
+
+
+# ---- Bundles (info and eval) ----------------------------------------------------------------
+
+
+# A float32 array of 64 KiB, shape (1, 1, 128, 128): the first layer's tile conductances.
+CONDUCTANCE = "layers/000/conductance"
+
+
+def _bundle_truncated(k: Kit):
+    return k.write("trunc.xbar", k.bundle_src.read_bytes()[: k.bundle_src.stat().st_size // 2]), ("trunc.xbar",)
+
+
+def _bundle_garbage(k: Kit):
+    junk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    return k.write("garbage.xbar", junk), ("garbage.xbar", "not a valid xbar bundle")
+
+
+def _bundle_empty(k: Kit):
+    return k.write("empty.xbar", b""), ("empty.xbar",)
+
+
+def _bundle_no_manifest(k: Kit):
+    return k.rewrite_bundle("nomanifest.xbar", lambda n, d: None if n == "manifest.json" else d), \
+        ("nomanifest.xbar", "manifest.json")
+
+
+def _bundle_zip_slip(k: Kit):
+    return k.rewrite_bundle("slip.xbar", lambda n, d: d, extra={"../evil.npy": b"x"}), ("slip.xbar", "../evil.npy")
+
+
+def _bundle_oversized(k: Kit):
+    """A member that inflates to 64 MiB where the manifest expects a few hundred bytes."""
+    key = CONDUCTANCE
+    member = f"arrays/{key}.npy"
+    k.rewrite_bundle("bomb.xbar", lambda n, d: None if n == member else d)
+    with zipfile.ZipFile(k.dir / "bomb.xbar", "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(member, "w") as fh:
+            chunk = bytes(1 << 20)
+            for _ in range(64):
+                fh.write(chunk)
+    return "bomb.xbar", ("bomb.xbar", member, "67,108,864 bytes")
+
+
+def _bundle_pickled(k: Kit):
+    """An object array (pickle inside) of about the right size, with a matching checksum."""
+    m = k.manifest()
+    key = CONDUCTANCE
+    nbytes = int(np.prod(m["arrays"][key]["shape"])) * 4
+    buf = io.BytesIO()
+    np.save(buf, np.array([b"\0" * (nbytes - 100)], dtype=object), allow_pickle=True)
+    evil = buf.getvalue()
+    member = f"arrays/{key}.npy"
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name == "manifest.json":
+            man = json.loads(data)
+            man["arrays"][key]["sha256"] = hashlib.sha256(evil).hexdigest()
+            return json.dumps(man).encode()
+        return evil if name == member else data
+
+    return k.rewrite_bundle("pickled.xbar", edit), ("pickled.xbar", member, "pickle")
+
+
+def _bundle_checksum(k: Kit):
+    key = CONDUCTANCE
+    member = f"arrays/{key}.npy"
+
+    def flip(name: str, data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 0x40]) if name == member else data
+
+    return k.rewrite_bundle("flipped.xbar", flip), ("flipped.xbar", member, "checksum mismatch")
+
+
+def _bundle_future_version(k: Kit):
+    return k.edit_manifest("future.xbar", lambda m: m.update(format_version=99)), ("future.xbar", "version 99")
+
+
+def _bundle_manifest_list(k: Kit):
+    listed = json.dumps([k.manifest()]).encode()
+    name = k.rewrite_bundle("list.xbar", lambda n, d: listed if n == "manifest.json" else d)
+    return name, ("list.xbar", "manifest.json", "not an object")
+
+
+def _bundle_manifest_missing_layers(k: Kit):
+    return k.edit_manifest("nolayers.xbar", lambda m: m.pop("layers")), ("nolayers.xbar", "manifest.layers")
+
+
+def _bundle_manifest_wrong_type(k: Kit):
+    def change(m):
+        m["graph"]["nodes"][0]["inputs"] = "input"
+
+    return k.edit_manifest("wrongtype.xbar", change), ("wrongtype.xbar", "manifest.graph.nodes[0].inputs")
+
+
+def _bundle_shape_inconsistent(k: Kit):
+    """The manifest's conductance shape is transposed: same size, so it fails the layer check."""
+    def change(m):
+        m["arrays"][CONDUCTANCE]["shape"] = m["arrays"][CONDUCTANCE]["shape"][::-1]
+
+    return k.edit_manifest("shape.xbar", change), ("shape.xbar", "manifest.layers[0]", "'conductance' has shape")
+
+
+def _bundle_dtype_mismatch(k: Kit):
+    """The manifest says float64 where the member holds int64: same size, matching checksum."""
+    key = "layers/000/column_order"
+
+    def change(m):
+        assert m["arrays"][key]["dtype"] == "int64"
+        m["arrays"][key]["dtype"] = "float64"
+
+    return k.edit_manifest("dtype.xbar", change), ("dtype.xbar", f"arrays/{key}.npy", "dtype float64")
+
+
+def _bundle_node_reads_nothing(k: Kit):
+    def change(m):
+        m["graph"]["nodes"][1]["inputs"] = ["ghost"]
+
+    return k.edit_manifest("ghost.xbar", change), ("ghost.xbar", "manifest.graph.nodes[1]", "'ghost'")
+
+
+def _bundle_duplicate_member(k: Kit):
+    def edit(name, data):
+        return data
+
+    name = k.rewrite_bundle("dup.xbar", edit)
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        with zipfile.ZipFile(k.dir / name, "a") as zf:
+            zf.writestr("manifest.json", b"{}")
+    return name, ("dup.xbar", "more than once")
+
+
+def _bundle_bzip2(k: Kit):
+    with zipfile.ZipFile(k.bundle_src) as zin, zipfile.ZipFile(k.dir / "bz.xbar", "w", zipfile.ZIP_BZIP2) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    return "bz.xbar", ("bz.xbar", "compression method 12")
+
+
+def _bundle_dangling_array(k: Kit):
+    def change(m):
+        m["layers"][0]["arrays"]["conductance"] = "nowhere"
+
+    return k.edit_manifest("dangling.xbar", change), ("dangling.xbar", "'nowhere'")
+
+
+def _bundle_directory(k: Kit):
+    (k.dir / "dir.xbar").mkdir()
+    return "dir.xbar", ("dir.xbar", "directory")
+
+
+BUNDLE_CASES = {
+    "truncated": _bundle_truncated, "garbage": _bundle_garbage, "empty": _bundle_empty,
+    "no-manifest": _bundle_no_manifest, "zip-slip": _bundle_zip_slip, "oversized-member": _bundle_oversized,
+    "pickled-array": _bundle_pickled, "checksum-mismatch": _bundle_checksum,
+    "future-format-version": _bundle_future_version, "manifest-is-list": _bundle_manifest_list,
+    "manifest-missing-layers": _bundle_manifest_missing_layers, "manifest-wrong-type": _bundle_manifest_wrong_type,
+    "shape-inconsistent": _bundle_shape_inconsistent, "dtype-mismatch": _bundle_dtype_mismatch,
+    "node-reads-unknown-tensor": _bundle_node_reads_nothing, "duplicate-member": _bundle_duplicate_member,
+    "bzip2-members": _bundle_bzip2, "dangling-array-ref": _bundle_dangling_array, "directory": _bundle_directory,
+}
+
+for _name, _spoil in BUNDLE_CASES.items():
+    def _info(k: Kit, spoil=_spoil) -> Case:
+        name, needles = spoil(k)
+        return ["info", name], needles
+
+    def _eval(k: Kit, spoil=_spoil) -> Case:
+        name, needles = spoil(k)
+        return ["eval", name, "--data", k.data()], needles
+
+    case(f"info-bundle-{_name}")(_info)
+    case(f"eval-bundle-{_name}")(_eval)
+
+
+# ---- Data (.npz for eval --data and calibrate --data) -------------------------------------------
+
+
+def _data_nan(k: Kit):
+    x = k.x.copy()
+    x[3, 0, 2, 2] = np.nan
+    return k.data("nan.npz", x=x, y=k.y), ("nan.npz", "NaN")
+
+
+def _data_wrong_shape(k: Kit):
+    return k.data("flat.npz", x=k.x.reshape(len(k.x), -1), y=k.y), ("flat.npz", "(20, 256)", "(N, 1, 16, 16)")
+
+
+def _data_missing_x(k: Kit):
+    return k.data("nox.npz", inputs=k.x, y=k.y), ("nox.npz", "no array 'x'")
+
+
+def _data_pickled(k: Kit):
+    np.savez(k.dir / "pickled.npz", x=np.array([{"a": 1}] * 20, dtype=object), y=k.y)
+    return "pickled.npz", ("pickled.npz", "pickle")
+
+
+def _data_short_y(k: Kit):
+    return k.data("shorty.npz", x=k.x, y=k.y[:-3]), ("shorty.npz", "y has shape [17]")
+
+
+def _data_float_y(k: Kit):
+    return k.data("floaty.npz", x=k.x, y=k.y.astype(np.float32)), ("floaty.npz", "y has dtype float32")
+
+
+def _data_not_zip(k: Kit):
+    return k.write("notzip.npz", b"x,y\n1,2\n"), ("notzip.npz", "not an .npz")
+
+
+DATA_CASES = {
+    "nan-in-x": _data_nan, "x-wrong-shape": _data_wrong_shape, "missing-x": _data_missing_x,
+    "pickled-x": _data_pickled, "y-wrong-length": _data_short_y, "float-y": _data_float_y,
+    "not-a-zip": _data_not_zip,
+}
+
+for _name, _spoil in DATA_CASES.items():
+    def _eval(k: Kit, spoil=_spoil) -> Case:
+        name, needles = spoil(k)
+        return ["eval", k.bundle(), "--data", name], needles
+
+    def _calibrate(k: Kit, spoil=_spoil) -> Case:
+        name, needles = spoil(k)
+        return ["calibrate", k.bundle(), "--data", name, "-o", "cal.xbar"], needles
+
+    case(f"eval-data-{_name}")(_eval)
+    case(f"calibrate-data-{_name}")(_calibrate)
+
+
+@case("calibrate-data-too-few-samples")
+def _(k: Kit) -> Case:
+    name = k.data("few.npz", x=k.x[:15], y=k.y[:15])
+    return ["calibrate", k.bundle(), "--data", name, "-o", "cal.xbar"], ("few.npz", "15 samples", "at least 16")
+
+
+# ---- Outputs (convert -o, calibrate -o) -------------------------------------------------------
+
+
+@case("convert-output-exists")
+def _(k: Kit) -> Case:
+    k.write("out.xbar", b"precious")  # the snapshot proves these bytes survive
+    return ["convert", k.model(), "-o", "out.xbar"], ("out.xbar", "already exists", "--force")
+
+
+@case("calibrate-output-exists")
+def _(k: Kit) -> Case:
+    k.write("cal.xbar", b"precious")
+    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "cal.xbar"], ("cal.xbar", "already exists")
+
+
+@case("convert-output-is-input-model")
+def _(k: Kit) -> Case:
+    return ["convert", k.model(), "-o", "m.onnx", "--force"], ("m.onnx", "input")
+
+
+@case("convert-output-is-directory")
+def _(k: Kit) -> Case:
+    (k.dir / "outdir").mkdir()
+    return ["convert", k.model(), "-o", "outdir"], ("outdir", "directory")
+
+
+@case("convert-output-is-calib-data", NEEDS_WIRING)
+def _(k: Kit) -> Case:
+    data = k.data()
+    return ["convert", k.model(), "--calib-data", data, "-o", data, "--force"], ("d.npz", "input")
+
+
+@case("calibrate-output-is-input-bundle", NEEDS_WIRING)
+def _(k: Kit) -> Case:
+    name = k.bundle()
+    return ["calibrate", name, "--data", k.data(), "-o", name, "--force"], ("b.xbar", "input")
+
+
+@case("calibrate-output-is-data", NEEDS_WIRING)
+def _(k: Kit) -> Case:
+    data = k.data()
+    return ["calibrate", k.bundle(), "--data", data, "-o", data, "--force"], ("d.npz", "input")
+
+
+@case("convert-parent-is-a-file")
+def _(k: Kit) -> Case:
+    k.write("plain.txt", b"not a directory")
+    return ["convert", k.model(), "-o", "plain.txt/out.xbar"], ("plain.txt", "not a directory")
+
+
+@case("calibrate-parent-is-a-file")
+def _(k: Kit) -> Case:
+    k.write("plain.txt", b"not a directory")
+    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "plain.txt/cal.xbar"], ("plain.txt", "not a directory")
+
+
+@case("convert-parent-missing")
+def _(k: Kit) -> Case:
+    return ["convert", k.model(), "-o", "nodir/out.xbar"], ("nodir", "does not exist")
+
+
+@case("calibrate-parent-missing")
+def _(k: Kit) -> Case:
+    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "nodir/cal.xbar"], ("nodir", "does not exist")
+
+
+ROOT_SKIP = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                               reason="root writes through permission bits; the read-only /proc cases cover root")
+
+
+@case("convert-parent-unwritable", ROOT_SKIP)
+def _(k: Kit) -> Case:
+    (k.dir / "ro").mkdir(mode=0o555)
+    return ["convert", k.model(), "-o", "ro/out.xbar"], ("ro", "not writable")
+
+
+@case("calibrate-parent-unwritable", ROOT_SKIP)
+def _(k: Kit) -> Case:
+    (k.dir / "ro").mkdir(mode=0o555)
+    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "ro/cal.xbar"], ("ro", "not writable")
+
+
+@case("convert-output-under-proc")
+def _(k: Kit) -> Case:
+    return ["convert", k.model(), "-o", "/proc/xbar-test.xbar"], ("/proc", "not writable")
+
+
+@case("calibrate-output-under-proc")
+def _(k: Kit) -> Case:
+    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "/proc/xbar-test.xbar"], ("/proc", "not writable")
+
+
+# The output is checked before any work: with both a bad output and bad data, the output is
+# what the error names (today the data is read first and its error wins).
+
+
+@case("convert-output-checked-before-work", NEEDS_WIRING)
+def _(k: Kit) -> Case:
+    return (["convert", k.model(), "--calib-data", k.write("junk.npz", b"junk"), "-o", "/proc/xbar-test.xbar"],
+            ("/proc/xbar-test.xbar", "not writable"))
+
+
+@case("calibrate-output-checked-before-work", NEEDS_WIRING)
+def _(k: Kit) -> Case:
+    return (["calibrate", k.bundle(), "--data", k.write("junk.npz", b"junk"), "-o", "nodir/cal.xbar"],
+            ("nodir", "does not exist"))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", CASES)
+def test_misuse_is_a_clean_error_and_loses_nothing(build, kit):
+    argv, needles = build(kit)
+    shipped = {p: _sha256(p) for p in (MODEL, TEST_DATA, kit.bundle_src)}
+    before = _snapshot(kit.dir)
+    try:
+        r = _run(argv, kit.dir)
+        after = _snapshot(kit.dir)
+    finally:
+        for p in kit.dir.rglob("*"):  # let pytest clean up a read-only directory
+            if p.is_dir() and not p.stat().st_mode & 0o200:
+                p.chmod(0o755)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0, f"xbar {' '.join(argv)} succeeded:\n{text}"
+    assert "Traceback" not in text, text
+    assert "Error" in r.stderr, text
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in the message:\n{text}"
+    assert after == before, "files were created, removed or changed"
+    assert {p: _sha256(p) for p in shipped} == shipped
