@@ -119,3 +119,27 @@ def test_wrong_version_and_garbage(bundle, tmp_path):
         load_bundle(tmp_path / "g.xbar")
     with pytest.raises(BundleError, match="no such"):
         load_bundle(tmp_path / "missing.xbar")
+
+
+def test_format_1_bundles_still_load_and_run(models_dir, test_data, tmp_path, monkeypatch):
+    """A version-1 bundle stored column_order instead of the column map; it reads as that map."""
+    import xbar.bundle as bundle_module
+    from xbar.bundle import load_bundle, save_bundle
+    from xbar.converter import convert
+    from xbar.runtime import Runtime
+
+    x, _ = test_data
+    b = convert(models_dir / "resnet_bn.onnx")
+    want = Runtime(b)(x[:16])
+    for i, layer in enumerate(b.layers):
+        keys = layer["arrays"]
+        keys["column_order"] = f"layers/{i:03d}/column_order"
+        b.arrays[keys["column_order"]] = b.arrays.pop(keys.pop("position_output"))
+        b.arrays.pop(keys.pop("position_gain"))
+        del layer["tiles"]["positions"]
+    monkeypatch.setattr(bundle_module, "FORMAT_VERSION", 1)
+    save_bundle(b, tmp_path / "v1.xbar")
+    monkeypatch.undo()
+    old = load_bundle(tmp_path / "v1.xbar")
+    assert old.manifest["format_version"] == 1
+    np.testing.assert_array_equal(Runtime(old)(x[:16]), want)

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from xbar.bundle import save_bundle
 from xbar.converter import convert
@@ -33,8 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "cnn_bn.onnx"
 TEST_DATA = ROOT / "models" / "digits_test.npz"
 TIMEOUT = 120  # s per command; a hang is a failure, not a stuck CI job
-
-NEEDS_WIRING = pytest.mark.xfail(strict=True, reason="needs CLI wiring of check_output")
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +307,7 @@ def _bundle_shape_inconsistent(k: Kit):
 
 def _bundle_dtype_mismatch(k: Kit):
     """The manifest says float64 where the member holds int64: same size, matching checksum."""
-    key = "layers/000/column_order"
+    key = "layers/000/position_output"
 
     def change(m):
         assert m["arrays"][key]["dtype"] == "int64"
@@ -426,7 +424,7 @@ for _name, _spoil in DATA_CASES.items():
 
     def _calibrate(k: Kit, spoil=_spoil) -> Case:
         name, needles = spoil(k)
-        return ["calibrate", k.bundle(), "--data", name, "-o", "cal.xbar"], needles
+        return ["calibrate", "--drift", "1d", "--hardware", "pcm", k.bundle(), "--data", name, "-o", "cal.xbar"], needles
 
     case(f"eval-data-{_name}")(_eval)
     case(f"calibrate-data-{_name}")(_calibrate)
@@ -435,7 +433,8 @@ for _name, _spoil in DATA_CASES.items():
 @case("calibrate-data-too-few-samples")
 def _(k: Kit) -> Case:
     name = k.data("few.npz", x=k.x[:15], y=k.y[:15])
-    return ["calibrate", k.bundle(), "--data", name, "-o", "cal.xbar"], ("few.npz", "15 samples", "at least 16")
+    return (["calibrate", "--drift", "1d", "--hardware", "pcm", k.bundle(), "--data", name, "-o", "cal.xbar"],
+            ("few.npz", "15 samples", "at least 16"))
 
 
 # ---- Outputs (convert -o, calibrate -o) -------------------------------------------------------
@@ -450,7 +449,7 @@ def _(k: Kit) -> Case:
 @case("calibrate-output-exists")
 def _(k: Kit) -> Case:
     k.write("cal.xbar", b"precious")
-    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "cal.xbar"], ("cal.xbar", "already exists")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "cal.xbar"], ("cal.xbar", "already exists")
 
 
 @case("convert-output-is-input-model")
@@ -464,22 +463,22 @@ def _(k: Kit) -> Case:
     return ["convert", k.model(), "-o", "outdir"], ("outdir", "directory")
 
 
-@case("convert-output-is-calib-data", NEEDS_WIRING)
+@case("convert-output-is-calib-data")
 def _(k: Kit) -> Case:
     data = k.data()
     return ["convert", k.model(), "--calib-data", data, "-o", data, "--force"], ("d.npz", "input")
 
 
-@case("calibrate-output-is-input-bundle", NEEDS_WIRING)
+@case("calibrate-output-is-input-bundle")
 def _(k: Kit) -> Case:
     name = k.bundle()
-    return ["calibrate", name, "--data", k.data(), "-o", name, "--force"], ("b.xbar", "input")
+    return ["calibrate", "--drift", "1d", name, "--data", k.data(), "-o", name, "--force"], ("b.xbar", "input")
 
 
-@case("calibrate-output-is-data", NEEDS_WIRING)
+@case("calibrate-output-is-data")
 def _(k: Kit) -> Case:
     data = k.data()
-    return ["calibrate", k.bundle(), "--data", data, "-o", data, "--force"], ("d.npz", "input")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", data, "-o", data, "--force"], ("d.npz", "input")
 
 
 @case("convert-parent-is-a-file")
@@ -491,7 +490,7 @@ def _(k: Kit) -> Case:
 @case("calibrate-parent-is-a-file")
 def _(k: Kit) -> Case:
     k.write("plain.txt", b"not a directory")
-    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "plain.txt/cal.xbar"], ("plain.txt", "not a directory")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "plain.txt/cal.xbar"], ("plain.txt", "not a directory")
 
 
 @case("convert-parent-missing")
@@ -501,7 +500,7 @@ def _(k: Kit) -> Case:
 
 @case("calibrate-parent-missing")
 def _(k: Kit) -> Case:
-    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "nodir/cal.xbar"], ("nodir", "does not exist")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "nodir/cal.xbar"], ("nodir", "does not exist")
 
 
 ROOT_SKIP = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -517,7 +516,7 @@ def _(k: Kit) -> Case:
 @case("calibrate-parent-unwritable", ROOT_SKIP)
 def _(k: Kit) -> Case:
     (k.dir / "ro").mkdir(mode=0o555)
-    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "ro/cal.xbar"], ("ro", "not writable")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "ro/cal.xbar"], ("ro", "not writable")
 
 
 @case("convert-output-under-proc")
@@ -527,23 +526,129 @@ def _(k: Kit) -> Case:
 
 @case("calibrate-output-under-proc")
 def _(k: Kit) -> Case:
-    return ["calibrate", k.bundle(), "--data", k.data(), "-o", "/proc/xbar-test.xbar"], ("/proc", "not writable")
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "/proc/xbar-test.xbar"], ("/proc", "not writable")
 
 
 # The output is checked before any work: with both a bad output and bad data, the output is
 # what the error names (today the data is read first and its error wins).
 
 
-@case("convert-output-checked-before-work", NEEDS_WIRING)
+@case("convert-output-checked-before-work")
 def _(k: Kit) -> Case:
     return (["convert", k.model(), "--calib-data", k.write("junk.npz", b"junk"), "-o", "/proc/xbar-test.xbar"],
             ("/proc/xbar-test.xbar", "not writable"))
 
 
-@case("calibrate-output-checked-before-work", NEEDS_WIRING)
+@case("calibrate-output-checked-before-work")
 def _(k: Kit) -> Case:
-    return (["calibrate", k.bundle(), "--data", k.write("junk.npz", b"junk"), "-o", "nodir/cal.xbar"],
+    return (["calibrate", "--drift", "1d", k.bundle(), "--data", k.write("junk.npz", b"junk"), "-o", "nodir/cal.xbar"],
             ("nodir", "does not exist"))
+
+
+# ---- Silent wrong results and contradictions, refused ------------------------------------------
+
+
+def _spoiled_model(k: Kit, name: str, change: Callable[[onnx.ModelProto], None]) -> str:
+    m = onnx.load(str(MODEL))
+    change(m)
+    onnx.save(m, str(k.dir / name))
+    return name
+
+
+def _first_weight(value: float) -> Callable[[onnx.ModelProto], None]:
+    def change(m: onnx.ModelProto) -> None:
+        init = next(i for i in m.graph.initializer if len(i.dims) == 4)
+        a = numpy_helper.to_array(init).copy()
+        a.flat[1] = value
+        init.CopyFrom(numpy_helper.from_array(a, init.name))
+    return change
+
+
+@case("onnx-nan-weight")
+def _(k: Kit) -> Case:
+    return ["convert", _spoiled_model(k, "nan.onnx", _first_weight(np.nan)), "-o", "out.xbar"], ("nan.onnx", "NaN", "Conv")
+
+
+@case("onnx-inf-weight")
+def _(k: Kit) -> Case:
+    return ["convert", _spoiled_model(k, "inf.onnx", _first_weight(-np.inf)), "-o", "out.xbar"], ("inf.onnx", "-Inf")
+
+
+@case("onnx-opset-from-the-future")
+def _(k: Kit) -> Case:
+    def change(m: onnx.ModelProto) -> None:
+        for imp in m.opset_import:
+            imp.version = 99
+    return ["convert", _spoiled_model(k, "future.onnx", change), "-o", "out.xbar"], ("future.onnx", "opset 99")
+
+
+@case("eval-labels-out-of-range")
+def _(k: Kit) -> Case:
+    y = k.y.copy()
+    y[:2] = [10, -3]
+    return ["eval", k.bundle(), "--data", k.data(x=k.x, y=y)], ("d.npz", "-3, 10", "0 to 9")
+
+
+@case("calibrate-labels-out-of-range")
+def _(k: Kit) -> Case:
+    y = k.y.copy()
+    y[0] = 42
+    return (["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(x=k.x, y=y), "--hardware", "pcm",
+             "-o", "cal.xbar"], ("d.npz", "42"))
+
+
+@case("eval-reference-of-another-shape")
+def _(k: Kit) -> Case:
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 32, 32])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["input"], ["out"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(k.dir / "other.onnx"))
+    return (["eval", k.bundle(), "--data", k.data(), "--reference", "other.onnx"],
+            ("other.onnx", "(20, 1, 16, 16)", "N, 3, 32, 32"))
+
+
+@case("eval-hardware-binary-file")
+def _(k: Kit) -> Case:
+    return ["eval", k.bundle(), "--data", k.data(), "--hardware", k.data("hw.npz")], ("hw.npz", "not a text file")
+
+
+@case("eval-ablation-leaves-nothing")
+def _(k: Kit) -> Case:
+    return (["eval", k.bundle(), "--data", k.data(), "--hardware", "pcm", "--only", "adc", "--without", "adc"],
+            ("leaves no non-ideality",))
+
+
+@case("eval-chip-options-on-ideal-hardware")
+def _(k: Kit) -> Case:
+    return ["eval", k.bundle(), "--data", k.data(), "--seeds", "0-3"], ("b.xbar", "ideal hardware", "--hardware")
+
+
+@case("calibrate-without-drift")
+def _(k: Kit) -> Case:
+    return ["calibrate", k.bundle(), "--data", k.data(), "--hardware", "pcm", "-o", "cal.xbar"], ("--drift",)
+
+
+@case("calibrate-on-ideal-hardware")
+def _(k: Kit) -> Case:
+    return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "cal.xbar"], ("b.xbar", "ideal")
+
+
+@case("convert-afp-with-bit-slices")
+def _(k: Kit) -> Case:
+    return (["convert", k.model(), "-o", "out.xbar", "--afp-exponents", "2", "--bit-slices", "2", "--bits-per-cell", "4"],
+            ("--afp-exponents", "--bit-slices", "cannot combine"))
+
+
+@case("convert-rearrange-without-circuit")
+def _(k: Kit) -> Case:
+    return ["convert", k.model(), "-o", "out.xbar", "--rearrange-columns", "ir-drop"], ("--rearrange-columns ir-drop",)
+
+
+@case("convert-slices-too-wide")
+def _(k: Kit) -> Case:
+    return (["convert", k.model(), "-o", "out.xbar", "--bit-slices", "4", "--bits-per-cell", "5"],
+            ("--bit-slices 4 --bits-per-cell 5",))
 
 
 # --------------------------------------------------------------------------------------------

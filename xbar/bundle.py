@@ -34,7 +34,11 @@ from xbar.hardware import HardwareSpec
 from xbar.ops import LAYER_OP
 
 FORMAT_NAME = "xbar-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this xbar reads. 2 added the column map (position_output, position_gain per
+#: analog layer) for encodings with several positions per output; a version-1 bundle's
+#: column_order is the same map with one position per output and unit gains.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
 
@@ -264,8 +268,10 @@ _MANIFEST_SCHEMA = {
 
 #: The arrays each placement of layer needs (besides the ranges a calibration adds), and the
 #: params each kind of layer needs.
-_LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("conductance", "col_scale", "column_order", "tile_used"),
+_LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("conductance", "col_scale", "tile_used"),
                  "digital": AFFINE_FIELDS + ("weight",)}
+#: The column map's arrays, by format version (see READABLE_VERSIONS).
+_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
@@ -378,10 +384,11 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                         f"and pads >= 0; got {params}")
         if k < 1 or n < 1:
             return f"{where}: K = {k}, N = {n}; both must be at least 1"
-        missing = [a for a in _LAYER_ARRAYS[placement] if a not in layer["arrays"]]
+        needed = _LAYER_ARRAYS[placement] + (_MAP_ARRAYS[m["format_version"]] if placement == "analog" else ())
+        missing = [a for a in needed if a not in layer["arrays"]]
         if missing:
             return f"{where} lists no {missing[0]!r} array"
-        shape = {a: tuple(m["arrays"][layer["arrays"][a]]["shape"]) for a in _LAYER_ARRAYS[placement]}
+        shape = {a: tuple(m["arrays"][layer["arrays"][a]]["shape"]) for a in needed}
         want = {a: (n,) for a in AFFINE_FIELDS}
         if placement == "digital":
             want["weight"] = (k, n)
@@ -391,9 +398,14 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                 return (f"{where}: array 'conductance' has shape {list(g)}, "
                         f"expected [row blocks, column blocks, {rows}, {cols}]")
             blocks = g[:2]
-            want.update(conductance=g, tile_used=blocks, col_scale=(n,), column_order=(n,))
-            if blocks[0] * rows < k or blocks[1] * weight_cols < n:
-                return f"{where}: {blocks[0]} x {blocks[1]} tiles of {rows}x{cols} cannot hold its {k} x {n} weights"
+            positions = layer.get("tiles", {}).get("positions", n)
+            if type(positions) is not int or positions < n:
+                return f"{where}: tiles.positions is {positions!r}; it must be an integer >= N = {n}"
+            want.update(conductance=g, tile_used=blocks, col_scale=(n,),
+                        **{a: (positions,) for a in _MAP_ARRAYS[m["format_version"]]})
+            if blocks[0] * rows < k or blocks[1] * weight_cols < positions:
+                return (f"{where}: {blocks[0]} x {blocks[1]} tiles of {rows}x{cols} cannot hold its {k} rows "
+                        f"and {positions} weight positions")
         bad = next((a for a in want if shape[a] != want[a]), None)
         if bad:
             return f"{where}: array {bad!r} has shape {list(shape[bad])}, expected {list(want[bad])}"
@@ -521,10 +533,10 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     if manifest.get("format") != FORMAT_NAME:
         raise BundleError(f"{path}: manifest format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise BundleError(
             f"{path}: bundle format version {version!r} is not supported by xbar {__version__} "
-            f"(reads version {FORMAT_VERSION}); convert the model again with this xbar"
+            f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); convert the model again with this xbar"
         )
     try:
         problem = _manifest_problem(manifest)
@@ -561,12 +573,3 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
         arrays[key] = arr
     return Bundle(manifest=manifest, arrays=arrays)
 
-
-def check_output(path: str | os.PathLike, force: bool, inputs=()) -> Path:  # interim; replaced by the hardened one
-    path = Path(path)
-    if path.exists() and not force:
-        raise BundleError(f"{path} already exists; pass --force to overwrite it")
-    for i in inputs:
-        if Path(i).exists() and path.resolve() == Path(i).resolve():
-            raise BundleError(f"output {path} is the input {i}; choose another -o")
-    return path

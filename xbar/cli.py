@@ -219,7 +219,8 @@ def info(bundle: Path, as_json: bool) -> None:
     m = b.manifest
     target, notes = _target(b)
     if as_json:
-        keep = {k: m[k] for k in ("format_version", "xbar_version", "model", "mapping", "summary", "calibration")}
+        keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
+        keep["calibration"] = m.get("calibration", [])
         keep["hardware"] = None if target.is_ideal else target.to_dict()
         keep["hardware_notes"] = notes
         keep["layers"] = [{k: v for k, v in layer.items() if k not in ("arrays", "source_affine")}
