@@ -300,3 +300,13 @@ def test_corrupted_bundle_loads_identically_or_raises_bundle_error(tiny_bundle, 
 def test_tiny_bundle_is_small_enough_to_hit_everything(tiny_bundle):
     path, original, good = tiny_bundle
     assert len(original) < 16_384 and b"manifest.json" in original
+
+
+def test_absurdly_long_seed_is_a_config_error():
+    import pytest
+
+    from xbar.errors import ConfigError
+    from xbar.units import parse_seeds
+
+    with pytest.raises(ConfigError, match="too large"):
+        parse_seeds("9" * 5000)

@@ -136,6 +136,8 @@ def parse_seeds(text: str | int) -> list[int]:
         if not m:
             what = "negative seed" if item.strip().startswith("-") else "invalid item"
             raise ConfigError(f"seeds {text!r}: {what} {item.strip()!r}; {form}")
+        if max(len(g) for g in m.groups() if g) > 18:  # beyond any real seed, and int() limits
+            raise ConfigError(f"seeds {text!r}: {item.strip()!r} is too large; {form}")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
