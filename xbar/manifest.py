@@ -1,0 +1,264 @@
+"""What a well-formed bundle manifest is: a declarative schema and a few consistency checks.
+
+`load_bundle` runs `manifest_problem` on every manifest it reads, so that the CLI and the
+runtime only ever see the structure they expect (the keys they read, of the types they
+read them as; arrays that exist in the shapes K, N and the tiles imply; a graph whose
+nodes read only what earlier nodes produce; valid mapping and hardware specifications).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from xbar.affine import FIELDS as AFFINE_FIELDS
+from xbar.config import MappingConfig
+from xbar.errors import ConfigError
+from xbar.hardware import HardwareSpec
+from xbar.ops import LAYER_OP
+
+#: dtype kinds a bundle may hold (bool, ints, floats, complex, byte/unicode strings); never
+#: object (pickle) or structured/void.
+ARRAY_KINDS = "biufcSU"
+
+
+def member_name(key: str) -> str:
+    """The archive member that holds array `key`."""
+    return f"arrays/{key}.npy"
+
+
+class _Map:
+    """Schema of a JSON object with free keys whose values all match `value`."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _Optional:
+    """Marks a key of a schema dict that may be absent."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
+# The manifest as the CLI and the runtime read it. A schema is a type or tuple of types
+# (isinstance; bool never counts as a number), a dict of keys that must be present (more are
+# allowed; _Optional marks one that may be absent), a one-item list for a JSON array of such
+# items, or _Map(schema) for an object with free keys.
+_NUMBER = (int, float)
+_SHAPE = (list, type(None))
+_IO = {"name": str, "shape": _SHAPE, "dtype": str}
+_NODE = {"name": str, "op": str, "inputs": [str], "outputs": [str], "attrs": dict}
+_TILES = {"n_row_blocks": int, "n_col_blocks": int, "tiles_used": int, "utilisation": _NUMBER}
+_RANGES = {"input": _NUMBER, "adc": str, "adc_absmax": str}
+_LAYER = {"name": str, "kind": str, "placement": str, "input": str, "output": str, "K": int, "N": int,
+          "weights": int, "params": dict, "affine": {"source": str, "eps": _NUMBER}, "arrays": _Map(str),
+          "input_shape": _SHAPE, "output_shape": _SHAPE, "tiles": _Optional(_TILES), "ranges": _Optional(_RANGES)}
+_ARRAY = {"member": str, "sha256": str, "shape": [int], "dtype": str}
+_CALIBRATION = {"method": str, "samples": int, "seed": int, "t_inference": _NUMBER, "date": str,
+                "hardware": {"device": {"model": str}}, "agreement_with_ideal_before": _NUMBER,
+                "agreement_with_ideal_after": _NUMBER}
+_MANIFEST_SCHEMA = {
+    "format": str,
+    "format_version": int,
+    "xbar_version": str,
+    "model": {"source": str, "sha256": str, "opset": int, "original_opset": int},
+    "mapping": {"rows": int, "cols": int, "encoding": str, "g_min": _NUMBER, "g_max": _NUMBER},
+    "graph": {"inputs": [_IO], "outputs": [_IO], "constants": _Map(str), "nodes": [_NODE]},
+    "layers": [_LAYER],
+    "summary": {"analog_layers": int, "digital_layers": int, "tiles_used": int, "analog_weights": int,
+                "parameters": int},
+    "arrays": _Map(_ARRAY),
+    "hardware": _Optional(dict),
+    "calibration": _Optional([_CALIBRATION]),
+}
+
+#: The arrays each placement of layer needs (besides the ranges a calibration adds), and the
+#: params each kind of layer needs.
+_LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("conductance", "col_scale", "tile_used"),
+                 "digital": AFFINE_FIELDS + ("weight",)}
+#: The column map's arrays, by format version (see READABLE_VERSIONS).
+_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain")}
+_LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
+                          "dilations": [int], "pads": [int], "auto_pad": str},
+                 "gemm": {"transA": int},
+                 "matmul": {"side": str}}
+
+
+def type_name(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null",
+             int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _schema_problem(value: Any, schema: Any, where: str) -> str | None:
+    """The first place where `value` does not match `schema`, as a sentence; None if it matches."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where} should be an object, found {type_name(value)}"
+        for key, sub in schema.items():
+            optional = isinstance(sub, _Optional)
+            if key not in value:
+                if optional:
+                    continue
+                return f"{where}.{key} is missing"
+            problem = _schema_problem(value[key], sub.schema if optional else sub, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{where} should be an array, found {type_name(value)}"
+        return next((p for i, v in enumerate(value) if (p := _schema_problem(v, schema[0], f"{where}[{i}]"))), None)
+    if isinstance(schema, _Map):
+        if not isinstance(value, dict):
+            return f"{where} should be an object, found {type_name(value)}"
+        return next((p for k, v in value.items() if (p := _schema_problem(v, schema.value, f"{where}[{k!r}]"))), None)
+    types = schema if isinstance(schema, tuple) else (schema,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        expected = " or ".join(type_name(t()) for t in types)
+        return f"{where} should be {expected}, found {type_name(value)}"
+    return None
+
+
+def _plain_dtype(text: str) -> np.dtype | None:
+    """The dtype named by `text` if a bundle may hold it (no objects, no records), else None."""
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError, SyntaxError):
+        return None
+    return dtype if dtype.kind in ARRAY_KINDS and dtype.fields is None else None
+
+
+def _array_refs(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, key) for every array the graph and layers refer to."""
+    for name, key in manifest["graph"]["constants"].items():
+        yield f"graph.constants[{name!r}]", key
+    for i, layer in enumerate(manifest["layers"]):
+        for name, key in layer["arrays"].items():
+            yield f"layers[{i}].arrays[{name!r}]", key
+        for name in ("adc", "adc_absmax") if "ranges" in layer else ():
+            yield f"layers[{i}].ranges.{name}", layer["ranges"][name]
+
+    def walk(value: Any, where: str) -> Iterator[tuple[str, str]]:
+        if isinstance(value, dict):
+            if isinstance(value.get("$array"), str):
+                yield where, value["$array"]
+            for k, v in value.items():
+                yield from walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from walk(v, f"{where}[{i}]")
+
+    for i, node in enumerate(manifest["graph"]["nodes"]):
+        yield from walk(node["attrs"], f"graph.nodes[{i}].attrs")
+
+
+# Each check below assumes the schema holds and returns the first problem as a sentence.
+
+
+def _arrays_problem(m: dict[str, Any]) -> str | None:
+    for key, entry in m["arrays"].items():
+        where = f"manifest.arrays[{key!r}]"
+        if entry["member"] != member_name(key):
+            return f"{where}.member is {entry['member']!r}, expected {member_name(key)!r}"
+        if len(entry["shape"]) > 64 or any(d < 0 for d in entry["shape"]):
+            return f"{where}.shape {entry['shape']} is not an array shape"
+        if _plain_dtype(entry["dtype"]) is None:
+            return f"{where}.dtype {entry['dtype']!r} is not a bool, numeric or string dtype"
+    return next((f"manifest.{where} refers to array {key!r}, which the bundle does not list"
+                 for where, key in _array_refs(m) if key not in m["arrays"]), None)
+
+
+def _layers_problem(m: dict[str, Any]) -> str | None:
+    """Each layer has the arrays its placement needs, in the shapes its K x N and the tiles imply."""
+    rows, cols = m["mapping"]["rows"], m["mapping"]["cols"]
+    weight_cols = MappingConfig.from_dict(m["mapping"]).weight_cols_per_tile
+    for i, layer in enumerate(m["layers"]):
+        where = f"manifest.layers[{i}] ({layer['name']!r})"
+        k, n, placement, kind, params = layer["K"], layer["N"], layer["placement"], layer["kind"], layer["params"]
+        if placement not in _LAYER_ARRAYS:
+            return f"{where}: placement {placement!r} is neither 'analog' nor 'digital'"
+        if kind not in _LAYER_PARAMS:
+            return f"{where}: kind {kind!r} is not one of {', '.join(_LAYER_PARAMS)}"
+        problem = _schema_problem(params, _LAYER_PARAMS[kind], f"manifest.layers[{i}].params")
+        if problem:
+            return problem
+        if kind == "conv":
+            sizes = params["kernel_shape"] + params["strides"] + params["dilations"]
+            if min(sizes + [params["group"], params["in_channels"]]) < 1 or min(params["pads"], default=0) < 0:
+                return (f"{where}: conv kernel_shape, strides, dilations, group and in_channels must be >= 1 "
+                        f"and pads >= 0; got {params}")
+        if k < 1 or n < 1:
+            return f"{where}: K = {k}, N = {n}; both must be at least 1"
+        needed = _LAYER_ARRAYS[placement] + (_MAP_ARRAYS[m["format_version"]] if placement == "analog" else ())
+        missing = [a for a in needed if a not in layer["arrays"]]
+        if missing:
+            return f"{where} lists no {missing[0]!r} array"
+        shape = {a: tuple(m["arrays"][layer["arrays"][a]]["shape"]) for a in needed}
+        want = {a: (n,) for a in AFFINE_FIELDS}
+        if placement == "digital":
+            want["weight"] = (k, n)
+        else:
+            g = shape["conductance"]
+            if len(g) != 4 or g[2:] != (rows, cols):
+                return (f"{where}: array 'conductance' has shape {list(g)}, "
+                        f"expected [row blocks, column blocks, {rows}, {cols}]")
+            blocks = g[:2]
+            positions = layer.get("tiles", {}).get("positions", n)
+            if type(positions) is not int or positions < n:
+                return f"{where}: tiles.positions is {positions!r}; it must be an integer >= N = {n}"
+            want.update(conductance=g, tile_used=blocks, col_scale=(n,),
+                        **{a: (positions,) for a in _MAP_ARRAYS[m["format_version"]]})
+            if blocks[0] * rows < k or blocks[1] * weight_cols < positions:
+                return (f"{where}: {blocks[0]} x {blocks[1]} tiles of {rows}x{cols} cannot hold its {k} rows "
+                        f"and {positions} weight positions")
+        bad = next((a for a in want if shape[a] != want[a]), None)
+        if bad:
+            return f"{where}: array {bad!r} has shape {list(shape[bad])}, expected {list(want[bad])}"
+    return None
+
+
+def _graph_problem(m: dict[str, Any]) -> str | None:
+    """Nodes run in order: each reads only graph inputs, constants and earlier nodes' outputs."""
+    graph, n_layers = m["graph"], len(m["layers"])
+    for kind in ("inputs", "outputs"):
+        for i, io in enumerate(graph[kind]):
+            if _plain_dtype(io["dtype"]) is None:
+                return f"manifest.graph.{kind}[{i}] ({io['name']!r}) has dtype {io['dtype']!r}, which is not a dtype"
+    known = {io["name"] for io in graph["inputs"]} | set(graph["constants"])
+    for i, node in enumerate(graph["nodes"]):
+        where = f"manifest.graph.nodes[{i}] ({node['name']!r})"
+        index = node["attrs"].get("layer")
+        if node["op"] == LAYER_OP and (type(index) is not int or not 0 <= index < n_layers):
+            return f"{where} refers to layer {index!r}, which does not exist"
+        unknown = next((name for name in node["inputs"] if name and name not in known), None)
+        if unknown is not None:
+            return f"{where} reads {unknown!r}, which no graph input, constant or earlier node provides"
+        known.update(node["outputs"])
+    return next((f"manifest.graph.outputs names {o['name']!r}, which no node produces"
+                 for o in graph["outputs"] if o["name"] not in known), None)
+
+
+def _specs_problem(m: dict[str, Any]) -> str | None:
+    """The mapping and every hardware specification (target, calibrated chips) are valid."""
+    try:
+        MappingConfig.from_dict(m["mapping"])
+    except (ConfigError, TypeError) as exc:
+        return f"manifest.mapping is invalid ({exc})"
+    specs = [("manifest.hardware", m["hardware"])] if "hardware" in m else []
+    specs += [(f"manifest.calibration[{i}].hardware", r["hardware"]) for i, r in enumerate(m.get("calibration", []))]
+    for where, spec in specs:
+        try:
+            HardwareSpec.from_dict(spec)
+        except ConfigError as exc:
+            return f"{where} is not a valid hardware specification ({exc})"
+    return None
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What is structurally wrong with a parsed manifest of the current format version, or None."""
+    problem = _schema_problem(manifest, _MANIFEST_SCHEMA, "manifest")
+    checks = (_specs_problem, _arrays_problem, _layers_problem, _graph_problem)
+    return problem or next((p for check in checks if (p := check(manifest))), None)
