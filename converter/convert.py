@@ -76,6 +76,8 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         put("position_output", mapped.position_output)
         put("position_gain", mapped.position_gain)
         put("tile_used", mapped.tile_used)
+        if mapped.row_order is not None:
+            put("row_order", mapped.row_order)
         entry["tiles"] = mapped.table
     else:
         put("weight", spec.weight.astype(np.float32))
@@ -106,6 +108,7 @@ def convert(
     bits_per_cell: int | None = None,
     replicas: int = 1,
     rearrange: str = "none",
+    rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
@@ -123,12 +126,15 @@ def convert(
     cfg = MappingConfig(
         rows=int(crossbar[0]), cols=int(crossbar[1]), encoding=encoding, weight_bits=weight_bits,
         weight_clip_percentile=weight_clip_percentile, afp_exponents=afp_exponents, afp_step=afp_step,
-        bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas, rearrange=rearrange, **kwargs,
+        bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas, rearrange=rearrange,
+        rearrange_rows=rearrange_rows, **kwargs,
     )
-    if rearrange != "none":
-        from xbar.converter.placement import check_circuit
+    circuit = hardware.circuit if hardware is not None and not hardware.is_ideal else None
+    for option, policy in (("--rearrange-columns", rearrange), ("--rearrange-rows", rearrange_rows)):
+        if policy != "none":
+            from xbar.converter.placement import check_circuit
 
-        check_circuit(rearrange, hardware.circuit if hardware is not None and not hardware.is_ideal else None)
+            check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
     graph = build_graph(proto, label, default_opset(proto))
     digital = list(digital)

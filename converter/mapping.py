@@ -36,6 +36,7 @@ class MappedLayer:
     position_gain: np.ndarray  # (P,) float32: digital gain of tile position p
     tile_used: np.ndarray  # (n_row_blocks, n_col_blocks) bool: tile holds at least one weight
     table: dict[str, Any]  # tile table and utilisation, for the manifest
+    row_order: np.ndarray | None = None  # (K,) physical row q holds weight row row_order[q]; None: identity
 
 
 def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
@@ -57,15 +58,19 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     u = np.clip(weight / scale, -1.0, 1.0)
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)
-    if cfg.rearrange == "none":
-        order = np.arange(len(enc.output))
-    else:
-        from xbar.converter.placement import place
+    order, rows = np.arange(len(enc.output)), None
+    if cfg.rearrange != "none" or cfg.rearrange_rows != "none":
+        from xbar.converter.placement import place, place_rows
 
         order = place(enc.v, enc.valid, cfg, circuit)
-    conductance, tile_used, table = tile_positions(enc.v[:, order], enc.valid[:, order], cfg)
+        rows = place_rows(enc.v, enc.valid, cfg, circuit)
+    v, valid = enc.v[:, order], enc.valid[:, order]
+    if rows is not None:
+        v, valid = v[rows], valid[rows]
+    conductance, tile_used, table = tile_positions(v, valid, cfg)
     table["physical_columns"] = _physical_columns(table, cfg)
-    return MappedLayer(conductance, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table)
+    return MappedLayer(conductance, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table,
+                       rows)
 
 
 def _physical_columns(table: dict[str, Any], cfg: MappingConfig) -> int:

@@ -97,6 +97,22 @@ def place(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig, circuit: Circuit
     return np.lexsort((np.arange(p), block)).astype(np.int64)  # by block, output order within
 
 
+def place_rows(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig, circuit: CircuitSpec | None) -> np.ndarray | None:
+    """(K,) int64 permutation within each row block: physical row q holds weight row order[q].
+
+    Rows are ranked by the current they feed into the columns, Σ_p |v_ip| (differential),
+    lightest first, so that within every tile the heaviest rows sit nearest the sense
+    amplifiers at the bottom of the columns (the last rows the block uses): the column
+    wires then carry the big currents over the fewest segments. None for 'none'."""
+    if cfg.rearrange_rows == "none":
+        return None
+    check_circuit(cfg.rearrange_rows, circuit, "--rearrange-rows")
+    k = v.shape[0]
+    row_load = np.abs(np.where(valid, v, 0.0)).sum(axis=1)
+    block = np.arange(k) // cfg.rows
+    return np.lexsort((np.arange(k), row_load, block)).astype(np.int64)  # by block, light to heavy
+
+
 def load(v: np.ndarray, valid: np.ndarray, encoding: str) -> np.ndarray:
     """(P,) current each position draws beyond the common baseline, in units of ΔG·x."""
     w = np.where(valid, v, 0.0).astype(np.float64)
@@ -112,7 +128,7 @@ def _dealing_sequence(p: int, cw: int) -> np.ndarray:
     return np.lexsort((visit, slot))
 
 
-def check_circuit(policy: str, circuit: CircuitSpec | None) -> None:
+def check_circuit(policy: str, circuit: CircuitSpec | None, option: str = "--rearrange-columns") -> None:
     """Refuse a placement policy the target's circuit cannot inform (before any conversion work)."""
     if circuit is None:
         missing = "this conversion has no hardware target (no --hardware), so no circuit"
@@ -127,8 +143,8 @@ def check_circuit(policy: str, circuit: CircuitSpec | None) -> None:
     else:
         return
     raise ConfigError(
-        f"--rearrange-columns {policy} places columns to reduce IR drop on the crossbar wires, so it needs a "
+        f"{option} {policy} places {option.rsplit('-', 1)[-1]} to reduce IR drop on the crossbar wires, so it needs a "
         f"hardware target with IR drop and a wire resistance (e.g. --hardware pcm, which has r_wire = 1 Ω), "
         f"but {missing}. Give such a target (a preset, or a TOML file with [circuit] ir_drop = true and "
-        f"r_wire > 0), or use --rearrange-columns none (the options are none, ir-drop, balance)."
+        f"r_wire > 0), or use {option} none."
     )

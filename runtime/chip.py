@@ -32,11 +32,23 @@ def normalised_tiles(conductance: np.ndarray, mapping: dict[str, Any]) -> np.nda
     return (diff / (dg / 2)).astype(np.float32)
 
 
-def assemble(tiles: np.ndarray, k: int, columns: ColumnMap) -> np.ndarray:
-    """Stack tiles back into one K×N matrix: positions in tile order, folded by the column map."""
+def assemble(tiles: np.ndarray, k: int, columns: ColumnMap, row_order: np.ndarray | None = None) -> np.ndarray:
+    """Stack tiles back into one K×N matrix: positions in tile order, folded by the column map,
+    rows back in weight order."""
     nrb, ncb, r, cw = tiles.shape
-    full = tiles.transpose(0, 2, 1, 3).reshape(nrb * r, ncb * cw)[:k, :columns.positions]
-    return columns.fold(full)
+    full = tiles.transpose(0, 2, 1, 3).reshape(nrb * r, ncb * cw)[:, :columns.positions]
+    return columns.fold(weight_rows(full, row_order)[:k])
+
+
+def weight_rows(stacked: np.ndarray, row_order: np.ndarray | None) -> np.ndarray:
+    """Rows of stacked row blocks, (nrb·R, X) or (nrb, R, X), from tile order back to weight
+    order (the converter's row placement undone; rows past K are padding and stay)."""
+    if row_order is None:
+        return stacked
+    flat = stacked.reshape(-1, stacked.shape[-1])
+    out = flat.copy()
+    out[row_order] = flat[:len(row_order)]
+    return out.reshape(stacked.shape)
 
 
 # --------------------------------------------------------------------------- chip instances
@@ -113,7 +125,8 @@ def _probe_as_programmed(g0: np.ndarray, tile_used: np.ndarray, spec: HardwareSp
 
 
 def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
-                spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None) -> TileState:
+                spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None,
+                row_order: np.ndarray | None = None) -> TileState:
     """Sample one layer's devices (programming, faults, drift, frozen read noise if chosen)
     and solve its circuit once."""
     dev = spec.device
@@ -180,6 +193,10 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     d, comp = np.ascontiguousarray(d[:, :, :n]), np.ascontiguousarray(comp[:, :n])
     if var is not None:
         var = np.ascontiguousarray(var[:, :, :n])
+    # The circuit was solved where rows physically sit; inference feeds inputs in weight order.
+    d = weight_rows(d, row_order)
+    var = None if var is None else weight_rows(var, row_order)
+    ref_var = None if ref_var is None else weight_rows(ref_var, row_order)
     i_max = np.abs(d).sum(axis=1)
     return TileState(d=d, var=var, ref_var=ref_var, block_of=np.arange(n) // cw, comp=comp,
                      i_max=i_max.astype(np.float32), k=k)

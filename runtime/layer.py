@@ -58,7 +58,8 @@ class Layer:
             tiles = normalised_tiles(a["conductance"], bundle.manifest["mapping"])
             # Weights on hardware are in normalised units; the digital periphery rescales
             # each column by its w_max and applies the affine in one multiply-add.
-            self.matrix = assemble(tiles, self.k, self.columns)
+            self.row_order = a.get("row_order")  # the converter's row placement, undone here
+            self.matrix = assemble(tiles, self.k, self.columns, self.row_order)
             self.col_scale = a["col_scale"].astype(np.float64)
         else:
             self.matrix = a["weight"].astype(np.float32)
@@ -72,7 +73,7 @@ class Layer:
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
             tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
-                                hardware, chip_rng, self.k, self.p)
+                                hardware, chip_rng, self.k, self.p, self.row_order)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
             i_fs = tiles.i_max

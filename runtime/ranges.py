@@ -16,7 +16,7 @@ import numpy as np
 from xbar.bundle import Bundle
 from xbar.hardware import HardwareSpec
 from xbar.runtime.analog import per_block
-from xbar.runtime.chip import normalised_tiles
+from xbar.runtime.chip import normalised_tiles, weight_rows
 from xbar.runtime.evaluate import batches
 
 MAX_VECTORS = 16384  # input vectors kept per layer: the 99.99th percentile is then the 2nd largest
@@ -27,7 +27,9 @@ def _ideal_tiles(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
     t = normalised_tiles(bundle.array(keys["conductance"]), bundle.manifest["mapping"])
     t = t * bundle.array(keys["tile_used"])[:, :, None, None]
     nrb, ncb, r, cw = t.shape
-    return np.ascontiguousarray(t.transpose(0, 2, 1, 3).reshape(nrb, r, ncb * cw))
+    stacked = t.transpose(0, 2, 1, 3).reshape(nrb, r, ncb * cw)
+    order = bundle.array(keys["row_order"]) if "row_order" in keys else None
+    return np.ascontiguousarray(weight_rows(stacked, order))
 
 
 def _column_percentile(v: np.ndarray, d: np.ndarray, pct: float, n: int) -> np.ndarray:

@@ -229,6 +229,9 @@ ENCODING_OPTIONS = {
     "slices4x4-balance-offset": dict(bit_slices=4, bits_per_cell=4, rearrange="balance", encoding="offset",
                                      hardware=preset("pcm")),
     "fixed-irdrop": dict(rearrange="ir-drop", hardware=preset("pcm")),
+    "fixed-rows": dict(rearrange_rows="ir-drop", hardware=preset("pcm")),
+    "afp2-rows-and-columns": dict(afp_exponents=2, rearrange="ir-drop", rearrange_rows="ir-drop",
+                                  hardware=preset("pcm")),
 }
 
 

@@ -10,6 +10,7 @@ from xbar.errors import ConfigError
 
 ENCODINGS = ("differential", "offset")
 REARRANGEMENTS = ("none", "ir-drop", "balance")
+ROW_REARRANGEMENTS = ("none", "ir-drop")
 #: Largest exponent count and step: gains 2^(-k·e) down to 2^-24, float32's mantissa.
 MAX_AFP_EXPONENTS = 8
 MAX_GAIN_EXPONENT = 24
@@ -42,6 +43,9 @@ class MappingConfig:
     rearrange: where positions sit on the tiles: 'none' (output order), 'ir-drop' (the
         positions drawing most current nearest the drivers), 'balance' (current spread
         evenly over column blocks).
+    rearrange_rows: 'ir-drop' orders the rows of every row block so that those drawing the
+        most current sit nearest the sense amplifiers (differential encoding only); the
+        runtime undoes it when it builds a chip, so inference pays nothing.
     """
 
     rows: int = 128
@@ -57,6 +61,7 @@ class MappingConfig:
     bits_per_cell: int | None = None
     replicas: int = 1
     rearrange: str = "none"
+    rearrange_rows: str = "none"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.rows, int) and isinstance(self.cols, int)) or self.rows < 1 or self.cols < 1:
@@ -102,6 +107,13 @@ class MappingConfig:
         if r > 1 and (e > 1 or s > 1):
             raise ConfigError("--replicas averages copies of a fixed-point weight; it does not combine with "
                               "--afp-exponents or --bit-slices")
+        if self.rearrange_rows not in ROW_REARRANGEMENTS:
+            raise ConfigError(f"--rearrange-rows must be one of {', '.join(ROW_REARRANGEMENTS)}; "
+                              f"got {self.rearrange_rows!r}")
+        if self.rearrange_rows != "none" and self.encoding != "differential":
+            raise ConfigError("--rearrange-rows needs --encoding differential: with offset columns every row also "
+                              "feeds the reference column at G_mid, and ordering rows by current made the offset "
+                              "error larger where measured")
         if self.rearrange not in REARRANGEMENTS:
             raise ConfigError(f"--rearrange-columns must be one of {', '.join(REARRANGEMENTS)}; got {self.rearrange!r}")
 

@@ -211,6 +211,9 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                 return f"{where}: tiles.positions is {positions!r}; it must be an integer >= N = {n}"
             want.update(conductance=g, tile_used=blocks, col_scale=(n,),
                         **{a: (positions,) for a in _MAP_ARRAYS[m["format_version"]]})
+            if "row_order" in layer["arrays"]:  # optional: the converter's row placement
+                shape["row_order"] = tuple(m["arrays"][layer["arrays"]["row_order"]]["shape"])
+                want["row_order"] = (k,)
             if blocks[0] * rows < k or blocks[1] * weight_cols < positions:
                 return (f"{where}: {blocks[0]} x {blocks[1]} tiles of {rows}x{cols} cannot hold its {k} rows "
                         f"and {positions} weight positions")
