@@ -15,7 +15,7 @@ from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
 from xbar.converter.fold import build_graph
-from xbar.converter.ir import Graph, Node
+from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
 from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights

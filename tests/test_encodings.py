@@ -11,7 +11,6 @@ from xbar.config import MappingConfig
 from xbar.converter import convert
 from xbar.converter.encodings import best_exponent, encode, exponents, position_variance
 from xbar.hardware import preset
-from xbar.runtime import Runtime
 from xbar.runtime import devices
 
 rng = np.random.default_rng(5)
