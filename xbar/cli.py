@@ -566,13 +566,15 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         spread = f" ± {100 * main['std']:.2f}" if n > 1 else ""
         table.append([r["time"], f"{100 * main['mean']:.2f}{spread}%", ci,
                       _pct(main["min"]), _pct(main["max"]), _pct(g["mean"])])
-    click.echo(f"\n{what} over {n} chip instance{'s' if n > 1 else ''} "
-               f"(seed{'s' if n > 1 else ''} {_seed_text(seeds)}): "
-               "mean ± sample std, 95% confidence interval of the mean, worst and best chip")
+    if n > 1:
+        click.echo(f"\n{what} over {n} chip instances (seeds {_seed_text(seeds)}): "
+                   "mean ± sample std, 95% confidence interval of the mean, worst and best chip")
+    else:
+        click.echo(f"\n{what} of one chip instance (seed {seeds[0]})")
     click.echo(render(["time", what.split()[0] if result["labels"] else "agreement", "95% CI", "worst chip",
                        "best chip", "agrees w/ ideal"], table, numeric=[False, True, True, True, True, True]))
-    if n < 10:
-        click.echo(f"  ({n} chip{'s' if n > 1 else ''}: too few for a spread; use --seeds 0-39 where the tail matters)")
+    if 1 < n < 10:
+        click.echo(f"  ({n} chips: too few for a reliable spread; use --seeds 0-39 where the tail matters)")
     d = result["per_layer"]
     if d:
         click.echo(f"\nper layer, chip seed {d['seed']} at t = {format_time(d['t'])}, first {d['samples']} samples "
