@@ -676,7 +676,9 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "xbar", "converter", "runtime", "benchmarks"],
+        # Tracked sources only: untracked files and this study's own outputs do not change what ran.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "xbar", "converter",
+                                "runtime", "benchmarks", ":!benchmarks/figures"],
                                cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         return head + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
