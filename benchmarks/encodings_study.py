@@ -788,7 +788,7 @@ def main(argv: list[str]) -> int:
             result["closed_form"] = prev["closed_form"]
         result["merged_from"] = prev.get("merged_from", []) + [
             {k: prev.get(k) for k in ("command", "date", "git_commit", "xbar_source", "wall_seconds", "blocks",
-                                      "blocks_run")}]
+                                      "blocks_run", "loadavg_start", "loadavg_end", "chip_cache_stats")}]
         result["blocks_run"] = blocks
         result["blocks"] = sorted(set(prev.get("blocks", [])) | set(blocks), key=BLOCKS.index)
 
