@@ -32,9 +32,13 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE,
     return max(m - half, bounds[0]), min(m + half, bounds[1])
 
 
-def summary(values: Sequence[float]) -> dict[str, float | int | list[float]]:
-    """Fractions over chips: mean, sample std (ddof 1), 95 % CI of the mean, worst, best, n, values."""
+def summary(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)
+            ) -> dict[str, float | int | list[float]]:
+    """Figures over chips: mean, sample std (ddof 1), 95 % CI of the mean, worst, best, n, values.
+
+    `bounds` are the values the figure can take (default: a fraction, [0, 1]); pass
+    (-inf, inf) for an unbounded figure such as an SNR in dB."""
     v = [float(x) for x in values]
-    lo, hi = mean_ci(v)
+    lo, hi = mean_ci(v, bounds=bounds)
     return {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
             "ci95": [lo, hi], "min": min(v), "max": max(v), "values": v}
