@@ -105,19 +105,27 @@ _PROBE_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 PROBE_CACHE_BYTES = 64 << 20
 
 
-def _probe_as_programmed(g0: np.ndarray, tile_used: np.ndarray, spec: HardwareSpec, circuit) -> np.ndarray:
-    """(nrb, ncb, C) probe currents (every row at full scale) of the array right after programming."""
+def _probe(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(nrb, ncb, R, C) effective conductances → (nrb, ncb, C) column currents of the probe:
+    the rows the layer uses driven at full scale, the others (never driven in use) at 0 V."""
+    return np.einsum("brkc,bk->brc", g, rows.astype(g.dtype))
+
+
+def _probe_as_programmed(g0: np.ndarray, tile_used: np.ndarray, spec: HardwareSpec, circuit,
+                         rows: np.ndarray) -> np.ndarray:
+    """(nrb, ncb, C) probe currents of the array right after programming."""
     if not spec.circuit.ir_drop:
-        return g0.sum(axis=2)
+        return _probe(g0, rows)
     c = spec.circuit
     digest = hashlib.blake2b(np.ascontiguousarray(g0).view(np.uint8), digest_size=20)
     digest.update(np.ascontiguousarray(tile_used).view(np.uint8))
+    digest.update(np.ascontiguousarray(rows).view(np.uint8))
     key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense))
     hit = _PROBE_CACHE.get(key)
     if hit is not None:
         _PROBE_CACHE.move_to_end(key)
         return hit.copy()
-    before = circuit(g0).sum(axis=2)
+    before = _probe(circuit(g0), rows)
     _PROBE_CACHE[key] = before.copy()
     while sum(v.nbytes for v in _PROBE_CACHE.values()) > PROBE_CACHE_BYTES and len(_PROBE_CACHE) > 1:
         _PROBE_CACHE.popitem(last=False)
@@ -173,13 +181,25 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     cw = w.shape[-1]
     comp = np.ones((nrb, ncb * cw), dtype=np.float32)
     if spec.drift_compensation != "off" and drifting:
-        # A fixed probe (every row driven at full scale) read right after programming and
-        # again at time t; the ratio of summed physical column currents is stored digitally.
+        # A fixed probe read right after programming and again at time t; the ratio of the
+        # summed currents of the columns that are read out is stored digitally. Only the
+        # cells the layer uses take part: rows past K are never driven and padding columns
+        # have no ADC, and their devices (at G_min, where PCM drifts fastest) would bias it.
+        rows_per_tile = conductance.shape[2]
+        k_used = nrb * rows_per_tile if k is None else k
+        rows = np.arange(rows_per_tile)[None, :] < k_used - rows_per_tile * np.arange(nrb)[:, None]  # (nrb, R)
+        n_used = ncb * cw if n is None else n
+        read = (np.arange(ncb)[:, None] * cw + np.arange(cw)[None, :]) < n_used  # (ncb, cw) positions
+        if mapping["encoding"] == "differential":
+            read_cols = np.repeat(read, 2, axis=1)
+        else:
+            read_cols = np.concatenate([read, read.any(axis=1, keepdims=True)], axis=1)  # + reference
+        read_cols = np.pad(read_cols, ((0, 0), (0, conductance.shape[3] - read_cols.shape[1])))
         g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
-        before = _probe_as_programmed(g0, tile_used, spec, circuit)
-        after = g_eff.sum(axis=2)  # (nrb, ncb, C) column currents for the probe
+        before = _probe_as_programmed(g0, tile_used, spec, circuit, rows)
+        after = _probe(g_eff, rows)  # (nrb, ncb, C) column currents for the probe
         if spec.drift_compensation == "tile":
-            ratio = before.sum(axis=2) / np.maximum(after.sum(axis=2), 1e-30)
+            ratio = (before * read_cols).sum(axis=2) / np.maximum((after * read_cols).sum(axis=2), 1e-30)
             comp = np.repeat(ratio[:, :, None], cw, axis=2).reshape(nrb, ncb * cw)
         else:
             if mapping["encoding"] == "differential":

@@ -181,8 +181,8 @@ def test_probe_as_programmed_is_reused_across_drift_times_bit_for_bit(resnet, te
     solves = []
     real = chip._probe_as_programmed
 
-    def counting(g0, tile_used, spec_, circuit):
-        return real(g0, tile_used, spec_, lambda g: solves.append(1) or circuit(g))
+    def counting(g0, tile_used, spec_, circuit, rows):
+        return real(g0, tile_used, spec_, lambda g: solves.append(1) or circuit(g), rows)
 
     monkeypatch.setattr(chip, "_probe_as_programmed", counting)
     chip._PROBE_CACHE.clear()
@@ -196,3 +196,27 @@ def test_probe_as_programmed_is_reused_across_drift_times_bit_for_bit(resnet, te
     np.testing.assert_array_equal(cached, fresh)
     Runtime(resnet, spec.override(t_inference=86400.0), seed=12)  # another chip: its own solve
     assert len(solves) == 3 * first
+
+
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+@pytest.mark.parametrize("compensation", ["tile", "column"])
+@pytest.mark.parametrize("ir_drop", [False, True])
+def test_drift_compensation_reads_only_the_cells_a_layer_uses(encoding, compensation, ir_drop):
+    """Rows past K are never driven and padding columns have no ADC: whatever their devices
+    hold, the compensation factor of the used columns is the same. (Unused cells sit at G_min,
+    where PCM drifts fastest; counting them once biased the tile factor by up to 25 %.)"""
+    cfg = MappingConfig(rows=16, cols=16, encoding=encoding)
+    m = map_weights(np.random.default_rng(4).normal(size=(11, 5)), cfg)  # 11 of 16 rows, 5 positions
+    spec = preset("pcm").override({"t_inference": 86400.0, "drift_compensation": compensation,
+                                   "circuit.ir_drop": ir_drop, "device.read_noise": False})
+    spoiled = m.conductance.copy()
+    spoiled[:, :, 11:, :] = cfg.g_max  # unused rows
+    # Columns past the 5 positions (read: differential pairs 0-9; offset 0-4 and reference 15).
+    spoiled[:, :, :, slice(10, 16) if encoding == "differential" else slice(5, 15)] = cfg.g_max
+    comps = [build_tiles(g, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(9), k=11, n=5).comp
+             for g in (m.conductance, spoiled)]
+    if ir_drop:  # the unused devices share the wires: the used columns' currents move a little
+        np.testing.assert_allclose(comps[0], comps[1], rtol=2e-3)
+    else:
+        np.testing.assert_array_equal(comps[0], comps[1])
+    assert np.all(np.abs(comps[0] - 1) > 0.1)  # a day of drift is being compensated
