@@ -28,7 +28,10 @@ Conditions (xbar.hardware.preset('pcm') narrowed with ablate(..., only=[...]); t
 DAC with abs-max input scaling stays on in every single-effect condition, the ADC is ideal
 unless it is the one studied; t = 0 s, i.e. as programmed, unless a time is given):
 
-    control   none: ideal devices and converters (does re-fitting hurt when nothing is wrong?)
+    control   the 8-bit DAC alone: ideal devices and ADC, the baseline every single-effect
+              condition below shares (does re-fitting hurt when next to nothing is wrong?).
+              calibrate() refuses exact hardware (nothing to correct), so the control keeps
+              the one converter that every other condition has too
     adc       ADC 4 bit, ADC 6 bit (99.99th percentile full scale)         only adc, dac
               + ADC 3 bit as a stress case (4 and 6 bit barely cost accuracy)
     prog      PCM programming noise                                          only programming, dac
@@ -146,8 +149,9 @@ def conditions() -> list[Condition]:
 
     y = year()
     out = [
-        Condition("control", "control", "none (ideal devices, DAC, ADC)", preset("ideal"),
-                  "control: calibrating when nothing is wrong"),
+        Condition("control", "control", "8-bit DAC only (control)", only(),
+                  "control: the baseline of every single-effect condition (ideal devices and ADC); calibrate() "
+                  "refuses exact hardware, where there is nothing to correct"),
         Condition("adc3", "adc", "ADC 3 bit (stress)", only("adc", **{"adc.bits": 3}),
                   "stress case beyond the brief: 4 and 6 bit barely cost accuracy"),
         Condition("adc4", "adc", "ADC 4 bit", only("adc", **{"adc.bits": 4})),
@@ -726,7 +730,7 @@ def target_check(results: list[dict]) -> list[str]:
     return lines
 
 
-SHORT = {"control": "none\n(control)", "adc3": "ADC 3 b\n(stress)", "adc4": "ADC 4 b", "adc6": "ADC 6 b",
+SHORT = {"control": "DAC only\n(control)", "adc3": "ADC 3 b\n(stress)", "adc4": "ADC 4 b", "adc6": "ADC 6 b",
          "prog": "prog.\nnoise", "read_1d": "read\n1 d", "read_1d_x5": "read ×5\n1 d\n(stress)",
          "read_1d_frozen": "read\n1 d\nfrozen", "read_1d_x5_frozen": "read ×5\n1 d\nfrozen",
          "drift_1d_tile": "drift 1 d\ntile", "drift_1d_off": "drift 1 d\noff", "drift_1y_tile": "drift 1 y\ntile",
