@@ -257,10 +257,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="seeds 0-1, times 1s,1d,1y (smoke test)")
     ap.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-    ap.add_argument("--out", type=Path, default=FIGURES, help="folder for drift_study.json/.png")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for drift_study.json/.png (default benchmarks/figures; with --quick a temporary "
+                         "folder, so a smoke test never overwrites the full results)")
     ap.add_argument("--replot", action="store_true",
                     help="no simulation: reprint the tables and redraw the PNG from an existing drift_study.json")
     args = ap.parse_args(argv[1:])
+    if args.out is None:
+        import tempfile
+
+        args.out = Path(tempfile.gettempdir()) / "xbar_drift_quick" if args.quick else FIGURES
     if args.replot:
         result = json.loads((args.out / "drift_study.json").read_text())
         print(f"tables and plot from {_rel(args.out / 'drift_study.json')} (run of {result['date']}, "
