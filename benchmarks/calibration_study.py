@@ -97,7 +97,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -836,20 +836,6 @@ def plot(result: dict, path: Path) -> str:
     return f"wrote {_rel(path)} (matplotlib {matplotlib.__version__})"
 
 
-def source_commit() -> str | None:
-    """The git commit the run's sources come from, '+dirty' if tracked files differ from it."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def _rel(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -947,6 +933,8 @@ def main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = shlex.join([Path(sys.executable).name, os.path.relpath(argv[0], os.getcwd())] + argv[1:])
+    from drift_study import source_commit  # one git stamp for both studies (like bench_chip's imports)
+
     commit = source_commit()
     header = ["xbar calibration study: what label-free calibration can and cannot undo",
               f"command     : {command}", f"date        : {started}", f"git commit  : {commit}",
