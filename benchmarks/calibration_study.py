@@ -99,6 +99,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from study_io import rel_path, source_commit
 from typing import Any
 
 import numpy as np
@@ -833,12 +835,7 @@ def plot(result: dict, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return f"wrote {_rel(path)} (matplotlib {matplotlib.__version__})"
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return f"wrote {rel_path(path)} (matplotlib {matplotlib.__version__})"
 
 
 def report(result: dict) -> list[str]:
@@ -858,9 +855,9 @@ def report(result: dict) -> list[str]:
 
 def replot(js: Path, png: Path, no_plot: bool) -> int:
     if not js.exists():
-        raise SystemExit(f"{_rel(js)} does not exist; run the study first")
+        raise SystemExit(f"{rel_path(js)} does not exist; run the study first")
     result = json.loads(js.read_text())
-    print(f"from {_rel(js)}: {result['command']}  ({result['date']}, {result.get('wall_seconds', 0):.0f} s)")
+    print(f"from {rel_path(js)}: {result['command']}  ({result['date']}, {result.get('wall_seconds', 0):.0f} s)")
     for m in result.get("merged_from", []):
         print(f"  merged with: {m.get('command')}  ({m.get('date')}, {m.get('wall_seconds') or 0:.0f} s)")
     print()
@@ -933,8 +930,6 @@ def main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     command = shlex.join([Path(sys.executable).name, os.path.relpath(argv[0], os.getcwd())] + argv[1:])
-    from drift_study import source_commit  # one git stamp for both studies (like bench_chip's imports)
-
     commit = source_commit()
     header = ["xbar calibration study: what label-free calibration can and cannot undo",
               f"command     : {command}", f"date        : {started}", f"git commit  : {commit}",
@@ -1028,7 +1023,7 @@ def main(argv: list[str]) -> int:
     if args.merge and out_json.exists():
         previous = json.loads(out_json.read_text())
         if previous.get("seeds") != seeds:
-            raise SystemExit(f"--merge: {_rel(out_json)} has seeds {previous.get('seeds')}, this run {seeds}")
+            raise SystemExit(f"--merge: {rel_path(out_json)} has seeds {previous.get('seeds')}, this run {seeds}")
         order = [c.key for c in all_conds]
         kept = [c for c in previous.get("conditions", []) if c["key"] not in wanted]
         by_key.update({c["key"]: c for c in kept})
@@ -1078,7 +1073,7 @@ def main(argv: list[str]) -> int:
         print(line)
     print()
     save()
-    print(f"wrote {_rel(out_json)}")
+    print(f"wrote {rel_path(out_json)}")
     if args.no_plot:
         print("plot skipped (--no-plot)")
     else:

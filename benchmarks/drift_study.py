@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from study_io import rel_path, source_commit
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -171,25 +173,6 @@ def print_tables(result: dict) -> None:
                   f"(std {100 * d.std(ddof=1):5.2f})  [{int((d > 0).sum())}/{int((d < 0).sum())}]")
 
 
-def source_commit() -> str | None:
-    """The git commit the run's sources come from, '+dirty' if tracked files differ from it."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def plot(result: dict, path: Path) -> str:
     try:
         import matplotlib
@@ -247,7 +230,7 @@ def plot(result: dict, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return f"wrote {_rel(path)} (matplotlib {matplotlib.__version__})"
+    return f"wrote {rel_path(path)} (matplotlib {matplotlib.__version__})"
 
 
 def main(argv: list[str]) -> int:
@@ -269,7 +252,7 @@ def main(argv: list[str]) -> int:
         args.out = Path(tempfile.gettempdir()) / "xbar_drift_quick" if args.quick else FIGURES
     if args.replot:
         result = json.loads((args.out / "drift_study.json").read_text())
-        print(f"tables and plot from {_rel(args.out / 'drift_study.json')} (run of {result['date']}, "
+        print(f"tables and plot from {rel_path(args.out / 'drift_study.json')} (run of {result['date']}, "
               f"command: {result['command']})\n")
         print_tables(result)
         print()
@@ -365,7 +348,7 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     js = args.out / "drift_study.json"
     js.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {_rel(js)}")
+    print(f"wrote {rel_path(js)}")
     if args.no_plot:
         print("plot skipped (--no-plot)")
     else:

@@ -89,11 +89,12 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from study_io import rel_path, source_commit
 from typing import Any
 
 import numpy as np
@@ -534,9 +535,9 @@ def write_md(result: dict, path: Path) -> str:
             head, rest = text.split(MARK_BEGIN, 1)
             tail = rest.split(MARK_END, 1)[1]
             path.write_text(head + generated + tail)
-            return f"updated the tables in {_rel(path)}"
+            return f"updated the tables in {rel_path(path)}"
     path.write_text("# Encodings study\n\n" + generated + "\n")
-    return f"wrote {_rel(path)}"
+    return f"wrote {rel_path(path)}"
 
 
 # --------------------------------------------------------------------------- plot
@@ -631,12 +632,7 @@ def plot(result: dict, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return f"wrote {_rel(path)} (matplotlib {matplotlib.__version__})"
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+    return f"wrote {rel_path(path)} (matplotlib {matplotlib.__version__})"
 
 
 # --------------------------------------------------------------------------- self-checks
@@ -670,19 +666,6 @@ def self_checks(bundles: Bundles, chips: Chips, batch_size: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        # Tracked sources only: untracked files and this study's own outputs do not change what ran.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "xbar", "converter",
-                                "runtime", "benchmarks", ":!benchmarks/figures"],
-                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str]) -> int:
@@ -734,7 +717,7 @@ def main(argv: list[str]) -> int:
     from bench_ideal import source_fingerprint
 
     fp = source_fingerprint()
-    commit = git_commit()
+    commit = source_commit() or "unknown"
     header = ["xbar encodings study", f"command     : {command}", f"date        : {started}",
               f"host        : {platform.node()}  nproc {os.cpu_count()}  loadavg at start "
               f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
@@ -773,7 +756,7 @@ def main(argv: list[str]) -> int:
         "command": command, "date": started, "host": platform.node(), "nproc": os.cpu_count(),
         "loadavg_start": os.getloadavg(), "python": platform.python_version(), "numpy": np.__version__,
         "blas_threads": args.blas_threads, "git_commit": commit, "xbar_source": fp, "seeds": seeds, "blocks": blocks,
-        "test_data": _rel(TEST), "calibration_data": _rel(CALIB), "n_test": len(test), "n_calib": len(calib),
+        "test_data": rel_path(TEST), "calibration_data": rel_path(CALIB), "n_test": len(test), "n_calib": len(calib),
         "self_checks": checks, "points": [],
         "notes": "Per chip: accuracy on the test split before and after affine calibration (fitted on the calibration "
                  "split at the evaluation time, same chip); per-layer SNR as eval --per-layer over the whole test split. "
@@ -782,7 +765,7 @@ def main(argv: list[str]) -> int:
     if args.merge and out_json.exists():
         prev = json.loads(out_json.read_text())
         if prev.get("seeds") != seeds:
-            raise SystemExit(f"--merge: {_rel(out_json)} has seeds {prev.get('seeds')}, this run {seeds}")
+            raise SystemExit(f"--merge: {rel_path(out_json)} has seeds {prev.get('seeds')}, this run {seeds}")
         result["points"] = [r for r in prev["points"] if r["point"]["block"] not in blocks]
         if "closed_form" in prev and "theory" not in blocks:
             result["closed_form"] = prev["closed_form"]
