@@ -37,7 +37,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,8 +44,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import bench_ideal  # noqa: E402  (header, ForeignLoad, ensure_model, cache layout)
-from bench_ideal import ROOT, ForeignLoad, _proc_status_kib, ensure_model  # noqa: E402
+import bench_ideal  # noqa: E402  (header, ForeignLoad, prepare_models, cache layout)
+from bench_ideal import ForeignLoad, _proc_status_kib, prepare_models  # noqa: E402
+from study_io import source_commit  # noqa: E402
 
 BATCH = 128
 T_INFERENCE = 86400.0  # 1 day
@@ -177,11 +177,7 @@ def main(argv: list[str]) -> int:
     lines[0] = "xbar encodings benchmark"
     for line in lines:
         print(line)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = source_commit() or "unknown"
     print(f"git commit  : {commit}")
     print(f"mode        : {'quick' if args.quick else 'full'}; conversion runs {conv_runs} per mode (fresh subprocess, "
           f"alternating); chip: warm-up {warmup}, timed reps {reps} per encoding (interleaved, order rotating, "
@@ -192,13 +188,7 @@ def main(argv: list[str]) -> int:
 
     from xbar.hardware import preset
 
-    print("preparing models")
-    r20, g20 = ensure_model("resnet20")
-    r50, g50 = ensure_model("resnet50")
-    for name, path, g in (("resnet20", r20, g20), ("resnet50", r50, g50)):
-        note = f"generated in {g:.1f} s" if g is not None else "cached"
-        print(f"  {name}: {path.relative_to(ROOT)} ({path.stat().st_size / 2**20:.1f} MiB, {note})")
-    print(flush=True)
+    r20, r50 = prepare_models()
 
     print(f"1. conversion, ResNet-50-shaped model, 128x128 tiles, {conv_runs} run(s) per mode, each a fresh subprocess",
           flush=True)

@@ -408,6 +408,19 @@ def header(argv: list[str]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def prepare_models() -> tuple[Path, Path]:
+    """The ResNet-20 and ResNet-50 benchmark models (generated once, then cached), reported."""
+    print("preparing models")
+    paths = []
+    for name in ("resnet20", "resnet50"):
+        path, g = ensure_model(name)
+        note = f"generated in {g:.1f} s" if g is not None else "cached"
+        print(f"  {name}: {path.relative_to(ROOT)} ({path.stat().st_size / 2**20:.1f} MiB, {note})")
+        paths.append(path)
+    print(flush=True)
+    return paths[0], paths[1]
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1 and argv[1] == "_generate":
         _generate(argv[2], Path(argv[3]))
@@ -438,13 +451,7 @@ def main(argv: list[str]) -> int:
 
     import numpy as np
 
-    print("preparing models")
-    r20, g20 = ensure_model("resnet20")
-    r50, g50 = ensure_model("resnet50")
-    for name, path, g in (("resnet20", r20, g20), ("resnet50", r50, g50)):
-        note = f"generated in {g:.1f} s" if g is not None else "cached"
-        print(f"  {name}: {path.relative_to(ROOT)} ({path.stat().st_size / 2**20:.1f} MiB, {note})")
-    print(flush=True)
+    r20, r50 = prepare_models()
 
     x_digits = np.ascontiguousarray(np.load(SHIPPED_DATA)["x"][:BATCH].astype(np.float32))
     if x_digits.shape[0] != BATCH:
