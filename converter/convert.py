@@ -19,8 +19,10 @@ from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
 from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights
+from xbar.converter.rewrite import einsum_to_matmul
 from xbar.errors import ConfigError, UnsupportedOpError
-from xbar.ops import DIGITAL_OPS, LAYER_OP
+from xbar.converter.vocabulary import unsupported_message
+from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP
 
 if TYPE_CHECKING:  # pragma: no cover
     from xbar.hardware import HardwareSpec
@@ -137,6 +139,7 @@ def convert(
             check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
     graph = build_graph(proto, label, default_opset(proto))
+    einsum_to_matmul(graph)
     digital = list(digital)
 
     arrays: dict[str, np.ndarray] = {}
@@ -145,20 +148,23 @@ def convert(
     new_nodes: list[Node] = []
     absorbed: set[str] = set()
     found_names: list[str] = []
-    supported = DIGITAL_OPS
+    # What survives folding must be runnable; load_model refused unknown ops already, so
+    # this only catches ops the vocabulary allows at conversion time (an If whose
+    # condition did not fold), all of them in one message.
+    leftover: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op not in DIGITAL_OPS and node.op not in ANALOG_OPS:
+            leftover.setdefault(node.op, []).append(node.name)
+    if leftover:
+        opset_text = f"opset {original_opset}" + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
+        raise UnsupportedOpError(unsupported_message(leftover, label, opset_text).replace(
+            "Nothing was converted.", "They remain after constant folding (an If needs a condition known at "
+            "conversion). Nothing was converted."))
     for node in graph.nodes:
         if node.name in absorbed:
             continue
         spec = extract_layer(graph, node, label)
         if spec is None:
-            if node.op not in supported:
-                raise UnsupportedOpError(
-                    f"{label}: node {node.name!r} uses op {node.op!r} (opset {original_opset}"
-                    + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
-                    + "), which xbar does not "
-                    f"support. Analog layers: Conv, Gemm, MatMul with a constant weight; digital ops: "
-                    f"{', '.join(sorted(supported))}."
-                )
             new_nodes.append(node)
             continue
         found_names.append(spec.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def cli() -> None:
                                    accuracy on simulated chips over time
     xbar calibrate model.xbar --data calib.npz --drift 1d
                                    re-fit batch-norm on one chip -> model.calibrated.xbar
+    xbar ops                       the ONNX operators xbar supports
     """
 
 
@@ -583,6 +585,35 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
                   e["tiles"], e["dominant"]] for e in d["layers"]]
         click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True, True, True, True, False]))
+
+
+@cli.command(name="ops")
+@click.option("--json", "as_json", is_flag=True, help="Print the vocabulary as one JSON object.")
+def ops_command(as_json: bool) -> None:
+    """List the ONNX operators xbar converts: analog layers and digital ops."""
+    import textwrap
+
+    import onnx
+
+    from xbar.converter.load import MIN_NATIVE_OPSET, TARGET_OPSET
+    from xbar.converter.vocabulary import CONVERSION_OPS
+    from xbar.ops import ANALOG_OPS, DIGITAL_OPS
+
+    newest = onnx.defs.onnx_opset_version()
+    if as_json:
+        click.echo(json.dumps({"analog": sorted(ANALOG_OPS), "digital": sorted(DIGITAL_OPS),
+                               "conversion_time": sorted(CONVERSION_OPS),
+                               "opsets": {"native": [MIN_NATIVE_OPSET, newest], "upgraded_to": TARGET_OPSET}}))
+        return
+    wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
+    click.echo(f"analog (on crossbars): {', '.join(sorted(ANALOG_OPS))} with a constant weight operand; "
+               "Einsum of a constant 2-D matrix is rewritten to MatMul")
+    click.echo(f"digital (NumPy, {len(DIGITAL_OPS)} ops):")
+    click.echo(wrap(", ".join(sorted(DIGITAL_OPS))))
+    click.echo(f"folded at conversion: {', '.join(sorted(CONVERSION_OPS))} (If only with a condition known then); "
+               "any op whose inputs are all constants")
+    click.echo(f"opsets {MIN_NATIVE_OPSET}-{newest} (older models are upgraded to {TARGET_OPSET}); "
+               "only the standard ONNX domain")
 
 
 def _seed_text(seeds: list[int]) -> str:
