@@ -157,6 +157,22 @@ def test_transformer_zoo_matches_onnxruntime(name, exporter, opset, exported):
         assert_close(got, ref, f"{name} {exporter} opset {opset} batch {batch}")
 
 
+@pytest.mark.parametrize("name", list(TZOO))
+def test_transformer_zoo_on_small_tiles_through_the_chip_path(name, exported):
+    """Small tiles (several row and column blocks per layer), both encodings, and the
+    per-tile hardware path with the `ideal` preset: still onnxruntime's numbers."""
+    from xbar.hardware import preset
+
+    path = exported(name, "torchscript", 17)
+    x = example_input(TZOO[name], 2, seed=2).numpy()
+    ref = _session(str(path)).run(None, {"input": x})[0]
+    for encoding in ("differential", "offset"):
+        bundle = convert(path, crossbar=(8, 4), encoding=encoding)
+        assert any(l["tiles"]["n_row_blocks"] * l["tiles"]["n_col_blocks"] > 1 for l in bundle.layers)
+        rt = Runtime(bundle, preset("ideal"), seed=0)
+        assert_close(rt.run({"input": x})[rt.output_names[0]], ref, f"{name} {encoding} on 8x4 tiles")
+
+
 # ------------------------------------------------------------------------------------
 # ops torch does not emit: hand-built graphs, Conv -> op -> MatMul, through convert
 # ------------------------------------------------------------------------------------
