@@ -14,6 +14,7 @@ from xbar import __version__
 from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
+from xbar.converter.batch import resolve_batch
 from xbar.converter.fold import build_graph
 from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
@@ -28,6 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
     return None if shape is None else [None if d is None else int(d) for d in shape]
+
+
+def _dim_names(info: Any) -> list[str | None] | None:
+    """Symbolic dimensions by name (e.g. batch, seq), None where a dim is a number or unnamed."""
+    names = getattr(info, "names", None) if info is not None and info.shape is not None else None
+    return None if names is None or not any(names) else list(names)
 
 
 def _jsonable(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -136,6 +143,7 @@ def convert(
 
             check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
+    proto, batch = resolve_batch(proto)
     graph = build_graph(proto, label, default_opset(proto))
     digital = list(digital)
 
@@ -177,6 +185,8 @@ def convert(
             "output": spec.output,
             "input_shape": _json_shape(in_info.shape) if in_info else None,
             "output_shape": _json_shape(out_info.shape) if out_info else None,
+            "input_dim_names": _dim_names(in_info),
+            "output_dim_names": _dim_names(out_info),
             "K": int(k),
             "N": int(n),
             "weight_name": spec.weight_name,
@@ -220,7 +230,8 @@ def convert(
         for name in names:
             info = graph.info.get(name)
             dtype = str(np.dtype(info.dtype)) if info and info.dtype is not None else "float32"
-            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype})
+            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype,
+                        "dim_names": _dim_names(info)})
         return out
 
     n_analog = [l for l in layers if l["placement"] == "analog"]
@@ -234,6 +245,7 @@ def convert(
             "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         },
         "mapping": cfg.to_dict(),
+        "batch": batch,
         "graph": {"inputs": io(graph.inputs), "outputs": io(graph.outputs), "constants": const_keys, "nodes": nodes_json},
         "layers": layers,
         "summary": {

@@ -198,7 +198,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
         from xbar.data import load_dataset
         from xbar.runtime.ranges import find_ranges
 
-        ds = load_dataset(calib_data, bundle.graph["inputs"][0])
+        ds = load_dataset(calib_data, bundle.graph["inputs"][0], batch=bundle.manifest.get("batch"))
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
@@ -377,7 +377,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
         raise ConfigError(f"{bundle} targets ideal hardware (converted without --hardware) and no --hardware was "
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
     spec = spec.override(t_inference=drift)
-    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES)
+    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
     check_labels(ds, classes_of(b.graph["outputs"][0]))
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
@@ -456,7 +456,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     else:
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
-    ds = load_dataset(data, b.graph["inputs"][0])
+    ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
     n_classes = classes_of(b.graph["outputs"][0])
     check_labels(ds, n_classes)
     ref_fn = onnxruntime_fn(reference, ds.x, str(data)) if reference is not None else None

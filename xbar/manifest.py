@@ -71,6 +71,7 @@ _MANIFEST_SCHEMA = {
                 "parameters": int},
     "arrays": _Map(_ARRAY),
     "hardware": _Optional(dict),
+    "batch": _Optional({"mode": str}),
     "calibration": _Optional([_CALIBRATION]),
 }
 
