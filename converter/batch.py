@@ -99,7 +99,7 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
         try:
             inferred = shape_inference.infer_shapes(m, data_prop=True)
         except Exception as exc:
-            return None, [], f"shape inference fails with a symbolic batch ({_first_line(exc)})"
+            return None, [], f"not relaxed: shape inference fails with a symbolic batch ({_first_line(exc)})"
         shapes = _shapes(inferred)
         changed = False
         for k, node in enumerate(g.node):
@@ -124,11 +124,12 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     try:
         inferred = shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
-        return None, [], f"strict shape inference rejects a symbolic batch ({_first_line(exc)})"
+        return None, [], f"not relaxed: strict shape inference rejects a symbolic batch ({_first_line(exc)})"
     for vi in inferred.graph.output:
         dims = _dims(vi)
         if vi.name in leading_one and (not dims or dims[0] != name):
-            return None, [], f"output {vi.name!r} keeps leading dimension {dims[0] if dims else '?'} for any batch"
+            return None, [], (f"not relaxed: output {vi.name!r} keeps leading dimension {dims[0] if dims else '?'} "
+                              "with a symbolic input batch, so the graph hard-codes batch 1")
     problem = _compare(model, inferred)
     if problem:
         return None, [], problem
@@ -159,23 +160,23 @@ def _compare(original: onnx.ModelProto, relaxed: onnx.ModelProto) -> str | None:
         before = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         after = ort.InferenceSession(relaxed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        return f"onnxruntime cannot load the graph to check a symbolic batch ({_first_line(exc)})"
+        return f"not relaxed: onnxruntime cannot load the graph to check a symbolic batch ({_first_line(exc)})"
     rng = np.random.default_rng(0)
     feeds = {vi.name: _example(vi, rng, 2) for vi in _inputs(original)}
     try:
         together = after.run(None, feeds)
         alone = [before.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
     except Exception as exc:
-        return f"the graph fails on a batch of 2 with a symbolic batch ({_first_line(exc)})"
+        return f"not relaxed: the graph fails on a batch of 2 with a symbolic batch ({_first_line(exc)})"
     for j, out in enumerate(together):
         want = np.concatenate([np.asarray(a[j]) for a in alone], axis=0) if np.ndim(alone[0][j]) else None
         got = np.asarray(out)
         if want is None or got.shape != want.shape:
-            return (f"output {after.get_outputs()[j].name!r} has shape {list(got.shape)} for a batch of 2, not "
+            return (f"not relaxed: output {after.get_outputs()[j].name!r} has shape {list(got.shape)} for a batch of 2, not "
                     f"{None if want is None else list(want.shape)}: the graph fixes the batch")
         peak = float(np.max(np.abs(want))) if want.size else 0.0
         if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * max(peak, 1e-30)):
-            return (f"output {after.get_outputs()[j].name!r} of a batch of 2 differs from the samples run "
+            return (f"not relaxed: output {after.get_outputs()[j].name!r} of a batch of 2 differs from the samples run "
                     "one at a time: the graph mixes samples")
     return None
 

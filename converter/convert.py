@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -117,12 +117,13 @@ def convert(
     rearrange: str = "none",
     rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
+    progress: "Callable[[list[Node]], Iterable[Node]] | None" = None,
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
     `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
     are given), the device noise analog floating point weighs and the circuit column
-    placement needs."""
+    placement needs. `progress` wraps the walk over the graph's nodes (e.g. a progress bar)."""
     kwargs: dict[str, Any] = {}
     if hardware is not None:
         kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
@@ -154,7 +155,7 @@ def convert(
     absorbed: set[str] = set()
     found_names: list[str] = []
     supported = DIGITAL_OPS
-    for node in graph.nodes:
+    for node in (progress(list(graph.nodes)) if progress else graph.nodes):
         if node.name in absorbed:
             continue
         spec = extract_layer(graph, node, label)

@@ -32,10 +32,12 @@ def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
 class Runtime:
     """Executable form of a bundle. `run` takes and returns dicts of named arrays."""
 
-    def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0):
+    def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0, progress=None):
         """`hardware` None runs the programmed weights exactly, row blocks fused into one product.
         Otherwise a chip instance is sampled from `seed` (the same seed is the same chip, bit
-        for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC."""
+        for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC.
+        `progress` wraps the list of layers while they are built (sampling a chip of a big
+        model takes a while): a progress bar."""
         keep_freed_memory()
         self.bundle = bundle
         self.hardware = hardware
@@ -54,7 +56,7 @@ class Runtime:
         self.layers = [
             Layer(entry, bundle, hardware,
                   np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
-            for i, entry in enumerate(bundle.layers)
+            for i, entry in (progress(list(enumerate(bundle.layers))) if progress else enumerate(bundle.layers))
         ]
         self.steps: list[tuple[str, Any, list[str], list[str], dict[str, Any]]] = []
         for node in graph["nodes"]:
