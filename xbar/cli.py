@@ -302,21 +302,44 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     if layers is None:
         layers = n_layers <= AUTO_TABLE_LAYERS
     if not layers:
-        click.echo()
-        _line("", f"{n_layers} layers: `xbar info {bundle} --layers` prints the per-layer table, "
-              "`--json` every field.")
+        click.echo(f"\n{n_layers} layers: the per-layer table with `xbar info --layers`, every field with `--json`.")
         return
     click.echo()
     click.echo(_layer_table(m))
 
 
 def _line(label: str, text: str) -> None:
-    """One summary field, `label` in a 9-wide margin, wrapped to INFO_WIDTH."""
-    import textwrap
+    """One summary field, `label` in a 9-wide margin, wrapped to INFO_WIDTH between clauses."""
+    first, rest = (f"{label:<8} " if label else " " * 9), " " * 11
+    lines, current, filled = [], first, False
+    for clause in _clauses(text):
+        if filled and len(current) + len(clause) > INFO_WIDTH:
+            lines.append(current.rstrip())
+            current = rest + clause.lstrip()
+        else:
+            current += clause
+        filled = True
+    lines.append(current.rstrip())
+    for line in lines:
+        if len(line) <= INFO_WIDTH:
+            click.echo(line)
+        else:  # one clause longer than the line: break it between words
+            import textwrap
 
-    pad = " " * 9
-    click.echo(textwrap.fill(text, INFO_WIDTH, initial_indent=f"{label:<8} " if label else pad,
-                             subsequent_indent=pad + "  ", break_long_words=False, break_on_hyphens=False))
+            click.echo(textwrap.fill(line.strip(), INFO_WIDTH, initial_indent=line[:len(line) - len(line.lstrip())],
+                                     subsequent_indent=rest, break_long_words=False, break_on_hyphens=False))
+
+
+def _clauses(text: str) -> list[str]:
+    """`text` cut after every ', ' and '; ' outside parentheses (each piece keeps its separator)."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch in ",;" and depth <= 0 and text[i + 1:i + 2] == " ":
+            out.append(text[start:i + 2])
+            start = i + 2
+    out.append(text[start:])
+    return [c for c in out if c]
 
 
 def _bytes(n: int) -> str:
