@@ -249,3 +249,19 @@ def test_info_names_symbolic_dimensions(tmp_path):
     assert "x N×seq×8 -> y N×seq×3" in text
     row = next(line for line in text.splitlines() if line.startswith("proj"))
     assert "seq×3" in row and "N×" not in row
+
+
+@pytest.mark.parametrize("batch,needle", [
+    ({"mode": "sideways"}, "manifest.batch.mode"),
+    ({"mode": "fixed", "size": "one"}, "manifest.batch.size"),
+    ({"mode": "fixed", "size": 0}, "manifest.batch.size"),
+])
+def test_a_corrupt_batch_record_is_refused(tmp_path, batch, needle):
+    from xbar.bundle import save_bundle
+    from xbar.converter import convert
+
+    b = convert(cnn("token"))
+    b.manifest["batch"] = batch
+    save_bundle(b, tmp_path / "bad.xbar")
+    r = run("info", tmp_path / "bad.xbar")
+    assert r.exit_code == 1 and needle in r.output and "Traceback" not in r.output, r.output
