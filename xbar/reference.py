@@ -64,4 +64,5 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
             raise DataError(f"the reference model {path} (input {meta.name!r} of shape {declared}) fails on a batch "
                             f"of shape {tuple(batch.shape)} from {data_label}: {first}") from None
 
+    run.fixed_batch = fixed  # type: ignore[attr-defined]  # predict() sends multiples of it
     return run
