@@ -265,3 +265,47 @@ def test_a_corrupt_batch_record_is_refused(tmp_path, batch, needle):
     save_bundle(b, tmp_path / "bad.xbar")
     r = run("info", tmp_path / "bad.xbar")
     assert r.exit_code == 1 and needle in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_graph_that_mixes_samples_is_not_relaxed(tmp_path, data):
+    """x − mean over the batch axis: zero at batch 1, something else for two samples together.
+    Shapes cannot tell; the onnxruntime comparison must, and the fixed run keeps batch 1."""
+    path, x = data
+    model = cnn("flatten")
+    g = model.graph
+    g.node.insert(0, helper.make_node("ReduceMean", ["x0"], ["m"], axes=[0], keepdims=1, name="batch_mean"))
+    g.node.insert(1, helper.make_node("Sub", ["x0", "m"], ["d"], name="centre"))
+    g.node.insert(2, helper.make_node("Add", ["x0", "d"], ["x"], name="plus"))
+    g.input[0].name = "x0"
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    src = tmp_path / "mix.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "mix.xbar"
+    r = run("convert", src, "-o", out)
+    assert r.exit_code == 0, r.output
+    batch = load_bundle(out).manifest["batch"]
+    assert batch["mode"] == "fixed" and "mixes samples" in batch["reason"], batch
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.concatenate([s.run(None, {"x0": x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(Runtime(load_bundle(out))(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_long_preparations_report_progress():
+    """convert walks its nodes, and a chip is built layer by layer, through a progress callback."""
+    from xbar.converter import convert
+    from xbar.hardware import preset
+
+    seen = {}
+
+    def spy(label):
+        def wrap(items):
+            seen[label] = len(items)
+            return items
+        return wrap
+
+    b = convert(deep_chain(12), progress=spy("convert"))
+    assert seen["convert"] >= 2 * 12
+    Runtime(b, preset("pcm"), seed=0, progress=spy("chip"))
+    assert seen["chip"] == 13
