@@ -309,3 +309,29 @@ def test_long_preparations_report_progress():
     assert seen["convert"] >= 2 * 12
     Runtime(b, preset("pcm"), seed=0, progress=spy("chip"))
     assert seen["chip"] == 13
+
+
+def test_fixed_batch_model_without_batch_axis_in_its_output(tmp_path, data):
+    """Output [10] (the batch 1 squeezed away): each sample's output becomes one row, in xbar
+    and in the onnxruntime reference alike."""
+    path, x = data
+    model = cnn("flatten")
+    g = model.graph
+    g.node.append(helper.make_node("Squeeze", ["y", "ax"], ["z"], name="drop_batch"))
+    g.initializer.append(_init("ax", np.array([0], dtype=np.int64)))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [10]))
+    onnx.checker.check_model(model)
+    src = tmp_path / "sq.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "sq.xbar"
+    r = run("convert", src, "-o", out)
+    assert r.exit_code == 0 and "batch: fixed" in r.output, r.output
+    got = Runtime(load_bundle(out))(x[:4])
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.stack([s.run(None, {"x": x[i:i + 1]})[0] for i in range(4)])
+    assert got.shape == (4, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    r = run("eval", out, "--data", path, "--reference", src, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["reference"]["agreement"] == 1.0

@@ -490,7 +490,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
     spec = spec.override(t_inference=drift)
     ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
-    check_labels(ds, classes_of(b.graph["outputs"][0]))
+    check_labels(ds, classes_of(b.graph["outputs"][0], b.manifest.get("batch")))
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
     out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
@@ -570,7 +570,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
     ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
-    n_classes = classes_of(b.graph["outputs"][0])
+    n_classes = classes_of(b.graph["outputs"][0], b.manifest.get("batch"))
     check_labels(ds, n_classes)
     ref_fn = onnxruntime_fn(reference, ds.x, str(data)) if reference is not None else None
     show = not as_json and sys.stderr.isatty()
@@ -618,7 +618,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
             return _iter_bar(jobs, "chips") if show else jobs
 
         rows = sweep(b, spec, ds, seed_list, times, batch_size, ideal_out=ideal, progress=bar,
-                     chip_progress=_progress("chip", show, minimum=LONG_LIST))
+                     chip_progress=_progress("building chip", show, minimum=LONG_LIST))
         result["seeds"] = seed_list
         result["rows"] = [r.to_dict() for r in rows]
     if per_layer and not spec.is_ideal:

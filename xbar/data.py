@@ -82,12 +82,19 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
     return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
 
 
-def classes_of(output_spec: dict[str, Any]) -> int | None:
-    """Classes a model output scores: its values per sample, if its shape is static."""
+def classes_of(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> int | None:
+    """Classes a model output scores: its values per sample, if its shape is static.
+
+    The leading dimension is the batch, except for a model with a fixed batch (the
+    bundle's `batch` record) whose output does not lead with it (batch 1 squeezed away)."""
     shape = output_spec.get("shape")
-    if not shape or any(d is None for d in shape[1:]):
+    if not shape:
         return None
-    return int(np.prod(shape[1:], dtype=np.int64))
+    fixed = batch.get("size") if batch and batch.get("mode") == "fixed" else None
+    per_sample = shape if fixed and shape[0] != fixed else shape[1:]
+    if any(d is None for d in per_sample):
+        return None
+    return int(np.prod(per_sample, dtype=np.int64))
 
 
 def check_labels(data: Dataset, n_classes: int | None) -> None:

@@ -57,7 +57,9 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
         try:
             if fixed and len(batch) != fixed:
                 parts = [session.run(None, {meta.name: batch[j:j + fixed]})[0] for j in range(0, len(batch), fixed)]
-                return np.concatenate(parts, axis=0) if np.ndim(parts[0]) else np.stack(parts)
+                # Outputs that lead with the batch join along it; others (batch squeezed away) stack.
+                joins = all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
+                return np.concatenate(parts, axis=0) if joins else np.stack(parts)
             return session.run(None, {meta.name: batch})[0]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
