@@ -383,9 +383,10 @@ def _layer_table(m: dict[str, Any]) -> str:
     name_width = max(16, min(48, INFO_WIDTH - others))
     for r in rows:
         r[0] = _ellipsis(r[0], name_width)
-    return (render(headers, rows, numeric=numeric)
-            + "\n(out/sample: output shape without the batch dimension; digital: runs off the crossbars)"
-            if rows else "no layers")
+    if not rows:
+        return "no layers"
+    digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    return render(headers, rows, numeric=numeric) + f"\n(out/sample: output shape without the batch dimension{digital})"
 
 
 def _batch_dim(m: dict[str, Any]) -> tuple[Any, str | None] | None:
