@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -14,6 +14,7 @@ from xbar import __version__
 from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
+from xbar.converter.batch import resolve_batch
 from xbar.converter.fold import build_graph
 from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
@@ -30,6 +31,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
     return None if shape is None else [None if d is None else int(d) for d in shape]
+
+
+def _dim_names(info: Any) -> list[str | None] | None:
+    """Symbolic dimensions by name (e.g. batch, seq), None where a dim is a number or unnamed."""
+    names = getattr(info, "names", None) if info is not None and info.shape is not None else None
+    return None if names is None or not any(names) else list(names)
 
 
 def _jsonable(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -112,12 +119,13 @@ def convert(
     rearrange: str = "none",
     rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
+    progress: "Callable[[list[Node]], Iterable[Node]] | None" = None,
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
     `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
     are given), the device noise analog floating point weighs and the circuit column
-    placement needs."""
+    placement needs. `progress` wraps the walk over the graph's nodes (e.g. a progress bar)."""
     kwargs: dict[str, Any] = {}
     if hardware is not None:
         kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
@@ -138,6 +146,7 @@ def convert(
 
             check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
+    proto, batch = resolve_batch(proto)
     graph = build_graph(proto, label, default_opset(proto))
     einsum_to_matmul(graph)
     digital = list(digital)
@@ -160,7 +169,7 @@ def convert(
         raise UnsupportedOpError(unsupported_message(leftover, label, opset_text).replace(
             "Nothing was converted.", "They remain after constant folding (an If needs a condition known at "
             "conversion). Nothing was converted."))
-    for node in graph.nodes:
+    for node in (progress(list(graph.nodes)) if progress else graph.nodes):
         if node.name in absorbed:
             continue
         spec = extract_layer(graph, node, label)
@@ -183,6 +192,8 @@ def convert(
             "output": spec.output,
             "input_shape": _json_shape(in_info.shape) if in_info else None,
             "output_shape": _json_shape(out_info.shape) if out_info else None,
+            "input_dim_names": _dim_names(in_info),
+            "output_dim_names": _dim_names(out_info),
             "K": int(k),
             "N": int(n),
             "weight_name": spec.weight_name,
@@ -226,7 +237,8 @@ def convert(
         for name in names:
             info = graph.info.get(name)
             dtype = str(np.dtype(info.dtype)) if info and info.dtype is not None else "float32"
-            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype})
+            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype,
+                        "dim_names": _dim_names(info)})
         return out
 
     n_analog = [l for l in layers if l["placement"] == "analog"]
@@ -240,6 +252,7 @@ def convert(
             "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         },
         "mapping": cfg.to_dict(),
+        "batch": batch,
         "graph": {"inputs": io(graph.inputs), "outputs": io(graph.outputs), "constants": const_keys, "nodes": nodes_json},
         "layers": layers,
         "summary": {

@@ -29,7 +29,8 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     if not t.HasField("shape"):
         return TensorInfo(None, dtype)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return TensorInfo(dims, dtype)
+    names = [None if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return TensorInfo(dims, dtype, names)
 
 
 def _attr_value(attr: onnx.AttributeProto):
