@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -14,13 +14,16 @@ from xbar import __version__
 from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
+from xbar.converter.batch import resolve_batch
 from xbar.converter.fold import build_graph
 from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
 from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights
+from xbar.converter.rewrite import einsum_to_matmul
 from xbar.errors import ConfigError, UnsupportedOpError
-from xbar.ops import DIGITAL_OPS, LAYER_OP
+from xbar.converter.vocabulary import unsupported_message
+from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP
 
 if TYPE_CHECKING:  # pragma: no cover
     from xbar.hardware import HardwareSpec
@@ -28,6 +31,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _json_shape(shape: list[int | None] | None) -> list[int | None] | None:
     return None if shape is None else [None if d is None else int(d) for d in shape]
+
+
+def _dim_names(info: Any) -> list[str | None] | None:
+    """Symbolic dimensions by name (e.g. batch, seq), None where a dim is a number or unnamed."""
+    names = getattr(info, "names", None) if info is not None and info.shape is not None else None
+    return None if names is None or not any(names) else list(names)
 
 
 def _jsonable(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
@@ -110,12 +119,13 @@ def convert(
     rearrange: str = "none",
     rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
+    progress: "Callable[[list[Node]], Iterable[Node]] | None" = None,
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
     `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
     are given), the device noise analog floating point weighs and the circuit column
-    placement needs."""
+    placement needs. `progress` wraps the walk over the graph's nodes (e.g. a progress bar)."""
     kwargs: dict[str, Any] = {}
     if hardware is not None:
         kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
@@ -136,7 +146,9 @@ def convert(
 
             check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
+    proto, batch = resolve_batch(proto)
     graph = build_graph(proto, label, default_opset(proto))
+    einsum_to_matmul(graph)
     digital = list(digital)
 
     arrays: dict[str, np.ndarray] = {}
@@ -145,20 +157,23 @@ def convert(
     new_nodes: list[Node] = []
     absorbed: set[str] = set()
     found_names: list[str] = []
-    supported = DIGITAL_OPS
+    # What survives folding must be runnable; load_model refused unknown ops already, so
+    # this only catches ops the vocabulary allows at conversion time (an If whose
+    # condition did not fold), all of them in one message.
+    leftover: dict[str, list[str]] = {}
     for node in graph.nodes:
+        if node.op not in DIGITAL_OPS and node.op not in ANALOG_OPS:
+            leftover.setdefault(node.op, []).append(node.name)
+    if leftover:
+        opset_text = f"opset {original_opset}" + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
+        raise UnsupportedOpError(unsupported_message(leftover, label, opset_text).replace(
+            "Nothing was converted.", "They remain after constant folding (an If needs a condition known at "
+            "conversion). Nothing was converted."))
+    for node in (progress(list(graph.nodes)) if progress else graph.nodes):
         if node.name in absorbed:
             continue
         spec = extract_layer(graph, node, label)
         if spec is None:
-            if node.op not in supported:
-                raise UnsupportedOpError(
-                    f"{label}: node {node.name!r} uses op {node.op!r} (opset {original_opset}"
-                    + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
-                    + "), which xbar does not "
-                    f"support. Analog layers: Conv, Gemm, MatMul with a constant weight; digital ops: "
-                    f"{', '.join(sorted(supported))}."
-                )
             new_nodes.append(node)
             continue
         found_names.append(spec.name)
@@ -177,6 +192,8 @@ def convert(
             "output": spec.output,
             "input_shape": _json_shape(in_info.shape) if in_info else None,
             "output_shape": _json_shape(out_info.shape) if out_info else None,
+            "input_dim_names": _dim_names(in_info),
+            "output_dim_names": _dim_names(out_info),
             "K": int(k),
             "N": int(n),
             "weight_name": spec.weight_name,
@@ -220,7 +237,8 @@ def convert(
         for name in names:
             info = graph.info.get(name)
             dtype = str(np.dtype(info.dtype)) if info and info.dtype is not None else "float32"
-            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype})
+            out.append({"name": name, "shape": _json_shape(info.shape) if info else None, "dtype": dtype,
+                        "dim_names": _dim_names(info)})
         return out
 
     n_analog = [l for l in layers if l["placement"] == "analog"]
@@ -234,6 +252,7 @@ def convert(
             "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         },
         "mapping": cfg.to_dict(),
+        "batch": batch,
         "graph": {"inputs": io(graph.inputs), "outputs": io(graph.outputs), "constants": const_keys, "nodes": nodes_json},
         "layers": layers,
         "summary": {

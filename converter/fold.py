@@ -11,12 +11,12 @@ import warnings
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
 from xbar.converter.checks import refuse_nonfinite
 from xbar.converter.ir import Graph, Node, TensorInfo
-from xbar.errors import ModelError, UnsupportedOpError
+from xbar.errors import ModelError, UnsupportedOpError, XbarError
 
 # Ops whose output changes from call to call must never be folded.
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -29,7 +29,8 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     if not t.HasField("shape"):
         return TensorInfo(None, dtype)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return TensorInfo(dims, dtype)
+    names = [None if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return TensorInfo(dims, dtype, names)
 
 
 def _attr_value(attr: onnx.AttributeProto):
@@ -76,7 +77,39 @@ def _evaluate(proto: onnx.NodeProto, args: list[np.ndarray | None], opset: int) 
     return [np.asarray(r) for r in results]
 
 
-def build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
+def _to_model(graph: Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """The folded graph as an ONNX model again (same inputs, outputs and opsets)."""
+    nodes = []
+    for n in graph.nodes:
+        attrs = {k: numpy_helper.from_array(np.asarray(v)) if isinstance(v, np.ndarray) else v for k, v in n.attrs.items()}
+        nodes.append(helper.make_node(n.op, n.inputs, n.outputs, name=n.name, domain=n.domain or None, **attrs))
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in graph.constants.items()]
+    g = helper.make_graph(nodes, model.graph.name, [vi for vi in model.graph.input if vi.name in graph.inputs],
+                          list(model.graph.output), initializer=inits)
+    out = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return out
+
+
+def build_graph(model: onnx.ModelProto, label: str, opset: int, _second_pass: bool = False) -> Graph:
+    """Fold `model` into a Graph.
+
+    An If whose condition depends on a shape that shape inference could not resolve in
+    the raw model (torch guards LRN on the input's rank behind Pads with computed pads)
+    gets a second chance: the folded graph is shape-inferred again and folded once more.
+    """
+    graph = _build_graph(model, label, opset)
+    if not _second_pass and any(n.op == "If" for n in graph.nodes):
+        try:
+            again = shape_inference.infer_shapes(_to_model(graph, model), data_prop=True)
+            return build_graph(again, label, opset, _second_pass=True)
+        except XbarError:
+            raise
+        except Exception:  # best effort: the If is then reported as unsupported
+            return graph
+    return graph
+
+
+def _build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
     g = model.graph
     constants: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in g.initializer}
     info: dict[str, TensorInfo] = {}
@@ -101,7 +134,13 @@ def build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
             name = alias[name]
         return name
 
-    for idx, proto in enumerate(g.node):
+    # A worklist rather than a plain loop: an If whose condition folds to a constant is
+    # replaced by the nodes of the branch it takes (see below).
+    pending = list(g.node)[::-1]
+    idx = -1
+    while pending:
+        proto = pending.pop()
+        idx += 1
         name = proto.name or f"{proto.op_type}_{idx}"
         while name in used_names:
             name = f"{name}_{idx}"
@@ -118,6 +157,21 @@ def build_graph(model: onnx.ModelProto, label: str, opset: int) -> Graph:
 
         if op == "Constant":
             constants[outs[0]] = _constant_value(proto)
+            continue
+        if op == "If" and ins[0] in constants:
+            # Exporters guard shape-dependent code with an If (torch's LRN: "is the input
+            # 3-D?"); with static shapes the condition is known now, so the branch taken is
+            # spliced in. Node and tensor names are unique across subgraphs (SSA), and a
+            # branch may read outer tensors by name, so its nodes run unchanged here.
+            branch = attrs["then_branch" if bool(np.asarray(constants[ins[0]]).reshape(-1)[0]) else "else_branch"]
+            splice = list(branch.node)
+            for init in branch.initializer:
+                constants[init.name] = numpy_helper.to_array(init)
+            for vi in branch.value_info:
+                info.setdefault(vi.name, _tensor_info(vi))
+            for out, bout in zip(outs, branch.output):
+                splice.append(helper.make_node("Identity", [bout.name], [out], name=f"{name}__{out}"))
+            pending.extend(splice[::-1])
             continue
         if op in _ALIASES and ins and ins[0] and not (len(outs) > 1 and outs[1]):
             alias[outs[0]] = ins[0]

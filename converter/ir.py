@@ -23,6 +23,7 @@ class Node:
 class TensorInfo:
     shape: list[int | None] | None  # None: rank unknown; a None dim: symbolic (e.g. batch)
     dtype: np.dtype | None
+    names: list[str | None] | None = None  # symbolic dims by name (dim_param), None where unnamed
 
 
 @dataclass

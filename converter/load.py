@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 from onnx import shape_inference, version_converter
 
+from xbar.converter.vocabulary import check_vocabulary
 from xbar.errors import ModelError
 
 # The runtime implements operator semantics from opset 13 on (per-axis Softmax, axes as
@@ -51,8 +52,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
                 f"{onnx.__version__} knows (opsets 1 to {newest}); the meaning of its operators is unknown, so "
                 f"xbar will not guess it. Export the model at opset {newest} or older."
             )
+    opset = default_opset(model)
+    if opset >= MIN_NATIVE_OPSET:
+        # Before the checker, the upgrade and shape inference: a model xbar cannot run is
+        # refused at once, with every unsupported op named (older models are checked after
+        # their upgrade, which renames some ops).
+        check_vocabulary(model, label, f"opset {opset}")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
@@ -67,11 +74,36 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
                 f"{label}: could not upgrade the model from opset {opset} to {TARGET_OPSET} "
                 f"({type(exc).__name__}: {exc}); re-export it at opset {MIN_NATIVE_OPSET} or newer."
             ) from None
+        check_vocabulary(model, label, f"opset {opset}, upgraded to {TARGET_OPSET}")
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
         raise ModelError(f"{label}: ONNX shape inference failed ({exc}); the model is inconsistent.") from None
     return model, label, opset
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as the ONNX checker should see it.
+
+    onnx deprecated GroupNormalization-18 (scale and bias per group) in favour of
+    GroupNormalization-21 (per channel), and its checker now rejects every opset 18-20
+    model containing it, although onnxruntime runs them and so does xbar (the runtime
+    tells the two forms apart by the size of scale). The checker gets a copy in which
+    such nodes are InstanceNormalization (same inputs and output), the rest unchanged.
+    """
+    opset = default_opset(model)
+    if not 18 <= opset < 21 or not any(n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx")
+                                       for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type == "GroupNormalization" and node.domain in ("", "ai.onnx"):
+            node.op_type = "InstanceNormalization"
+            kept = [a for a in node.attribute if a.name == "epsilon"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    return copy
 
 
 def _per_channel_prelu_slopes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -131,8 +131,12 @@ def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> No
 
 def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, method: str,
               y: np.ndarray | None = None, fold: bool = True, batch_size: int = 128,
-              progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> tuple[Bundle, dict[str, Any]]:
-    """Return a calibrated copy of `bundle` (the input is not modified) and its record."""
+              progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+              ranges_progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> tuple[Bundle, dict[str, Any]]:
+    """Return a calibrated copy of `bundle` (the input is not modified) and its record.
+
+    `progress` wraps the analog layers as they are fitted, `ranges_progress` the batches
+    of the range finding that precedes a first calibration."""
     if method not in METHODS:
         raise DataError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if spec.is_ideal:
@@ -144,7 +148,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     if any("ranges" not in e for e in out.layers if e["placement"] == "analog"):
         from xbar.runtime.ranges import find_ranges
 
-        find_ranges(out, x, spec, batch_size)
+        find_ranges(out, x, spec, batch_size, progress=ranges_progress)
         ranges_found = True
     from xbar.runtime.ranges import effective_spec
 

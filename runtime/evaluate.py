@@ -14,11 +14,18 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + batch_size))
 
 
+def aligned(batch_size: int, fixed: int | None) -> int:
+    """`batch_size` rounded up to a multiple of a model's fixed batch size (if it has one)."""
+    return batch_size if not fixed else -(-batch_size // fixed) * fixed
+
+
 def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int,
             progress: Callable[[Iterable[slice]], Iterable[slice]] | None = None) -> np.ndarray:
-    """Run `fn` over `x` in batches and concatenate the outputs."""
+    """Run `fn` over `x` in batches and concatenate the outputs.
+
+    A model that fixes its batch size (`fn.fixed_batch`) gets batches of a multiple of it."""
     parts = []
-    chunks: Iterable[slice] = list(batches(len(x), batch_size))
+    chunks: Iterable[slice] = list(batches(len(x), aligned(batch_size, getattr(fn, "fixed_batch", None))))
     if progress is not None:
         chunks = progress(chunks)
     for sl in chunks:

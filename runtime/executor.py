@@ -32,10 +32,12 @@ def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
 class Runtime:
     """Executable form of a bundle. `run` takes and returns dicts of named arrays."""
 
-    def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0):
+    def __init__(self, bundle: Bundle, hardware: "HardwareSpec | None" = None, seed: int = 0, progress=None):
         """`hardware` None runs the programmed weights exactly, row blocks fused into one product.
         Otherwise a chip instance is sampled from `seed` (the same seed is the same chip, bit
-        for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC."""
+        for bit) and every analog layer runs tile by tile through DAC, crossbar and ADC.
+        `progress` wraps the list of layers while they are built (sampling a chip of a big
+        model takes a while): a progress bar."""
         keep_freed_memory()
         self.bundle = bundle
         self.hardware = hardware
@@ -44,6 +46,9 @@ class Runtime:
         self.inputs = graph["inputs"]
         self.outputs = graph["outputs"]
         self.input_names = [i["name"] for i in self.inputs]
+        batch = bundle.manifest.get("batch") or {}
+        # A graph with a fixed batch size runs in chunks of it; None: any batch runs whole.
+        self.fixed_batch = int(batch["size"]) if batch.get("mode") == "fixed" and batch.get("size") else None
         self.output_names = [o["name"] for o in self.outputs]
         self.constants = {name: bundle.array(key) for name, key in graph["constants"].items()}
         # Independent, stable streams: chip sampling per layer, and read noise per layer, so
@@ -51,7 +56,7 @@ class Runtime:
         self.layers = [
             Layer(entry, bundle, hardware,
                   np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
-            for i, entry in enumerate(bundle.layers)
+            for i, entry in (progress(list(enumerate(bundle.layers))) if progress else enumerate(bundle.layers))
         ]
         self.steps: list[tuple[str, Any, list[str], list[str], dict[str, Any]]] = []
         for node in graph["nodes"]:
@@ -81,6 +86,13 @@ class Runtime:
         for spec in self.inputs:
             x = np.asarray(feeds[spec["name"]])
             want = spec["shape"]
+            if want is not None and self.fixed_batch is not None and x.ndim and want:
+                if x.shape[0] % self.fixed_batch:
+                    raise DataError(
+                        f"input {spec['name']!r} has {x.shape[0]} samples, but the model fixes its batch at "
+                        f"{self.fixed_batch} and runs in batches of that size; give a multiple of "
+                        f"{self.fixed_batch} samples")
+                want = [None] + list(want[1:])
             if want is not None:
                 ok = x.ndim == len(want) and all(w is None or w == s for w, s in zip(want, x.shape))
                 if not ok:
@@ -114,8 +126,59 @@ class Runtime:
         # layers then run on chunk threads, and BLAS threads never sit spinning between them.
         batch = max((np.shape(v)[0] for v in inputs.values() if np.ndim(v)), default=1)
         with blas_single_threaded(batch >= 2 * workers()):
+            if self.fixed_batch is not None and batch > self.fixed_batch:
+                return (yield from self._fixed_steps(env, batch))
             yield from self._steps(env)
         return {name: env[name] for name in self.output_names}
+
+    def _fixed_steps(self, env: dict[str, np.ndarray], batch: int):
+        """A graph that fixes its batch size: digital ops run chunk by chunk of that size,
+        while every analog layer gets the whole batch at once (its rows are independent), so
+        a chip sees the same calls, and a caller of `walk` the same layer inputs, as with a
+        symbolic batch."""
+        size = self.fixed_batch
+        fed = set(self.input_names)
+        envs = [{k: (v[j:j + size] if k in fed else v) for k, v in env.items()} for j in range(0, batch, size)]
+        for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
+            if isinstance(fn, Layer):
+                parts = [e[ins[0]] for e in envs]
+                joined, split = _join(fn, parts)
+                yield fn, joined
+                try:
+                    result = fn(joined)
+                except XbarError:
+                    raise
+                except (ValueError, IndexError) as exc:
+                    raise DataError(f"node {name!r} failed on an input of shape {list(joined.shape)}: {exc}") from None
+                for e, r in zip(envs, split(result)):
+                    e[outs[0]] = r
+            else:
+                for e in envs:
+                    self._run_step(name, fn, ins, outs, attrs, e)
+            for e in envs:
+                for n in release:
+                    e.pop(n, None)
+        for name, spec in zip(self.output_names, self.outputs):
+            parts = [np.asarray(e[name]) for e in envs]
+            declared = spec.get("shape")
+            if parts[0].ndim and declared and declared[0] == size and all(p.shape[0] == size for p in parts):
+                env[name] = np.concatenate(parts, axis=0)
+            else:
+                env[name] = np.stack(parts, axis=0)
+        return {name: env[name] for name in self.output_names}
+
+    def _run_step(self, name, fn, ins, outs, attrs, env) -> None:
+        args = [env[i] if i else None for i in ins]
+        try:
+            results = fn(args, attrs)
+        except XbarError:
+            raise
+        except (ValueError, IndexError) as exc:
+            raise DataError(f"node {name!r} failed on inputs of shape "
+                            f"{[None if a is None else list(np.shape(a)) for a in args]}: {exc}") from None
+        for o, r in zip(outs, results):
+            if o:
+                env[o] = r
 
     def _steps(self, env: dict[str, np.ndarray]):
         for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
@@ -138,3 +201,26 @@ class Runtime:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Single-input, first-output convenience."""
         return self.run({self.input_names[0]: x})[self.output_names[0]]
+
+
+def _join(layer: Layer, parts: list[np.ndarray]):
+    """The per-chunk inputs of a layer as one array, and how to split its output back.
+
+    Rows of a Conv/Gemm/right MatMul input are independent samples (axis 0; axis 1 of a
+    transposed Gemm input); a left MatMul (W @ x) works on the last two axes, so a 2-D
+    input joins along its columns. A 1-D input gets a new axis first."""
+    x = parts[0]
+    left = layer.kind == "matmul" and layer.params.get("side") == "left"
+    if x.ndim == 1:
+        axis = -1 if left else 0
+        joined = np.stack(parts, axis=axis)
+        return joined, lambda y: [np.take(y, j, axis=axis) for j in range(len(parts))]
+    if layer.kind == "gemm" and layer.params.get("transA"):
+        in_axis, out_axis = 1, 0
+    elif left and x.ndim == 2:
+        in_axis = out_axis = -1
+    else:
+        in_axis = out_axis = 0
+    sizes = [p.shape[in_axis] for p in parts]
+    cuts = np.cumsum(sizes)[:-1]
+    return np.concatenate(parts, axis=in_axis), lambda y: np.split(y, cuts, axis=out_axis)

@@ -17,7 +17,7 @@ from xbar.bundle import Bundle
 from xbar.hardware import HardwareSpec
 from xbar.runtime.analog import per_block
 from xbar.runtime.chip import normalised_tiles, weight_rows
-from xbar.runtime.evaluate import batches
+from xbar.runtime.evaluate import aligned, batches
 
 MAX_VECTORS = 16384  # input vectors kept per layer: the 99.99th percentile is then the 2nd largest
 
@@ -91,7 +91,7 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
 
     rt = Runtime(bundle)
     rng = np.random.default_rng(seed)
-    chunks = list(batches(len(x), batch_size))
+    chunks = list(batches(len(x), aligned(batch_size, rt.fixed_batch)))
     samples = {i: _Sample(MAX_VECTORS, rng) for i, layer in enumerate(rt.layers) if layer.entry["placement"] == "analog"}
 
     def keep(index: int):

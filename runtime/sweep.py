@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -41,8 +41,8 @@ class SweepRow:
 
 def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], times: list[float],
           batch_size: int = 128, ideal_out: np.ndarray | None = None,
-          progress: Callable[[Iterable[tuple[float, int]]], Iterable[tuple[float, int]]] | None = None
-          ) -> list[SweepRow]:
+          progress: Callable[[Iterable[tuple[float, int]]], Iterable[tuple[float, int]]] | None = None,
+          chip_progress: Callable[[list[Any]], Iterable[Any]] | None = None) -> list[SweepRow]:
     """Evaluate one chip per (time, seed); every chip is sampled afresh from its seed."""
     if ideal_out is None:
         ideal_out = predict(Runtime(bundle), data.x, batch_size)
@@ -50,7 +50,7 @@ def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], t
     rows = {t: SweepRow(t) for t in times}
     jobs = [(t, s) for t in times for s in seeds]
     for t, seed in (progress(jobs) if progress else jobs):
-        rt = Runtime(bundle, spec.override(t_inference=t), seed=seed)
+        rt = Runtime(bundle, spec.override(t_inference=t), seed=seed, progress=chip_progress)
         out = predict(rt, data.x, batch_size)
         if data.y is not None:
             rows[t].accuracies.append(accuracy(out, data.y))

@@ -78,6 +78,34 @@ def test_unsupported_op_names_node_op_and_opset(run, tmp_path):
     assert not (tmp_path / "h.xbar").exists()
 
 
+def test_every_unsupported_op_in_one_paragraph(run, tmp_path):
+    """All unsupported ops at once (count, first three nodes, opset), exit status 1, no traceback."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Hardmax", ["x" if i == 0 else f"h{i}"], [f"h{i + 1}"], name=f"hm{i}") for i in range(5)]
+    nodes += [helper.make_node("Det", ["h5"], ["d"], name="det"), helper.make_node("Relu", ["d"], ["y"], name="relu")]
+    path = _save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)]),
+                 tmp_path / "m.onnx")
+    r = run("convert", path, "-o", tmp_path / "m.xbar")
+    assert r.exit_code == 1
+    text = _user_error(r, "opset 18", "2 ops", "'Hardmax' (5 nodes: 'hm0', 'hm1', 'hm2', ...)", "'Det' (1 node: 'det')",
+                       "`xbar ops`")
+    assert "hm3" not in text and "Softsign" not in text  # first three nodes only; not the whole vocabulary
+    assert len(text) < 700, text
+
+
+def test_ops_command(run):
+    from xbar.ops import ANALOG_OPS, DIGITAL_OPS
+
+    r = run("ops")
+    assert r.exit_code == 0
+    assert "LayerNormalization" in r.output and "Conv, Gemm, MatMul" in r.output
+    assert len(r.output.splitlines()) < 20
+    data = json.loads(run("ops", "--json").output)
+    assert data["analog"] == sorted(ANALOG_OPS) and data["digital"] == sorted(DIGITAL_OPS)
+    assert "ops" in run("--help").output
+
+
 def test_truncated_and_garbage_files(run, models_dir, tmp_path):
     data = (models_dir / "cnn_bn.onnx").read_bytes()
     (tmp_path / "t.onnx").write_bytes(data[: len(data) // 3])

@@ -796,6 +796,153 @@ def test_ops_do_not_write_into_inputs():
         np.testing.assert_array_equal(x, before, err_msg=op_type)
 
 
+# ------------------------------------------------- transformer-era ops (opset 17-21)
+
+
+@pytest.mark.parametrize("axis", [-1, -2, 1, 0])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_normalization(axis, with_bias):
+    x = randn(2, 3, 4, 5, seed=3) * 3 + 1
+    norm_shape = x.shape[axis:]
+    scale = randn(*norm_shape, seed=4)
+    bias = randn(*norm_shape, seed=5) if with_bias else None
+    check("LayerNormalization", [x, scale, bias], {"axis": axis, "epsilon": 1e-3}, n_out=3)
+
+
+def test_layer_normalization_stash_double_and_broadcast_scale():
+    x = randn(2, 6, 8, seed=6)
+    check("LayerNormalization", [x, randn(8, seed=7), randn(8, seed=8)], {"stash_type": 11}, n_out=1)
+    check("LayerNormalization", [x, randn(1, 8, seed=7)], {"axis": 1}, n_out=2)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 4, 3, 5), (1, 2, 2, 3, 2)])
+def test_instance_normalization(shape):
+    x = randn(*shape, seed=9) * 2 + 0.5
+    c = shape[1]
+    check("InstanceNormalization", [x, randn(c, seed=10), randn(c, seed=11)], {"epsilon": 1e-4})
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+@pytest.mark.parametrize(("groups", "shape"), [(2, (2, 6, 3, 4)), (3, (2, 6, 5)), (6, (1, 6, 2, 2)), (1, (2, 4, 3))])
+def test_group_normalization(opset, groups, shape):
+    """Opset 18: scale/bias per group; opset 21: per channel."""
+    x = randn(*shape, seed=12) * 2 - 1
+    n = groups if opset == 18 else shape[1]
+    check("GroupNormalization", [x, randn(n, seed=13), randn(n, seed=14)], {"num_groups": groups, "epsilon": 1e-3},
+          opset=opset)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_lrn(size):
+    x = randn(2, 7, 3, 3, seed=15) * 2
+    check("LRN", [x], {"size": size, "alpha": 0.01, "beta": 0.6, "bias": 1.5})
+    check("LRN", [randn(1, 4, 5, 1, seed=16)], {"size": size})  # onnxruntime runs only 4-D LRN
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_lrn_even_size_against_the_spec_formula(size):
+    """onnxruntime refuses even sizes (and onnx's ReferenceEvaluator loops over the batch
+    instead of the channels), so the spec's formula is written out here: the window is
+    max(0, c - floor((size-1)/2)) <= i <= min(C-1, c + ceil((size-1)/2))."""
+    import math
+
+    x = randn(2, 6, 3, 2, seed=17) * 2
+    alpha, beta, bias = 0.02, 0.7, 1.2
+    ref = np.empty_like(x)
+    for c in range(x.shape[1]):
+        lo, hi = max(0, c - math.floor((size - 1) / 2)), min(x.shape[1] - 1, c + math.ceil((size - 1) / 2))
+        square_sum = np.sum(x[:, lo:hi + 1].astype(np.float64) ** 2, axis=1)
+        ref[:, c] = x[:, c] / (bias + alpha / size * square_sum) ** beta
+    (ours,) = REGISTRY["LRN"]([x], {"size": size, "alpha": alpha, "beta": beta, "bias": bias})
+    assert_matches(ours, ref, f"LRN size {size}")
+
+
+@pytest.mark.parametrize("reduction", ["none", "add", "mul", "max", "min"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_scatter_elements(reduction, axis):
+    data = randn(4, 5, 3, seed=17)
+    shape = [4, 5, 3]
+    shape[axis] = 2
+    if reduction == "none":  # duplicate indices are undefined without a reduction
+        idx = np.stack([rng(18 + i).permutation(data.shape[axis])[:2] for i in range(int(np.prod(shape)) // 2)])
+        idx = np.moveaxis(idx.reshape([s for a, s in enumerate(shape) if a != (axis % 3)] + [2]), -1, axis)
+        idx = np.ascontiguousarray(idx).astype(np.int64)
+    else:
+        idx = rng(19).integers(-data.shape[axis], data.shape[axis], size=shape).astype(np.int64)
+    check("ScatterElements", [data, idx, randn(*shape, seed=20)], {"axis": axis, "reduction": reduction}, opset=18)
+
+
+@pytest.mark.parametrize("reduction", ["none", "add", "mul", "max", "min"])
+def test_scatter_nd(reduction):
+    data = randn(4, 3, 2, seed=21)
+    if reduction == "none":
+        idx = np.array([[[0, 1], [3, 2]], [[2, 0], [-1, 1]]], np.int64)  # four distinct cells
+    else:
+        idx = np.array([[[0, 1], [3, 2]], [[0, 1], [-1, 2]]], np.int64)  # (3, 2) twice, (0, 1) twice
+    check("ScatterND", [data, idx, randn(2, 2, 2, seed=22)], {"reduction": reduction}, opset=18)
+    check("ScatterND", [data, np.array([[1], [3]], np.int64), randn(2, 3, 2, seed=23)], {"reduction": reduction},
+          opset=18)
+    check("ScatterND", [np.arange(12, dtype=np.int64).reshape(3, 4), np.array([[2, 3], [0, 0]], np.int64),
+                        np.array([7, -7], np.int64)], {"reduction": reduction}, opset=18)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_gather_elements(axis):
+    data = randn(3, 4, 2, seed=24)
+    shape = [3, 4, 2]
+    shape[axis] = 5
+    idx = rng(25).integers(-data.shape[axis], data.shape[axis], size=shape).astype(np.int64)
+    check("GatherElements", [data, idx], {"axis": axis})
+
+
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_gather_nd(batch_dims):
+    data = randn(2, 3, 4, seed=26)
+    idx = np.array([[[1, 2], [0, -1]], [[1, 0], [0, 2]]], np.int64)
+    check("GatherND", [data, idx], {"batch_dims": batch_dims})
+    check("GatherND", [data, np.array([[1], [0]], np.int64)], {"batch_dims": batch_dims})
+
+
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_cumsum(exclusive, reverse, axis):
+    attrs = {"exclusive": exclusive, "reverse": reverse}
+    check("CumSum", [randn(3, 4, 2, seed=27), np.array(axis, np.int64)], attrs)
+    check("CumSum", [rng(28).integers(-5, 5, size=(3, 4, 2)).astype(np.int64), np.array(axis, np.int32)], attrs)
+
+
+@pytest.mark.parametrize("upper", [0, 1])
+@pytest.mark.parametrize("k", [None, 0, 1, -2, 7])
+def test_trilu(upper, k):
+    kk = None if k is None else np.array(k, np.int64)
+    check("Trilu", [randn(2, 4, 5, seed=29), kk], {"upper": upper})
+    check("Trilu", [randn(5, 3, seed=30), kk], {"upper": upper})
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes"),
+    [
+        ("btd,de->bte", [(2, 3, 4), (4, 5)]),
+        ("bhqd,bhkd->bhqk", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+        ("...d,ed->...e", [(2, 3, 4), (5, 4)]),
+        ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+        ("ii->i", [(4, 4)]),
+        ("ij", [(3, 4)]),
+        ("ij,ij->", [(3, 4), (3, 4)]),
+        ("b i j, b j k -> b i k", [(2, 3, 4), (2, 4, 2)]),
+    ],
+)
+def test_einsum(equation, shapes):
+    check("Einsum", [randn(*s, seed=31 + i) for i, s in enumerate(shapes)], {"equation": equation})
+
+
+def test_gelu_tanh_and_where_family_exist():
+    check("Gelu", [_activation_input()], {"approximate": "tanh"}, opset=20)
+    for op in ("Where", "Equal", "Not", "Range", "Mod", "Erf"):
+        assert get_op(op) is not None, op
+
+
 # ------------------------------------------------------------------- errors
 
 
@@ -812,6 +959,11 @@ def test_ops_do_not_write_into_inputs():
         ("BatchNormalization", [randn(2, 3)] + [np.ones(3, np.float32)] * 4, {"training_mode": 1}, "training_mode=1"),
         ("DepthToSpace", [randn(1, 4, 2, 2)], {"blocksize": 2, "mode": "XYZ"}, "mode='XYZ'"),
         ("Mod", [randn(2), randn(2)], {"fmod": 0}, "fmod=0"),
+        ("LayerNormalization", [randn(2, 3), randn(3)], {"stash_type": 10}, "stash_type=10"),
+        ("GroupNormalization", [randn(2, 4, 3), randn(4), randn(4)], {"num_groups": 2, "stash_type": 16},
+         "stash_type=16"),
+        ("ScatterND", [randn(3), i64(0).reshape(1, 1), randn(1)], {"reduction": "mean"}, "reduction='mean'"),
+        ("ScatterElements", [randn(3), i64(0), randn(1)], {"reduction": "xor"}, "reduction='xor'"),
     ],
 )
 def test_unsupported_attribute_values(op_type, inputs, attrs, needle):

@@ -199,6 +199,19 @@ def _(k: Kit) -> Case:
     return ["convert", "h.onnx", "-o", "out.xbar"], ("h.onnx", "odd_node", "Hardmax")
 
 
+@case("onnx-several-unsupported-ops")
+def _(k: Kit) -> Case:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    nodes = [helper.make_node("Hardmax", [f"h{i}"], [f"h{i + 1}"], name=f"hm{i}") for i in range(4)]
+    nodes[0].input[0] = "x"
+    nodes += [helper.make_node("Softsign", ["h4"], ["s"], name="fine"), helper.make_node("Det", ["s"], ["y"], name="odd_det")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(k.dir / "h.onnx"))
+    return ["convert", "h.onnx", "-o", "out.xbar"], ("h.onnx", "opset 17", "'Hardmax' (4 nodes: 'hm0', 'hm1', 'hm2', ...)",
+                                                    "'Det' (1 node: 'odd_det')", "xbar ops")
+
+
 @case("onnx-crossbar-single-number")
 def _(k: Kit) -> Case:
     return ["convert", k.model(), "-o", "out.xbar", "--crossbar", "128"], ("'128x128'",)

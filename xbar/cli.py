@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def cli() -> None:
                                    accuracy on simulated chips over time
     xbar calibrate model.xbar --data calib.npz --drift 1d
                                    re-fit batch-norm on one chip -> model.calibrated.xbar
+    xbar ops                       the ONNX operators xbar supports
     """
 
 
@@ -131,10 +133,15 @@ _ONLY_HELP = f"Keep only these non-idealities ({_NAMES}); repeat the option or g
 _WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option or give a comma list."
 
 
-def _shape(shape: list[int | None] | None) -> str:
+def _shape(shape: list[int | None] | None, names: list[str | None] | None = None) -> str:
+    """batch×3×224×224: symbolic dims by their names; an unnamed one is N if leading, else ?."""
     if shape is None:
         return "?"
-    return "(" + ",".join("N" if d is None else str(d) for d in shape) + ")"
+    if not shape:
+        return "scalar"
+    names = names or [None] * len(shape)
+    return "×".join(str(d) if d is not None else (n or ("N" if k == 0 else "?"))
+                    for k, (d, n) in enumerate(zip(shape, names)))
 
 
 @cli.command()
@@ -192,13 +199,13 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
                         afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
                         rearrange=rearrange, rearrange_rows=rearrange_rows,
-                        hardware=spec)
+                        hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
         from xbar.data import load_dataset
         from xbar.runtime.ranges import find_ranges
 
-        ds = load_dataset(calib_data, bundle.graph["inputs"][0])
+        ds = load_dataset(calib_data, bundle.graph["inputs"][0], batch=bundle.manifest.get("batch"))
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
@@ -208,19 +215,30 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     s = bundle.manifest["summary"]
     click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles of "
                f"{crossbar[0]}x{crossbar[1]}, {s['digital_layers']} digital layers, {s['analog_weights']:,} analog weights")
+    from xbar.converter.batch import describe as describe_batch
+
+    click.echo(f"batch: {describe_batch(bundle.manifest.get('batch'))}")
+
+
+INFO_WIDTH = 100  # the text output fits a terminal this wide
+AUTO_TABLE_LAYERS = 30  # up to this many layers the per-layer table follows the summary by default
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
-def info(bundle: Path, as_json: bool) -> None:
-    """Show a bundle's layers, shapes, tiles and utilisation."""
+@click.option("--layers/--no-layers", "layers", default=None,
+              help=f"Print the per-layer table after the summary [default: only for models of up to "
+                   f"{AUTO_TABLE_LAYERS} layers].")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON (always every layer).")
+def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
+    """Show a bundle's summary (model, batch, target, totals), then its layers, shapes, tiles and utilisation."""
     from xbar.bundle import load_bundle
-    from xbar.table import render
+    from xbar.converter.batch import describe as describe_batch
 
     b = load_bundle(bundle)
     m = b.manifest
     target, notes = _target(b)
+    size = bundle.stat().st_size
     if as_json:
         keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
         keep["calibration"] = m.get("calibration", [])
@@ -228,13 +246,21 @@ def info(bundle: Path, as_json: bool) -> None:
         keep["hardware_notes"] = notes
         keep["layers"] = [{k: v for k, v in layer.items() if k not in ("arrays", "source_affine")}
                           for layer in m["layers"]]
+        keep["batch"] = m.get("batch") or {"mode": "symbolic", "size": None, "dim": None}
+        keep["io"] = {kind: m["graph"][kind] for kind in ("inputs", "outputs")}
+        keep["bundle_bytes"] = size
         click.echo(json.dumps(keep, indent=1))
         return
     mp = m["mapping"]
-    click.echo(f"bundle   {bundle}  (format {m['format_version']}, written by xbar {m['xbar_version']})")
+    s = m["summary"]
     src = m["model"]
-    click.echo(f"model    {src['source']}  sha256 {src['sha256'][:16]}…  opset {src['opset']}"
-               + (f" (upgraded from {src['original_opset']})" if src["original_opset"] != src["opset"] else ""))
+    _line("bundle", f"{bundle}  ({_bytes(size)}; format {m['format_version']}, written by xbar {m['xbar_version']})")
+    _line("model", f"{src['source']}  sha256 {src['sha256'][:16]}…  opset {src['opset']}"
+          + (f" (upgraded from {src['original_opset']})" if src["original_opset"] != src["opset"] else ""))
+    ins = ", ".join(f"{i['name']} {_shape(i['shape'], i.get('dim_names'))}" for i in m["graph"]["inputs"])
+    outs = ", ".join(f"{o['name']} {_shape(o['shape'], o.get('dim_names'))}" for o in m["graph"]["outputs"])
+    _line("io", f"{ins} -> {outs}")
+    _line("batch", describe_batch(m.get("batch")))
     bits = f"{mp['weight_bits']}-bit weights" if mp["weight_bits"] else "unquantised weights"
     if mp.get("afp_exponents", 1) > 1:
         bits += f", analog floating point ({mp['afp_exponents']} exponents, gains 2^-{mp['afp_step']}e)"
@@ -246,56 +272,141 @@ def info(bundle: Path, as_json: bool) -> None:
         bits += f", columns placed for {mp['rearrange']}"
     if mp.get("rearrange_rows", "none") != "none":
         bits += f", rows placed for {mp['rearrange_rows']}"
-    click.echo(f"mapping  {mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
-               f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS")
-    ins = ", ".join(f"{i['name']} {_shape(i['shape'])}" for i in m["graph"]["inputs"])
-    outs = ", ".join(f"{o['name']} {_shape(o['shape'])}" for o in m["graph"]["outputs"])
-    click.echo(f"io       {ins} -> {outs}")
+    _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
+          f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS")
     if target.is_ideal:
-        click.echo("target   ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)\n")
+        _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:
-        lines = target.describe().splitlines()
-        click.echo("target   " + "\n         ".join(lines[:-1]))  # the time line: eval and calibrate choose it
+        lines = target.describe().splitlines()[:-1]  # the time line: eval and calibrate choose it
+        _line("target", lines[0])
+        for line in lines[1:]:
+            _line("", line)
         for note in notes:
-            click.echo(f"         note: {note}")
-        click.echo()
-    rows = []
-    for layer in m["layers"]:
-        t = layer.get("tiles")
-        cols = t.get("physical_columns", 2 * t["weight_cols_per_block"][0] if t else 0) if t else None
-        adc = _adc_per_sample(t)
-        rows.append([
-            layer["name"], layer["kind"], layer["placement"], f"{layer['K']}×{layer['N']}",
-            _shape(layer["input_shape"]), _shape(layer["output_shape"]),
-            f"{t['n_row_blocks']}×{t['n_col_blocks']}" if t else "-",
-            t["tiles_used"] if t else "-",
-            f"{cols:,}" if t else "-",
-            "-" if adc is None else f"{adc:,}",
-            f"{100 * t['utilisation']:.1f}%" if t else "-",
-            f"{layer['weights']:,}",
-            {"batchnorm": "BN", "calibrated": "calibrated"}.get(layer["affine"]["source"], "bias"),
-        ])
-    click.echo(render(["layer", "kind", "where", "K×N", "input", "output", "blocks", "tiles", "columns",
-                       "ADC/sample", "util", "weights", "affine"], rows,
-                      numeric=[False, False, False, True, False, False, True, True, True, True, True, True, False]))
-    s = m["summary"]
-    extra = ""
+            _line("", f"note: {note}")
+    n_layers = len(m["layers"])
+    _line("totals", f"{n_layers} layers: {s['analog_layers']} analog on {s['tiles_used']:,} tiles, "
+          f"{s['digital_layers']} digital")
+    _line("", f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
     if "physical_columns" in s:
         adc = s.get("adc_per_sample")
-        extra = (f"; {s['physical_columns']:,} physical columns, "
-                 + ("ADC conversions per sample unknown (symbolic shapes)" if adc is None
-                    else f"{adc:,} ADC conversions per sample"))
-    click.echo(f"\n{s['analog_layers']} analog layers on {s['tiles_used']} tiles, {s['digital_layers']} digital; "
-               f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all{extra}")
+        _line("", f"{s['physical_columns']:,} physical columns, "
+              + ("ADC conversions per sample unknown (symbolic shapes)" if adc is None
+                 else f"{adc:,} ADC conversions per sample"))
     from xbar.units import format_time
 
     for rec in m.get("calibration", []):
         acc = (f"; accuracy on calibration data {100 * rec['accuracy_before']:.2f}% -> {100 * rec['accuracy_after']:.2f}%"
                if "accuracy_before" in rec else "")
-        click.echo(f"calibration: '{rec['method']}' on {rec['samples']} samples, chip seed {rec['seed']}, "
-                   f"t = {format_time(rec['t_inference'])}, {rec['hardware']['device']['model']} device{acc}; "
-                   f"agreement with ideal {100 * rec['agreement_with_ideal_before']:.2f}% -> "
-                   f"{100 * rec['agreement_with_ideal_after']:.2f}% ({rec['date']})")
+        _line("calib", f"calibration '{rec['method']}' on {rec['samples']} samples, chip seed {rec['seed']}, "
+              f"t = {format_time(rec['t_inference'])}, {rec['hardware']['device']['model']} device{acc}; "
+              f"agreement with ideal {100 * rec['agreement_with_ideal_before']:.2f}% -> "
+              f"{100 * rec['agreement_with_ideal_after']:.2f}% ({rec['date']})")
+    if layers is None:
+        layers = n_layers <= AUTO_TABLE_LAYERS
+    if not layers:
+        click.echo(f"\n{n_layers} layers: the per-layer table with `xbar info --layers`, every field with `--json`.")
+        return
+    click.echo()
+    click.echo(_layer_table(m))
+
+
+def _line(label: str, text: str) -> None:
+    """One summary field, `label` in a 9-wide margin, wrapped to INFO_WIDTH between clauses."""
+    first, rest = (f"{label:<8} " if label else " " * 9), " " * 11
+    lines, current, filled = [], first, False
+    for clause in _clauses(text):
+        if filled and len(current) + len(clause) > INFO_WIDTH:
+            lines.append(current.rstrip())
+            current = rest + clause.lstrip()
+        else:
+            current += clause
+        filled = True
+    lines.append(current.rstrip())
+    for line in lines:
+        if len(line) <= INFO_WIDTH:
+            click.echo(line)
+        else:  # one clause longer than the line: break it between words
+            import textwrap
+
+            click.echo(textwrap.fill(line.strip(), INFO_WIDTH, initial_indent=line[:len(line) - len(line.lstrip())],
+                                     subsequent_indent=rest, break_long_words=False, break_on_hyphens=False))
+
+
+def _clauses(text: str) -> list[str]:
+    """`text` cut after every ', ' and '; ' outside parentheses (each piece keeps its separator)."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch in ",;" and depth <= 0 and text[i + 1:i + 2] == " ":
+            out.append(text[start:i + 2])
+            start = i + 2
+    out.append(text[start:])
+    return [c for c in out if c]
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _ellipsis(text: str, width: int) -> str:
+    """`text` shortened in the middle to `width` characters (start and end name a layer best)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def _layer_table(m: dict[str, Any]) -> str:
+    """Per-layer rows fitted to INFO_WIDTH: shapes per sample, the layer name gets what is left."""
+    from xbar.table import render
+
+    lead = _batch_dim(m)
+    rows = []
+    for layer in m["layers"]:
+        t = layer.get("tiles")
+        cols = t.get("physical_columns", 2 * t["weight_cols_per_block"][0]) if t else None
+        adc = _adc_per_sample(t)
+        rows.append([
+            layer["name"], layer["kind"], f"{layer['K']}×{layer['N']}",
+            _per_sample(layer["output_shape"], layer.get("output_dim_names"), lead),
+            f"{t['tiles_used']:,}" if t else "digital",
+            f"{cols:,}" if t else "-",
+            "-" if adc is None else f"{adc:,}",
+            f"{100 * t['utilisation']:.1f}%" if t else "-",
+            {"batchnorm": "BN", "calibrated": "cal."}.get(layer["affine"]["source"], "bias"),
+        ])
+    headers = ["layer", "kind", "K×N", "out/sample", "tiles", "columns", "ADC/sample", "util", "affine"]
+    numeric = [False, False, True, False, True, True, True, True, False]
+    others = sum(max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+                 for i, h in enumerate(headers) if i) + 2 * (len(headers) - 1)
+    name_width = max(16, min(48, INFO_WIDTH - others))
+    for r in rows:
+        r[0] = _ellipsis(r[0], name_width)
+    if not rows:
+        return "no layers"
+    digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    return render(headers, rows, numeric=numeric) + f"\n(out/sample: output shape without the batch dimension{digital})"
+
+
+def _batch_dim(m: dict[str, Any]) -> tuple[Any, str | None] | None:
+    """The leading dim of the first graph input (value, name): the batch the layer shapes share."""
+    ins = m["graph"]["inputs"]
+    if not ins or not ins[0]["shape"]:
+        return None
+    names = ins[0].get("dim_names") or [None]
+    return ins[0]["shape"][0], names[0]
+
+
+def _per_sample(shape: list[int | None] | None, names: list[str | None] | None, lead) -> str:
+    if shape and lead is not None:
+        value, name = lead
+        first = (names or [None])[0]
+        if shape[0] == value and (first == name or value is not None):
+            return _shape(shape[1:], (names or [None] * len(shape))[1:]) if len(shape) > 1 else "1"
+    return _shape(shape, names)
 
 
 def _adc_per_sample(t: dict[str, Any] | None) -> int | None:
@@ -314,10 +425,14 @@ def _target(b):
     return effective_spec(b, HardwareSpec.from_dict(stored) if stored else preset("ideal"))
 
 
-def _progress(label: str, enabled: bool):
+LONG_LIST = 30  # preparations over fewer steps than this (nodes, layers) finish without a bar
+
+
+def _progress(label: str, enabled: bool, minimum: int = 3):
+    """A progress bar on stderr over a list of steps, if `enabled` (a TTY) and there are `minimum` or more."""
     def wrap(items):
         items = list(items)
-        if not enabled or len(items) < 3:
+        if not enabled or len(items) < minimum:
             return items
         return _iter_bar(items, label)
 
@@ -377,12 +492,13 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
         raise ConfigError(f"{bundle} targets ideal hardware (converted without --hardware) and no --hardware was "
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
     spec = spec.override(t_inference=drift)
-    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES)
-    check_labels(ds, classes_of(b.graph["outputs"][0]))
+    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
+    check_labels(ds, classes_of(b.graph["outputs"][0], b.manifest.get("batch")))
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
     out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
-                            progress=(lambda items: _iter_bar(list(items), "layers")) if show else None)
+                            progress=(lambda items: _iter_bar(list(items), "layers")) if show else None,
+                            ranges_progress=_progress("ranges", show))
     took = time.perf_counter() - t0
     save_bundle(out, output, force=force)
     ran = _spec_of(rec["hardware"])
@@ -456,8 +572,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     else:
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
-    ds = load_dataset(data, b.graph["inputs"][0])
-    n_classes = classes_of(b.graph["outputs"][0])
+    ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
+    n_classes = classes_of(b.graph["outputs"][0], b.manifest.get("batch"))
     check_labels(ds, n_classes)
     ref_fn = onnxruntime_fn(reference, ds.x, str(data)) if reference is not None else None
     show = not as_json and sys.stderr.isatty()
@@ -504,7 +620,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
             jobs = list(jobs)
             return _iter_bar(jobs, "chips") if show else jobs
 
-        rows = sweep(b, spec, ds, seed_list, times, batch_size, ideal_out=ideal, progress=bar)
+        rows = sweep(b, spec, ds, seed_list, times, batch_size, ideal_out=ideal, progress=bar,
+                     chip_progress=_progress("building chip", show, minimum=LONG_LIST))
         result["seeds"] = seed_list
         result["rows"] = [r.to_dict() for r in rows]
     if per_layer and not spec.is_ideal:
@@ -583,6 +700,35 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
                   e["tiles"], e["dominant"]] for e in d["layers"]]
         click.echo(render(["layer", "SNR dB", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True, True, True, True, False]))
+
+
+@cli.command(name="ops")
+@click.option("--json", "as_json", is_flag=True, help="Print the vocabulary as one JSON object.")
+def ops_command(as_json: bool) -> None:
+    """List the ONNX operators xbar converts: analog layers and digital ops."""
+    import textwrap
+
+    import onnx
+
+    from xbar.converter.load import MIN_NATIVE_OPSET, TARGET_OPSET
+    from xbar.converter.vocabulary import CONVERSION_OPS
+    from xbar.ops import ANALOG_OPS, DIGITAL_OPS
+
+    newest = onnx.defs.onnx_opset_version()
+    if as_json:
+        click.echo(json.dumps({"analog": sorted(ANALOG_OPS), "digital": sorted(DIGITAL_OPS),
+                               "conversion_time": sorted(CONVERSION_OPS),
+                               "opsets": {"native": [MIN_NATIVE_OPSET, newest], "upgraded_to": TARGET_OPSET}}))
+        return
+    wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
+    click.echo(f"analog (on crossbars): {', '.join(sorted(ANALOG_OPS))} with a constant weight operand; "
+               "Einsum of a constant 2-D matrix is rewritten to MatMul")
+    click.echo(f"digital (NumPy, {len(DIGITAL_OPS)} ops):")
+    click.echo(wrap(", ".join(sorted(DIGITAL_OPS))))
+    click.echo(f"folded at conversion: {', '.join(sorted(CONVERSION_OPS))} (If only with a condition known then); "
+               "any op whose inputs are all constants")
+    click.echo(f"opsets {MIN_NATIVE_OPSET}-{newest} (older models are upgraded to {TARGET_OPSET}); "
+               "only the standard ONNX domain")
 
 
 def _seed_text(seeds: list[int]) -> str:

@@ -28,8 +28,11 @@ def _shape_text(shape: list[int | None]) -> str:
 
 
 def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = None,
-                 min_samples: int = 1) -> Dataset:
-    """Read `path` (keys `x`, optional `y`) and check it fits `input_spec` (name/shape/dtype)."""
+                 min_samples: int = 1, batch: dict[str, Any] | None = None) -> Dataset:
+    """Read `path` (keys `x`, optional `y`) and check it fits `input_spec` (name/shape/dtype).
+
+    `batch` is the bundle's batch record: a model with a fixed batch size runs the data in
+    chunks of that size, so the leading dimension is then free up to a multiple of it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
@@ -63,6 +66,12 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
     if input_spec is not None and input_spec.get("shape") is not None:
         want = input_spec["shape"]
+        fixed = int(batch["size"]) if batch and batch.get("mode") == "fixed" and batch.get("size") else None
+        if fixed is not None and want and x.ndim:
+            want = [None] + list(want[1:])
+            if x.shape[0] % fixed:
+                raise DataError(f"{path}: x holds {x.shape[0]} samples, but the model fixes its batch at {fixed} "
+                                f"and runs in batches of that size; give a multiple of {fixed} samples")
         fits = x.ndim == len(want) and all(w is None or w == s for w, s in zip(want, x.shape))
         if not fits:
             raise DataError(
@@ -73,12 +82,19 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
     return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
 
 
-def classes_of(output_spec: dict[str, Any]) -> int | None:
-    """Classes a model output scores: its values per sample, if its shape is static."""
+def classes_of(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> int | None:
+    """Classes a model output scores: its values per sample, if its shape is static.
+
+    The leading dimension is the batch, except for a model with a fixed batch (the
+    bundle's `batch` record) whose output does not lead with it (batch 1 squeezed away)."""
     shape = output_spec.get("shape")
-    if not shape or any(d is None for d in shape[1:]):
+    if not shape:
         return None
-    return int(np.prod(shape[1:], dtype=np.int64))
+    fixed = batch.get("size") if batch and batch.get("mode") == "fixed" else None
+    per_sample = shape if fixed and shape[0] != fixed else shape[1:]
+    if any(d is None for d in per_sample):
+        return None
+    return int(np.prod(per_sample, dtype=np.int64))
 
 
 def check_labels(data: Dataset, n_classes: int | None) -> None:

@@ -71,6 +71,7 @@ _MANIFEST_SCHEMA = {
                 "parameters": int},
     "arrays": _Map(_ARRAY),
     "hardware": _Optional(dict),
+    "batch": _Optional({"mode": str}),
     "calibration": _Optional([_CALIBRATION]),
 }
 
@@ -260,8 +261,21 @@ def _specs_problem(m: dict[str, Any]) -> str | None:
     return None
 
 
+def _batch_problem(m: dict[str, Any]) -> str | None:
+    """How the model batches: a known mode; a fixed one names its positive declared size."""
+    b = m.get("batch")
+    if b is None:
+        return None
+    if b["mode"] not in ("symbolic", "relaxed", "fixed"):
+        return f"manifest.batch.mode is {b['mode']!r}, expected 'symbolic', 'relaxed' or 'fixed'"
+    size = b.get("size")
+    if b["mode"] == "fixed" and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        return f"manifest.batch.size is {size!r}; a fixed batch needs a positive integer size"
+    return None
+
+
 def manifest_problem(manifest: Any) -> str | None:
     """What is structurally wrong with a parsed manifest of the current format version, or None."""
     problem = _schema_problem(manifest, _MANIFEST_SCHEMA, "manifest")
-    checks = (_specs_problem, _arrays_problem, _layers_problem, _graph_problem)
+    checks = (_specs_problem, _arrays_problem, _layers_problem, _graph_problem, _batch_problem)
     return problem or next((p for check in checks if (p := check(manifest))), None)

@@ -38,8 +38,16 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
         raise ModelError(f"{path}: onnxruntime cannot load the reference model ({exc})") from None
     meta = session.get_inputs()[0]
     declared = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in meta.shape) + ")"
+    # A model that fixes its batch (e.g. [1, 3, 224, 224]) runs in chunks of that size:
+    # sample by sample for batch 1, which is the ground truth a relaxed batch must match.
+    fixed = meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else None
     if x is not None:
-        fits = len(meta.shape) == x.ndim and all(not isinstance(d, int) or d == s for d, s in zip(meta.shape, x.shape))
+        fits = len(meta.shape) == x.ndim and all(not isinstance(d, int) or d == s
+                                                 for d, s in zip(meta.shape[1:] if fixed else meta.shape,
+                                                                 x.shape[1:] if fixed else x.shape))
+        if fits and fixed and len(x) % fixed:
+            raise DataError(f"{data_label}: x holds {len(x)} samples, but the reference model {path} fixes its "
+                            f"batch at {fixed}; give a multiple of {fixed} samples")
         if not fits:
             raise DataError(f"{data_label}: x has shape {tuple(x.shape)}, but the reference model {path} expects "
                             f"input {meta.name!r} of shape {declared}; give the reference this bundle was "
@@ -47,10 +55,16 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
 
     def run(batch: np.ndarray) -> np.ndarray:
         try:
+            if fixed and len(batch) != fixed:
+                parts = [session.run(None, {meta.name: batch[j:j + fixed]})[0] for j in range(0, len(batch), fixed)]
+                # Outputs that lead with the batch join along it; others (batch squeezed away) stack.
+                joins = all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
+                return np.concatenate(parts, axis=0) if joins else np.stack(parts)
             return session.run(None, {meta.name: batch})[0]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"the reference model {path} (input {meta.name!r} of shape {declared}) fails on a batch "
                             f"of shape {tuple(batch.shape)} from {data_label}: {first}") from None
 
+    run.fixed_batch = fixed  # type: ignore[attr-defined]  # predict() sends multiples of it
     return run

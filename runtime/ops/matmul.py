@@ -11,3 +11,14 @@ from ._registry import register
 def matmul(inputs, attrs):
     # ONNX MatMul is defined as numpy.matmul, 1-D promotion and batch broadcasting included.
     return [np.matmul(inputs[0], inputs[1])]
+
+
+@register("Einsum")
+def einsum(inputs, attrs):
+    # numpy.einsum implements the same Einstein-summation language (implicit output,
+    # "..." broadcasting, repeated labels for diagonals); ONNX allows blanks, numpy not.
+    equation = str(attrs["equation"]).replace(" ", "")
+    operands = [x for x in inputs if x is not None]
+    out = np.einsum(equation, *operands, optimize=len(operands) > 2)
+    dtype = operands[0].dtype
+    return [np.asarray(out, dtype=dtype)]

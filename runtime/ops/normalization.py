@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._registry import register, unsupported
+from ._registry import num_outputs, register, unsupported
 
 
 @register("BatchNormalization")
@@ -22,3 +22,120 @@ def batch_normalization(inputs, attrs):
     y = x * a.astype(x.dtype).reshape(shape)
     y += b.astype(x.dtype).reshape(shape)
     return [y]
+
+
+# Float types a stash_type attribute may name, and the NumPy precision used for it.
+# float16/bfloat16 statistics would be less precise than the data: refused, not guessed.
+_STASH = {1: np.float32, 11: np.float64}
+
+
+def _stash(op: str, attrs) -> type:
+    stash = int(attrs.get("stash_type", 1))
+    if stash not in _STASH:
+        raise unsupported(op, "stash_type", stash, sorted(_STASH))
+    return _STASH[stash]
+
+
+@register("LayerNormalization")
+def layer_normalization(inputs, attrs):
+    """Opset 17: normalise over axes [axis, rank), scale and bias broadcast over those axes.
+
+    Mean and inverse standard deviation are computed in the stash type and returned (as
+    the optional outputs Mean, InvStdDev) with the normalised axes kept as size 1.
+    """
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = int(attrs.get("axis", -1))
+    axis = axis + x.ndim if axis < 0 else axis
+    if not 0 <= axis < x.ndim:
+        raise ValueError(f"LayerNormalization: axis {attrs.get('axis')} out of range for rank {x.ndim}")
+    eps = float(attrs.get("epsilon", 1e-5))
+    dtype = _stash("LayerNormalization", attrs)
+    axes = tuple(range(axis, x.ndim))
+    xs = x.astype(dtype, copy=False)
+    mean = xs.mean(axis=axes, keepdims=True)
+    d = xs - mean
+    inv_std = 1 / np.sqrt((d * d).mean(axis=axes, keepdims=True) + dtype(eps))
+    d *= inv_std
+    y = d.astype(x.dtype, copy=False) * scale.astype(x.dtype, copy=False)
+    if bias is not None:
+        y += bias.astype(x.dtype, copy=False)
+    outputs = [y]
+    n = num_outputs(attrs)
+    if n >= 2:
+        outputs.append(mean)
+    if n >= 3:
+        outputs.append(inv_std)
+    return outputs
+
+
+def _instance_stats(x: np.ndarray, axes: tuple[int, ...], eps: float, dtype) -> np.ndarray:
+    xs = x.astype(dtype, copy=False)
+    d = xs - xs.mean(axis=axes, keepdims=True)
+    d /= np.sqrt((d * d).mean(axis=axes, keepdims=True) + dtype(eps))
+    return d
+
+
+@register("InstanceNormalization")
+def instance_normalization(inputs, attrs):
+    """y = scale·(x − mean)/√(var + ε) + B, statistics per sample and channel over the spatial axes."""
+    x, scale, bias = inputs[:3]
+    if x.ndim < 3:
+        raise ValueError(f"InstanceNormalization: expected an (N, C, D1, ...) input, got shape {x.shape}")
+    eps = float(attrs.get("epsilon", 1e-5))
+    d = _instance_stats(x, tuple(range(2, x.ndim)), eps, np.float64)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = d * scale.astype(np.float64).reshape(shape) + bias.astype(np.float64).reshape(shape)
+    return [y.astype(x.dtype)]
+
+
+@register("GroupNormalization")
+def group_normalization(inputs, attrs):
+    """Statistics per sample and group of C/num_groups channels (and all spatial positions).
+
+    Opset 18 gives scale and bias per group (num_groups values), opset 21 per channel (C
+    values); the sizes tell the two forms apart (they coincide when num_groups = C).
+    """
+    x, scale, bias = inputs[:3]
+    if "num_groups" not in attrs:
+        raise ValueError("GroupNormalization: attribute num_groups is required")
+    groups = int(attrs["num_groups"])
+    n, c = x.shape[:2]
+    if groups <= 0 or c % groups:
+        raise ValueError(f"GroupNormalization: {c} channels are not divisible into num_groups={groups}")
+    eps = float(attrs.get("epsilon", 1e-5))
+    dtype = _stash("GroupNormalization", attrs)
+    g = x.reshape(n, groups, -1)
+    d = _instance_stats(g, (2,), eps, dtype).reshape(x.shape).astype(np.float64)
+    scale = scale.astype(np.float64).reshape(-1)
+    bias = bias.astype(np.float64).reshape(-1)
+    if scale.size == groups and bias.size == groups and groups != c:
+        scale, bias = np.repeat(scale, c // groups), np.repeat(bias, c // groups)
+    if scale.size != c or bias.size != c:
+        raise ValueError(f"GroupNormalization: scale/bias of {scale.size}/{bias.size} values fit neither "
+                         f"num_groups={groups} (opset 18) nor C={c} (opset 21)")
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return [(d * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)]
+
+
+@register("LRN")
+def lrn(inputs, attrs):
+    """Local response normalisation across channels:
+    y = x / (bias + alpha/size · Σ x²)^beta over channels c − ⌊(size−1)/2⌋ … c + ⌈(size−1)/2⌉."""
+    x = inputs[0]
+    if "size" not in attrs:
+        raise ValueError("LRN: attribute size is required")
+    size = int(attrs["size"])
+    alpha = float(attrs.get("alpha", 1e-4))
+    beta = float(attrs.get("beta", 0.75))
+    bias = float(attrs.get("bias", 1.0))
+    c = x.shape[1]
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    sq = np.square(x.astype(np.float64))
+    # Channel window sums from a cumulative sum padded with one leading zero.
+    csum = np.concatenate([np.zeros_like(sq[:, :1]), np.cumsum(sq, axis=1)], axis=1)
+    idx = np.arange(c)
+    top = np.minimum(idx + hi, c - 1) + 1
+    bottom = np.maximum(idx - lo, 0)
+    window = np.take(csum, top, axis=1) - np.take(csum, bottom, axis=1)
+    return [(x / (bias + (alpha / size) * window) ** beta).astype(x.dtype)]

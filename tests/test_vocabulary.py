@@ -1,0 +1,157 @@
+"""The converter's vocabulary: early refusal of unsupported ops, what folding rescues,
+Einsum onto crossbars, If with a condition known at conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from xbar.converter import convert
+from xbar.errors import UnsupportedOpError
+from xbar.runtime import Runtime
+
+
+def _model(nodes, inits=(), in_shape=("N", 4), out_shape=("N", 4), opset=17, out="y"):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(out_shape))],
+        initializer=[numpy_helper.from_array(v, k) for k, v in dict(inits).items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ref(model, x):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_unsupported_ops_are_refused_before_loading_work(monkeypatch):
+    """Neither the checker, shape inference nor folding runs on a model that cannot convert."""
+    import xbar.converter.fold as fold
+    import xbar.converter.load as load
+
+    def boom(*a, **k):
+        raise AssertionError("expensive step ran before the vocabulary check")
+
+    monkeypatch.setattr(load.onnx.checker, "check_model", boom)
+    monkeypatch.setattr(load.shape_inference, "infer_shapes", boom)
+    monkeypatch.setattr(fold, "_build_graph", boom)
+    nodes = [helper.make_node("TopK", ["x", "k"], ["t", "i"], name=f"topk{j}") for j in range(1)]
+    nodes += [helper.make_node("Hardmax", ["t"], ["y"], name="hm")]
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(_model(nodes, {"k": np.array([2], np.int64)}))
+    msg = str(info.value)
+    assert "2 ops" in msg and "'TopK' (1 node: 'topk0')" in msg and "'Hardmax'" in msg and "opset 17" in msg
+
+
+def test_custom_domain_ops_are_listed_with_their_domain():
+    node = helper.make_node("FusedGemm", ["x", "x"], ["y"], name="fg", domain="com.microsoft")
+    m = _model([node])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(UnsupportedOpError, match=r"'com\.microsoft\.FusedGemm' \(1 node: 'fg'\)"):
+        convert(m)
+
+
+def test_an_unsupported_op_on_constants_only_is_folded():
+    """Hardmax is not in the runtime, but on a constant it is evaluated at conversion."""
+    c = np.array([[1.0, 3.0, 2.0, 0.5]], np.float32)
+    nodes = [helper.make_node("Hardmax", ["c"], ["hc"], name="hm"), helper.make_node("Add", ["x", "hc"], ["y"])]
+    m = _model(nodes, {"c": c})
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(Runtime(convert(m))(x), _ref(m, x), rtol=1e-6)
+
+
+def test_old_opset_is_checked_after_the_upgrade():
+    m = _model([helper.make_node("Hardmax", ["x"], ["y"], name="hm")], opset=11)
+    with pytest.raises(UnsupportedOpError, match="opset 11, upgraded to 17"):
+        convert(m)
+
+
+# ------------------------------------------------------------------------ Einsum
+
+
+@pytest.mark.parametrize(
+    ("equation", "w_shape", "weight_first", "analog"),
+    [
+        ("btd,de->bte", (4, 5), False, True),
+        ("btd,ed->bte", (5, 4), False, True),  # transposed weight (torch's F.linear layout)
+        ("...d,de->...e", (4, 5), False, True),
+        ("de,btd->bte", (4, 5), True, True),  # the weight first
+        ("btd,de", (4, 5), False, False),  # implicit output "bet": not a plain product, stays digital
+        ("btd,dt->bt", (4, 3), False, False),  # t is shared with the activation: digital
+        ("btd,de->bet", (4, 5), False, False),  # output axes permuted: digital
+        ("bdd,de->bde", (4, 5), False, False),  # diagonal: digital
+    ],
+)
+def test_einsum_with_a_constant_weight(equation, w_shape, weight_first, analog):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=w_shape).astype(np.float32)
+    ins = ["w", "x"] if weight_first else ["x", "w"]
+    shape = ("N", 4, 4) if equation.startswith("bdd") else ("N", 3, 4)
+    rank = np.einsum(equation, *[np.zeros(w_shape) if i == "w" else np.zeros((2, *shape[1:])) for i in ins]).ndim
+    m = _model([helper.make_node("Einsum", ins, ["y"], name="ein", equation=equation)], {"w": w}, in_shape=shape,
+               out_shape=[f"d{i}" for i in range(rank)])
+    bundle = convert(m, crossbar=(4, 4))  # several tiles
+    assert [l["name"] for l in bundle.layers] == (["ein"] if analog else [])
+    x = rng.normal(size=(2, *shape[1:])).astype(np.float32)
+    got, ref = Runtime(bundle)(x), _ref(m, x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_einsum_rewrite_keeps_the_bias_add_and_digital_pinning():
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["e"], name="ein", equation="btd,de->bte"),
+             helper.make_node("Add", ["e", "b"], ["y"])]
+    m = _model(nodes, {"w": w, "b": b}, in_shape=("N", 3, 4), out_shape=("N", 3, 5))
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    for digital in ([], ["ein"]):
+        bundle = convert(m, digital=digital)
+        assert [(l["name"], l["placement"]) for l in bundle.layers] == [("ein", "digital" if digital else "analog")]
+        assert not [n for n in bundle.graph["nodes"] if n["op"] == "Add"]  # bias absorbed into the affine
+        np.testing.assert_allclose(Runtime(bundle)(x), _ref(m, x), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ If
+
+
+def _if_model(cond_from_shape: bool):
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    if cond_from_shape:  # x.shape[1] == 4, known from shape inference
+        pre = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["d"]),
+               helper.make_node("Equal", ["d", "four"], ["cond"])]
+        inits = {"one": np.array(1, np.int64), "four": np.array(4, np.int64)}
+    else:  # a data-dependent condition: cannot be folded
+        pre = [helper.make_node("ReduceSum", ["x"], ["sum"], keepdims=0), helper.make_node("Greater", ["sum", "zero"], ["cond"])]
+        inits = {"zero": np.array(0, np.float32)}
+    node = helper.make_node("If", ["cond"], ["y"], name="the_if", then_branch=then_g, else_branch=else_g)
+    return _model(pre + [node], inits)
+
+
+def test_if_with_a_condition_known_at_conversion_is_inlined():
+    m = _if_model(True)
+    bundle = convert(m)
+    ops = [n["op"] for n in bundle.graph["nodes"]]
+    assert "Relu" in ops and "If" not in ops and "Neg" not in ops, ops  # (+ the Identity naming the output)
+    x = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(Runtime(bundle)(x), _ref(m, x))
+
+
+def test_if_with_a_runtime_condition_is_refused_after_folding():
+    with pytest.raises(UnsupportedOpError, match=r"'If' \(1 node: 'the_if'\).*after constant folding"):
+        convert(_if_model(False))
+
+
+def test_group_normalization_18_passes_the_checker():
+    """onnx's checker calls GroupNormalization-18 deprecated; onnxruntime and xbar run it."""
+    rng = np.random.default_rng(4)
+    node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=2, epsilon=1e-3)
+    m = _model([node], {"s": rng.normal(size=2).astype(np.float32), "b": rng.normal(size=2).astype(np.float32)},
+               in_shape=("N", 6, 5), out_shape=["N", 6, 5], opset=18)
+    x = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    np.testing.assert_allclose(Runtime(convert(m))(x), _ref(m, x), rtol=1e-4, atol=1e-5)
