@@ -11,10 +11,11 @@ import numpy as np
 
 from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError, XbarError
-from xbar.ops import LAYER_OP
+from xbar.ops import LAYER_OP, RECURRENT_OP
 from xbar.runtime.layer import Layer
 from xbar.runtime.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
+from xbar.runtime.recurrent import Recurrent
 from xbar.runtime.parallel import blas_single_threaded, workers
 
 
@@ -57,6 +58,10 @@ class Runtime:
         for node in graph["nodes"]:
             if node["op"] == LAYER_OP:
                 fn = self.layers[node["attrs"]["layer"]]
+                self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
+                continue
+            if node["op"] == RECURRENT_OP:  # a digital loop over its crossbar layers
+                fn = Recurrent(node["name"], node["attrs"], self.layers)
                 self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
                 continue
             op = get_op(node["op"])
