@@ -32,7 +32,9 @@ from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
 
 METHODS = ("stats", "affine")
-MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
+MIN_SAMPLES = 16
+SKIPPED_REASON = ("recurrent (LSTM/GRU/RNN) matrices run inside a digital time loop, which the "
+                  "layer-by-layer fit does not step into; their affines (biases) stay as converted")  # below this the per-channel moments are too noisy to fit two parameters
 
 
 def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
@@ -79,7 +81,7 @@ def fold_bundle(bundle: Bundle) -> Bundle:
     """Every analog layer's affine as the periphery applies it: γ = gain, β = shift, μ = 0, σ² = 1."""
     out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
     for entry in out.layers:
-        if entry["placement"] != "analog":
+        if entry["placement"] != "analog" or entry["kind"] == "recurrent":  # not calibrated: see SKIPPED_REASON
             continue
         _write_affine(out, entry, _read_affine(out, entry).folded())
         entry["affine"]["source"] = "calibrated"
@@ -161,7 +163,10 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     feeds = {noisy.input_names[0]: x}
     walk_n, walk_c = noisy.walk(feeds), clean.walk(feeds)
     changed = []
-    steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog"]
+    # The matrices of recurrent nodes run inside a digital time loop (runtime/recurrent.py):
+    # the walk never pauses before them, and their affines stay as converted.
+    skipped = [e["name"] for e in out.layers if e["placement"] == "analog" and e["kind"] == "recurrent"]
+    steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog" and e["kind"] != "recurrent"]
     bar = iter(progress(steps)) if progress else None
     while True:
         try:
@@ -194,6 +199,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         "ranges_from_calibration_data": ranges_found,
         "notes": notes,
         "layers": changed,
+        "skipped": skipped,
+        "skipped_reason": SKIPPED_REASON if skipped else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "xbar_version": __version__,
         "agreement_with_ideal_before": _agree(before, ideal),
