@@ -59,8 +59,8 @@ DIRECTIONS = ("forward", "reverse")
 
 def _refuse(label: str, node: Node, what: str) -> UnsupportedOpError:
     return UnsupportedOpError(
-        f"{label}: {node.op} node {node.name!r} uses {what}, which xbar does not support on crossbars "
-        "(it would have to be approximated). Supported: directions forward, reverse, bidirectional; "
+        f"{label}: {node.op} node {node.name!r} uses {what}, which xbar's recurrent layers do not "
+        "implement (refused rather than approximated). Supported: directions forward, reverse, bidirectional; "
         "layout 0 and 1; initial states; sequence_lens; activations "
         f"{', '.join(ACTIVATIONS)} with their default parameters; GRU linear_before_reset 0 and 1. "
         "Export the model without it."
