@@ -31,9 +31,9 @@ Biases are the per-output affine shifts (Wb on W, Rb on R), so they are exact fo
 cell, including Rb_h of a GRU with linear_before_reset=1, which must be added before the
 multiplication by r.
 
-Refused with an error naming node and attribute (never approximated): peepholes (LSTM
-input P), ``clip``, ``input_forget``, activation_alpha/beta, and activations outside
-ACTIVATIONS.
+Peepholes (LSTM input P: element-wise products with the cell state), ``clip`` and
+``input_forget`` are digital and exact. Refused with an error naming node and attribute
+(never approximated): activation_alpha/beta and activations outside ACTIVATIONS.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _refuse(label: str, node: Node, what: str) -> UnsupportedOpError:
     return UnsupportedOpError(
         f"{label}: {node.op} node {node.name!r} uses {what}, which xbar's recurrent layers do not "
         "implement (refused rather than approximated). Supported: directions forward, reverse, bidirectional; "
-        "layout 0 and 1; initial states; sequence_lens; activations "
+        "layout 0 and 1; initial states; sequence_lens; peepholes; clip; input_forget; activations "
         f"{', '.join(ACTIVATIONS)} with their default parameters; GRU linear_before_reset 0 and 1. "
         "Export the model without it."
     )
@@ -90,15 +90,12 @@ def extract_recurrent(graph: Graph, node: Node, label: str) -> tuple[list[LayerS
     if node.op not in RECURRENT_OPS:
         return None
     cell, a = node.op, node.attrs
-    if "clip" in a:
-        raise _refuse(label, node, f"attribute clip={a['clip']!r} (cell-state clipping)")
-    if int(a.get("input_forget", 0)):
-        raise _refuse(label, node, "attribute input_forget=1 (coupled input and forget gates)")
     for attr in ("activation_alpha", "activation_beta"):
         if attr in a:
             raise _refuse(label, node, f"attribute {attr}={list(a[attr])!r} (activation parameters)")
-    if cell == "LSTM" and _input(node, 7):
-        raise _refuse(label, node, f"peepholes (input P, tensor {_input(node, 7)!r})")
+    clip = float(a["clip"]) if "clip" in a else None
+    if clip is not None and not clip > 0:
+        raise ModelError(f"{label}: {cell} node {node.name!r}: clip={clip}; the threshold must be positive")
     direction = a.get("direction", "forward")
     if isinstance(direction, bytes):
         direction = direction.decode()
@@ -166,5 +163,14 @@ def extract_recurrent(graph: Graph, node: Node, label: str) -> tuple[list[LayerS
                                    Affine.identity(bias.copy()), "bias", wname, params))
         indices.append([idx["W"], idx["R"], idx.get("R_h", -1)])
     attrs = {"cell": cell, "direction": direction, "hidden_size": hidden, "layout": layout,
-             "linear_before_reset": lbr, "activations": acts, "layers": indices}
+             "linear_before_reset": lbr, "activations": acts, "layers": indices,
+             "input_forget": int(a.get("input_forget", 0)) if cell == "LSTM" else 0}
+    if clip is not None:
+        attrs["clip"] = clip
+    if cell == "LSTM" and _input(node, 7):  # peepholes: element-wise products with c, digital
+        p = _weight(graph, node, 7, "peephole weight P", label)
+        if p.shape != (len(dirs), 3 * hidden):
+            raise ModelError(f"{label}: LSTM node {node.name!r}: P has shape {list(p.shape)}, expected "
+                             f"{[len(dirs), 3 * hidden]}")
+        attrs["peepholes"] = p.astype(np.float32)
     return specs, attrs

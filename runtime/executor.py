@@ -61,7 +61,7 @@ class Runtime:
                 self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
                 continue
             if node["op"] == RECURRENT_OP:  # a digital loop over its crossbar layers
-                fn = Recurrent(node["name"], node["attrs"], self.layers)
+                fn = Recurrent(node["name"], _decode_attrs(node["attrs"], bundle), self.layers)
                 self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
                 continue
             op = get_op(node["op"])

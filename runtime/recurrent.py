@@ -58,6 +58,10 @@ class Recurrent:
         self.acts = [[ACTIVATION_FNS[a] for a in attrs["activations"][d * per_dir:(d + 1) * per_dir]]
                      for d in range(len(self.directions))]
         self.layers = [[layers[i] if i >= 0 else None for i in idx] for idx in attrs["layers"]]
+        self.clip = attrs.get("clip")
+        self.input_forget = bool(attrs.get("input_forget", 0))
+        p = attrs.get("peepholes")
+        self.peepholes = None if p is None else np.asarray(p, dtype=np.float32).reshape(len(self.directions), 3, -1)
 
     def __call__(self, args: list[np.ndarray | None], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, seq_lens, h0, c0 = (list(args) + [None] * 4)[:4]
@@ -91,7 +95,8 @@ class Recurrent:
                 if not valid.any():
                     break
                 tc = np.clip(t, 0, t_len - 1)
-                h_new, c_new = self._step(xw[tc, rows], h, c, r, r_h, self.acts[d])
+                peep = None if self.peepholes is None else self.peepholes[d]
+                h_new, c_new = self._step(xw[tc, rows], h, c, r, r_h, self.acts[d], peep)
                 h = np.where(valid[:, None], h_new, h)
                 c = np.where(valid[:, None], c_new, c)
                 y[tc[valid], d, rows[valid]] = h[valid]
@@ -102,16 +107,26 @@ class Recurrent:
         return [y, y_h, y_c]
 
     def _step(self, xw: np.ndarray, h: np.ndarray, c: np.ndarray, r: Layer, r_h: Layer | None,
-              acts: list[Callable[[np.ndarray], np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+              acts: list[Callable[[np.ndarray], np.ndarray]],
+              peep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         hs = self.hidden
+        if self.clip is not None:  # ONNX clip bounds the input of every gate activation
+            lim = np.float32(self.clip)
+            acts = [(lambda fn: lambda v: fn(np.clip(v, -lim, lim)))(fn) for fn in acts[:2]] + acts[2:]
         if self.cell == "RNN":
             return acts[0](xw + r(h)), c
-        if self.cell == "LSTM":  # gates i, o, f, c (ONNX order)
+        if self.cell == "LSTM":  # gates i, o, f, c (ONNX order); peepholes P = [P_i, P_o, P_f]
             f, g, act_h = acts
             z = xw + r(h)
-            i, o, fg, cand = f(z[:, :hs]), f(z[:, hs:2 * hs]), f(z[:, 2 * hs:3 * hs]), g(z[:, 3 * hs:])
-            c = fg * c + i * cand
-            return o * act_h(c), c
+            zi, zo, zf = z[:, :hs], z[:, hs:2 * hs], z[:, 2 * hs:3 * hs]
+            if peep is not None:
+                zi, zf = zi + peep[0] * c, zf + peep[2] * c
+            i = f(zi)
+            fg = 1 - i if self.input_forget else f(zf)
+            c = fg * c + i * g(z[:, 3 * hs:])
+            if peep is not None:
+                zo = zo + peep[1] * c
+            return f(zo) * act_h(c), c
         f, g = acts  # GRU: gates z, r, h
         rh = r(h)  # linear_before_reset=1: all three gates' h·R + Rb; else update and reset only
         zg = f(xw[:, :hs] + rh[:, :hs])

@@ -276,12 +276,23 @@ def test_ranges_and_calibrate_skip_recurrent_layers():
 # Refusals and the command line
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("cell,kwargs", [
+    ("LSTM", dict(peepholes=True)),
+    ("LSTM", dict(peepholes=True, direction="bidirectional", seq_lens=True, states=True)),
+    ("LSTM", dict(attrs={"clip": 0.7}, states=True)),
+    ("GRU", dict(attrs={"clip": 0.7, "linear_before_reset": 1})),
+    ("GRU", dict(attrs={"clip": 0.7})),
+    ("RNN", dict(attrs={"clip": 0.7})),
+    ("LSTM", dict(attrs={"input_forget": 1}, peepholes=True, states=True)),
+], ids=["peepholes", "peepholes-bidir-seqlens", "lstm-clip", "gru-lbr-clip", "gru-clip", "rnn-clip", "input-forget"])
+def test_peepholes_clip_input_forget(cell, kwargs):
+    _check_ideal(*_onnx_rnn(cell, **kwargs))
+
+
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(peepholes=True), "peepholes"),
-    (dict(attrs={"clip": 3.0}), "clip"),
-    (dict(attrs={"input_forget": 1}), "input_forget"),
     (dict(attrs={"activations": ["Sigmoid", "Tanh", "Affine"], "activation_alpha": [0.5],
                  "activation_beta": [0.1]}), "activation_alpha"),
+    (dict(attrs={"activations": ["Sigmoid", "Tanh", "ScaledTanh"]}), "ScaledTanh"),
 ])
 def test_refusals_through_the_cli(tmp_path, kwargs, needle):
     model, _ = _onnx_rnn("LSTM", **kwargs)
