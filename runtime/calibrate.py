@@ -30,11 +30,11 @@ from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
 from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
+from xbar.runtime.recurrent import Recurrent
 
 METHODS = ("stats", "affine")
 MIN_SAMPLES = 16
-SKIPPED_REASON = ("recurrent (LSTM/GRU/RNN) matrices run inside a digital time loop, which the "
-                  "layer-by-layer fit does not step into; their affines (biases) stay as converted")  # below this the per-channel moments are too noisy to fit two parameters
+  # below this the per-channel moments are too noisy to fit two parameters
 
 
 def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
@@ -70,6 +70,44 @@ def _fit(method: str, layer: Layer, aff: Affine, source: str, x_noisy: np.ndarra
     return Affine(aff.bias, a * aff.gamma, a * aff.beta + b, aff.mean, aff.var, aff.eps)
 
 
+def _inputs_of(node: Recurrent, args: list[Any], stage: int) -> list[tuple[Layer, np.ndarray]]:
+    """Run `node` once; every input vector its W layers (stage 0) or its R and R_h layers
+    (stage 1) receive, in the order they receive them."""
+    layers = [l for idx in node.layers for j, l in enumerate(idx) if l is not None and (j > 0) == bool(stage)]
+    kept: dict[int, list[np.ndarray]] = {id(l): [] for l in layers}
+    for l in layers:
+        l.probe = lambda layer, cols, y: kept[id(layer)].append(np.array(cols, dtype=np.float32))
+    try:
+        node(args, {})
+    finally:
+        for l in layers:
+            l.probe = None
+    return [(l, np.concatenate(kept[id(l)])) for l in layers if kept[id(l)]]
+
+
+def _fit_recurrent(method: str, out: Bundle, noisy: Runtime, node: Recurrent, clean_node: Recurrent,
+                   args_n: list[Any], args_c: list[Any]) -> list[str]:
+    """Fit the per-output affines of a recurrent node's matrices like any layer's: on the
+    input vectors each one receives on the chip (every time step of every sample) against
+    the ideal outputs at the same point of the clean network. W first, on the node's input
+    sequence; then R (and a GRU's R_h) on one pass of the time loop with W calibrated.
+    The fit is one-shot: calibrating R changes the states R sees next, which it does not
+    revisit."""
+    fitted = []
+    for stage in (0, 1):
+        noisy_in, clean_in = _inputs_of(node, args_n, stage), _inputs_of(clean_node, args_c, stage)
+        for (layer, x_n), (clean_layer, x_c) in zip(noisy_in, clean_in):
+            entry = out.layers[noisy.layers.index(layer)]
+            if entry["placement"] != "analog":
+                continue
+            aff = _read_affine(out, entry)
+            new = _fit(method, layer, aff, entry["affine"]["source"], x_n, clean_layer(x_c))
+            _write_affine(out, entry, new)
+            layer.set_affine(new)
+            fitted.append(entry["name"])
+    return fitted
+
+
 def _write_affine(bundle: Bundle, entry: dict[str, Any], aff: Affine) -> None:
     keys = entry["arrays"]
     for name in FIELDS:
@@ -81,7 +119,7 @@ def fold_bundle(bundle: Bundle) -> Bundle:
     """Every analog layer's affine as the periphery applies it: γ = gain, β = shift, μ = 0, σ² = 1."""
     out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
     for entry in out.layers:
-        if entry["placement"] != "analog" or entry["kind"] == "recurrent":  # not calibrated: see SKIPPED_REASON
+        if entry["placement"] != "analog":
             continue
         _write_affine(out, entry, _read_affine(out, entry).folded())
         entry["affine"]["source"] = "calibrated"
@@ -163,10 +201,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     feeds = {noisy.input_names[0]: x}
     walk_n, walk_c = noisy.walk(feeds), clean.walk(feeds)
     changed = []
-    # The matrices of recurrent nodes run inside a digital time loop (runtime/recurrent.py):
-    # the walk never pauses before them, and their affines stay as converted.
-    skipped = [e["name"] for e in out.layers if e["placement"] == "analog" and e["kind"] == "recurrent"]
-    steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog" and e["kind"] != "recurrent"]
+    steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog"]
     bar = iter(progress(steps)) if progress else None
     while True:
         try:
@@ -174,6 +209,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         except StopIteration:
             break
         clean_layer, x_clean = next(walk_c)
+        if isinstance(layer, Recurrent):
+            for name in _fit_recurrent(method, out, noisy, layer, clean_layer, x_noisy, x_clean):
+                changed.append(name)
+                if bar is not None:
+                    next(bar, None)
+            continue
         index = noisy.layers.index(layer)
         entry = out.layers[index]
         if entry["placement"] != "analog":
@@ -199,8 +240,6 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         "ranges_from_calibration_data": ranges_found,
         "notes": notes,
         "layers": changed,
-        "skipped": skipped,
-        "skipped_reason": SKIPPED_REASON if skipped else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "xbar_version": __version__,
         "agreement_with_ideal_before": _agree(before, ideal),

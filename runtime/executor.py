@@ -107,7 +107,8 @@ class Runtime:
                 return done.value
 
     def walk(self, feeds: Mapping[str, np.ndarray]):
-        """Execute step by step, pausing before every layer: yields (layer, its input).
+        """Execute step by step, pausing before every layer: yields (layer, its input), or
+        for a recurrent node (its Recurrent, its list of inputs).
 
         A caller may change the layer (e.g. re-fit its affine) before resuming; the
         generator's return value is the dict of outputs.
@@ -127,6 +128,8 @@ class Runtime:
             args = [env[i] if i else None for i in ins]
             if isinstance(fn, Layer):
                 yield fn, args[0]
+            elif isinstance(fn, Recurrent):
+                yield fn, args
             try:
                 results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
             except XbarError:

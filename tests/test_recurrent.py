@@ -254,7 +254,7 @@ def test_chip_noise_is_seeded_and_plausible():
     assert 1e-3 < err < 0.3, err
 
 
-def test_ranges_and_calibrate_skip_recurrent_layers():
+def test_ranges_of_recurrent_layers():
     model, feeds = _onnx_rnn("LSTM", b=32, t=4)
     bundle = convert(model, crossbar=(8, 8))
     spec = preset("pcm")
@@ -263,13 +263,22 @@ def test_ranges_and_calibrate_skip_recurrent_layers():
     assert set(ranges) == {"W", "R"}
     assert 0 < ranges["R"] < 1 < ranges["W"]  # h = o·tanh(c) is in (−1, 1); x is N(0, 1)
     calibrated = Runtime(bundle, spec.override({"dac.range": "calibrated"}), seed=0).run(feeds)["Y"]
-    assert np.isfinite(calibrated).all()
+    assert np.abs(calibrated - Runtime(bundle).run(feeds)["Y"]).max() < 0.5
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_calibration_refits_the_gate_affines(cell):
+    """Uncompensated drift is a per-column scale: the per-output fit of W, R (and R_h) wins
+    most of it back."""
+    model, feeds = _onnx_rnn(cell, direction="bidirectional", b=64, t=5, h=8)
+    bundle = convert(model, crossbar=(8, 8))
+    spec = preset("pcm").override({"drift_compensation": "off", "t_inference": 86400.0})
     out, record = calibrate(bundle, feeds["X"], spec, seed=0, method="affine")
-    assert record["layers"] == [] and record["skipped"] == ["rec/forward/W", "rec/forward/R"]
-    assert "time loop" in record["skipped_reason"]
-    for e_in, e_out in zip(bundle.layers, out.layers):
-        assert e_out["affine"]["source"] == "bias"
-        np.testing.assert_array_equal(out.array(e_out["arrays"]["bias"]), bundle.array(e_in["arrays"]["bias"]))
+    assert sorted(record["layers"]) == sorted(e["name"] for e in bundle.layers)
+    ideal = Runtime(bundle).run(feeds)["Y"]
+    before = np.abs(Runtime(bundle, spec, seed=0).run(feeds)["Y"] - ideal).mean()
+    after = np.abs(Runtime(out, spec, seed=0).run(feeds)["Y"] - ideal).mean()
+    assert after < 0.5 * before, (before, after)
 
 
 # ---------------------------------------------------------------------------------------------

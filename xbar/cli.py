@@ -393,8 +393,6 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
     click.echo("\nhardware\n" + "\n".join("  " + line for line in ran.describe().splitlines()))
     for note in rec.get("notes", []):
         click.echo(f"  note: {note}")
-    if rec.get("skipped"):
-        click.echo(f"\n  not calibrated: {', '.join(rec['skipped'])} -- {rec['skipped_reason']}")
     if "accuracy_before" in rec:
         click.echo(f"\n  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
                    f"{100 * rec['accuracy_after']:.2f}% after (ideal hardware {100 * rec['accuracy_ideal']:.2f}%)")
