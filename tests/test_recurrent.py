@@ -358,3 +358,15 @@ def test_rearranged_columns_run_on_a_chip():
     for b in (plain, moved):
         y = Runtime(b, spec, seed=0).run(feeds)["Y"]
         assert np.abs(y - ideal).max() < 0.5
+
+
+def test_bundle_round_trip_keeps_the_recurrent_node(tmp_path):
+    from xbar.bundle import load_bundle, save_bundle
+
+    model, feeds = _onnx_rnn("LSTM", direction="bidirectional", peepholes=True, seq_lens=True, states=True,
+                             attrs={"clip": 2.0})
+    path = save_bundle(convert(model, crossbar=(4, 8), digital=["rec/reverse/R"]), tmp_path / "m.xbar")
+    loaded = load_bundle(path)  # validates the manifest
+    refs = _ort(model, feeds)
+    for out, ref in zip(Runtime(loaded).run(feeds).values(), refs):
+        assert close(out, ref)
