@@ -17,15 +17,15 @@ are digital (runtime/recurrent.py).
 Why not stack [W; R] into one (input + hidden) × gates·hidden matrix fed [x_t, h_{t-1}]
 (one product per step, as some accelerators do)? (1) It is not exact for the GRU: its
 candidate gate needs x·W_h and (r ⊙ h)·R_h (or r ⊙ (h·R_h + Rb_h)) separately, so the
-stacked column sums cannot be used there. (2) x and h have very different ranges (h lies
-in [−1, 1] after tanh, x is whatever the previous layer produces); a layer has one DAC
+stacked column sums cannot be used there. (2) x and h have very different ranges (an LSTM's
+or tanh GRU's h lies in [−1, 1], x is whatever the previous layer produces); a layer has one DAC
 range, so stacking would quantise the smaller of the two with a range set by the larger.
 Separate layers get their own DAC and ADC ranges from calibration data. (3) The input
 x_t of every step is known before the loop starts, so W's T products run as one batch
 and only R sits on the sequential path. Each input vector still goes through the chip
 one by one, exactly as the stacked design would send it (fresh read noise per vector),
-so the analog error model is the same; the cost is one more ADC conversion per row
-block and step, which `xbar info` reports.
+so the analog error model is the same. The cost is ADC conversions: x and h fill their
+own row blocks (⌈I/R⌉ + ⌈H/R⌉ per step instead of ⌈(I+H)/R⌉), which `xbar info` counts.
 
 Biases are the per-output affine shifts (Wb on W, Rb on R), so they are exact for every
 cell, including Rb_h of a GRU with linear_before_reset=1, which must be added before the

@@ -11,6 +11,9 @@ layer is already calibrated. Two label-free methods:
 - affine: per output channel, least squares a, b with a·y_noisy + b ≈ y_clean, where
   y_clean is the ideal-hardware activation at the same point for the same samples.
 
+The matrices of a recurrent node (LSTM/GRU/RNN) are fitted the same way when the walk
+reaches the node, on every time step's input vectors (see _fit_recurrent).
+
 Folding writes the result as the periphery applies it (γ = gain, β = shift, μ = 0,
 σ² = 1, ε = 0, b = 0): one multiply-add per output after the ADC.
 """
@@ -33,8 +36,7 @@ from xbar.runtime.layer import Layer
 from xbar.runtime.recurrent import Recurrent
 
 METHODS = ("stats", "affine")
-MIN_SAMPLES = 16
-  # below this the per-channel moments are too noisy to fit two parameters
+MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
 
 
 def _channels(y: np.ndarray, layer: Layer) -> np.ndarray:
