@@ -20,10 +20,11 @@ from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
 from xbar.converter.load import default_opset, load_model
 from xbar.converter.mapping import map_weights
+from xbar.converter.recurrent import extract_recurrent
 from xbar.converter.rewrite import einsum_to_matmul
-from xbar.errors import ConfigError, UnsupportedOpError
 from xbar.converter.vocabulary import unsupported_message
-from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP
+from xbar.errors import ConfigError, UnsupportedOpError
+from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP, RECURRENT_OP, RECURRENT_OPS
 
 if TYPE_CHECKING:  # pragma: no cover
     from xbar.hardware import HardwareSpec
@@ -91,6 +92,55 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     else:
         put("weight", spec.weight.astype(np.float32))
     entry["arrays"] = keys
+    return entry
+
+
+def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
+    """Time steps of a recurrent node per sample (one input vector each for W and R), if known."""
+    info = graph.info.get(node.inputs[0])
+    if info is None or info.shape is None or len(info.shape) != 3:
+        return None
+    t = info.shape[1 if layout else 0]
+    return None if t is None else int(t)
+
+
+def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
+           arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
+           steps: int | None = 0) -> dict[str, Any]:
+    """The manifest entry of one analog layer (its arrays go to `arrays`). `steps`: for a
+    recurrent layer, its input vectors per sample (None: unknown); 0 for other layers."""
+    placement = "digital" if spec.name in digital else "analog"
+    k, n = spec.weight.shape
+    in_info = graph.info.get(spec.input)
+    out_info = graph.info.get(spec.output)
+    if spec.kind == "recurrent":  # one vector per sample and time step, in and out
+        in_info = out_info = None
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "placement": placement,
+        "input": spec.input,
+        "output": spec.output,
+        "input_shape": _json_shape(in_info.shape) if in_info else [None, int(k)] if steps != 0 else None,
+        "output_shape": _json_shape(out_info.shape) if out_info else [None, int(n)] if steps != 0 else None,
+        "input_dim_names": _dim_names(in_info),
+        "output_dim_names": _dim_names(out_info),
+        "K": int(k),
+        "N": int(n),
+        "weight_name": spec.weight_name,
+        "weights": int(spec.structure.sum()) if spec.structure is not None else int(k * n),
+        "params": spec.params,
+        "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
+    }
+    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware))
+    if placement == "analog":
+        t = entry["tiles"]
+        out_shape = entry["output_shape"]
+        known = out_shape is not None and all(d is not None for d in out_shape[1:])
+        # One ADC conversion per position and row block for every input vector; a
+        # sample brings one vector per output position (conv: per output pixel).
+        t["adc_per_vector"] = t["n_row_blocks"] * t["positions"]
+        t["vectors_per_sample"] = (int(np.prod(out_shape[1:])) // int(n) if known else None) if steps == 0 else steps
     return entry
 
 
@@ -162,7 +212,7 @@ def convert(
     # condition did not fold), all of them in one message.
     leftover: dict[str, list[str]] = {}
     for node in graph.nodes:
-        if node.op not in DIGITAL_OPS and node.op not in ANALOG_OPS:
+        if node.op not in DIGITAL_OPS and node.op not in ANALOG_OPS and node.op not in RECURRENT_OPS:
             leftover.setdefault(node.op, []).append(node.name)
     if leftover:
         opset_text = f"opset {original_opset}" + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
@@ -172,6 +222,18 @@ def convert(
     for node in (progress(list(graph.nodes)) if progress else graph.nodes):
         if node.name in absorbed:
             continue
+        rec = extract_recurrent(graph, node, label)
+        if rec is not None:
+            specs, attrs = rec
+            base = len(layers)
+            steps = _steps_per_sample(graph, node, attrs["layout"])
+            for spec in specs:
+                found_names.append(spec.name)
+                layers.append(_entry(spec, len(layers), digital, graph, cfg, arrays, hardware, steps))
+            attrs["layers"] = [[base + i if i >= 0 else -1 for i in idx] for idx in attrs["layers"]]
+            ins = [node.inputs[i] if i < len(node.inputs) else "" for i in (0, 4, 5, 6)]
+            new_nodes.append(Node(name=node.name, op=RECURRENT_OP, inputs=ins, outputs=list(node.outputs), attrs=attrs))
+            continue
         spec = extract_layer(graph, node, label)
         if spec is None:
             new_nodes.append(node)
@@ -180,37 +242,7 @@ def convert(
         for user in absorb_following(graph, spec, consumers, label):
             absorbed.add(user.name)
         idx = len(layers)
-        placement = "digital" if spec.name in digital else "analog"
-        k, n = spec.weight.shape
-        in_info = graph.info.get(spec.input)
-        out_info = graph.info.get(spec.output)
-        entry: dict[str, Any] = {
-            "name": spec.name,
-            "kind": spec.kind,
-            "placement": placement,
-            "input": spec.input,
-            "output": spec.output,
-            "input_shape": _json_shape(in_info.shape) if in_info else None,
-            "output_shape": _json_shape(out_info.shape) if out_info else None,
-            "input_dim_names": _dim_names(in_info),
-            "output_dim_names": _dim_names(out_info),
-            "K": int(k),
-            "N": int(n),
-            "weight_name": spec.weight_name,
-            "weights": int(spec.structure.sum()) if spec.structure is not None else int(k * n),
-            "params": spec.params,
-            "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
-        }
-        entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware))
-        if placement == "analog":
-            t = entry["tiles"]
-            out_shape = entry["output_shape"]
-            known = out_shape is not None and all(d is not None for d in out_shape[1:])
-            # One ADC conversion per position and row block for every input vector; a
-            # sample brings one vector per output position (conv: per output pixel).
-            t["adc_per_vector"] = t["n_row_blocks"] * t["positions"]
-            t["vectors_per_sample"] = int(np.prod(out_shape[1:])) // int(n) if known else None
-        layers.append(entry)
+        layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 
 from xbar.errors import UnsupportedOpError
-from xbar.ops import ANALOG_OPS, DIGITAL_OPS
+from xbar.ops import ANALOG_OPS, DIGITAL_OPS, RECURRENT_OPS
 
 # Resolved at conversion time and never reach the runtime: Constant nodes are folded, an
 # If whose condition folds to a constant is replaced by the branch it takes (else it is
@@ -21,7 +21,8 @@ SHOWN_NODES = 3
 
 
 def supported(op: str, domain: str = "") -> bool:
-    return domain in ("", "ai.onnx") and (op in DIGITAL_OPS or op in ANALOG_OPS or op in CONVERSION_OPS)
+    return domain in ("", "ai.onnx") and (op in DIGITAL_OPS or op in ANALOG_OPS or op in RECURRENT_OPS
+                                             or op in CONVERSION_OPS)
 
 
 def _qualified(op: str, domain: str) -> str:
@@ -38,7 +39,8 @@ def unsupported_message(found: dict[str, list[str]], label: str, opset_text: str
     return (
         f"{label} ({opset_text}) uses {n} op{'s' if n != 1 else ''} that xbar does not support: "
         f"{'; '.join(parts)}. Nothing was converted. `xbar ops` lists the supported vocabulary "
-        f"(Conv, Gemm and MatMul with a constant weight go onto crossbars; {len(DIGITAL_OPS)} ops run "
+        f"(Conv, Gemm and MatMul with a constant weight, LSTM, GRU and RNN go onto crossbars; "
+        f"{len(DIGITAL_OPS)} ops run "
         "digitally); re-export the model without these ops or replace them in the network."
     )
 

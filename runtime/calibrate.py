@@ -11,6 +11,9 @@ layer is already calibrated. Two label-free methods:
 - affine: per output channel, least squares a, b with a·y_noisy + b ≈ y_clean, where
   y_clean is the ideal-hardware activation at the same point for the same samples.
 
+The matrices of a recurrent node (LSTM/GRU/RNN) are fitted the same way when the walk
+reaches the node, on every time step's input vectors (see _fit_recurrent).
+
 Folding writes the result as the periphery applies it (γ = gain, β = shift, μ = 0,
 σ² = 1, ε = 0, b = 0): one multiply-add per output after the ADC.
 """
@@ -30,6 +33,7 @@ from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
 from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
+from xbar.runtime.recurrent import Recurrent
 
 METHODS = ("stats", "affine")
 MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
@@ -66,6 +70,44 @@ def _fit(method: str, layer: Layer, aff: Affine, source: str, x_noisy: np.ndarra
     b = mc - a * mn
     # y' = a·(γ(z + b − μ)/s + β) + b: scale γ and β, keep the statistics.
     return Affine(aff.bias, a * aff.gamma, a * aff.beta + b, aff.mean, aff.var, aff.eps)
+
+
+def _inputs_of(node: Recurrent, args: list[Any], stage: int) -> list[tuple[Layer, np.ndarray]]:
+    """Run `node` once; every input vector its W layers (stage 0) or its R and R_h layers
+    (stage 1) receive, in the order they receive them."""
+    layers = [l for idx in node.layers for j, l in enumerate(idx) if l is not None and (j > 0) == bool(stage)]
+    kept: dict[int, list[np.ndarray]] = {id(l): [] for l in layers}
+    for l in layers:
+        l.probe = lambda layer, cols, y: kept[id(layer)].append(np.array(cols, dtype=np.float32))
+    try:
+        node(args, {})
+    finally:
+        for l in layers:
+            l.probe = None
+    return [(l, np.concatenate(kept[id(l)])) for l in layers if kept[id(l)]]
+
+
+def _fit_recurrent(method: str, out: Bundle, noisy: Runtime, node: Recurrent, clean_node: Recurrent,
+                   args_n: list[Any], args_c: list[Any]) -> list[str]:
+    """Fit the per-output affines of a recurrent node's matrices like any layer's: on the
+    input vectors each one receives on the chip (every time step of every sample) against
+    the ideal outputs at the same point of the clean network. W first, on the node's input
+    sequence; then R (and a GRU's R_h) on one pass of the time loop with W calibrated.
+    The fit is one-shot: calibrating R changes the states R sees next, which it does not
+    revisit."""
+    fitted = []
+    for stage in (0, 1):
+        noisy_in, clean_in = _inputs_of(node, args_n, stage), _inputs_of(clean_node, args_c, stage)
+        for (layer, x_n), (clean_layer, x_c) in zip(noisy_in, clean_in):
+            entry = out.layers[noisy.layers.index(layer)]
+            if entry["placement"] != "analog":
+                continue
+            aff = _read_affine(out, entry)
+            new = _fit(method, layer, aff, entry["affine"]["source"], x_n, clean_layer(x_c))
+            _write_affine(out, entry, new)
+            layer.set_affine(new)
+            fitted.append(entry["name"])
+    return fitted
 
 
 def _write_affine(bundle: Bundle, entry: dict[str, Any], aff: Affine) -> None:
@@ -173,6 +215,12 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         except StopIteration:
             break
         clean_layer, x_clean = next(walk_c)
+        if isinstance(layer, Recurrent):
+            for name in _fit_recurrent(method, out, noisy, layer, clean_layer, x_noisy, x_clean):
+                changed.append(name)
+                if bar is not None:
+                    next(bar, None)
+            continue
         index = noisy.layers.index(layer)
         entry = out.layers[index]
         if entry["placement"] != "analog":

@@ -11,10 +11,11 @@ import numpy as np
 
 from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError, XbarError
-from xbar.ops import LAYER_OP
+from xbar.ops import LAYER_OP, RECURRENT_OP
 from xbar.runtime.layer import Layer
 from xbar.runtime.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
+from xbar.runtime.recurrent import Recurrent
 from xbar.runtime.parallel import blas_single_threaded, workers
 
 
@@ -62,6 +63,10 @@ class Runtime:
         for node in graph["nodes"]:
             if node["op"] == LAYER_OP:
                 fn = self.layers[node["attrs"]["layer"]]
+                self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
+                continue
+            if node["op"] == RECURRENT_OP:  # a digital loop over its crossbar layers
+                fn = Recurrent(node["name"], _decode_attrs(node["attrs"], bundle), self.layers)
                 self.steps.append((node["name"], fn, node["inputs"], node["outputs"], {}))
                 continue
             op = get_op(node["op"])
@@ -114,7 +119,8 @@ class Runtime:
                 return done.value
 
     def walk(self, feeds: Mapping[str, np.ndarray]):
-        """Execute step by step, pausing before every layer: yields (layer, its input).
+        """Execute step by step, pausing before every layer: yields (layer, its input), or
+        for a recurrent node (its Recurrent, its list of inputs).
 
         A caller may change the layer (e.g. re-fit its affine) before resuming; the
         generator's return value is the dict of outputs.
@@ -185,6 +191,8 @@ class Runtime:
             args = [env[i] if i else None for i in ins]
             if isinstance(fn, Layer):
                 yield fn, args[0]
+            elif isinstance(fn, Recurrent):
+                yield fn, args
             try:
                 results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
             except XbarError:

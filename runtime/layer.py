@@ -151,7 +151,7 @@ class Layer:
                 x = x.T
             self._check_width(x.shape[-1], x.shape)
             return self._affine(self._rows(x), axis=-1)
-        if self.params["side"] == "right":
+        if self.kind == "recurrent" or self.params["side"] == "right":  # recurrent: (..., K) vectors
             self._check_width(x.shape[-1], x.shape)
             return self._affine(self._rows(x), axis=-1)
         xt = np.swapaxes(x, -1, -2)

@@ -712,17 +712,18 @@ def ops_command(as_json: bool) -> None:
 
     from xbar.converter.load import MIN_NATIVE_OPSET, TARGET_OPSET
     from xbar.converter.vocabulary import CONVERSION_OPS
-    from xbar.ops import ANALOG_OPS, DIGITAL_OPS
+    from xbar.ops import ANALOG_OPS, DIGITAL_OPS, RECURRENT_OPS
 
     newest = onnx.defs.onnx_opset_version()
     if as_json:
-        click.echo(json.dumps({"analog": sorted(ANALOG_OPS), "digital": sorted(DIGITAL_OPS),
+        click.echo(json.dumps({"analog": sorted(ANALOG_OPS), "recurrent": sorted(RECURRENT_OPS), "digital": sorted(DIGITAL_OPS),
                                "conversion_time": sorted(CONVERSION_OPS),
                                "opsets": {"native": [MIN_NATIVE_OPSET, newest], "upgraded_to": TARGET_OPSET}}))
         return
     wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
     click.echo(f"analog (on crossbars): {', '.join(sorted(ANALOG_OPS))} with a constant weight operand; "
                "Einsum of a constant 2-D matrix is rewritten to MatMul")
+    click.echo(f"recurrent (W and R on crossbars, gates and state digital): {', '.join(sorted(RECURRENT_OPS))}")
     click.echo(f"digital (NumPy, {len(DIGITAL_OPS)} ops):")
     click.echo(wrap(", ".join(sorted(DIGITAL_OPS))))
     click.echo(f"folded at conversion: {', '.join(sorted(CONVERSION_OPS))} (If only with a condition known then); "

@@ -16,7 +16,7 @@ from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.config import MappingConfig
 from xbar.errors import ConfigError
 from xbar.hardware import HardwareSpec
-from xbar.ops import LAYER_OP
+from xbar.ops import LAYER_OP, RECURRENT_OP
 
 #: dtype kinds a bundle may hold (bool, ints, floats, complex, byte/unicode strings); never
 #: object (pickle) or structured/void.
@@ -84,7 +84,8 @@ _MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
-                 "matmul": {"side": str}}
+                 "matmul": {"side": str},
+                 "recurrent": {"node": str, "cell": str, "direction": str, "matrix": str}}
 
 
 def type_name(value: Any) -> str:
@@ -237,6 +238,11 @@ def _graph_problem(m: dict[str, Any]) -> str | None:
         index = node["attrs"].get("layer")
         if node["op"] == LAYER_OP and (type(index) is not int or not 0 <= index < n_layers):
             return f"{where} refers to layer {index!r}, which does not exist"
+        if node["op"] == RECURRENT_OP:
+            refs = node["attrs"].get("layers")
+            flat = [i for d in refs for i in d] if isinstance(refs, list) and all(isinstance(d, list) for d in refs) else None
+            if not flat or any(type(i) is not int or not -1 <= i < n_layers for i in flat):
+                return f"{where} refers to layers {refs!r}, which do not all exist"
         unknown = next((name for name in node["inputs"] if name and name not in known), None)
         if unknown is not None:
             return f"{where} reads {unknown!r}, which no graph input, constant or earlier node provides"

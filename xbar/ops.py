@@ -6,6 +6,10 @@ runtime registers an implementation for every name listed (a test keeps the two 
 
 ANALOG_OPS = frozenset({"Conv", "Gemm", "MatMul"})
 
+# Recurrent ops: their W and R matrices go onto crossbars, their time loop is digital
+# (converter/recurrent.py, runtime/recurrent.py).
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
 # Ops the runtime executes digitally, in NumPy (MatMul too: between two activations).
 DIGITAL_OPS = frozenset({
     "Abs", "Add", "And", "AveragePool", "BatchNormalization", "Cast", "CastLike", "Ceil", "Celu", "Clip",
@@ -22,3 +26,6 @@ DIGITAL_OPS = frozenset({
 
 # Graph node op the converter emits for a layer mapped onto crossbars (or pinned digital).
 LAYER_OP = "XbarLayer"
+
+# Graph node op for a recurrent node: its digital loop over the crossbar layers it lists.
+RECURRENT_OP = "XbarRecurrent"

@@ -1,0 +1,377 @@
+"""Recurrent layers (LSTM, GRU, RNN): W and R on crossbars, the time loop digital.
+
+Ideal hardware is compared with onnxruntime at the conformance tolerance, at a tile size
+that holds every matrix in one tile and at one that needs many; the chip path against an
+independent loop over the chip's own layers; refusals through the command line.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import close
+from xbar.cli import cli
+from xbar.converter.convert import convert
+from xbar.errors import UnsupportedOpError
+from xbar.hardware import ablate, preset
+from xbar.runtime.calibrate import calibrate
+from xbar.runtime.executor import Runtime
+from xbar.runtime.ranges import find_ranges
+
+CROSSBARS = [(128, 128), (4, 6)]  # one tile per matrix; many tiles, row blocks and column blocks
+
+
+def _ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _batch_first(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+    """The same recurrent node with layout=1: inputs and states batch-first."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    node = m.graph.node[0]
+    node.attribute.append(helper.make_attribute("layout", 1))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        old = [d.dim_value for d in dims]
+        new = [old[2], old[0], old[1], old[3]] if vi.name == "Y" else [old[1], old[0], *old[2:]] if len(old) == 3 else old
+        for d, v in zip(dims, new):
+            d.dim_value = v
+    out = {k: (np.ascontiguousarray(np.swapaxes(v, 0, 1)) if v.ndim == 3 else v) for k, v in feeds.items()}
+    return m, out
+
+
+def _check_ideal(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_first: bool = False) -> None:
+    """Compare with onnxruntime; batch_first: run the layout=1 twin of `proto` (onnxruntime's
+    CPU kernels refuse layout=1, so their reference is the layout=0 run, transposed)."""
+    refs = _ort(proto, feeds)
+    if batch_first:
+        refs = [r.transpose(2, 0, 1, 3) if r.ndim == 4 else np.swapaxes(r, 0, 1) for r in refs]
+        proto, feeds = _batch_first(proto, feeds)
+        if "L" not in feeds:  # onnx's reference evaluator runs layout=1 too (not sequence_lens)
+            from onnx.reference import ReferenceEvaluator
+
+            for ref, other in zip(refs, ReferenceEvaluator(proto).run(None, feeds)):
+                assert close(ref, other)
+    names = [o.name for o in proto.graph.output]
+    for crossbar in CROSSBARS:
+        bundle = convert(proto, crossbar=crossbar)
+        assert bundle.manifest["summary"]["analog_layers"] >= 2
+        if crossbar == (4, 6):
+            assert all(e["tiles"]["tiles_used"] > 1 for e in bundle.layers)
+        out = Runtime(bundle).run(feeds)
+        for name, ref in zip(names, refs):
+            assert out[name].shape == ref.shape, (name, crossbar)
+            assert close(out[name], ref), (name, crossbar, float(np.abs(out[name] - ref).max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch exports
+# ---------------------------------------------------------------------------------------------
+
+TORCH_CELLS = [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"})]
+
+
+def _torch_model(cell: str, kw: dict, opset: int, layers: int, bidirectional: bool, batch_first: bool,
+                 states: bool):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rnn = getattr(torch.nn, cell)(input_size=5, hidden_size=6, num_layers=layers, bidirectional=bidirectional,
+                                  batch_first=batch_first, **kw).eval()
+    t, b = 7, 3
+    x = torch.randn((b, t, 5) if batch_first else (t, b, 5))
+    flat, names = [x], ["x"]
+    if states:
+        shape = (layers * (2 if bidirectional else 1), b, 6)
+        flat.append(torch.randn(shape))
+        names.append("h0")
+        if cell == "LSTM":
+            flat.append(torch.randn(shape))
+            names.append("c0")
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x, *states):
+            out = self.rnn(x, (states if cell == "LSTM" else states[0]) if states else None)
+            return (out[0], *out[1]) if cell == "LSTM" else out
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrap(), tuple(flat), buf, dynamo=False, opset_version=opset, input_names=names)
+    proto = onnx.load_from_string(buf.getvalue())
+    return proto, {n: v.numpy() for n, v in zip(names, flat)}
+
+
+@pytest.mark.parametrize("opset", [14, 17])
+@pytest.mark.parametrize("cell,kw", TORCH_CELLS, ids=["lstm", "gru", "rnn-tanh", "rnn-relu"])
+@pytest.mark.parametrize("layers,bidirectional,batch_first,states", [
+    (1, False, False, False),
+    (2, True, True, True),
+], ids=["single", "stacked-bidirectional-batchfirst-states"])
+def test_torch_export_matches_onnxruntime(cell, kw, opset, layers, bidirectional, batch_first, states):
+    proto, feeds = _torch_model(cell, kw, opset, layers, bidirectional, batch_first, states)
+    assert any(n.op_type == cell for n in proto.graph.node)
+    _check_ideal(proto, feeds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-built graphs: what torch does not export
+# ---------------------------------------------------------------------------------------------
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _onnx_rnn(cell: str, direction: str = "forward", seq_lens: bool = False,
+              states: bool = False, bias: bool = True, attrs: dict | None = None, peepholes: bool = False,
+              t: int = 5, b: int = 4, i: int = 3, h: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    nd = 2 if direction == "bidirectional" else 1
+    g = GATES[cell]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.6, (nd, g * h, i)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.6, (nd, g * h, h)).astype(np.float32), "R")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (nd, 2 * g * h)).astype(np.float32), "B"))
+    x_shape, s_shape = [t, b, i], [nd, b, h]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
+    feeds = {"X": rng.normal(0, 1, x_shape).astype(np.float32)}
+    node_inputs = ["X", "W", "R", "B" if bias else "", "", "", ""]
+    if seq_lens:
+        graph_inputs.append(helper.make_tensor_value_info("L", TensorProto.INT32, [b]))
+        feeds["L"] = rng.integers(1, t + 1, b).astype(np.int32)
+        feeds["L"][0] = t
+        node_inputs[4] = "L"
+    if states:
+        graph_inputs.append(helper.make_tensor_value_info("H0", TensorProto.FLOAT, s_shape))
+        feeds["H0"] = rng.normal(0, 0.5, s_shape).astype(np.float32)
+        node_inputs[5] = "H0"
+        if cell == "LSTM":
+            graph_inputs.append(helper.make_tensor_value_info("C0", TensorProto.FLOAT, s_shape))
+            feeds["C0"] = rng.normal(0, 0.5, s_shape).astype(np.float32)
+            node_inputs[6] = "C0"
+    if peepholes:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (nd, 3 * h)).astype(np.float32), "P"))
+        node_inputs.append("P")
+    if cell != "LSTM":
+        node_inputs = node_inputs[:6]
+    while node_inputs and not node_inputs[-1]:
+        node_inputs.pop()
+    outs = ["Y", "Y_h", "Y_c"][:3 if cell == "LSTM" else 2]
+    node = helper.make_node(cell, node_inputs, outs, name="rec", hidden_size=h, direction=direction, **(attrs or {}))
+    out_shapes = [[t, nd, b, h], s_shape, s_shape]
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, sh) for o, sh in zip(outs, out_shapes)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model, feeds
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("case,layout1", [
+    (dict(direction="reverse"), False),
+    (dict(direction="bidirectional", states=True), True),
+    (dict(direction="forward", seq_lens=True, states=True), False),
+    (dict(direction="bidirectional", seq_lens=True), False),
+    (dict(direction="reverse", seq_lens=True, bias=False), True),
+], ids=["reverse", "bidir-layout1-states", "seqlens-states", "bidir-seqlens", "reverse-layout1-seqlens-nobias"])
+def test_hand_built_matches_onnxruntime(cell, case, layout1):
+    _check_ideal(*_onnx_rnn(cell, **case), batch_first=layout1)
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_gru_linear_before_reset(lbr, direction):
+    model, feeds = _onnx_rnn("GRU", direction=direction, states=True, attrs={"linear_before_reset": lbr})
+    _check_ideal(model, feeds)
+    names = [e["params"]["matrix"] for e in convert(model).layers]
+    # linear_before_reset=0 multiplies R_h by r ⊙ h: its own crossbar layer.
+    assert names.count("R_h") == (0 if lbr else len(names) // 3)
+
+
+@pytest.mark.parametrize("cell,acts", [
+    ("RNN", ["Relu"]), ("GRU", ["HardSigmoid", "Softsign"]), ("LSTM", ["Sigmoid", "Tanh", "Relu"]),
+    ("LSTM", ["HardSigmoid", "Tanh", "Softplus"]),
+])
+def test_alternative_activations(cell, acts):
+    _check_ideal(*_onnx_rnn(cell, attrs={"activations": acts}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The chip path
+# ---------------------------------------------------------------------------------------------
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_chip_path_is_the_onnx_loop_over_the_chips_own_layers():
+    """On a pcm chip without read noise every layer is a fixed function of its input vector;
+    the runtime's LSTM must be the ONNX equations (written out here) over those functions."""
+    model, feeds = _onnx_rnn("LSTM", direction="bidirectional", states=True, seq_lens=True, t=6, h=5)
+    bundle = convert(model, crossbar=(4, 8))
+    spec = ablate(preset("pcm"), without="read")
+    rt = Runtime(bundle, spec, seed=3)
+    out = rt.run(feeds)
+    x, lens, h0, c0 = feeds["X"], feeds["L"], feeds["H0"], feeds["C0"]
+    t_len, batch, hs = x.shape[0], x.shape[1], 5
+    by_name = {layer.name: layer for layer in rt.layers}
+    y = np.zeros((t_len, 2, batch, hs))
+    for d, direction in enumerate(["forward", "reverse"]):
+        w, r = by_name[f"rec/{direction}/W"], by_name[f"rec/{direction}/R"]
+        for n in range(batch):
+            h, c = h0[d, n:n + 1].astype(np.float32), c0[d, n:n + 1].astype(np.float32)
+            steps = range(lens[n]) if direction == "forward" else range(lens[n] - 1, -1, -1)
+            for t in steps:
+                z = w(x[t, n:n + 1]) + r(h)  # each a product on the chip, Wb and Rb as shifts
+                i, o, f, g = _sigmoid(z[:, :hs]), _sigmoid(z[:, hs:2 * hs]), _sigmoid(z[:, 2 * hs:3 * hs]), np.tanh(z[:, 3 * hs:])
+                c = f * c + i * g
+                h = (o * np.tanh(c)).astype(np.float32)
+                y[t, d, n] = h[0]
+            np.testing.assert_allclose(out["Y_h"][d, n], h[0], atol=1e-5)
+            np.testing.assert_allclose(out["Y_c"][d, n], c[0], atol=1e-5)
+    np.testing.assert_allclose(out["Y"], y, atol=1e-5)
+    ideal = Runtime(bundle).run(feeds)["Y"]
+    assert 1e-4 < np.abs(out["Y"] - ideal).max() < 0.5  # the chip's error is really there
+
+
+def test_chip_noise_is_seeded_and_plausible():
+    model, feeds = _onnx_rnn("GRU", direction="bidirectional", t=6)
+    bundle = convert(model, crossbar=(8, 8))
+    ideal = Runtime(bundle).run(feeds)["Y"]
+    exact_tiles = Runtime(bundle, preset("ideal"), seed=0).run(feeds)["Y"]  # the full per-tile path
+    assert close(exact_tiles, ideal)
+    a, b, other = (Runtime(bundle, preset("pcm"), seed=s).run(feeds)["Y"] for s in (1, 1, 2))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, other)
+    err = np.abs(a - ideal).mean() / np.abs(ideal).mean()
+    assert 1e-3 < err < 0.3, err
+
+
+def test_ranges_of_recurrent_layers():
+    model, feeds = _onnx_rnn("LSTM", b=32, t=4)
+    bundle = convert(model, crossbar=(8, 8))
+    spec = preset("pcm")
+    find_ranges(bundle, feeds["X"], spec)
+    ranges = {e["params"]["matrix"]: e["ranges"]["input"] for e in bundle.layers}
+    assert set(ranges) == {"W", "R"}
+    assert 0 < ranges["R"] < 1 < ranges["W"]  # h = o·tanh(c) is in (−1, 1); x is N(0, 1)
+    calibrated = Runtime(bundle, spec.override({"dac.range": "calibrated"}), seed=0).run(feeds)["Y"]
+    assert np.abs(calibrated - Runtime(bundle).run(feeds)["Y"]).max() < 0.5
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_calibration_refits_the_gate_affines(cell):
+    """Uncompensated drift is a per-column scale: the per-output fit of W, R (and R_h) wins
+    most of it back."""
+    model, feeds = _onnx_rnn(cell, direction="bidirectional", b=64, t=5, h=8)
+    bundle = convert(model, crossbar=(8, 8))
+    spec = preset("pcm").override({"drift_compensation": "off", "t_inference": 86400.0})
+    out, record = calibrate(bundle, feeds["X"], spec, seed=0, method="affine")
+    assert sorted(record["layers"]) == sorted(e["name"] for e in bundle.layers)
+    ideal = Runtime(bundle).run(feeds)["Y"]
+    before = np.abs(Runtime(bundle, spec, seed=0).run(feeds)["Y"] - ideal).mean()
+    after = np.abs(Runtime(out, spec, seed=0).run(feeds)["Y"] - ideal).mean()
+    assert after < 0.5 * before, (before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals and the command line
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell,kwargs", [
+    ("LSTM", dict(peepholes=True)),
+    ("LSTM", dict(peepholes=True, direction="bidirectional", seq_lens=True, states=True)),
+    ("LSTM", dict(attrs={"clip": 0.7}, states=True)),
+    ("GRU", dict(attrs={"clip": 0.7, "linear_before_reset": 1})),
+    ("GRU", dict(attrs={"clip": 0.7})),
+    ("RNN", dict(attrs={"clip": 0.7})),
+    ("LSTM", dict(attrs={"input_forget": 1}, peepholes=True, states=True)),
+], ids=["peepholes", "peepholes-bidir-seqlens", "lstm-clip", "gru-lbr-clip", "gru-clip", "rnn-clip", "input-forget"])
+def test_peepholes_clip_input_forget(cell, kwargs):
+    _check_ideal(*_onnx_rnn(cell, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(attrs={"activations": ["Sigmoid", "Tanh", "Affine"], "activation_alpha": [0.5],
+                 "activation_beta": [0.1]}), "activation_alpha"),
+    (dict(attrs={"activations": ["Sigmoid", "Tanh", "ScaledTanh"]}), "ScaledTanh"),
+])
+def test_refusals_through_the_cli(tmp_path, kwargs, needle):
+    model, _ = _onnx_rnn("LSTM", **kwargs)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.xbar"
+    onnx.save(model, src)
+    r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)], catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    assert "'rec'" in r.output and needle in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1  # one paragraph
+    assert not out.exists()
+    with pytest.raises(UnsupportedOpError):
+        convert(model)
+
+
+def test_cli_convert_info_calibrate(tmp_path):
+    model, feeds = _onnx_rnn("GRU", direction="bidirectional", b=32, t=4)
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    np.savez(data, x=feeds["X"])
+    run = CliRunner()
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["info", str(bundle)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    for name in ("rec/forward/W", "rec/forward/R", "rec/forward/R_h", "rec/reverse/R"):
+        assert name in r.output
+    assert "recurrent" in r.output
+
+
+@pytest.mark.parametrize("options", [
+    dict(encoding="offset"),
+    dict(afp_exponents=2),
+    dict(replicas=2),
+    dict(digital=["rec/forward/R", "rec/reverse/W"]),
+], ids=["offset", "afp", "replicas", "digital"])
+def test_convert_options_keep_the_network_exact(options):
+    model, feeds = _onnx_rnn("LSTM", direction="bidirectional", states=True)
+    refs = _ort(model, feeds)
+    bundle = convert(model, crossbar=(4, 8), **options)
+    placements = [e["placement"] for e in bundle.layers]
+    assert placements.count("digital") == len(options.get("digital", []))
+    for out, ref in zip(Runtime(bundle).run(feeds).values(), refs):
+        assert close(out, ref)
+
+
+def test_rearranged_columns_run_on_a_chip():
+    model, feeds = _onnx_rnn("GRU", t=4)
+    spec = preset("pcm")
+    plain = convert(model, crossbar=(8, 8), hardware=spec)
+    moved = convert(model, crossbar=(8, 8), hardware=spec, rearrange="ir-drop", rearrange_rows="ir-drop")
+    ideal = Runtime(plain).run(feeds)["Y"]
+    assert close(Runtime(moved).run(feeds)["Y"], ideal)  # placement is undone exactly
+    for b in (plain, moved):
+        y = Runtime(b, spec, seed=0).run(feeds)["Y"]
+        assert np.abs(y - ideal).max() < 0.5
+
+
+def test_bundle_round_trip_keeps_the_recurrent_node(tmp_path):
+    from xbar.bundle import load_bundle, save_bundle
+
+    model, feeds = _onnx_rnn("LSTM", direction="bidirectional", peepholes=True, seq_lens=True, states=True,
+                             attrs={"clip": 2.0})
+    path = save_bundle(convert(model, crossbar=(4, 8), digital=["rec/reverse/R"]), tmp_path / "m.xbar")
+    loaded = load_bundle(path)  # validates the manifest
+    refs = _ort(model, feeds)
+    for out, ref in zip(Runtime(loaded).run(feeds).values(), refs):
+        assert close(out, ref)
