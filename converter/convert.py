@@ -71,7 +71,7 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     if placement == "analog":
         mapped = map_weights(spec.weight, cfg, spec.structure,
                              *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else ()))
-        put("conductance", mapped.conductance)
+        put("tiles", mapped.tiles)
         put("col_scale", mapped.col_scale)
         put("position_output", mapped.position_output)
         put("position_gain", mapped.position_gain)

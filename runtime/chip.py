@@ -162,7 +162,8 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
                 spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None,
                 row_order: np.ndarray | None = None) -> TileState:
     """Sample one layer's devices (programming, faults, drift, frozen read noise if chosen)
-    and solve its circuit once.
+    and solve its circuit once. `conductance` is the allocated tiles (T, R, C) as a format-3
+    bundle stores them, or the whole grid (nrb, ncb, R, C).
 
     Streamed over chunks of row blocks, and only tiles that hold a weight (`tile_used`) are
     computed: a tile that was never allocated contributes exact zeros to d and var, as it
@@ -173,7 +174,13 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     dev = spec.device
     dg = dev.g_max - dev.g_min
     enc = mapping["encoding"]
-    nrb, ncb, r, c = conductance.shape
+    nrb, ncb = tile_used.shape
+    r, c = conductance.shape[-2:]
+    if conductance.ndim == 4:  # the whole grid (format 1, 2; tests): keep the allocated tiles
+        conductance = conductance[tile_used]
+    # conductance: (T, R, C) allocated tiles, row-major in tile_used order; row block b's
+    # tiles are conductance[first[b]:first[b + 1]].
+    first = np.concatenate([[0], np.cumsum(tile_used.sum(axis=1))])
     cw = c // 2 if enc == "differential" else c - 1
     k = nrb * r if k is None else k
     n = ncb * cw if n is None else n
@@ -227,7 +234,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
             continue
         bi, ci = np.nonzero(used)
         pick = (lambda a: None if a is None else a[used])
-        g_t = _retarget(conductance[b0:b1][used], mapping, dev)  # (T, R, C)
+        g_t = _retarget(conductance[first[b0]:first[b1]], mapping, dev)  # (T, R, C)
         state = devices.program_devices(g_t, dev, spec.faults, _Replay(pick(xi_p), pick(xi_d), pick(u_f)))
         del xi_p, xi_d, u_f
         g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from xbar.affine import FIELDS, Affine
-from xbar.bundle import Bundle
+from xbar.bundle import Bundle, layer_tiles
 from xbar.columns import read_map
 from xbar.errors import BundleError, DataError
 from xbar.runtime.analog import dac_codes, tiled_product
@@ -55,7 +55,10 @@ class Layer:
         if entry["placement"] == "analog":
             self.columns = read_map(entry, a.__getitem__)
             self.p = self.columns.positions
-            tiles = normalised_tiles(a["conductance"], bundle.manifest["mapping"])
+            packed, tile_used = layer_tiles(bundle, entry)
+            normalised = normalised_tiles(packed, bundle.manifest["mapping"])  # (T, R, Cw)
+            tiles = np.zeros((*tile_used.shape, *normalised.shape[1:]), dtype=np.float32)
+            tiles[tile_used] = normalised  # unallocated tiles hold no weight
             # Weights on hardware are in normalised units; the digital periphery rescales
             # each column by its w_max and applies the affine in one multiply-add.
             self.row_order = a.get("row_order")  # the converter's row placement, undone here
@@ -72,7 +75,7 @@ class Layer:
         # Any hardware spec, even an ideal one, runs the full per-tile path; only
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
-            tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
+            tiles = build_tiles(packed, tile_used, bundle.manifest["mapping"],
                                 hardware, chip_rng, self.k, self.p, self.row_order)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None

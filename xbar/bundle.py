@@ -31,11 +31,15 @@ from xbar.errors import BundleError
 from xbar.manifest import ARRAY_KINDS, manifest_problem, member_name, type_name
 
 FORMAT_NAME = "xbar-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this xbar reads. 2 added the column map (position_output, position_gain per
 #: analog layer) for encodings with several positions per output; a version-1 bundle's
-#: column_order is the same map with one position per output and unit gains.
-READABLE_VERSIONS = (1, 2)
+#: column_order is the same map with one position per output and unit gains. 3 stores only
+#: the allocated tiles of an analog layer (`tiles`, (T, R, C), row-major in `tile_used`
+#: order) instead of the whole grid (`conductance`, (row blocks, column blocks, R, C)):
+#: a depthwise layer's block-diagonal grid is almost all unallocated. `layer_tiles` reads
+#: either.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
 
@@ -60,6 +64,32 @@ class Bundle:
     @property
     def graph(self) -> dict[str, Any]:
         return self.manifest["graph"]
+
+
+def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """An analog layer's allocated tiles (T, R, C) siemens and its tile_used (nrb, ncb) bool,
+    from either storage (format 3: `tiles`; 1 and 2: the grid `conductance`)."""
+    keys = entry["arrays"]
+    used = bundle.array(keys["tile_used"]).astype(bool)
+    if "tiles" in keys:
+        tiles = bundle.array(keys["tiles"])
+        if tiles.shape[0] != int(used.sum()):
+            raise BundleError(f"layer {entry['name']!r}: {tiles.shape[0]} tiles stored but tile_used marks "
+                              f"{int(used.sum())}; the bundle is corrupt or was edited by hand")
+        return tiles, used
+    return bundle.array(keys["conductance"])[used], used
+
+
+def grid_conductance(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
+    """An analog layer's whole tile grid (nrb, ncb, R, C), unallocated tiles at G_min (they
+    read as zero weights), whichever way the bundle stores it."""
+    keys = entry["arrays"]
+    if "conductance" in keys:
+        return bundle.array(keys["conductance"])
+    tiles, used = layer_tiles(bundle, entry)
+    out = np.full((*used.shape, *tiles.shape[1:]), bundle.manifest["mapping"]["g_min"], dtype=tiles.dtype)
+    out[used] = tiles
+    return out
 
 
 def _sha256(data: bytes) -> str:
