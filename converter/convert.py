@@ -79,10 +79,35 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         if mapped.row_order is not None:
             put("row_order", mapped.row_order)
         entry["tiles"] = mapped.table
+    elif depthwise_kernel(spec) is not None:
+        # A digital depthwise layer keeps its kernel, (∏k, N), not the block-diagonal K×N
+        # matrix (Cin times larger, almost all structural zeros).
+        put("weight_depthwise", depthwise_kernel(spec))
     else:
         put("weight", spec.weight.astype(np.float32))
     entry["arrays"] = keys
     return entry
+
+
+DEPTHWISE_POLICIES = ("tiles", "digital")
+
+
+def is_depthwise(spec: LayerSpec) -> bool:
+    """A convolution with one input channel per group (group = in_channels > 1)."""
+    p = spec.params
+    return spec.kind == "conv" and p.get("group", 1) > 1 and p["group"] == p["in_channels"]
+
+
+def depthwise_kernel(spec: LayerSpec) -> np.ndarray | None:
+    """(∏k, N) float32: output n's kernel, from rows (offset, channel n // multiplier) of the
+    K×N matrix, for a depthwise layer; None for any other."""
+    if not is_depthwise(spec):
+        return None
+    k, n = spec.weight.shape
+    cin = spec.params["in_channels"]
+    kk, mult = k // cin, n // cin
+    rows = np.arange(kk)[:, None] * cin + (np.arange(n) // mult)[None, :]
+    return spec.weight[rows, np.arange(n)[None, :]].astype(np.float32)
 
 
 def _affine_parameters(layer: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
@@ -110,12 +135,18 @@ def convert(
     rearrange: str = "none",
     rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
+    depthwise: str = "tiles",
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
     `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
     are given), the device noise analog floating point weighs and the circuit column
-    placement needs."""
+    placement needs. `depthwise` is the mapping policy for depthwise convolutions: 'tiles'
+    maps their block-diagonal matrix onto crossbars like any layer (most of its tiles stay
+    unallocated, and each allocated one holds ~R/∏k channels on its diagonal); 'digital' keeps
+    them digital, computed as a depthwise convolution from their kernels."""
+    if depthwise not in DEPTHWISE_POLICIES:
+        raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}
     if hardware is not None:
         kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
@@ -165,7 +196,7 @@ def convert(
         for user in absorb_following(graph, spec, consumers, label):
             absorbed.add(user.name)
         idx = len(layers)
-        placement = "digital" if spec.name in digital else "analog"
+        placement = "digital" if spec.name in digital or (depthwise == "digital" and is_depthwise(spec)) else "analog"
         k, n = spec.weight.shape
         in_info = graph.info.get(spec.input)
         out_info = graph.info.get(spec.output)
@@ -244,6 +275,7 @@ def convert(
             "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in n_analog)
                                if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),
             "analog_weights": sum(l["weights"] for l in n_analog),
+            "depthwise": depthwise,
             "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()
                                     if np.issubdtype(np.asarray(v).dtype, np.floating))),

@@ -64,6 +64,12 @@ class Layer:
             self.row_order = a.get("row_order")  # the converter's row placement, undone here
             self.matrix = assemble(tiles, self.k, self.columns, self.row_order)
             self.col_scale = a["col_scale"].astype(np.float64)
+        elif "weight_depthwise" in a:
+            # A digital depthwise convolution: (∏k, N) kernels, run as one, never as the
+            # block-diagonal K×N matrix (which the ideal fast path would multiply in full).
+            self.depthwise = a["weight_depthwise"].astype(np.float32)
+            self.matrix = np.zeros((0, self.n), dtype=np.float32)
+            self.col_scale = np.ones(self.n)
         else:
             self.matrix = a["weight"].astype(np.float32)
             self.col_scale = np.ones(self.n)
@@ -85,6 +91,8 @@ class Layer:
                 i_fs = bundle.array(key)[:, :self.p].astype(np.float32)
             i_fs = np.maximum(i_fs, np.float32(1e-12))
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
+
+    depthwise: np.ndarray | None = None  # (∏k, N) kernels of a digital depthwise convolution
 
     def set_affine(self, affine: Affine) -> None:
         """The per-output affine applied after the product (see xbar.affine)."""
@@ -206,6 +214,8 @@ class Layer:
             )
         pads = resolve_pads(x.shape[2:], p["kernel_shape"], p["strides"], p["dilations"], p["pads"], p["auto_pad"])
         geometry = (p["kernel_shape"], p["strides"], p["dilations"], pads)
+        if self.depthwise is not None:
+            return self._depthwise_conv(x, geometry)
         exact = self.chip is None and self.probe is None and not self._identity
         direct = self.chip is not None and self.probe is None
         per_vector = self.chip is not None and self.chip.x_max is None  # abs-max DAC scaling
@@ -240,4 +250,26 @@ class Layer:
         self._chunks(b, int(np.prod(out)) * k, run)
         # Hand back an NCHW view of the channels-last result: elementwise ops keep that
         # memory order and the next convolution's moveaxis undoes it for free.
+        return np.moveaxis(y, -1, 1)
+
+    def _depthwise_conv(self, x: np.ndarray, geometry) -> np.ndarray:
+        """Digital depthwise convolution: output n = Σ over kernel offsets of its input channel
+        n // multiplier times its kernel; patches are (offset, channel) as for every conv."""
+        view, out = patch_view(x, *geometry)
+        b, c = x.shape[0], x.shape[1]
+        kk, mult = self.depthwise.shape[0], self.n // c
+        w = self.depthwise.reshape(kk, c, mult)
+        y = np.empty((b, *out, self.n), dtype=np.float32)
+        rows = y.reshape(b, -1, c, mult)
+
+        def run(lo: int, hi: int, rng) -> None:
+            patches = view[lo:hi].reshape(hi - lo, -1, kk, c)
+            dest = rows[lo:hi]
+            np.multiply(patches[:, :, 0, :, None], w[0], out=dest)
+            for j in range(1, kk):
+                dest += patches[:, :, j, :, None] * w[j]
+            flat = dest.reshape(-1, self.n)
+            flat[...] = self._affine(flat, axis=-1)
+
+        self._chunks(b, int(np.prod(out)) * kk * c, run)
         return np.moveaxis(y, -1, 1)

@@ -198,12 +198,19 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
             return f"{where}: K = {k}, N = {n}; both must be at least 1"
         version = m["format_version"]
         needed = _LAYER_ARRAYS[placement] + ((_TILE_ARRAY[version],) + _MAP_ARRAYS[version] if placement == "analog" else ())
+        depthwise = placement == "digital" and "weight_depthwise" in layer["arrays"]
+        if depthwise:  # a digital depthwise convolution stores its kernels, not the K×N matrix
+            if kind != "conv" or not 1 < params["group"] == params["in_channels"] or k % params["in_channels"]:
+                return f"{where}: a 'weight_depthwise' array needs a depthwise convolution (group = in_channels > 1)"
+            needed = AFFINE_FIELDS + ("weight_depthwise",)
         missing = [a for a in needed if a not in layer["arrays"]]
         if missing:
             return f"{where} lists no {missing[0]!r} array"
         shape = {a: tuple(m["arrays"][layer["arrays"][a]]["shape"]) for a in needed}
         want = {a: (n,) for a in AFFINE_FIELDS}
-        if placement == "digital":
+        if depthwise:
+            want["weight_depthwise"] = (k // params["in_channels"], n)
+        elif placement == "digital":
             want["weight"] = (k, n)
         else:
             if version >= 3:
