@@ -208,3 +208,22 @@ def test_stored_tiles_must_match_tile_used(tmp_path):
     b.arrays[key] = used
     with pytest.raises(BundleError, match="tiles stored but tile_used marks"):
         Runtime(b)
+
+
+def test_fast_stored_member_path_reads_what_np_load_reads(bundle, tmp_path, monkeypatch):
+    """Stored .npy members are read straight into their arrays; the result must equal the
+    general zip-read + np.load path, array by array (values, dtype, shape, writeable)."""
+    import xbar.bundle as bundle_module
+
+    path = save_bundle(bundle, tmp_path / "a.xbar")
+    calls = []
+    real = bundle_module._read_stored_npy
+    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: calls.append(1) or real(*a))
+    fast = load_bundle(path)
+    assert len(calls) == len(fast.arrays)
+    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: None)
+    general = load_bundle(path)
+    for key, arr in general.arrays.items():
+        got = fast.arrays[key]
+        assert got.dtype == arr.dtype and got.shape == arr.shape and got.flags.writeable
+        np.testing.assert_array_equal(got, arr)
