@@ -111,6 +111,12 @@ def _probe(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.einsum("brkc,bk->brc", g, rows.astype(g.dtype))
 
 
+# How the probe's as-programmed currents are solved with IR drop on: "iterative" (one drive
+# vector by line relaxation, xbar.runtime.irdrop_probe, node voltages within 1e-12 of the
+# drive; exact solve if that bound is not reached) or "exact" (the full G_eff, as the chip).
+PROBE_SOLVER = "iterative"
+
+
 def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, circuit) -> np.ndarray:
     """(T, 1, C) probe currents of a stack of used tiles (T, 1, R, C) right after programming."""
     if not spec.circuit.ir_drop:
@@ -118,12 +124,20 @@ def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, c
     c = spec.circuit
     digest = hashlib.blake2b(np.ascontiguousarray(g0).view(np.uint8), digest_size=20)
     digest.update(np.ascontiguousarray(rows).view(np.uint8))
-    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense))
+    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense), PROBE_SOLVER)
     hit = _PROBE_CACHE.get(key)
     if hit is not None:
         _PROBE_CACHE.move_to_end(key)
         return hit.copy()
-    before = _probe(circuit(g0), rows)
+    before = None
+    if PROBE_SOLVER == "iterative":
+        from xbar.runtime.irdrop_probe import probe_currents
+
+        # One drive vector, not the full G_eff: exact to a stated bound (irdrop_probe), or None.
+        got = probe_currents(g0[:, 0], rows.astype(np.float64), c.r_wire, c.r_driver, c.r_sense)
+        before = None if got is None else got[:, None, :]
+    if before is None:
+        before = _probe(circuit(g0), rows)
     _PROBE_CACHE[key] = before.copy()
     while sum(v.nbytes for v in _PROBE_CACHE.values()) > PROBE_CACHE_BYTES and len(_PROBE_CACHE) > 1:
         _PROBE_CACHE.popitem(last=False)
