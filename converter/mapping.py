@@ -68,7 +68,8 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     `circuit` (its wires) steers column placement; neither is needed for fixed point."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
-    u = np.clip(weight / scale, -1.0, 1.0)
+    u = np.divide(weight, scale, dtype=np.float64)
+    np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)
     order, rows = np.arange(len(enc.output)), None
@@ -77,7 +78,9 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
 
         order = place(enc.v, enc.valid, cfg, circuit)
         rows = place_rows(enc.v, enc.valid, cfg, circuit)
-    v, valid = enc.v[:, order], enc.valid[:, order]
+    del u
+    placed = not np.array_equal(order, np.arange(len(order)))
+    v, valid = (enc.v[:, order], enc.valid[:, order]) if placed else (enc.v, enc.valid)  # no copy unless moved
     if rows is not None:
         v, valid = v[rows], valid[rows]
     tiles, tile_used, table = pack_tiles(v, valid, cfg)
