@@ -115,6 +115,7 @@ def _probe(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
 # vector by line relaxation, xbar.runtime.irdrop_probe, node voltages within 1e-12 of the
 # drive; exact solve if that bound is not reached) or "exact" (the full G_eff, as the chip).
 PROBE_SOLVER = "iterative"
+PROBE_TILES = 32
 
 
 def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, circuit) -> np.ndarray:
@@ -134,8 +135,16 @@ def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, c
         from xbar.runtime.irdrop_probe import probe_currents
 
         # One drive vector, not the full G_eff: exact to a stated bound (irdrop_probe), or None.
-        got = probe_currents(g0[:, 0], rows.astype(np.float64), c.r_wire, c.r_driver, c.r_sense)
-        before = None if got is None else got[:, None, :]
+        # In pieces of PROBE_TILES tiles: its ~15 work arrays then stay at a few MB each.
+        parts = []
+        for s in range(0, g0.shape[0], PROBE_TILES):
+            got = probe_currents(g0[s:s + PROBE_TILES, 0], rows[s:s + PROBE_TILES].astype(np.float64),
+                                 c.r_wire, c.r_driver, c.r_sense)
+            if got is None:
+                break
+            parts.append(got)
+        else:
+            before = np.concatenate(parts)[:, None, :] if parts else None
     if before is None:
         before = _probe(circuit(g0), rows)
     _PROBE_CACHE[key] = before.copy()
