@@ -276,7 +276,7 @@ class Chips:
 def bundle_digest(bundle) -> str:
     h = hashlib.sha1()
     for entry in bundle.layers:
-        for name in ("conductance", "position_output", "position_gain", "tile_used", "weight"):
+        for name in ("conductance", "tiles", "position_output", "position_gain", "tile_used", "weight"):
             key = entry["arrays"].get(name)
             if key is not None:
                 a = np.ascontiguousarray(bundle.array(key))
@@ -344,6 +344,7 @@ def closed_form() -> dict:
     from xbar.config import MappingConfig
     from xbar.converter import convert
     from xbar.converter.encodings import encode, position_variance
+    from xbar.bundle import grid_conductance
     from xbar.runtime.chip import normalised_tiles
 
     spec = conditions()["pr_1d"][1]
@@ -354,7 +355,7 @@ def closed_form() -> dict:
     total = {k: 0.0 for k in cfgs}
     layers = []
     for entry in b.layers:
-        tiles = normalised_tiles(b.array(entry["arrays"]["conductance"]), b.manifest["mapping"])
+        tiles = normalised_tiles(grid_conductance(b, entry), b.manifest["mapping"])
         nrb, ncb, r, cw = tiles.shape
         u = tiles.transpose(0, 2, 1, 3).reshape(nrb * r, ncb * cw)[:entry["K"], :entry["N"]].astype(np.float64)
         noise = {}

@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
+    from xbar.bundle import grid_conductance
     from xbar.converter import convert
     from xbar.data import load_dataset
     from xbar.hardware import ablate, preset
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> int:
                     f_ref.append(ref.mean())
                     chip.chip.tiles.comp[...] = ref
                     err_fixed.append(np.sum((chip.product(cols).astype(np.float64) - ideal) ** 2))
-                cond = b.array(entry["arrays"]["conductance"])
+                cond = grid_conductance(b, entry)
                 used = f"{int((cond > 0).sum()):,} of {cond.size:,}"
                 print(f"{tl:<4} {name:<8} {entry['name'].split('/')[-2]:<12} {used:>17} {np.mean(f_rt):12.3f} "
                       f"{np.mean(f_ref):11.3f} {10 * np.log10(p_sig / np.mean(err)):7.1f} "

@@ -81,7 +81,7 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     if placement == "analog":
         mapped = map_weights(spec.weight, cfg, spec.structure,
                              *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else ()))
-        put("conductance", mapped.conductance)
+        put("tiles", mapped.tiles)
         put("col_scale", mapped.col_scale)
         put("position_output", mapped.position_output)
         put("position_gain", mapped.position_gain)
@@ -89,10 +89,35 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         if mapped.row_order is not None:
             put("row_order", mapped.row_order)
         entry["tiles"] = mapped.table
+    elif depthwise_kernel(spec) is not None:
+        # A digital depthwise layer keeps its kernel, (∏k, N), not the block-diagonal K×N
+        # matrix (Cin times larger, almost all structural zeros).
+        put("weight_depthwise", depthwise_kernel(spec))
     else:
         put("weight", spec.weight.astype(np.float32))
     entry["arrays"] = keys
     return entry
+
+
+DEPTHWISE_POLICIES = ("tiles", "digital")
+
+
+def is_depthwise(spec: LayerSpec) -> bool:
+    """A convolution with one input channel per group (group = in_channels > 1)."""
+    p = spec.params
+    return spec.kind == "conv" and p.get("group", 1) > 1 and p["group"] == p["in_channels"]
+
+
+def depthwise_kernel(spec: LayerSpec) -> np.ndarray | None:
+    """(∏k, N) float32: output n's kernel, from rows (offset, channel n // multiplier) of the
+    K×N matrix, for a depthwise layer; None for any other."""
+    if not is_depthwise(spec):
+        return None
+    k, n = spec.weight.shape
+    cin = spec.params["in_channels"]
+    kk, mult = k // cin, n // cin
+    rows = np.arange(kk)[:, None] * cin + (np.arange(n) // mult)[None, :]
+    return spec.weight[rows, np.arange(n)[None, :]].astype(np.float32)
 
 
 def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
@@ -106,10 +131,11 @@ def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
 
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
-           steps: int | None = 0) -> dict[str, Any]:
+           steps: int | None = 0, keep_digital: bool = False) -> dict[str, Any]:
     """The manifest entry of one analog layer (its arrays go to `arrays`). `steps`: for a
-    recurrent layer, its input vectors per sample (None: unknown); 0 for other layers."""
-    placement = "digital" if spec.name in digital else "analog"
+    recurrent layer, its input vectors per sample (None: unknown); 0 for other layers.
+    `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars."""
+    placement = "digital" if spec.name in digital or keep_digital else "analog"
     k, n = spec.weight.shape
     in_info = graph.info.get(spec.input)
     out_info = graph.info.get(spec.output)
@@ -170,12 +196,19 @@ def convert(
     rearrange_rows: str = "none",
     hardware: "HardwareSpec | None" = None,
     progress: "Callable[[list[Node]], Iterable[Node]] | None" = None,
+    depthwise: str = "tiles",
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
     `hardware`, the deployment target, supplies the conductance window (unless g_min/g_max
     are given), the device noise analog floating point weighs and the circuit column
-    placement needs. `progress` wraps the walk over the graph's nodes (e.g. a progress bar)."""
+    placement needs. `progress` wraps the walk over the graph's nodes (e.g. a progress bar).
+    `depthwise` is the mapping policy for depthwise convolutions: 'tiles'
+    maps their block-diagonal matrix onto crossbars like any layer (most of its tiles stay
+    unallocated, and each allocated one holds ~R/∏k channels on its diagonal); 'digital' keeps
+    them digital, computed as a depthwise convolution from their kernels."""
+    if depthwise not in DEPTHWISE_POLICIES:
+        raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}
     if hardware is not None:
         kwargs.update(g_min=hardware.device.g_min, g_max=hardware.device.g_max)
@@ -242,7 +275,8 @@ def convert(
         for user in absorb_following(graph, spec, consumers, label):
             absorbed.add(user.name)
         idx = len(layers)
-        layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware))
+        layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
+                             keep_digital=depthwise == "digital" and is_depthwise(spec)))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]
@@ -295,6 +329,7 @@ def convert(
             "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in n_analog)
                                if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),
             "analog_weights": sum(l["weights"] for l in n_analog),
+            "depthwise": depthwise,
             "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()
                                     if np.issubdtype(np.asarray(v).dtype, np.floating))),

@@ -30,13 +30,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class MappedLayer:
-    conductance: np.ndarray  # (n_row_blocks, n_col_blocks, R, C) float32, siemens
+    tiles: np.ndarray  # (T, R, C) float32 siemens: the allocated tiles, row-major in tile_used order
     col_scale: np.ndarray  # (N,) weight units per unit of normalised weight (w_max per column)
     position_output: np.ndarray  # (P,) int64: output column of tile position p
     position_gain: np.ndarray  # (P,) float32: digital gain of tile position p
     tile_used: np.ndarray  # (n_row_blocks, n_col_blocks) bool: tile holds at least one weight
     table: dict[str, Any]  # tile table and utilisation, for the manifest
     row_order: np.ndarray | None = None  # (K,) physical row q holds weight row row_order[q]; None: identity
+    g_min: float = 0.0  # what an unallocated tile holds in `conductance`
+
+    @property
+    def conductance(self) -> np.ndarray:
+        """(n_row_blocks, n_col_blocks, R, C) float32: the full tile grid, unallocated tiles at G_min."""
+        return unpack_tiles(self.tiles, self.tile_used, self.g_min)
+
+
+def unpack_tiles(tiles: np.ndarray, tile_used: np.ndarray, fill: float) -> np.ndarray:
+    """(T, R, C) allocated tiles → (nrb, ncb, R, C) grid, the others filled with `fill`."""
+    out = np.full((*tile_used.shape, *tiles.shape[1:]), fill, dtype=tiles.dtype)
+    out[tile_used] = tiles
+    return out
 
 
 def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
@@ -55,7 +68,8 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     `circuit` (its wires) steers column placement; neither is needed for fixed point."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
-    u = np.clip(weight / scale, -1.0, 1.0)
+    u = np.divide(weight, scale, dtype=np.float64)
+    np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)
     order, rows = np.arange(len(enc.output)), None
@@ -64,13 +78,15 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
 
         order = place(enc.v, enc.valid, cfg, circuit)
         rows = place_rows(enc.v, enc.valid, cfg, circuit)
-    v, valid = enc.v[:, order], enc.valid[:, order]
+    del u
+    placed = not np.array_equal(order, np.arange(len(order)))
+    v, valid = (enc.v[:, order], enc.valid[:, order]) if placed else (enc.v, enc.valid)  # no copy unless moved
     if rows is not None:
         v, valid = v[rows], valid[rows]
-    conductance, tile_used, table = tile_positions(v, valid, cfg)
+    tiles, tile_used, table = pack_tiles(v, valid, cfg)
     table["physical_columns"] = _physical_columns(table, cfg)
-    return MappedLayer(conductance, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table,
-                       rows)
+    return MappedLayer(tiles, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table,
+                       rows, float(cfg.g_min))
 
 
 def _physical_columns(table: dict[str, Any], cfg: MappingConfig) -> int:
@@ -138,3 +154,64 @@ def tile_positions(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tupl
         "weight_cols_per_block": [min(cw, p - j * cw) for j in range(ncb)],
     }
     return conductance, tile_used, table
+
+
+def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """What `tile_positions` computes, for the allocated tiles only: (T, R, C) float32 tiles
+    (equal, bit for bit, to the grid's tiles where tile_used), tile_used and the table.
+    Built one row block at a time, so memory follows the tiles that are programmed, not
+    the grid (a depthwise layer's block-diagonal grid is almost all unallocated)."""
+    k, p = v.shape
+    r, c = cfg.rows, cfg.cols
+    cw = cfg.weight_cols_per_tile
+    nrb, ncb = -(-k // r), -(-p // cw)
+    dg = cfg.g_max - cfg.g_min
+    g_mid = cfg.g_min + dg / 2
+    differential = cfg.encoding == "differential"
+    tile_used = np.zeros((nrb, ncb), dtype=bool)
+    out: list[np.ndarray] = []
+    used_cells = 0
+    for b in range(nrb):
+        kr = min(r, k - b * r)
+        vb = np.zeros((r, ncb * cw), dtype=bool)
+        vb[:kr, :p] = valid[b * r:b * r + kr]
+        vb = vb.reshape(r, ncb, cw)
+        cols = np.nonzero(vb.any(axis=(0, 2)))[0]
+        tile_used[b, cols] = True
+        if not len(cols):
+            continue
+        ub = np.zeros((r, ncb * cw))
+        ub[:kr, :p] = v[b * r:b * r + kr]
+        ub = ub.reshape(r, ncb, cw)[:, cols].transpose(1, 0, 2)  # (t, R, cw)
+        vt = vb[:, cols].transpose(1, 0, 2)
+        tiles = np.full((len(cols), r, c), cfg.g_min, dtype=np.float64)
+        if differential:
+            tiles[:, :, 0:2 * cw:2] = cfg.g_min + dg * np.maximum(ub, 0.0)
+            tiles[:, :, 1:2 * cw:2] = cfg.g_min + dg * np.maximum(-ub, 0.0)
+            used_cells += 2 * int(vt.sum())
+        else:
+            tiles[:, :, :cw] = g_mid + dg / 2 * ub
+            tiles[:, :kr, cw] = g_mid
+            inside = np.zeros((r, ncb * cw), dtype=bool)
+            inside[:kr, :p] = True
+            inside = inside.reshape(r, ncb, cw)[:, cols].transpose(1, 0, 2)
+            cells = tiles[:, :, :cw]
+            cells[~inside] = cfg.g_min
+            used_cells += int(vt.sum()) + int(vt[:, :kr].any(axis=2).sum())
+        out.append(tiles.astype(np.float32))
+    packed = np.concatenate(out) if out else np.zeros((0, r, c), dtype=np.float32)
+    n_tiles = int(tile_used.sum())
+    table = {
+        "rows": r,
+        "cols": c,
+        "n_row_blocks": nrb,
+        "n_col_blocks": ncb,
+        "weight_cols_per_tile": cw,
+        "positions": p,
+        "tiles_used": n_tiles,
+        "cells_used": used_cells,
+        "utilisation": used_cells / (n_tiles * r * c) if n_tiles else 0.0,
+        "rows_used_per_block": [min(r, k - i * r) for i in range(nrb)],
+        "weight_cols_per_block": [min(cw, p - j * cw) for j in range(ncb)],
+    }
+    return packed, tile_used, table

@@ -111,108 +111,206 @@ def _probe(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.einsum("brkc,bk->brc", g, rows.astype(g.dtype))
 
 
-def _probe_as_programmed(g0: np.ndarray, tile_used: np.ndarray, spec: HardwareSpec, circuit,
-                         rows: np.ndarray) -> np.ndarray:
-    """(nrb, ncb, C) probe currents of the array right after programming."""
+# How the probe's as-programmed currents are solved with IR drop on: "iterative" (one drive
+# vector by line relaxation, xbar.runtime.irdrop_probe, node voltages within 1e-12 of the
+# drive; exact solve if that bound is not reached) or "exact" (the full G_eff, as the chip).
+PROBE_SOLVER = "iterative"
+PROBE_TILES = 32
+
+
+def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, circuit) -> np.ndarray:
+    """(T, 1, C) probe currents of a stack of used tiles (T, 1, R, C) right after programming."""
     if not spec.circuit.ir_drop:
         return _probe(g0, rows)
     c = spec.circuit
     digest = hashlib.blake2b(np.ascontiguousarray(g0).view(np.uint8), digest_size=20)
-    digest.update(np.ascontiguousarray(tile_used).view(np.uint8))
     digest.update(np.ascontiguousarray(rows).view(np.uint8))
-    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense))
+    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense), PROBE_SOLVER)
     hit = _PROBE_CACHE.get(key)
     if hit is not None:
         _PROBE_CACHE.move_to_end(key)
         return hit.copy()
-    before = _probe(circuit(g0), rows)
+    before = None
+    if PROBE_SOLVER == "iterative":
+        from xbar.runtime.irdrop_probe import probe_currents
+
+        # One drive vector, not the full G_eff: exact to a stated bound (irdrop_probe), or None.
+        # In pieces of PROBE_TILES tiles: its ~15 work arrays then stay at a few MB each.
+        parts = []
+        for s in range(0, g0.shape[0], PROBE_TILES):
+            got = probe_currents(g0[s:s + PROBE_TILES, 0], rows[s:s + PROBE_TILES].astype(np.float64),
+                                 c.r_wire, c.r_driver, c.r_sense)
+            if got is None:
+                break
+            parts.append(got)
+        else:
+            before = np.concatenate(parts)[:, None, :] if parts else None
+    if before is None:
+        before = _probe(circuit(g0), rows)
     _PROBE_CACHE[key] = before.copy()
     while sum(v.nbytes for v in _PROBE_CACHE.values()) > PROBE_CACHE_BYTES and len(_PROBE_CACHE) > 1:
         _PROBE_CACHE.popitem(last=False)
     return before
 
 
+class _Replay:
+    """Stands in for a Generator: hands `devices` the draws already taken from the real
+    stream (for the used tiles of one chunk), so the device formulas run unchanged."""
+
+    def __init__(self, *draws: np.ndarray | None) -> None:
+        self.draws = list(draws)
+
+    def spawn(self, n: int) -> list["_Replay"]:
+        return [_Replay(d) for d in self.draws[:n]]
+
+    def _next(self, shape) -> np.ndarray:
+        out = self.draws[0]
+        if out is None or out.shape != tuple(shape):
+            raise AssertionError("chip sampling drew in an unexpected order")  # pragma: no cover
+        return out
+
+    def standard_normal(self, shape) -> np.ndarray:
+        return self._next(shape)
+
+    def random(self, shape) -> np.ndarray:
+        return self._next(shape)
+
+
+# Cells (of the full tile grid) per chunk of row blocks that build_tiles samples and solves
+# at once: float64 intermediates then stay at tens of MB whatever the layer's size.
+CHUNK_CELLS = 1 << 22
+
+
 def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
                 spec: HardwareSpec, rng: np.random.Generator, k: int | None = None, n: int | None = None,
                 row_order: np.ndarray | None = None) -> TileState:
     """Sample one layer's devices (programming, faults, drift, frozen read noise if chosen)
-    and solve its circuit once."""
+    and solve its circuit once. `conductance` is the allocated tiles (T, R, C) as a format-3
+    bundle stores them, or the whole grid (nrb, ncb, R, C).
+
+    Streamed over chunks of row blocks, and only tiles that hold a weight (`tile_used`) are
+    computed: a tile that was never allocated contributes exact zeros to d and var, as it
+    always did, and its drift-compensation factor is 1 (it has no ADC to compensate). The
+    random streams are still drawn for every cell of the tile grid in the original order, so
+    a seed gives the same chip as the unstreamed version, bit for bit (tests/_chip_reference).
+    """
     dev = spec.device
     dg = dev.g_max - dev.g_min
-    g_t = _retarget(conductance, mapping, dev)
-    state = devices.program_devices(g_t, dev, spec.faults, rng)
+    enc = mapping["encoding"]
+    nrb, ncb = tile_used.shape
+    r, c = conductance.shape[-2:]
+    if conductance.ndim == 4:  # the whole grid (format 1, 2; tests): keep the allocated tiles
+        conductance = conductance[tile_used]
+    # conductance: (T, R, C) allocated tiles, row-major in tile_used order; row block b's
+    # tiles are conductance[first[b]:first[b + 1]].
+    first = np.concatenate([[0], np.cumsum(tile_used.sum(axis=1))])
+    cw = c // 2 if enc == "differential" else c - 1
+    k = nrb * r if k is None else k
+    n = ncb * cw if n is None else n
     t = spec.t_inference
+    stat = devices._statistical(dev)
     drifting = dev.model != "ideal" and dev.drift
-    g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog
-    g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
     frozen = dev.read_noise_mode == "frozen"
-    if frozen:
-        # The deviation is part of what the chip holds at time t, so the circuit solve and
-        # the compensation probe below see it. Its stream is a fourth child of the chip's,
-        # after program_devices' three, so a seed's other draws match fresh mode's. It does
-        # not depend on t: like fresh mode's read stream, one seed's standard normals serve
-        # every t, so a time sweep differs only by drift and sigma(t), not by a new draw.
-        g_now = devices.read(g_now, t, dev, rng.spawn(1)[0], g_ref=state.g_prog)
-    sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
+    p0 = spec.faults.p_stuck_at_gmin if spec.faults is not None else 0.0
+    p1 = spec.faults.p_stuck_at_gmax if spec.faults is not None else 0.0
+    # The stream layout of devices.program_devices (programming, drift, faults), then the
+    # frozen read noise's child, spawned in the same order as before.
+    rng_prog, rng_drift, rng_faults = rng.spawn(3)
+    rng_read = rng.spawn(1)[0] if frozen else None
+    draw_prog = stat and dev.prog_noise
+    draw_drift = stat and dev.drift
+    draw_faults = not (p0 == 0 and p1 == 0)
+    draw_read = frozen and stat and dev.read_noise
+    compensate = spec.drift_compensation != "off" and drifting
+
+    d = np.zeros((nrb, r, n), dtype=np.float32)
+    var: np.ndarray | None = None
+    ref_var: np.ndarray | None = None
+    comp = np.ones((nrb, n), dtype=np.float32)
+    # Probe rows (the rows the layer uses) and read-out columns (positions < N, + reference).
+    rows_all = np.arange(r)[None, :] < k - r * np.arange(nrb)[:, None]  # (nrb, R)
+    read = (np.arange(ncb)[:, None] * cw + np.arange(cw)[None, :]) < n  # (ncb, cw)
+    if enc == "differential":
+        read_cols = np.repeat(read, 2, axis=1)
+    else:
+        read_cols = np.concatenate([read, read.any(axis=1, keepdims=True)], axis=1)
+    read_cols = np.pad(read_cols, ((0, 0), (0, c - read_cols.shape[1])))
 
     def circuit(g: np.ndarray) -> np.ndarray:
         if not spec.circuit.ir_drop:
             return g
         from xbar.runtime.irdrop import effective_conductance
 
-        out = g.copy()
-        c = spec.circuit
-        out[tile_used] = effective_conductance(g[tile_used], c.r_wire, c.r_driver, c.r_sense)
-        return out
+        cc = spec.circuit
+        return effective_conductance(g, cc.r_wire, cc.r_driver, cc.r_sense)
 
-    g_eff = circuit(g_now)
-    w, _ = _pair_difference(g_eff, mapping["encoding"], dg)
-    nrb, ncb = conductance.shape[:2]
-    var = ref_var = None
-    if sigma is not None and np.any(sigma):
-        s2 = sigma ** 2 / (dg if mapping["encoding"] == "differential" else dg / 2) ** 2
-        if mapping["encoding"] == "differential":
-            var = _stack(s2[..., 0::2] + s2[..., 1::2], tile_used)
-        else:
-            cw = s2.shape[-1] - 1
-            var = _stack(s2[..., :cw], tile_used)
-            ref_var = np.ascontiguousarray((s2[..., cw] * tile_used[:, :, None]).transpose(0, 2, 1)).astype(np.float32)
-    d = _stack(w, tile_used)
-    cw = w.shape[-1]
-    comp = np.ones((nrb, ncb * cw), dtype=np.float32)
-    if spec.drift_compensation != "off" and drifting:
-        # A fixed probe read right after programming and again at time t; the ratio of the
-        # summed currents of the columns that are read out is stored digitally. Only the
-        # cells the layer uses take part: rows past K are never driven and padding columns
-        # have no ADC, and their devices (at G_min, where PCM drifts fastest) would bias it.
-        rows_per_tile = conductance.shape[2]
-        k_used = nrb * rows_per_tile if k is None else k
-        rows = np.arange(rows_per_tile)[None, :] < k_used - rows_per_tile * np.arange(nrb)[:, None]  # (nrb, R)
-        n_used = ncb * cw if n is None else n
-        read = (np.arange(ncb)[:, None] * cw + np.arange(cw)[None, :]) < n_used  # (ncb, cw) positions
-        if mapping["encoding"] == "differential":
-            read_cols = np.repeat(read, 2, axis=1)
-        else:
-            read_cols = np.concatenate([read, read.any(axis=1, keepdims=True)], axis=1)  # + reference
-        read_cols = np.pad(read_cols, ((0, 0), (0, conductance.shape[3] - read_cols.shape[1])))
-        g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
-        before = _probe_as_programmed(g0, tile_used, spec, circuit, rows)
-        after = _probe(g_eff, rows)  # (nrb, ncb, C) column currents for the probe
-        if spec.drift_compensation == "tile":
-            ratio = (before * read_cols).sum(axis=2) / np.maximum((after * read_cols).sum(axis=2), 1e-30)
-            comp = np.repeat(ratio[:, :, None], cw, axis=2).reshape(nrb, ncb * cw)
-        else:
-            if mapping["encoding"] == "differential":
-                b, a = before[..., 0::2] + before[..., 1::2], after[..., 0::2] + after[..., 1::2]
+    step = max(1, CHUNK_CELLS // max(1, ncb * r * c))
+    for b0 in range(0, nrb, step):
+        b1 = min(nrb, b0 + step)
+        shape = (b1 - b0, ncb, r, c)
+        used = tile_used[b0:b1]
+        xi_p = rng_prog.standard_normal(shape) if draw_prog else None
+        xi_d = rng_drift.standard_normal(shape) if draw_drift else None
+        u_f = rng_faults.random(shape) if draw_faults else None
+        xi_r = rng_read.standard_normal(shape) if draw_read else None
+        if not used.any():
+            continue
+        bi, ci = np.nonzero(used)
+        pick = (lambda a: None if a is None else a[used])
+        g_t = _retarget(conductance[first[b0]:first[b1]], mapping, dev)  # (T, R, C)
+        state = devices.program_devices(g_t, dev, spec.faults, _Replay(pick(xi_p), pick(xi_d), pick(u_f)))
+        del xi_p, xi_d, u_f
+        g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog
+        g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+        if frozen:
+            g_now = devices.read(g_now, t, dev, _Replay(pick(xi_r)), g_ref=state.g_prog)
+        sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
+        g_eff = circuit(g_now)
+        w, _ = _pair_difference(g_eff, enc, dg)  # (T, R, cw)
+        bb = bi + b0
+        for j in range(len(bi)):
+            lo = ci[j] * cw
+            hi = min(lo + cw, n)
+            if hi > lo:
+                d[bb[j], :, lo:hi] = w[j, :, :hi - lo]
+        if sigma is not None and np.any(sigma):
+            s2 = sigma ** 2 / (dg if enc == "differential" else dg / 2) ** 2
+            if var is None:
+                var = np.zeros((nrb, r, n), dtype=np.float32)
+                if enc != "differential":
+                    ref_var = np.zeros((nrb, r, ncb), dtype=np.float32)
+            sv = s2[..., 0::2] + s2[..., 1::2] if enc == "differential" else s2[..., :cw]
+            for j in range(len(bi)):
+                lo = ci[j] * cw
+                hi = min(lo + cw, n)
+                if hi > lo:
+                    var[bb[j], :, lo:hi] = sv[j, :, :hi - lo]
+                if ref_var is not None:
+                    ref_var[bb[j], :, ci[j]] = s2[j, :, cw]
+        if compensate:
+            # A fixed probe read right after programming and again at time t; the ratio of the
+            # summed currents of the columns that are read out is stored digitally. Only the
+            # cells the layer uses take part: rows past K are never driven and padding columns
+            # have no ADC, and their devices (at G_min, where PCM drifts fastest) would bias it.
+            rows = rows_all[bb]  # (T, R)
+            g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+            before = _probe_as_programmed(g0[:, None], rows, spec, circuit)[:, 0]  # (T, C)
+            after = _probe(g_eff[:, None], rows)[:, 0]
+            rc = read_cols[ci]  # (T, C)
+            if spec.drift_compensation == "tile":
+                ratio = (before * rc).sum(axis=1) / np.maximum((after * rc).sum(axis=1), 1e-30)
+                per_pos = np.repeat(ratio[:, None], cw, axis=1)
+            elif enc == "differential":
+                bsum, asum = before[:, 0::2] + before[:, 1::2], after[:, 0::2] + after[:, 1::2]
+                per_pos = bsum / np.maximum(asum, 1e-30)
             else:
-                b, a = before[..., :cw], after[..., :cw]
-            comp = (b / np.maximum(a, 1e-30)).reshape(nrb, ncb * cw)
-        comp = comp.astype(np.float32)
-    k = nrb * conductance.shape[2] if k is None else k
-    n = ncb * cw if n is None else n
-    d, comp = np.ascontiguousarray(d[:, :, :n]), np.ascontiguousarray(comp[:, :n])
-    if var is not None:
-        var = np.ascontiguousarray(var[:, :, :n])
+                per_pos = before[:, :cw] / np.maximum(after[:, :cw], 1e-30)
+            per_pos = per_pos.astype(np.float32)
+            for j in range(len(bi)):
+                lo = ci[j] * cw
+                hi = min(lo + cw, n)
+                if hi > lo:
+                    comp[bb[j], lo:hi] = per_pos[j, :hi - lo]
     # The circuit was solved where rows physically sit; inference feeds inputs in weight order.
     d = weight_rows(d, row_order)
     var = None if var is None else weight_rows(var, row_order)

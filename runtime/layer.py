@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from xbar.affine import FIELDS, Affine
-from xbar.bundle import Bundle
+from xbar.bundle import Bundle, layer_tiles
 from xbar.columns import read_map
 from xbar.errors import BundleError, DataError
 from xbar.runtime.analog import dac_codes, tiled_product
@@ -55,12 +55,21 @@ class Layer:
         if entry["placement"] == "analog":
             self.columns = read_map(entry, a.__getitem__)
             self.p = self.columns.positions
-            tiles = normalised_tiles(a["conductance"], bundle.manifest["mapping"])
+            packed, tile_used = layer_tiles(bundle, entry)
+            normalised = normalised_tiles(packed, bundle.manifest["mapping"])  # (T, R, Cw)
+            tiles = np.zeros((*tile_used.shape, *normalised.shape[1:]), dtype=np.float32)
+            tiles[tile_used] = normalised  # unallocated tiles hold no weight
             # Weights on hardware are in normalised units; the digital periphery rescales
             # each column by its w_max and applies the affine in one multiply-add.
             self.row_order = a.get("row_order")  # the converter's row placement, undone here
             self.matrix = assemble(tiles, self.k, self.columns, self.row_order)
             self.col_scale = a["col_scale"].astype(np.float64)
+        elif "weight_depthwise" in a:
+            # A digital depthwise convolution: (∏k, N) kernels, run as one, never as the
+            # block-diagonal K×N matrix (which the ideal fast path would multiply in full).
+            self.depthwise = a["weight_depthwise"].astype(np.float32)
+            self.matrix = np.zeros((0, self.n), dtype=np.float32)
+            self.col_scale = np.ones(self.n)
         else:
             self.matrix = a["weight"].astype(np.float32)
             self.col_scale = np.ones(self.n)
@@ -72,7 +81,7 @@ class Layer:
         # Any hardware spec, even an ideal one, runs the full per-tile path; only
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
-            tiles = build_tiles(a["conductance"], a["tile_used"].astype(bool), bundle.manifest["mapping"],
+            tiles = build_tiles(packed, tile_used, bundle.manifest["mapping"],
                                 hardware, chip_rng, self.k, self.p, self.row_order)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
@@ -82,6 +91,8 @@ class Layer:
                 i_fs = bundle.array(key)[:, :self.p].astype(np.float32)
             i_fs = np.maximum(i_fs, np.float32(1e-12))
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
+
+    depthwise: np.ndarray | None = None  # (∏k, N) kernels of a digital depthwise convolution
 
     def set_affine(self, affine: Affine) -> None:
         """The per-output affine applied after the product (see xbar.affine)."""
@@ -203,6 +214,8 @@ class Layer:
             )
         pads = resolve_pads(x.shape[2:], p["kernel_shape"], p["strides"], p["dilations"], p["pads"], p["auto_pad"])
         geometry = (p["kernel_shape"], p["strides"], p["dilations"], pads)
+        if self.depthwise is not None:
+            return self._depthwise_conv(x, geometry)
         exact = self.chip is None and self.probe is None and not self._identity
         direct = self.chip is not None and self.probe is None
         per_vector = self.chip is not None and self.chip.x_max is None  # abs-max DAC scaling
@@ -237,4 +250,26 @@ class Layer:
         self._chunks(b, int(np.prod(out)) * k, run)
         # Hand back an NCHW view of the channels-last result: elementwise ops keep that
         # memory order and the next convolution's moveaxis undoes it for free.
+        return np.moveaxis(y, -1, 1)
+
+    def _depthwise_conv(self, x: np.ndarray, geometry) -> np.ndarray:
+        """Digital depthwise convolution: output n = Σ over kernel offsets of its input channel
+        n // multiplier times its kernel; patches are (offset, channel) as for every conv."""
+        view, out = patch_view(x, *geometry)
+        b, c = x.shape[0], x.shape[1]
+        kk, mult = self.depthwise.shape[0], self.n // c
+        w = self.depthwise.reshape(kk, c, mult)
+        y = np.empty((b, *out, self.n), dtype=np.float32)
+        rows = y.reshape(b, -1, c, mult)
+
+        def run(lo: int, hi: int, rng) -> None:
+            patches = view[lo:hi].reshape(hi - lo, -1, kk, c)
+            dest = rows[lo:hi]
+            np.multiply(patches[:, :, 0, :, None], w[0], out=dest)
+            for j in range(1, kk):
+                dest += patches[:, :, j, :, None] * w[j]
+            flat = dest.reshape(-1, self.n)
+            flat[...] = self._affine(flat, axis=-1)
+
+        self._chunks(b, int(np.prod(out)) * kk * c, run)
         return np.moveaxis(y, -1, 1)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from xbar.bundle import Bundle
+from xbar.bundle import Bundle, layer_tiles
 from xbar.hardware import HardwareSpec
 from xbar.runtime.analog import per_block
 from xbar.runtime.chip import normalised_tiles, weight_rows
@@ -24,8 +24,10 @@ MAX_VECTORS = 16384  # input vectors kept per layer: the 99.99th percentile is t
 
 def _ideal_tiles(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
     keys = entry["arrays"]
-    t = normalised_tiles(bundle.array(keys["conductance"]), bundle.manifest["mapping"])
-    t = t * bundle.array(keys["tile_used"])[:, :, None, None]
+    packed, used = layer_tiles(bundle, entry)
+    normalised = normalised_tiles(packed, bundle.manifest["mapping"])
+    t = np.zeros((*used.shape, *normalised.shape[1:]), dtype=np.float32)
+    t[used] = normalised
     nrb, ncb, r, cw = t.shape
     stacked = t.transpose(0, 2, 1, 3).reshape(nrb, r, ncb * cw)
     order = bundle.array(keys["row_order"]) if "row_order" in keys else None

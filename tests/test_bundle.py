@@ -55,7 +55,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 
 def test_checksum_mismatch_is_detected(bundle, tmp_path):
     good = save_bundle(bundle, tmp_path / "a.xbar")
-    key = next(k for k in bundle.arrays if k.endswith("conductance"))
+    key = next(k for k in bundle.arrays if k.endswith("/tiles"))
     member = f"arrays/{key}.npy"
 
     def flip(name, data):
@@ -124,7 +124,7 @@ def test_wrong_version_and_garbage(bundle, tmp_path):
 def test_format_1_bundles_still_load_and_run(models_dir, test_data, tmp_path, monkeypatch):
     """A version-1 bundle stored column_order instead of the column map; it reads as that map."""
     import xbar.bundle as bundle_module
-    from xbar.bundle import load_bundle, save_bundle
+    from xbar.bundle import grid_conductance, load_bundle, save_bundle
     from xbar.converter import convert
     from xbar.runtime import Runtime
 
@@ -133,6 +133,10 @@ def test_format_1_bundles_still_load_and_run(models_dir, test_data, tmp_path, mo
     want = Runtime(b)(x[:16])
     for i, layer in enumerate(b.layers):
         keys = layer["arrays"]
+        grid = grid_conductance(b, layer)  # versions 1, 2 store the whole tile grid
+        b.arrays.pop(keys.pop("tiles"))
+        keys["conductance"] = f"layers/{i:03d}/conductance"
+        b.arrays[keys["conductance"]] = grid
         keys["column_order"] = f"layers/{i:03d}/column_order"
         b.arrays[keys["column_order"]] = b.arrays.pop(keys.pop("position_output"))
         b.arrays.pop(keys.pop("position_gain"))
@@ -143,3 +147,83 @@ def test_format_1_bundles_still_load_and_run(models_dir, test_data, tmp_path, mo
     old = load_bundle(tmp_path / "v1.xbar")
     assert old.manifest["format_version"] == 1
     np.testing.assert_array_equal(Runtime(old)(x[:16]), want)
+
+
+def _depthwise_onnx(path):
+    """A small depthwise-separable net: on 16x16 tiles the depthwise layer's grid is mostly
+    unallocated tiles."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 40, 3, padding=1), nn.ReLU(), nn.Conv2d(40, 40, 3, padding=1, groups=40),
+                        nn.ReLU(), nn.Conv2d(40, 8, 1), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 3, 6, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    return path
+
+
+def test_format_2_grid_bundles_still_load_and_give_the_same_chip(tmp_path, monkeypatch):
+    """Format 3 stores only allocated tiles; a format-2 bundle (the whole grid) of the same
+    conversion must load and run identically, ideal and on a sampled chip, and be larger."""
+    import xbar.bundle as bundle_module
+    from xbar.bundle import grid_conductance
+    from xbar.converter import convert
+    from xbar.hardware import preset
+    from xbar.runtime import Runtime
+
+    model = _depthwise_onnx(tmp_path / "dw.onnx")
+    b = convert(model, crossbar=(16, 16))
+    dw = b.layers[1]
+    assert dw["tiles"]["tiles_used"] < dw["tiles"]["n_row_blocks"] * dw["tiles"]["n_col_blocks"] / 2
+    save_bundle(b, tmp_path / "v3.xbar")
+    for i, layer in enumerate(b.layers):
+        keys = layer["arrays"]
+        if layer["placement"] != "analog":
+            continue
+        grid = grid_conductance(b, layer)
+        b.arrays.pop(keys.pop("tiles"))
+        keys["conductance"] = f"layers/{i:03d}/conductance"
+        b.arrays[keys["conductance"]] = grid
+    monkeypatch.setattr(bundle_module, "FORMAT_VERSION", 2)
+    save_bundle(b, tmp_path / "v2.xbar")
+    monkeypatch.undo()
+    v2, v3 = load_bundle(tmp_path / "v2.xbar"), load_bundle(tmp_path / "v3.xbar")
+    assert (v2.manifest["format_version"], v3.manifest["format_version"]) == (2, 3)
+    assert (tmp_path / "v3.xbar").stat().st_size < 0.6 * (tmp_path / "v2.xbar").stat().st_size
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(Runtime(v2)(x), Runtime(v3)(x))
+    spec = preset("pcm").override(t_inference=86400.0)
+    np.testing.assert_array_equal(Runtime(v2, spec, seed=3)(x), Runtime(v3, spec, seed=3)(x))
+
+
+def test_stored_tiles_must_match_tile_used(tmp_path):
+    from xbar.converter import convert
+    from xbar.runtime import Runtime
+
+    b = convert(_depthwise_onnx(tmp_path / "dw.onnx"), crossbar=(16, 16))
+    key = b.layers[1]["arrays"]["tile_used"]
+    used = b.arrays[key].copy()
+    used[np.nonzero(~used)[0][0], np.nonzero(~used)[1][0]] = True  # one more tile than stored
+    b.arrays[key] = used
+    with pytest.raises(BundleError, match="tiles stored but tile_used marks"):
+        Runtime(b)
+
+
+def test_fast_stored_member_path_reads_what_np_load_reads(bundle, tmp_path, monkeypatch):
+    """Stored .npy members are read straight into their arrays; the result must equal the
+    general zip-read + np.load path, array by array (values, dtype, shape, writeable)."""
+    import xbar.bundle as bundle_module
+
+    path = save_bundle(bundle, tmp_path / "a.xbar")
+    calls = []
+    real = bundle_module._read_stored_npy
+    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: calls.append(1) or real(*a))
+    fast = load_bundle(path)
+    assert len(calls) == len(fast.arrays)
+    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: None)
+    general = load_bundle(path)
+    for key, arr in general.arrays.items():
+        got = fast.arrays[key]
+        assert got.dtype == arr.dtype and got.shape == arr.shape and got.flags.writeable
+        np.testing.assert_array_equal(got, arr)

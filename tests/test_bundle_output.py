@@ -126,7 +126,7 @@ def test_manifest_over_the_size_cap_is_not_read(saved, monkeypatch):
 
 
 def test_undersized_member_is_refused_before_reading(saved, tmp_path):
-    key = "layers/000/conductance"
+    key = "layers/000/tiles"
 
     def shrink(name, data):
         if name == f"arrays/{key}.npy":

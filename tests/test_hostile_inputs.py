@@ -220,8 +220,8 @@ def _(k: Kit) -> Case:
 # ---- Bundles (info and eval) ----------------------------------------------------------------
 
 
-# A float32 array of 64 KiB, shape (1, 1, 128, 128): the first layer's tile conductances.
-CONDUCTANCE = "layers/000/conductance"
+# A float32 array of 64 KiB, shape (1, 128, 128): the first layer's (allocated) tile conductances.
+CONDUCTANCE = "layers/000/tiles"
 
 
 def _bundle_truncated(k: Kit):
@@ -315,7 +315,7 @@ def _bundle_shape_inconsistent(k: Kit):
     def change(m):
         m["arrays"][CONDUCTANCE]["shape"] = m["arrays"][CONDUCTANCE]["shape"][::-1]
 
-    return k.edit_manifest("shape.xbar", change), ("shape.xbar", "manifest.layers[0]", "'conductance' has shape")
+    return k.edit_manifest("shape.xbar", change), ("shape.xbar", "manifest.layers[0]", "'tiles' has shape")
 
 
 def _bundle_dtype_mismatch(k: Kit):
@@ -356,7 +356,7 @@ def _bundle_bzip2(k: Kit):
 
 def _bundle_dangling_array(k: Kit):
     def change(m):
-        m["layers"][0]["arrays"]["conductance"] = "nowhere"
+        m["layers"][0]["arrays"]["tiles"] = "nowhere"
 
     return k.edit_manifest("dangling.xbar", change), ("dangling.xbar", "'nowhere'")
 

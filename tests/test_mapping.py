@@ -108,3 +108,28 @@ def test_parse_crossbar():
         parse_crossbar("0x128")
     with pytest.raises(ConfigError, match="ROWSxCOLS"):
         parse_crossbar("128 by 128")
+
+
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_packed_tiles_equal_the_grid_bit_for_bit(encoding, grouped):
+    """pack_tiles builds only allocated tiles, row block by row block; they must be exactly
+    tile_positions' grid tiles, with the same tile_used and table."""
+    from xbar.converter.mapping import pack_tiles, tile_positions
+
+    rng = np.random.default_rng(7)
+    k, p = 70, 23
+    v = rng.uniform(-1, 1, size=(k, p))
+    valid = np.ones((k, p), dtype=bool)
+    if grouped:
+        valid[:] = False
+        for g in range(5):
+            valid[g * 14:(g + 1) * 14, g * 4:(g + 1) * 4 + 1] = True
+        v = v * valid
+    cfg = MappingConfig(rows=16, cols=8 if encoding == "differential" else 5, encoding=encoding)
+    grid, used, table = tile_positions(v, valid, cfg)
+    tiles, used2, table2 = pack_tiles(v, valid, cfg)
+    np.testing.assert_array_equal(used, used2)
+    assert table == table2
+    np.testing.assert_array_equal(tiles, grid[used])
+    assert tiles.dtype == np.float32 and tiles.shape == (used.sum(), 16, cfg.cols)

@@ -253,7 +253,9 @@ def resnet_layer(models_dir):
     bundle = convert(models_dir / "resnet_bn.onnx", crossbar=(64, 64))
     entry = next(l for l in bundle.layers if l["name"] == "/layer3/conv1/Conv")
     n = entry["N"]
-    cond = bundle.array(entry["arrays"]["conductance"])
+    from xbar.bundle import grid_conductance
+
+    cond = grid_conductance(bundle, entry)
     v = assemble(normalised_tiles(cond, bundle.manifest["mapping"]), entry["K"],
                  ColumnMap(np.arange(n), np.ones(n, np.float32), n))
     return v.astype(np.float64)

@@ -175,6 +175,9 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
               show_default=True, help="ir-drop: in every tile, the rows feeding the most current nearest the sense "
                                       "amplifiers (differential encoding; undone when a chip is built, free at "
                                       "inference). Needs a --hardware target with IR drop.")
+@click.option("--depthwise", type=click.Choice(["tiles", "digital"]), default="tiles", show_default=True,
+              help="Depthwise convolutions: tiles maps their block-diagonal matrix onto crossbars (most of its "
+                   "tiles stay unallocated); digital keeps them digital, run as depthwise convolutions.")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
@@ -185,8 +188,8 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
             weight_clip: float | None, afp_exponents: int, afp_step: int, bit_slices: int, bits_per_cell: int | None,
-            replicas: int, rearrange: str, rearrange_rows: str, digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...],
-            calib_data: Path | None, force: bool) -> None:
+            replicas: int, rearrange: str, rearrange_rows: str, depthwise: str, digital: tuple[str, ...],
+            hardware: str | None, sets: tuple[str, ...], calib_data: Path | None, force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
     from xbar.bundle import check_output, save_bundle
     from xbar.converter import convert as do_convert
@@ -198,7 +201,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
                         afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
-                        rearrange=rearrange, rearrange_rows=rearrange_rows,
+                        rearrange=rearrange, rearrange_rows=rearrange_rows, depthwise=depthwise,
                         hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
@@ -273,7 +276,8 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     if mp.get("rearrange_rows", "none") != "none":
         bits += f", rows placed for {mp['rearrange_rows']}"
     _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
-          f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS")
+          f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS"
+          + (f"; depthwise convolutions {m['summary']['depthwise']}" if "depthwise" in m["summary"] else ""))
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:

@@ -77,10 +77,14 @@ _MANIFEST_SCHEMA = {
 
 #: The arrays each placement of layer needs (besides the ranges a calibration adds), and the
 #: params each kind of layer needs.
-_LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("conductance", "col_scale", "tile_used"),
+_LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("col_scale", "tile_used"),
                  "digital": AFFINE_FIELDS + ("weight",)}
+#: Where an analog layer's conductances are, by format version: versions 1 and 2 store the
+#: whole tile grid (row blocks, column blocks, R, C); version 3 only the allocated tiles
+#: (T, R, C), in row-major order of tile_used.
+_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles"}
 #: The column map's arrays, by format version (see READABLE_VERSIONS).
-_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain")}
+_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain"), 3: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
@@ -194,25 +198,42 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                         f"and pads >= 0; got {params}")
         if k < 1 or n < 1:
             return f"{where}: K = {k}, N = {n}; both must be at least 1"
-        needed = _LAYER_ARRAYS[placement] + (_MAP_ARRAYS[m["format_version"]] if placement == "analog" else ())
+        version = m["format_version"]
+        needed = _LAYER_ARRAYS[placement] + ((_TILE_ARRAY[version],) + _MAP_ARRAYS[version] if placement == "analog" else ())
+        depthwise = placement == "digital" and "weight_depthwise" in layer["arrays"]
+        if depthwise:  # a digital depthwise convolution stores its kernels, not the K×N matrix
+            if kind != "conv" or not 1 < params["group"] == params["in_channels"] or k % params["in_channels"]:
+                return f"{where}: a 'weight_depthwise' array needs a depthwise convolution (group = in_channels > 1)"
+            needed = AFFINE_FIELDS + ("weight_depthwise",)
         missing = [a for a in needed if a not in layer["arrays"]]
         if missing:
             return f"{where} lists no {missing[0]!r} array"
         shape = {a: tuple(m["arrays"][layer["arrays"][a]]["shape"]) for a in needed}
         want = {a: (n,) for a in AFFINE_FIELDS}
-        if placement == "digital":
+        if depthwise:
+            want["weight_depthwise"] = (k // params["in_channels"], n)
+        elif placement == "digital":
             want["weight"] = (k, n)
         else:
-            g = shape["conductance"]
-            if len(g) != 4 or g[2:] != (rows, cols):
-                return (f"{where}: array 'conductance' has shape {list(g)}, "
-                        f"expected [row blocks, column blocks, {rows}, {cols}]")
-            blocks = g[:2]
+            if version >= 3:
+                g, blocks = shape["tiles"], shape["tile_used"]
+                if len(g) != 3 or g[1:] != (rows, cols) or len(blocks) != 2 or g[0] > blocks[0] * blocks[1]:
+                    return (f"{where}: array 'tiles' has shape {list(g)} for a tile grid {list(blocks)}; expected "
+                            f"[allocated tiles, {rows}, {cols}] with at most one tile per grid cell")
+                table_tiles = layer.get("tiles", {}).get("tiles_used", g[0])
+                if table_tiles != g[0]:
+                    return f"{where}: array 'tiles' holds {g[0]} tiles, but its tile table says {table_tiles!r}"
+            else:
+                g = shape["conductance"]
+                if len(g) != 4 or g[2:] != (rows, cols):
+                    return (f"{where}: array 'conductance' has shape {list(g)}, "
+                            f"expected [row blocks, column blocks, {rows}, {cols}]")
+                blocks = g[:2]
             positions = layer.get("tiles", {}).get("positions", n)
             if type(positions) is not int or positions < n:
                 return f"{where}: tiles.positions is {positions!r}; it must be an integer >= N = {n}"
-            want.update(conductance=g, tile_used=blocks, col_scale=(n,),
-                        **{a: (positions,) for a in _MAP_ARRAYS[m["format_version"]]})
+            want.update({_TILE_ARRAY[version]: g}, tile_used=blocks, col_scale=(n,),
+                        **{a: (positions,) for a in _MAP_ARRAYS[version]})
             if "row_order" in layer["arrays"]:  # optional: the converter's row placement
                 shape["row_order"] = tuple(m["arrays"][layer["arrays"]["row_order"]]["shape"])
                 want["row_order"] = (k,)

@@ -1,0 +1,301 @@
+"""ImageNet-scale chip simulation and bundles: ResNet-50, MobileNet-V2, EfficientNet-B0.
+
+    .venv/bin/python benchmarks/bench_scale.py                      # all three models
+    .venv/bin/python benchmarks/bench_scale.py --models resnet50 --batch 32
+    .venv/bin/python benchmarks/bench_scale.py --depthwise digital  # a mapping policy of convert
+
+Per model, each measurement in its own fresh subprocess (peak memory is the child's VmHWM
+from /proc/self/status, which includes the interpreter and imports):
+1. convert(model, hardware=pcm, 128x128 tiles): wall time, peak RSS; save_bundle; bundle size.
+2. load_bundle in a fresh process: wall time (sha256 checks included), s per GB of bundle.
+3. chip preparation, as `xbar eval` builds a chip: Runtime(bundle, pcm at t = 1 d, seed=0):
+   wall time, CPU time, peak RSS before and after; then one timed chip inference of a
+   batch of random 224x224 images and one onnxruntime call on the same batch in the same
+   process (the ratio of the two).
+Models are pure-torch definitions with the torchvision layer shapes (torchvision is not
+installed here), seeded random weights, random BN statistics, exported by torch in a child
+process to benchmarks/.cache/ (opset 17, dynamic batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_ideal import CACHE, OPSET, _proc_status_kib, header  # noqa: E402
+
+GEN_VERSION = 1
+MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0")
+T_INFERENCE = 86400.0
+TARGET_PREP_S = 60.0  # ResNet-50
+TARGET_PREP_GB = 2.5  # ResNet-50
+TARGET_LOAD_S_PER_GB = 2.0
+
+
+# --------------------------------------------------------------------------- generation (torch child)
+
+
+def _generate(kind: str, out: Path) -> None:
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+
+    def cbr(cin, cout, k, stride=1, groups=1, act=nn.ReLU6):
+        mods = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return mods + ([act()] if act is not None else [])
+
+    class InvertedResidual(nn.Module):  # MobileNet-V2
+        def __init__(self, cin, cout, stride, expand):
+            super().__init__()
+            hidden = cin * expand
+            layers = [] if expand == 1 else cbr(cin, hidden, 1)
+            layers += cbr(hidden, hidden, 3, stride, groups=hidden) + cbr(hidden, cout, 1, act=None)
+            self.body = nn.Sequential(*layers)
+            self.res = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.res else self.body(x)
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self, ch, squeeze):
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc1, self.fc2 = nn.Conv2d(ch, squeeze, 1), nn.Conv2d(squeeze, ch, 1)
+            self.act, self.gate = nn.SiLU(), nn.Sigmoid()
+
+        def forward(self, x):
+            return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+    class MBConv(nn.Module):  # EfficientNet-B0
+        def __init__(self, cin, cout, k, stride, expand):
+            super().__init__()
+            hidden = cin * expand
+            layers = [] if expand == 1 else cbr(cin, hidden, 1, act=nn.SiLU)
+            layers += cbr(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU)
+            layers += [SqueezeExcite(hidden, max(1, cin // 4))] + cbr(hidden, cout, 1, act=None)
+            self.body = nn.Sequential(*layers)
+            self.res = stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.res else self.body(x)
+
+    if kind == "resnet50":
+        sys.path.insert(0, str(HERE))
+        import bench_ideal
+
+        bench_ideal._generate("resnet50", out)
+        return
+    if kind == "mobilenet_v2":
+        layers = cbr(3, 32, 3, 2)
+        cin = 32
+        for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                           (6, 160, 3, 2), (6, 320, 1, 1)):
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += cbr(cin, 1280, 1) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000)]
+    elif kind == "efficientnet_b0":
+        layers = cbr(3, 32, 3, 2, act=nn.SiLU)
+        cin = 32
+        for e, k, s, c, n in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)):
+            for i in range(n):
+                layers.append(MBConv(cin, c, k, s if i == 0 else 1, e))
+                cin = c
+        layers += cbr(cin, 1280, 1, act=nn.SiLU) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                                                     nn.Linear(1280, 1000)]
+    else:
+        raise SystemExit(f"unknown model {kind!r}")
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="xbar-bench-gen-") as tmp:
+        path = Path(tmp) / out.name
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=OPSET,
+                          do_constant_folding=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out.with_suffix(".tmp"))
+        os.replace(out.with_suffix(".tmp"), out)
+    print(json.dumps({"params": sum(p.numel() for p in model.parameters())}))
+
+
+def ensure(kind: str) -> Path:
+    path = CACHE / (f"resnet50_v1.onnx" if kind == "resnet50" else f"{kind}_v{GEN_VERSION}.onnx")
+    if not path.exists():
+        print(f"  generating {path.name} with torch ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "_generate", kind, str(path)], capture_output=True, text=True)
+        if proc.returncode != 0 or not path.exists():
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit(f"generating {kind} failed")
+    return path
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _spec():
+    from xbar.hardware import preset
+
+    return preset("pcm").override(t_inference=T_INFERENCE)
+
+
+def _child_convert(model: str, out: str, depthwise: str) -> dict:
+    t0 = time.perf_counter()
+    from xbar.bundle import save_bundle
+    from xbar.converter import convert
+
+    res = {"import_s": time.perf_counter() - t0, "rss_before_kib": _proc_status_kib("VmRSS")}
+    kw = {} if depthwise == "default" else {"depthwise": depthwise}
+    t0 = time.perf_counter()
+    b = convert(model, crossbar=(128, 128), hardware=_spec(), **kw)
+    res["convert_s"] = time.perf_counter() - t0
+    res["hwm_convert_kib"] = _proc_status_kib("VmHWM")
+    s = b.manifest["summary"]
+    res.update(tiles=s["tiles_used"], analog_weights=s["analog_weights"], params=s["parameters"],
+               analog_layers=s["analog_layers"])
+    t0 = time.perf_counter()
+    save_bundle(b, out, force=True)
+    res["save_s"] = time.perf_counter() - t0
+    res["bundle_bytes"] = Path(out).stat().st_size
+    return res
+
+
+def _child_load(bundle: str) -> dict:
+    from xbar.bundle import load_bundle
+
+    t0 = time.perf_counter()
+    load_bundle(bundle)
+    return {"load_s": time.perf_counter() - t0, "hwm_kib": _proc_status_kib("VmHWM")}
+
+
+def _child_prep(bundle: str, model: str, batch: int) -> dict:
+    import numpy as np
+
+    from xbar.bundle import load_bundle
+    from xbar.runtime import Runtime
+
+    b = load_bundle(bundle)
+    res = {"hwm_loaded_kib": _proc_status_kib("VmHWM"), "rss_loaded_kib": _proc_status_kib("VmRSS")}
+    c0, t0 = time.process_time(), time.perf_counter()
+    rt = Runtime(b, _spec(), seed=0)
+    res["prep_s"] = time.perf_counter() - t0
+    res["prep_cpu_s"] = time.process_time() - c0
+    res["hwm_prep_kib"] = _proc_status_kib("VmHWM")
+    res["rss_prep_kib"] = _proc_status_kib("VmRSS")
+    if batch > 0:
+        import onnxruntime as ort
+
+        x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        name = rt.input_names[0]
+        t0 = time.perf_counter()
+        y = rt.run({name: x})[rt.output_names[0]]
+        res["chip_s"] = time.perf_counter() - t0
+        res["hwm_infer_kib"] = _proc_status_kib("VmHWM")
+        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        sess.run(None, {sess.get_inputs()[0].name: x[:1]})  # warm-up
+        t0 = time.perf_counter()
+        ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        res["ort_s"] = time.perf_counter() - t0
+        res["top1_agree"] = float(np.mean(ref.argmax(1) == y.argmax(1)))
+    return res
+
+
+def _run_child(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"child {args[0]} failed (exit {proc.returncode})")
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def mib(kib: float | None) -> str:
+    return "?" if kib is None else f"{kib / 1024:,.0f} MiB"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batch", type=int, default=32, help="chip inference batch (0: skip inference)")
+    ap.add_argument("--depthwise", default="default", help="convert's depthwise policy (default: convert's own)")
+    ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
+    args = ap.parse_args(argv)
+    for line in header(["benchmarks/bench_scale.py", *argv]):
+        print(line)
+    print(f"hardware    : preset('pcm') at t = 1 d (IR drop on), 128x128 tiles; chip inference batch {args.batch}")
+    t_all = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix="xbar-bench-scale-", dir=args.keep)
+    rows = []
+    try:
+        for kind in args.models.split(","):
+            model = ensure(kind)
+            out = str(Path(tmp) / f"{kind}.xbar")
+            c = _run_child("_convert", str(model), out, args.depthwise)
+            ld = _run_child("_load", out)
+            p = _run_child("_prep", out, str(model), str(args.batch))
+            gb = c["bundle_bytes"] / 1e9
+            print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
+                  f"{c['analog_weights']:,} analog weights on {c['tiles']} tiles (ONNX {model.stat().st_size / 1e6:.0f} MB)")
+            print(f"  convert      {c['convert_s']:7.1f} s   peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
+                  f"{mib(c['rss_before_kib'])}); save {c['save_s']:.1f} s")
+            print(f"  bundle       {c['bundle_bytes'] / 1e6:8.1f} MB; load {ld['load_s']:.2f} s = "
+                  f"{ld['load_s'] / gb:.2f} s/GB (target <= {TARGET_LOAD_S_PER_GB}), load peak RSS {mib(ld['hwm_kib'])}")
+            per_w = p["prep_s"] / c["analog_weights"] * 1e6
+            print(f"  chip prep    {p['prep_s']:7.1f} s   (CPU {p['prep_cpu_s']:.1f} s; {per_w:.2f} s per M analog "
+                  f"weights); peak RSS {mib(p['hwm_prep_kib'])} (after load {mib(p['hwm_loaded_kib'])}); "
+                  f"RSS held after prep {mib(p['rss_prep_kib'])}")
+            if "chip_s" in p:
+                print(f"  inference    batch {args.batch}: chip {p['chip_s']:.1f} s, onnxruntime {p['ort_s']:.2f} s, "
+                      f"ratio {p['chip_s'] / p['ort_s']:.1f}x; peak RSS {mib(p['hwm_infer_kib'])}; top-1 agreement "
+                      f"{p['top1_agree']:.0%} (random weights/inputs: plausibility only)")
+            rows.append((kind, c, ld, p))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print("\nsummary")
+    for kind, c, ld, p in rows:
+        gb = c["bundle_bytes"] / 1e9
+        line = (f"  {kind:16s} convert {c['convert_s']:6.1f} s / {mib(c['hwm_convert_kib']):>10s}; "
+                f"bundle {c['bundle_bytes'] / 1e6:7.1f} MB, load {ld['load_s']:.2f} s ({ld['load_s'] / gb:.2f} s/GB); "
+                f"prep {p['prep_s']:6.1f} s / {mib(p['hwm_prep_kib']):>10s}")
+        if "chip_s" in p:
+            line += f"; batch {args.batch} chip/ort {p['chip_s'] / p['ort_s']:.1f}x"
+        print(line)
+        if kind == "resnet50":
+            ok_t = p["prep_s"] <= TARGET_PREP_S
+            ok_m = p["hwm_prep_kib"] / 1024 / 1024 <= TARGET_PREP_GB
+            print(f"  {'':16s} targets: prep <= {TARGET_PREP_S:.0f} s {'ok' if ok_t else 'MISS'}; "
+                  f"peak <= {TARGET_PREP_GB} GB {'ok' if ok_m else 'MISS'}")
+    print(f"total wall time {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        cmd, rest = sys.argv[1], sys.argv[2:]
+        if cmd == "_generate":
+            _generate(rest[0], Path(rest[1]))
+            sys.exit(0)
+        fn = {"_convert": _child_convert, "_load": _child_load, "_prep": _child_prep}[cmd]
+        if cmd == "_prep":
+            rest = [rest[0], rest[1], int(rest[2])]
+        print("RESULT " + json.dumps(fn(*rest)))
+        sys.exit(0)
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,108 @@
+"""Chip preparation streamed over row blocks and restricted to allocated tiles
+(xbar.runtime.chip.build_tiles) against the exact whole-layer reference it replaced
+(tests/_chip_reference.py): the same seed must give the same chip, bit for bit."""
+
+import numpy as np
+import pytest
+
+from _chip_reference import reference_build_tiles
+from xbar.config import MappingConfig
+from xbar.converter.mapping import map_weights
+from xbar.hardware import preset
+from xbar.runtime import chip
+from xbar.runtime.chip import build_tiles
+
+
+def _grouped(rng, groups=6, k_group=9, encoding="differential"):
+    """A depthwise-like block-diagonal layer: most tiles of the grid are never allocated."""
+    k, n = groups * k_group, groups * 2
+    structure = np.zeros((k, n), dtype=bool)
+    for g in range(groups):
+        structure[g * k_group:(g + 1) * k_group, g * 2:(g + 1) * 2] = True
+    w = rng.normal(size=(k, n)) * structure
+    cols = 8 if encoding == "differential" else 5
+    cfg = MappingConfig(rows=16, cols=cols, encoding=encoding)
+    return map_weights(w, cfg, structure), cfg, k, n
+
+
+SPECS = {
+    "pcm": {},
+    "frozen": {"device.read_noise_mode": "frozen"},
+    "column comp": {"drift_compensation": "column"},
+    "faults": {"faults.p_stuck_at_gmin": 0.02, "faults.p_stuck_at_gmax": 0.01},
+    "no ir drop": {"circuit.ir_drop": False},
+    "rram": None,
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("encoding", ["differential", "offset"])
+@pytest.mark.parametrize("chunk,solver", [(1, "exact"), (1 << 22, "exact"), (1 << 22, "iterative")])
+def test_streamed_chip_equals_the_whole_layer_reference(name, encoding, chunk, solver, monkeypatch):
+    """Bit for bit with the exact probe solve; with the iterative one (the default) the
+    compensation factors agree to the solver's bound (node voltages within 1e-12)."""
+    monkeypatch.setattr(chip, "CHUNK_CELLS", chunk)  # 1: one row block at a time
+    monkeypatch.setattr(chip, "PROBE_SOLVER", solver)
+    rng = np.random.default_rng(3)
+    m, cfg, k, n = _grouped(rng, encoding=encoding)
+    assert not m.tile_used.all() and m.tile_used.any()
+    spec = preset("rram") if SPECS[name] is None else preset("pcm").override({"t_inference": 86400.0, **SPECS[name]})
+    for seed in (0, 1):
+        chip._PROBE_CACHE.clear()
+        new = build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(seed), k, n)
+        ref = reference_build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(seed),
+                                    k, n)
+        np.testing.assert_array_equal(new.d, ref.d)
+        np.testing.assert_array_equal(new.i_max, ref.i_max)
+        for field in ("var", "ref_var"):
+            a, b = getattr(new, field), getattr(ref, field)
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+        # The compensation factor of allocated tiles is the reference's; an unallocated
+        # tile (no ADC, outputs exactly 0) gets 1 instead of a factor of devices nobody reads.
+        live = np.repeat(m.tile_used, m.table["weight_cols_per_tile"], axis=1)[:, :n]
+        if solver == "exact":
+            np.testing.assert_array_equal(new.comp[live], ref.comp[live])
+        else:
+            np.testing.assert_allclose(new.comp[live], ref.comp[live], rtol=1e-7, atol=0)
+        assert np.all(new.comp[~live] == 1)
+
+
+def test_dense_layer_with_row_placement_is_bit_identical(monkeypatch):
+    monkeypatch.setattr(chip, "CHUNK_CELLS", 1)
+    monkeypatch.setattr(chip, "PROBE_SOLVER", "exact")
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(40, 20))
+    cfg = MappingConfig(rows=16, cols=16, rearrange_rows="ir-drop")
+    spec = preset("pcm").override(t_inference=3600.0)
+    m = map_weights(w, cfg, circuit=spec.circuit)
+    new = build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(2), 40, 20, m.row_order)
+    ref = reference_build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(2), 40, 20,
+                                m.row_order)
+    for field in ("d", "var", "comp", "i_max"):
+        np.testing.assert_array_equal(getattr(new, field), getattr(ref, field))
+
+
+@pytest.mark.parametrize("rows,cols,r_wire,r_driver,r_sense,g_max", [
+    (128, 128, 1.0, 0.0, 0.0, 25e-6), (64, 64, 1.0, 0.0, 0.0, 100e-6), (16, 12, 2.0, 5.0, 3.0, 25e-6),
+    (1, 5, 1.0, 0.0, 0.0, 25e-6), (7, 1, 1.0, 2.0, 0.0, 25e-6), (32, 32, 10.0, 0.0, 0.0, 25e-6)])
+def test_iterative_probe_currents_match_the_exact_solve(rows, cols, r_wire, r_driver, r_sense, g_max):
+    from xbar.runtime.irdrop import effective_conductance
+    from xbar.runtime.irdrop_probe import probe_currents
+
+    rng = np.random.default_rng(rows * cols)
+    g = rng.uniform(0, g_max, size=(6, rows, cols))
+    v = (rng.uniform(size=(6, rows)) < 0.8).astype(float)
+    exact = np.einsum("trc,tr->tc", effective_conductance(g, r_wire, r_driver, r_sense), v)
+    got = probe_currents(g, v, r_wire, r_driver, r_sense)
+    assert got is not None
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-10 * np.abs(exact).max())
+
+
+def test_iterative_probe_declines_what_it_cannot_bound():
+    from xbar.runtime.irdrop_probe import probe_currents
+
+    g = np.full((1, 8, 8), 25e-6)
+    assert probe_currents(g, np.ones((1, 8)), 0.0, 0.0, 0.0) is None  # shorted wires: exact path
+    assert probe_currents(g, np.ones((1, 8)), 1.0, 0.0, 0.0, max_sweeps=1) is None
