@@ -137,15 +137,7 @@ def _generate(kind: str, out: Path) -> None:
     else:
         raise SystemExit(f"unknown model kind {kind!r}")
     model = nn.Sequential(*layers)
-    # Random BN statistics/affine, so the kept BN nodes actually do something.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    randomise_bn(model)
     n_params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory(prefix="xbar-bench-gen-") as tmp:
         path = Path(tmp) / out.name
@@ -159,6 +151,22 @@ def _generate(kind: str, out: Path) -> None:
         shutil.copyfile(path, out.with_suffix(".tmp"))
         os.replace(out.with_suffix(".tmp"), out)
     print(json.dumps({"params": n_params}))
+
+
+def randomise_bn(model) -> None:
+    """Random BN statistics and affine (in place, torch's seeded generator), so that the kept
+    BN nodes actually do something; then eval mode for export."""
+    import torch
+    import torch.nn as nn
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
 
 
 def ensure_model(kind: str) -> tuple[Path, float | None]:

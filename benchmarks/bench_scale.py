@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_ideal import CACHE, OPSET, _proc_status_kib, header  # noqa: E402
+from bench_ideal import CACHE, OPSET, _proc_status_kib, header, randomise_bn  # noqa: E402
 
 GEN_VERSION = 1
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0")
@@ -117,14 +117,7 @@ def _generate(kind: str, out: Path) -> None:
     else:
         raise SystemExit(f"unknown model {kind!r}")
     model = nn.Sequential(*layers)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    randomise_bn(model)
     with tempfile.TemporaryDirectory(prefix="xbar-bench-gen-") as tmp:
         path = Path(tmp) / out.name
         torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, opset_version=OPSET,

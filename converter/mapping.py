@@ -140,7 +140,15 @@ def tile_positions(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tupl
     tile_used = pv.any(axis=(2, 3))
     used_cells = int(pv.sum())
     n_tiles = int(tile_used.sum())
-    table = {
+    table = _tile_table(cfg, k, p, n_tiles, used_cells)
+    return conductance, tile_used, table
+
+
+def _tile_table(cfg: MappingConfig, k: int, p: int, n_tiles: int, used_cells: int) -> dict[str, Any]:
+    """The layer's tile table: grid, allocated tiles, cells used, rows and columns per block."""
+    r, c, cw = cfg.rows, cfg.cols, cfg.weight_cols_per_tile
+    nrb, ncb = -(-k // r), -(-p // cw)
+    return {
         "rows": r,
         "cols": c,
         "n_row_blocks": nrb,
@@ -153,7 +161,6 @@ def tile_positions(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tupl
         "rows_used_per_block": [min(r, k - i * r) for i in range(nrb)],
         "weight_cols_per_block": [min(cw, p - j * cw) for j in range(ncb)],
     }
-    return conductance, tile_used, table
 
 
 def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -201,17 +208,5 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np
         out.append(tiles.astype(np.float32))
     packed = np.concatenate(out) if out else np.zeros((0, r, c), dtype=np.float32)
     n_tiles = int(tile_used.sum())
-    table = {
-        "rows": r,
-        "cols": c,
-        "n_row_blocks": nrb,
-        "n_col_blocks": ncb,
-        "weight_cols_per_tile": cw,
-        "positions": p,
-        "tiles_used": n_tiles,
-        "cells_used": used_cells,
-        "utilisation": used_cells / (n_tiles * r * c) if n_tiles else 0.0,
-        "rows_used_per_block": [min(r, k - i * r) for i in range(nrb)],
-        "weight_cols_per_block": [min(cw, p - j * cw) for j in range(ncb)],
-    }
+    table = _tile_table(cfg, k, p, n_tiles, used_cells)
     return packed, tile_used, table

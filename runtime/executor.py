@@ -176,7 +176,7 @@ class Runtime:
     def _run_step(self, name, fn, ins, outs, attrs, env) -> None:
         args = [env[i] if i else None for i in ins]
         try:
-            results = fn(args, attrs)
+            results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
         except XbarError:
             raise
         except (ValueError, IndexError) as exc:
@@ -193,16 +193,7 @@ class Runtime:
                 yield fn, args[0]
             elif isinstance(fn, Recurrent):
                 yield fn, args
-            try:
-                results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
-            except XbarError:
-                raise
-            except (ValueError, IndexError) as exc:
-                raise DataError(f"node {name!r} failed on inputs of shape "
-                                f"{[None if a is None else list(np.shape(a)) for a in args]}: {exc}") from None
-            for o, r in zip(outs, results):
-                if o:
-                    env[o] = r
+            self._run_step(name, fn, ins, outs, attrs, env)
             for n in release:
                 env.pop(n, None)
 
