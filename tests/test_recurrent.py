@@ -375,3 +375,23 @@ def test_bundle_round_trip_keeps_the_recurrent_node(tmp_path):
     refs = _ort(model, feeds)
     for out, ref in zip(Runtime(loaded).run(feeds).values(), refs):
         assert close(out, ref)
+
+
+def test_time_major_graph_input_is_refused_for_data_files(tmp_path):
+    """Data files are batched along axis 0; a layout-0 recurrent node fed by a graph input
+    has time there, so eval, calibrate and --calib-data refuse instead of cutting sequences."""
+    model, feeds = _onnx_rnn("LSTM", t=5, b=4)
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    np.savez(data, x=feeds["X"])
+    run = CliRunner()
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--hardware", "pcm", "--calib-data", str(data)],
+                   catch_exceptions=False)
+    assert r.exit_code == 1 and "time-major" in r.output and "Traceback" not in r.output, r.output
+    assert not bundle.exists()
+    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle)], catch_exceptions=False).exit_code == 0
+    for args in (["eval", str(bundle), "--data", str(data)],
+                 ["calibrate", str(bundle), "--data", str(data), "--hardware", "pcm", "--drift", "1d"]):
+        r = run.invoke(cli, args, catch_exceptions=False)
+        assert r.exit_code == 1 and "time-major" in r.output and "'rec'" in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx", "m.xbar"]

@@ -205,9 +205,10 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
                         hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
-        from xbar.data import load_dataset
+        from xbar.data import check_sample_axis, load_dataset
         from xbar.runtime.ranges import find_ranges
 
+        check_sample_axis(bundle.graph, str(model))
         ds = load_dataset(calib_data, bundle.graph["inputs"][0], batch=bundle.manifest.get("batch"))
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
@@ -479,7 +480,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
     import time
 
     from xbar.bundle import check_output, load_bundle, save_bundle
-    from xbar.data import check_labels, classes_of, load_dataset
+    from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
     from xbar.errors import ConfigError
     from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
     from xbar.units import format_time
@@ -496,6 +497,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
         raise ConfigError(f"{bundle} targets ideal hardware (converted without --hardware) and no --hardware was "
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
     spec = spec.override(t_inference=drift)
+    check_sample_axis(b.graph, str(bundle))
     ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
     check_labels(ds, classes_of(b.graph["outputs"][0], b.manifest.get("batch")))
     t0 = time.perf_counter()
@@ -551,7 +553,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
              per_layer: bool, batch_size: int, as_json: bool) -> None:
     """Evaluate a bundle on a data set: ideal hardware, and chip instances of the target hardware."""
     from xbar.bundle import load_bundle
-    from xbar.data import check_labels, classes_of, load_dataset
+    from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
     from xbar.errors import ConfigError
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
@@ -576,6 +578,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     else:
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
+    check_sample_axis(b.graph, str(bundle))
     ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
     n_classes = classes_of(b.graph["outputs"][0], b.manifest.get("batch"))
     check_labels(ds, n_classes)
