@@ -25,6 +25,20 @@ from __future__ import annotations
 import numpy as np
 
 
+
+def _wire_line(g_line: np.ndarray, gw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tridiagonal system of lines of nodes along axis 0 (cells g_line, wire conductance gw
+    between neighbours): diagonal, sub-diagonal and super-diagonal, ends open."""
+    n = g_line.shape[0]
+    diag = g_line.copy()
+    diag[1:] += gw
+    diag[:-1] += gw
+    lower = np.full(n, -gw)
+    lower[0] = 0.0
+    upper = np.full((n, 1, 1), -gw)
+    upper[-1] = 0.0
+    return diag, lower, upper
+
 def _thomas_factor(lower: float, diag: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Tridiagonal LU along axis 0 of diag (n, …): constant sub-diagonal `lower` (per step
     an array broadcastable to diag[0], via upper/lower handled by the caller). Returns
@@ -70,13 +84,7 @@ def probe_currents(g: np.ndarray, v: np.ndarray, r_wire: float, r_driver: float,
     gr = g.transpose(2, 1, 0).copy()  # (C, R, T): row lines, axis 0 along the row (own memory: edited below)
     gc = gr.transpose(1, 0, 2).copy()  # (R, C, T): column lines, axis 0 down the column
     # Row line i, node j: (G + wires [+ 1/r_driver at j = 0])·x_j − gw·x_{j±1} = G·y_j [+ v/r_driver].
-    diag_r = gr.copy()
-    diag_r[1:] += gw
-    diag_r[:-1] += gw
-    lower_r = np.full(c, -gw)
-    lower_r[0] = 0.0
-    upper_r = np.full((c, 1, 1), -gw)
-    upper_r[-1] = 0.0
+    diag_r, lower_r, upper_r = _wire_line(gr, gw)
     vt = np.ascontiguousarray(v.T)  # (R, T)
     if r_driver > 0:
         diag_r[0] += 1.0 / r_driver
@@ -87,13 +95,7 @@ def probe_currents(g: np.ndarray, v: np.ndarray, r_wire: float, r_driver: float,
         drive = vt
     inv_r, cp_r = _thomas_factor(lower_r, diag_r, np.broadcast_to(upper_r, diag_r.shape))
     # Column line j, node i (0 = top, open): (G + wires [+ 1/r_sense at the bottom])·y_i − gw·y_{i±1} = G·x_i.
-    diag_c = gc.copy()
-    diag_c[1:] += gw
-    diag_c[:-1] += gw
-    lower_c = np.full(r, -gw)
-    lower_c[0] = 0.0
-    upper_c = np.full((r, 1, 1), -gw)
-    upper_c[-1] = 0.0
+    diag_c, lower_c, upper_c = _wire_line(gc, gw)
     if r_sense > 0:
         diag_c[-1] += 1.0 / r_sense
     else:  # bottom node at 0 V
