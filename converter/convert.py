@@ -240,6 +240,7 @@ def convert(
     new_nodes: list[Node] = []
     absorbed: set[str] = set()
     found_names: list[str] = []
+    n_depthwise = 0
     # What survives folding must be runnable; load_model refused unknown ops already, so
     # this only catches ops the vocabulary allows at conversion time (an If whose
     # condition did not fold), all of them in one message.
@@ -275,6 +276,7 @@ def convert(
         for user in absorb_following(graph, spec, consumers, label):
             absorbed.add(user.name)
         idx = len(layers)
+        n_depthwise += is_depthwise(spec)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
                              keep_digital=depthwise == "digital" and is_depthwise(spec)))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
@@ -330,6 +332,7 @@ def convert(
                                if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),
             "analog_weights": sum(l["weights"] for l in n_analog),
             "depthwise": depthwise,
+            "depthwise_layers": n_depthwise,
             "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()
                                     if np.issubdtype(np.asarray(v).dtype, np.floating))),

@@ -73,3 +73,20 @@ def test_cli_convert_depthwise_option_is_shown_by_info(tmp_path):
     assert "2 analog layers" in res.output
     info = runner.invoke(cli, ["info", str(tmp_path / "m.xbar")], catch_exceptions=False)
     assert "depthwise convolutions digital" in info.output
+
+
+def test_info_names_the_policy_only_when_it_applied(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from xbar.cli import cli
+
+    runner = CliRunner()
+    with_dw, without = tmp_path / "dw.xbar", tmp_path / "plain.xbar"
+    shipped = Path(__file__).resolve().parent.parent / "models" / "resnet_bn.onnx"
+    for src, out in ((_model(tmp_path / "m.onnx"), with_dw), (shipped, without)):
+        assert runner.invoke(cli, ["convert", str(src), "-o", str(out)], catch_exceptions=False).exit_code == 0
+    text = runner.invoke(cli, ["info", str(with_dw)], catch_exceptions=False).output
+    assert "depthwise convolutions tiles (" in text and " layers)" in text, text
+    assert "depthwise" not in runner.invoke(cli, ["info", str(without)], catch_exceptions=False).output

@@ -278,7 +278,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         bits += f", rows placed for {mp['rearrange_rows']}"
     _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
           f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS"
-          + (f"; depthwise convolutions {m['summary']['depthwise']}" if "depthwise" in m["summary"] else ""))
+          + _depthwise_text(m["summary"]))
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:
@@ -313,6 +313,14 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         return
     click.echo()
     click.echo(_layer_table(m))
+
+
+def _depthwise_text(summary: dict[str, Any]) -> str:
+    """The depthwise policy, when the model has depthwise convolutions it applied to."""
+    if "depthwise" not in summary or summary.get("depthwise_layers", 1) == 0:
+        return ""
+    n = summary.get("depthwise_layers")
+    return f"; depthwise convolutions {summary['depthwise']}" + ("" if n is None else f" ({n} layers)")
 
 
 def _line(label: str, text: str) -> None:
