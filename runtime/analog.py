@@ -94,14 +94,36 @@ def per_block(v: np.ndarray, mats: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+# Skip the unallocated tiles of a layer (TileState.spans) in its products; False: multiply
+# the full per-row-block matrices (the reference the sparse path is tested against).
+SPARSE = True
+
+
+def per_block_spans(v: np.ndarray, mats: np.ndarray, k: int,
+                    spans: list[list[tuple[int, int]]] | None) -> np.ndarray:
+    """`per_block`, multiplying each row block only by its live position ranges `spans[b]`;
+    the rest of the output is 0, which is what those all-zero columns would give."""
+    if spans is None or not SPARSE:
+        return per_block(v, mats, k)
+    nrb, r, x = mats.shape
+    m = v.shape[0]
+    out = np.zeros((nrb, m, x), dtype=np.float32)
+    for b, runs in enumerate(spans):
+        lo_r, hi_r = b * r, min(k, (b + 1) * r)
+        vb = v[:, lo_r:hi_r]
+        for lo, hi in runs:
+            np.matmul(vb, mats[b, :hi_r - lo_r, lo:hi], out=out[b, :, lo:hi])
+    return out
+
+
 def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.ndarray,
                   rng: np.random.Generator, use_adc: bool = True, unit: float = 1.0) -> np.ndarray:
     """(M, K) drive voltages in units of `unit` → (M, N) currents of tile positions, summed
     over row blocks (normalised units: a fully driven row through a full pair gives 1)."""
-    y = per_block(v, st.d, st.k)  # (nrb, M, N): every tile of the layer, in units of `unit`
+    y = per_block_spans(v, st.d, st.k, st.spans)  # (nrb, M, N): every tile of the layer, in units of `unit`
     if st.var is not None:
         v2 = np.square(v)
-        std = per_block(v2, st.var, st.k)
+        std = per_block_spans(v2, st.var, st.k, st.spans)
         np.sqrt(std, out=std)
         z = standard_normal(rng, y.shape)
         z *= std

@@ -72,6 +72,9 @@ class TileState:
     comp: np.ndarray  # (nrb, N) float32 digital drift-compensation factor (1 = none)
     i_max: np.ndarray  # (nrb, N) float32 largest possible |current| (all inputs at ±1)
     k: int  # rows in use (the layer's K)
+    # Per row block (in weight order), the (lo, hi) position ranges whose tiles hold a weight;
+    # outside them d, var and ref_var are exactly 0, so the product skips them. None: all live.
+    spans: list[list[tuple[int, int]]] | None = None
 
 
 def _retarget(conductance: np.ndarray, mapping: dict[str, Any], device) -> np.ndarray:
@@ -317,4 +320,33 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     ref_var = None if ref_var is None else weight_rows(ref_var, row_order)
     i_max = np.abs(d).sum(axis=1)
     return TileState(d=d, var=var, ref_var=ref_var, block_of=np.arange(n) // cw, comp=comp,
-                     i_max=i_max.astype(np.float32), k=k)
+                     i_max=i_max.astype(np.float32), k=k,
+                     spans=live_spans(tile_used, r, cw, k, n, row_order))
+
+
+def live_spans(tile_used: np.ndarray, r: int, cw: int, k: int, n: int,
+               row_order: np.ndarray | None) -> list[list[tuple[int, int]]] | None:
+    """Per row block of the weight-order matrices, the runs of tile positions [lo, hi) that
+    any allocated tile reaches from the block's rows in use (< K); None if nothing is skipped.
+    Rows are mapped back from tile order as `weight_rows` maps d, so a skipped range is one
+    where every row of the block came from an unallocated tile: its d, var, ref_var are 0."""
+    nrb, ncb = tile_used.shape
+    rows = weight_rows(np.repeat(tile_used, r, axis=0), row_order).reshape(nrb, r, ncb)
+    spans: list[list[tuple[int, int]]] = []
+    skipped = False
+    for b in range(nrb):
+        live = rows[b, :max(0, min(r, k - b * r))].any(axis=0)
+        live &= np.arange(ncb) * cw < n
+        skipped |= not live[np.arange(ncb) * cw < n].all()
+        runs, c = [], 0
+        while c < ncb:
+            if live[c]:
+                e = c
+                while e + 1 < ncb and live[e + 1]:
+                    e += 1
+                runs.append((c * cw, min((e + 1) * cw, n)))
+                c = e + 1
+            else:
+                c += 1
+        spans.append(runs)
+    return spans if skipped else None
