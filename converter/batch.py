@@ -207,4 +207,5 @@ def describe(batch: dict[str, Any] | None) -> str:
     if b["mode"] == "fixed":
         return (f"fixed: runs in batches of the declared {b['size']} sample{'s' if b['size'] != 1 else ''} "
                 f"(analog layers still see whole batches){'; ' + b['reason'] if b.get('reason') else ''}")
-    return "symbolic: " + (f"leading dimension {b['dim']!r}, " if b.get("dim") else "") + "any batch size runs"
+    return "symbolic: " + (f"leading dimension {b['dim']!r}, " if b.get("dim") else "") + (
+        b["reason"] if b.get("reason") else "any batch size runs")

@@ -339,4 +339,10 @@ def convert(
         },
         "calibration": [],
     }
+    from xbar.data import time_major_input
+
+    time_major = time_major_input(manifest["graph"])
+    if time_major is not None:  # axis 0 is time: whatever its name, it is not the batch
+        batch.update(dim=None, reason=f"axis 0 of input {time_major[1]!r} is time for recurrent node "
+                     f"{time_major[0]!r} (layout 0), so data files cannot be batched along it")
     return Bundle(manifest=manifest, arrays=arrays)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import close
+from xbar.bundle import load_bundle
 from xbar.cli import cli
 from xbar.converter.convert import convert
 from xbar.errors import UnsupportedOpError
@@ -389,7 +390,9 @@ def test_time_major_graph_input_is_refused_for_data_files(tmp_path):
                    catch_exceptions=False)
     assert r.exit_code == 1 and "time-major" in r.output and "Traceback" not in r.output, r.output
     assert not bundle.exists()
-    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle)], catch_exceptions=False).exit_code == 0
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle)], catch_exceptions=False)
+    assert r.exit_code == 0 and "is time for recurrent node 'rec'" in r.output, r.output
+    assert load_bundle(bundle).manifest["batch"]["dim"] is None  # axis 0 is not the batch
     for args in (["eval", str(bundle), "--data", str(data)],
                  ["calibrate", str(bundle), "--data", str(data), "--hardware", "pcm", "--drift", "1d"]):
         r = run.invoke(cli, args, catch_exceptions=False)

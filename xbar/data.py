@@ -27,23 +27,33 @@ def _shape_text(shape: list[int | None]) -> str:
     return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
-def check_sample_axis(graph: dict[str, Any], label: str) -> None:
-    """Refuse data files for a model whose recurrent layer reads a graph input time-major.
-
-    Data files hold one sample per index of axis 0, and eval, calibrate and --calib-data cut
-    them into batches along it. A recurrent node with layout 0 ([seq, batch, features],
-    torch's default batch_first=False) fed straight from a graph input has time on axis 0,
-    so every batch would be a slice of time steps: wrong results, silently."""
+def time_major_input(graph: dict[str, Any]) -> tuple[str, str] | None:
+    """(recurrent node, graph input) when a recurrent node with layout 0 ([seq, batch,
+    features], torch's default batch_first=False) reads a graph input directly, so that the
+    input's axis 0 is time, not samples; None otherwise."""
     from xbar.ops import RECURRENT_OP
 
     inputs = {i["name"] for i in graph["inputs"]}
     for node in graph["nodes"]:
         if node["op"] == RECURRENT_OP and int(node["attrs"].get("layout", 0)) == 0 and node["inputs"][0] in inputs:
-            raise DataError(
-                f"{label}: recurrent node {node['name']!r} reads graph input {node['inputs'][0]!r} time-major "
-                "([sequence, batch, features], ONNX layout 0), but data files hold one sample per index of "
-                "axis 0 and are batched along it, which would cut the sequences apart. Re-export the model "
-                "batch-first (torch: batch_first=True), or run it through the Python API on whole arrays.")
+            return node["name"], node["inputs"][0]
+    return None
+
+
+def check_sample_axis(graph: dict[str, Any], label: str) -> None:
+    """Refuse data files for a model whose recurrent layer reads a graph input time-major.
+
+    Data files hold one sample per index of axis 0, and eval, calibrate and --calib-data cut
+    them into batches along it; with time on axis 0 every batch would be a slice of time
+    steps: wrong results, silently."""
+    found = time_major_input(graph)
+    if found is not None:
+        node, x = found
+        raise DataError(
+            f"{label}: recurrent node {node!r} reads graph input {x!r} time-major "
+            "([sequence, batch, features], ONNX layout 0), but data files hold one sample per index of "
+            "axis 0 and are batched along it, which would cut the sequences apart. Re-export the model "
+            "batch-first (torch: batch_first=True), or run it through the Python API on whole arrays.")
 
 
 def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = None,
