@@ -100,7 +100,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from study_io import rel_path, source_commit
+from study_io import finish, rel_path, source_commit
 from typing import Any
 
 import numpy as np
@@ -1078,13 +1078,7 @@ def main(argv: list[str]) -> int:
         print("plot skipped (--no-plot)")
     else:
         print(plot(result, args.out / "calibration_study.png"))
-    if cache is not None:
-        print(f"chip cache: {cache.hits} hits, {cache.misses} builds, ~{cache.seconds_saved:.0f} s of chip "
-              "construction saved")
-    print(f"total wall time {time.perf_counter() - t_start:.0f} s  (loadavg at end "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())})")
-    if blas is not None:
-        blas.restore_original_limits()
+    finish(t_start, cache, blas)
     return 0
 
 

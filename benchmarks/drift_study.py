@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from study_io import rel_path, source_commit
+from study_io import finish, rel_path, source_commit
 
 import numpy as np
 
@@ -353,8 +353,7 @@ def main(argv: list[str]) -> int:
         print("plot skipped (--no-plot)")
     else:
         print(plot(result, args.out / "drift_study.png"))
-    print(f"total wall time {time.perf_counter() - t_start:.0f} s  (loadavg at end "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())})")
+    finish(t_start)
     return 0
 
 
