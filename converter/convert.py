@@ -66,7 +66,7 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
 
 
 def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
-                  hardware: "HardwareSpec | None" = None) -> dict[str, Any]:
+                  hardware: "HardwareSpec | None" = None, packed: bool = False) -> dict[str, Any]:
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -81,7 +81,18 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     if placement == "analog":
         mapped = map_weights(spec.weight, cfg, spec.structure,
                              *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else ()))
-        put("tiles", mapped.tiles)
+        if packed:  # xbar.packing: the allocated tiles' live ranges share physical tiles
+            from xbar import packing
+
+            pack_map, n_phys = packing.first_fit(mapped.live, cfg.weight_cols_per_tile)
+            put("packed_tiles", packing.pack(mapped.tiles, pack_map, n_phys, cfg.g_min))
+            put("pack_map", pack_map)
+            passes = np.bincount(pack_map[:, 0], minlength=n_phys)
+            mapped.table["packing"] = {"physical_tiles": n_phys, "passes_per_vector": len(pack_map),
+                                       "max_passes_per_tile": int(passes.max(initial=0)),
+                                       "positions_converted": int((pack_map[:, 3] - pack_map[:, 2]).sum())}
+        else:
+            put("tiles", mapped.tiles)
         put("col_scale", mapped.col_scale)
         put("position_output", mapped.position_output)
         put("position_gain", mapped.position_gain)
@@ -99,7 +110,7 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     return entry
 
 
-DEPTHWISE_POLICIES = ("tiles", "digital")
+DEPTHWISE_POLICIES = ("tiles", "digital", "packed")
 
 
 def is_depthwise(spec: LayerSpec) -> bool:
@@ -131,10 +142,11 @@ def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
 
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
-           steps: int | None = 0, keep_digital: bool = False) -> dict[str, Any]:
+           steps: int | None = 0, keep_digital: bool = False, packed: bool = False) -> dict[str, Any]:
     """The manifest entry of one analog layer (its arrays go to `arrays`). `steps`: for a
     recurrent layer, its input vectors per sample (None: unknown); 0 for other layers.
-    `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars."""
+    `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars;
+    `packed` (--depthwise packed) packs its allocated tiles onto physical tiles (xbar.packing)."""
     placement = "digital" if spec.name in digital or keep_digital else "analog"
     k, n = spec.weight.shape
     in_info = graph.info.get(spec.input)
@@ -158,7 +170,7 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         "params": spec.params,
         "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
     }
-    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware))
+    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog"))
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]
@@ -166,6 +178,8 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         # One ADC conversion per position and row block for every input vector; a
         # sample brings one vector per output position (conv: per output pixel).
         t["adc_per_vector"] = t["n_row_blocks"] * t["positions"]
+        if "packing" in t:  # every pass converts its own live positions, one pass per logical tile
+            t["adc_per_vector"] = t["packing"]["positions_converted"]
         t["vectors_per_sample"] = (int(np.prod(out_shape[1:])) // int(n) if known else None) if steps == 0 else steps
     return entry
 
@@ -206,7 +220,9 @@ def convert(
     `depthwise` is the mapping policy for depthwise convolutions: 'tiles'
     maps their block-diagonal matrix onto crossbars like any layer (most of its tiles stay
     unallocated, and each allocated one holds ~R/∏k channels on its diagonal); 'digital' keeps
-    them digital, computed as a depthwise convolution from their kernels."""
+    them digital, computed as a depthwise convolution from their kernels; 'packed' maps them
+    like 'tiles', then packs the live position ranges of their allocated tiles onto shared
+    physical tiles, one pass per logical tile (xbar.packing; differential encoding only)."""
     if depthwise not in DEPTHWISE_POLICIES:
         raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}
@@ -216,6 +232,10 @@ def convert(
         kwargs["g_min"] = g_min
     if g_max is not None:
         kwargs["g_max"] = g_max
+    if depthwise == "packed" and encoding != "differential":
+        raise ConfigError(f"--depthwise packed needs the differential encoding (got --encoding {encoding}): an "
+                          "offset tile's single reference column would be shared by passes of row blocks of "
+                          "different heights. Use --encoding differential, or --depthwise tiles or digital.")
     cfg = MappingConfig(
         rows=int(crossbar[0]), cols=int(crossbar[1]), encoding=encoding, weight_bits=weight_bits,
         weight_clip_percentile=weight_clip_percentile, afp_exponents=afp_exponents, afp_step=afp_step,
@@ -278,7 +298,8 @@ def convert(
         idx = len(layers)
         n_depthwise += is_depthwise(spec)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
-                             keep_digital=depthwise == "digital" and is_depthwise(spec)))
+                             keep_digital=depthwise == "digital" and is_depthwise(spec),
+                             packed=depthwise == "packed" and is_depthwise(spec)))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]
@@ -327,6 +348,9 @@ def convert(
             "analog_layers": len(n_analog),
             "digital_layers": len(layers) - len(n_analog),
             "tiles_used": sum(l["tiles"]["tiles_used"] for l in n_analog),
+            # Tiles on the chip: a packed layer's physical tiles, every other layer's allocated ones.
+            "physical_tiles": sum(l["tiles"]["packing"]["physical_tiles"] if "packing" in l["tiles"]
+                                  else l["tiles"]["tiles_used"] for l in n_analog),
             "physical_columns": sum(l["tiles"]["physical_columns"] for l in n_analog),
             "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in n_analog)
                                if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),

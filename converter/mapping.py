@@ -38,6 +38,7 @@ class MappedLayer:
     table: dict[str, Any]  # tile table and utilisation, for the manifest
     row_order: np.ndarray | None = None  # (K,) physical row q holds weight row row_order[q]; None: identity
     g_min: float = 0.0  # what an unallocated tile holds in `conductance`
+    live: np.ndarray | None = None  # (T, 2) int64: per allocated tile, the slot range [lo, hi) holding weights
 
     @property
     def conductance(self) -> np.ndarray:
@@ -83,10 +84,10 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     v, valid = (enc.v[:, order], enc.valid[:, order]) if placed else (enc.v, enc.valid)  # no copy unless moved
     if rows is not None:
         v, valid = v[rows], valid[rows]
-    tiles, tile_used, table = pack_tiles(v, valid, cfg)
+    tiles, tile_used, table, live = pack_tiles(v, valid, cfg)
     table["physical_columns"] = _physical_columns(table, cfg)
     return MappedLayer(tiles, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table,
-                       rows, float(cfg.g_min))
+                       rows, float(cfg.g_min), live)
 
 
 def _physical_columns(table: dict[str, Any], cfg: MappingConfig) -> int:
@@ -163,9 +164,11 @@ def _tile_table(cfg: MappingConfig, k: int, p: int, n_tiles: int, used_cells: in
     }
 
 
-def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
     """What `tile_positions` computes, for the allocated tiles only: (T, R, C) float32 tiles
-    (equal, bit for bit, to the grid's tiles where tile_used), tile_used and the table.
+    (equal, bit for bit, to the grid's tiles where tile_used), tile_used and the table; and
+    per allocated tile the slot range [lo, hi) of its positions that hold a weight, (T, 2).
     Built one row block at a time, so memory follows the tiles that are programmed, not
     the grid (a depthwise layer's block-diagonal grid is almost all unallocated)."""
     k, p = v.shape
@@ -177,6 +180,7 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np
     differential = cfg.encoding == "differential"
     tile_used = np.zeros((nrb, ncb), dtype=bool)
     out: list[np.ndarray] = []
+    live: list[np.ndarray] = []
     used_cells = 0
     for b in range(nrb):
         kr = min(r, k - b * r)
@@ -191,6 +195,8 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np
         ub[:kr, :p] = v[b * r:b * r + kr]
         ub = ub.reshape(r, ncb, cw)[:, cols].transpose(1, 0, 2)  # (t, R, cw)
         vt = vb[:, cols].transpose(1, 0, 2)
+        slots = vt.any(axis=1)  # (t, cw): every allocated tile has at least one
+        live.append(np.stack([slots.argmax(axis=1), cw - slots[:, ::-1].argmax(axis=1)], axis=1))
         tiles = np.full((len(cols), r, c), cfg.g_min, dtype=np.float64)
         if differential:
             tiles[:, :, 0:2 * cw:2] = cfg.g_min + dg * np.maximum(ub, 0.0)
@@ -209,4 +215,4 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig) -> tuple[np
     packed = np.concatenate(out) if out else np.zeros((0, r, c), dtype=np.float32)
     n_tiles = int(tile_used.sum())
     table = _tile_table(cfg, k, p, n_tiles, used_cells)
-    return packed, tile_used, table
+    return packed, tile_used, table, (np.concatenate(live) if live else np.zeros((0, 2))).astype(np.int64)

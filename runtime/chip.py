@@ -179,6 +179,105 @@ class _Replay:
         return self._next(shape)
 
 
+def _draws(spec: HardwareSpec, rng: np.random.Generator):
+    """A function shape -> (programming, drift, fault, frozen read) draws for that many cells,
+    each None where the device model takes no such draw. The streams follow the layout of
+    devices.program_devices (programming, drift, faults), then the frozen read noise's child,
+    spawned in that order; successive calls continue the streams."""
+    dev = spec.device
+    stat = devices._statistical(dev)
+    frozen = dev.read_noise_mode == "frozen"
+    p0 = spec.faults.p_stuck_at_gmin if spec.faults is not None else 0.0
+    p1 = spec.faults.p_stuck_at_gmax if spec.faults is not None else 0.0
+    rng_prog, rng_drift, rng_faults = rng.spawn(3)
+    rng_read = rng.spawn(1)[0] if frozen else None
+    draw_prog = stat and dev.prog_noise
+    draw_drift = stat and dev.drift
+    draw_faults = not (p0 == 0 and p1 == 0)
+    draw_read = frozen and stat and dev.read_noise
+
+    def draw(shape: tuple[int, ...]) -> list[np.ndarray | None]:
+        return [rng_prog.standard_normal(shape) if draw_prog else None,
+                rng_drift.standard_normal(shape) if draw_drift else None,
+                rng_faults.random(shape) if draw_faults else None,
+                rng_read.standard_normal(shape) if draw_read else None]
+
+    return draw
+
+
+def circuit_of(spec: HardwareSpec):
+    """Stored-array conductances (…, R, C) -> effective ones under the spec's IR drop."""
+    def circuit(g: np.ndarray) -> np.ndarray:
+        if not spec.circuit.ir_drop:
+            return g
+        from xbar.runtime.irdrop import effective_conductance
+
+        cc = spec.circuit
+        return effective_conductance(g, cc.r_wire, cc.r_driver, cc.r_sense)
+
+    return circuit
+
+
+@dataclass
+class Sampled:
+    """One stack of physical tiles as sampled and solved (`sample_stack`)."""
+
+    w: np.ndarray  # (T, R, Cw) effective normalised weights
+    s2: np.ndarray | None  # (T, R, C) read-noise variance per cell in normalised units; None: no read noise
+    before: np.ndarray | None  # (T, C) drift-compensation probe right after programming (if compensating)
+    after: np.ndarray | None  # (T, C) the same probe at t_inference
+
+
+def sample_stack(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.ndarray, mapping: dict[str, Any],
+                 spec: HardwareSpec, circuit, compensate: bool) -> Sampled:
+    """Program, fault, drift and (frozen) read a stack of physical tiles (T, R, C) from the
+    stored conductances and the draws for exactly their cells, solve their circuit, and
+    read the compensation probe driving `rows` (T, R) at full scale."""
+    dev = spec.device
+    dg = dev.g_max - dev.g_min
+    enc = mapping["encoding"]
+    t = spec.t_inference
+    g_t = _retarget(stored, mapping, dev)  # (T, R, C)
+    xi_p, xi_d, u_f, xi_r = drawn
+    drawn.clear()  # the caller's list: the draws go once the devices are programmed
+    state = devices.program_devices(g_t, dev, spec.faults, _Replay(xi_p, xi_d, u_f))
+    del xi_p, xi_d, u_f
+    g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if dev.model != "ideal" and dev.drift else state.g_prog
+    g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+    frozen = dev.read_noise_mode == "frozen"
+    if frozen:
+        g_now = devices.read(g_now, t, dev, _Replay(xi_r), g_ref=state.g_prog)
+    sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
+    g_eff = circuit(g_now)
+    w, _ = _pair_difference(g_eff, enc, dg)  # (T, R, cw)
+    s2 = None
+    if sigma is not None and np.any(sigma):
+        s2 = sigma ** 2 / (dg if enc == "differential" else dg / 2) ** 2
+    before = after = None
+    if compensate:
+        # A fixed probe read right after programming and again at time t; the ratio of the
+        # summed currents of the columns that are read out is stored digitally.
+        g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+        before = _probe_as_programmed(g0[:, None], rows, spec, circuit)[:, 0]  # (T, C)
+        after = _probe(g_eff[:, None], rows)[:, 0]
+    return Sampled(w, s2, before, after)
+
+
+def compensation_factors(before: np.ndarray, after: np.ndarray, read_cols: np.ndarray, mode: str, enc: str,
+                         cw: int) -> np.ndarray:
+    """(T, Cw) float32 drift-compensation factors from the probe currents (T, C): one ratio
+    per tile over its read-out columns `read_cols` (T, C) bool ('tile'), or per position."""
+    if mode == "tile":
+        ratio = (before * read_cols).sum(axis=1) / np.maximum((after * read_cols).sum(axis=1), 1e-30)
+        per_pos = np.repeat(ratio[:, None], cw, axis=1)
+    elif enc == "differential":
+        bsum, asum = before[:, 0::2] + before[:, 1::2], after[:, 0::2] + after[:, 1::2]
+        per_pos = bsum / np.maximum(asum, 1e-30)
+    else:
+        per_pos = before[:, :cw] / np.maximum(after[:, :cw], 1e-30)
+    return per_pos.astype(np.float32)
+
+
 # Cells (of the full tile grid) per chunk of row blocks that build_tiles samples and solves
 # at once: float64 intermediates then stay at tens of MB whatever the layer's size.
 CHUNK_CELLS = 1 << 22
@@ -198,7 +297,6 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     a seed gives the same chip as the unstreamed version, bit for bit (tests/_chip_reference).
     """
     dev = spec.device
-    dg = dev.g_max - dev.g_min
     enc = mapping["encoding"]
     nrb, ncb = tile_used.shape
     r, c = conductance.shape[-2:]
@@ -210,21 +308,8 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     cw = c // 2 if enc == "differential" else c - 1
     k = nrb * r if k is None else k
     n = ncb * cw if n is None else n
-    t = spec.t_inference
-    stat = devices._statistical(dev)
-    drifting = dev.model != "ideal" and dev.drift
-    frozen = dev.read_noise_mode == "frozen"
-    p0 = spec.faults.p_stuck_at_gmin if spec.faults is not None else 0.0
-    p1 = spec.faults.p_stuck_at_gmax if spec.faults is not None else 0.0
-    # The stream layout of devices.program_devices (programming, drift, faults), then the
-    # frozen read noise's child, spawned in the same order as before.
-    rng_prog, rng_drift, rng_faults = rng.spawn(3)
-    rng_read = rng.spawn(1)[0] if frozen else None
-    draw_prog = stat and dev.prog_noise
-    draw_drift = stat and dev.drift
-    draw_faults = not (p0 == 0 and p1 == 0)
-    draw_read = frozen and stat and dev.read_noise
-    compensate = spec.drift_compensation != "off" and drifting
+    draw = _draws(spec, rng)
+    compensate = spec.drift_compensation != "off" and dev.model != "ideal" and dev.drift
 
     d = np.zeros((nrb, r, n), dtype=np.float32)
     var: np.ndarray | None = None
@@ -238,46 +323,30 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     else:
         read_cols = np.concatenate([read, read.any(axis=1, keepdims=True)], axis=1)
     read_cols = np.pad(read_cols, ((0, 0), (0, c - read_cols.shape[1])))
-
-    def circuit(g: np.ndarray) -> np.ndarray:
-        if not spec.circuit.ir_drop:
-            return g
-        from xbar.runtime.irdrop import effective_conductance
-
-        cc = spec.circuit
-        return effective_conductance(g, cc.r_wire, cc.r_driver, cc.r_sense)
+    circuit = circuit_of(spec)
 
     step = max(1, CHUNK_CELLS // max(1, ncb * r * c))
     for b0 in range(0, nrb, step):
         b1 = min(nrb, b0 + step)
-        shape = (b1 - b0, ncb, r, c)
         used = tile_used[b0:b1]
-        xi_p = rng_prog.standard_normal(shape) if draw_prog else None
-        xi_d = rng_drift.standard_normal(shape) if draw_drift else None
-        u_f = rng_faults.random(shape) if draw_faults else None
-        xi_r = rng_read.standard_normal(shape) if draw_read else None
+        drawn = draw((b1 - b0, ncb, r, c))
         if not used.any():
             continue
         bi, ci = np.nonzero(used)
-        pick = (lambda a: None if a is None else a[used])
-        g_t = _retarget(conductance[first[b0]:first[b1]], mapping, dev)  # (T, R, C)
-        state = devices.program_devices(g_t, dev, spec.faults, _Replay(pick(xi_p), pick(xi_d), pick(u_f)))
-        del xi_p, xi_d, u_f
-        g_now = devices.drift(state.g_prog, state.nu, t, dev.t0) if drifting else state.g_prog
-        g_now = devices.apply_faults(g_now, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
-        if frozen:
-            g_now = devices.read(g_now, t, dev, _Replay(pick(xi_r)), g_ref=state.g_prog)
-        sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
-        g_eff = circuit(g_now)
-        w, _ = _pair_difference(g_eff, enc, dg)  # (T, R, cw)
+        drawn = [None if a is None else a[used] for a in drawn]
         bb = bi + b0
+        # Only the cells the layer uses take part in the probe: rows past K are never driven
+        # and padding columns have no ADC, and their devices (at G_min, where PCM drifts
+        # fastest) would bias it.
+        smp = sample_stack(conductance[first[b0]:first[b1]], drawn, rows_all[bb], mapping, spec, circuit, compensate)
+        del drawn
         for j in range(len(bi)):
             lo = ci[j] * cw
             hi = min(lo + cw, n)
             if hi > lo:
-                d[bb[j], :, lo:hi] = w[j, :, :hi - lo]
-        if sigma is not None and np.any(sigma):
-            s2 = sigma ** 2 / (dg if enc == "differential" else dg / 2) ** 2
+                d[bb[j], :, lo:hi] = smp.w[j, :, :hi - lo]
+        if smp.s2 is not None:
+            s2 = smp.s2
             if var is None:
                 var = np.zeros((nrb, r, n), dtype=np.float32)
                 if enc != "differential":
@@ -291,24 +360,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
                 if ref_var is not None:
                     ref_var[bb[j], :, ci[j]] = s2[j, :, cw]
         if compensate:
-            # A fixed probe read right after programming and again at time t; the ratio of the
-            # summed currents of the columns that are read out is stored digitally. Only the
-            # cells the layer uses take part: rows past K are never driven and padding columns
-            # have no ADC, and their devices (at G_min, where PCM drifts fastest) would bias it.
-            rows = rows_all[bb]  # (T, R)
-            g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
-            before = _probe_as_programmed(g0[:, None], rows, spec, circuit)[:, 0]  # (T, C)
-            after = _probe(g_eff[:, None], rows)[:, 0]
-            rc = read_cols[ci]  # (T, C)
-            if spec.drift_compensation == "tile":
-                ratio = (before * rc).sum(axis=1) / np.maximum((after * rc).sum(axis=1), 1e-30)
-                per_pos = np.repeat(ratio[:, None], cw, axis=1)
-            elif enc == "differential":
-                bsum, asum = before[:, 0::2] + before[:, 1::2], after[:, 0::2] + after[:, 1::2]
-                per_pos = bsum / np.maximum(asum, 1e-30)
-            else:
-                per_pos = before[:, :cw] / np.maximum(after[:, :cw], 1e-30)
-            per_pos = per_pos.astype(np.float32)
+            per_pos = compensation_factors(smp.before, smp.after, read_cols[ci], spec.drift_compensation, enc, cw)
             for j in range(len(bi)):
                 lo = ci[j] * cw
                 hi = min(lo + cw, n)

@@ -128,7 +128,7 @@ def test_packed_tiles_equal_the_grid_bit_for_bit(encoding, grouped):
         v = v * valid
     cfg = MappingConfig(rows=16, cols=8 if encoding == "differential" else 5, encoding=encoding)
     grid, used, table = tile_positions(v, valid, cfg)
-    tiles, used2, table2 = pack_tiles(v, valid, cfg)
+    tiles, used2, table2, _ = pack_tiles(v, valid, cfg)
     np.testing.assert_array_equal(used, used2)
     assert table == table2
     np.testing.assert_array_equal(tiles, grid[used])

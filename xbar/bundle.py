@@ -31,15 +31,16 @@ from xbar.errors import BundleError
 from xbar.manifest import ARRAY_KINDS, manifest_problem, member_name, type_name
 
 FORMAT_NAME = "xbar-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions this xbar reads. 2 added the column map (position_output, position_gain per
 #: analog layer) for encodings with several positions per output; a version-1 bundle's
 #: column_order is the same map with one position per output and unit gains. 3 stores only
 #: the allocated tiles of an analog layer (`tiles`, (T, R, C), row-major in `tile_used`
 #: order) instead of the whole grid (`conductance`, (row blocks, column blocks, R, C)):
 #: a depthwise layer's block-diagonal grid is almost all unallocated. `layer_tiles` reads
-#: either.
-READABLE_VERSIONS = (1, 2, 3)
+#: either. 4 may store a layer's tiles packed (`--depthwise packed`, xbar.packing):
+#: `packed_tiles` (physical tiles) and `pack_map` instead of `tiles`.
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
 
@@ -67,10 +68,16 @@ class Bundle:
 
 
 def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """An analog layer's allocated tiles (T, R, C) siemens and its tile_used (nrb, ncb) bool,
-    from either storage (format 3: `tiles`; 1 and 2: the grid `conductance`)."""
+    """An analog layer's allocated (logical) tiles (T, R, C) siemens and its tile_used
+    (nrb, ncb) bool, from any storage (format 3: `tiles`; 1 and 2: the grid `conductance`;
+    4 packed: unpacked from the physical tiles, bit for bit the tiles policy's tiles)."""
     keys = entry["arrays"]
     used = bundle.array(keys["tile_used"]).astype(bool)
+    packed = layer_packing(bundle, entry)
+    if packed is not None:
+        from xbar.packing import unpack
+
+        return unpack(*packed, bundle.manifest["mapping"]["g_min"]), used
     if "tiles" in keys:
         tiles = bundle.array(keys["tiles"])
         if tiles.shape[0] != int(used.sum()):
@@ -78,6 +85,22 @@ def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.n
                               f"{int(used.sum())}; the bundle is corrupt or was edited by hand")
         return tiles, used
     return bundle.array(keys["conductance"])[used], used
+
+
+def layer_packing(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A packed layer's physical tiles (T_phys, R, C) siemens and its checked pack_map (T, 4)
+    int64 (xbar.packing), or None if the layer is not packed. The chip samples these; every
+    other consumer reads the logical tiles from `layer_tiles`."""
+    keys = entry["arrays"]
+    if "pack_map" not in keys:
+        return None
+    from xbar.config import MappingConfig
+    from xbar.packing import check_map
+
+    physical = bundle.array(keys["packed_tiles"])
+    n_logical = int(bundle.array(keys["tile_used"]).astype(bool).sum())
+    cw = MappingConfig.from_dict(bundle.manifest["mapping"]).weight_cols_per_tile
+    return physical, check_map(bundle.array(keys["pack_map"]), physical.shape[0], n_logical, cw, entry["name"])
 
 
 def grid_conductance(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:

@@ -82,9 +82,12 @@ _LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("col_scale", "tile_used"),
 #: Where an analog layer's conductances are, by format version: versions 1 and 2 store the
 #: whole tile grid (row blocks, column blocks, R, C); version 3 only the allocated tiles
 #: (T, R, C), in row-major order of tile_used.
-_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles"}
+#: Version 4 as 3, or a packed layer's physical tiles and pack map (xbar.packing).
+_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles", 4: "tiles"}
+_PACKED_ARRAYS = ("packed_tiles", "pack_map")
 #: The column map's arrays, by format version (see READABLE_VERSIONS).
-_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain"), 3: ("position_output", "position_gain")}
+_MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain"), 3: ("position_output", "position_gain"),
+               4: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
@@ -199,7 +202,9 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
         if k < 1 or n < 1:
             return f"{where}: K = {k}, N = {n}; both must be at least 1"
         version = m["format_version"]
-        needed = _LAYER_ARRAYS[placement] + ((_TILE_ARRAY[version],) + _MAP_ARRAYS[version] if placement == "analog" else ())
+        packed = placement == "analog" and version >= 4 and "pack_map" in layer["arrays"]
+        tile_arrays = _PACKED_ARRAYS if packed else (_TILE_ARRAY[version],)
+        needed = _LAYER_ARRAYS[placement] + (tile_arrays + _MAP_ARRAYS[version] if placement == "analog" else ())
         depthwise = placement == "digital" and "weight_depthwise" in layer["arrays"]
         if depthwise:  # a digital depthwise convolution stores its kernels, not the K×N matrix
             if kind != "conv" or not 1 < params["group"] == params["in_channels"] or k % params["in_channels"]:
@@ -215,7 +220,24 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
         elif placement == "digital":
             want["weight"] = (k, n)
         else:
-            if version >= 3:
+            if packed:
+                g, m_, blocks = shape["packed_tiles"], shape["pack_map"], shape["tile_used"]
+                if len(g) != 3 or g[1:] != (rows, cols) or len(blocks) != 2 or len(m_) != 2:
+                    return (f"{where}: array 'packed_tiles' has shape {list(g)}, expected [physical tiles, {rows}, "
+                            f"{cols}], with a 2-D tile_used and pack_map")
+                table = layer.get("tiles") or {}
+                logical = table.get("tiles_used", m_[0])
+                if m_ != (logical, 4) or logical > blocks[0] * blocks[1]:
+                    return (f"{where}: array 'pack_map' has shape {list(m_)}; expected [{logical}, 4], one row "
+                            f"(physical, offset, lo, hi) per allocated tile of the {list(blocks)} grid")
+                if m["mapping"].get("encoding") != "differential":
+                    return f"{where}: packed tiles need the differential encoding, not {m['mapping'].get('encoding')!r}"
+                packing = table.get("packing")
+                physical = packing.get("physical_tiles", g[0]) if isinstance(packing, dict) else packing
+                if physical != g[0]:
+                    return f"{where}: array 'packed_tiles' holds {g[0]} tiles, but its tile table says {physical!r}"
+                want.update(packed_tiles=g, pack_map=m_)
+            elif version >= 3:
                 g, blocks = shape["tiles"], shape["tile_used"]
                 if len(g) != 3 or g[1:] != (rows, cols) or len(blocks) != 2 or g[0] > blocks[0] * blocks[1]:
                     return (f"{where}: array 'tiles' has shape {list(g)} for a tile grid {list(blocks)}; expected "
@@ -232,7 +254,7 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
             positions = layer.get("tiles", {}).get("positions", n)
             if type(positions) is not int or positions < n:
                 return f"{where}: tiles.positions is {positions!r}; it must be an integer >= N = {n}"
-            want.update({_TILE_ARRAY[version]: g}, tile_used=blocks, col_scale=(n,),
+            want.update({} if packed else {_TILE_ARRAY[version]: g}, tile_used=blocks, col_scale=(n,),
                         **{a: (positions,) for a in _MAP_ARRAYS[version]})
             if "row_order" in layer["arrays"]:  # optional: the converter's row placement
                 shape["row_order"] = tuple(m["arrays"][layer["arrays"]["row_order"]]["shape"])
