@@ -61,24 +61,30 @@ def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
 
 
 def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None,
-                device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None
-                ) -> MappedLayer:
+                device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None,
+                rows_first: np.ndarray | None = None) -> MappedLayer:
     """Scale, encode (xbar.converter.encodings), place and tile one layer's K×N weights.
 
     `device` and `t` (the target's device model and time) steer analog floating point;
-    `circuit` (its wires) steers column placement; neither is needed for fixed point."""
+    `circuit` (its wires) steers column placement; neither is needed for fixed point.
+    `rows_first` (K,), if given, is a row order applied before any row placement (physical
+    row q holds weight row rows_first[q]; --depthwise packed lays depthwise rows channel-major)."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
     u = np.divide(weight, scale, dtype=np.float64)
     np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)
-    order, rows = np.arange(len(enc.output)), None
+    order, rows = np.arange(len(enc.output)), rows_first
     if cfg.rearrange != "none" or cfg.rearrange_rows != "none":
         from xbar.converter.placement import place, place_rows
 
         order = place(enc.v, enc.valid, cfg, circuit)
-        rows = place_rows(enc.v, enc.valid, cfg, circuit)
+        if rows_first is None:
+            rows = place_rows(enc.v, enc.valid, cfg, circuit)
+        else:  # row placement inside the blocks of the given order
+            within = place_rows(enc.v[rows_first], enc.valid[rows_first], cfg, circuit)
+            rows = rows_first if within is None else rows_first[within]
     del u
     placed = not np.array_equal(order, np.arange(len(order)))
     v, valid = (enc.v[:, order], enc.valid[:, order]) if placed else (enc.v, enc.valid)  # no copy unless moved

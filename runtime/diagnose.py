@@ -51,7 +51,7 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
         dac_clip = float(np.mean(np.abs(cols) > x_max)) if chip.x_max is not None else 0.0
         v = dac(cols, x_max, spec.dac.bits)
         # Clean signal currents of the columns that carry weights, against their full scale.
-        currents = per_block(v, chip.tiles.d, chip.tiles.k)
+        currents = per_block(layer.chip_inputs(v), chip.tiles.d, chip.tiles.k)
         adc_clip = float(np.mean(np.abs(currents) > chip.i_fs[:, None, :])) if spec.adc.bits is not None else 0.0
         errors = {}
         for name in active:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from xbar.affine import FIELDS, Affine
-from xbar.bundle import Bundle, layer_tiles
+from xbar.bundle import Bundle, layer_packing, layer_tiles
 from xbar.columns import read_map
 from xbar.errors import BundleError, DataError
 from xbar.runtime.analog import dac_codes, tiled_product
@@ -81,8 +81,16 @@ class Layer:
         # Any hardware spec, even an ideal one, runs the full per-tile path; only
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
-            tiles = build_tiles(packed, tile_used, bundle.manifest["mapping"],
-                                hardware, chip_rng, self.k, self.p, self.row_order)
+            pack = layer_packing(bundle, entry)
+            if pack is not None:  # --depthwise packed: sampled per physical tile, read per pass
+                from xbar.runtime.packed import build_packed_tiles
+
+                tiles = build_packed_tiles(*pack, tile_used, bundle.manifest["mapping"], hardware, chip_rng,
+                                           self.k, self.p)
+                self.input_rows = self.row_order  # xbar.packing: rows cross blocks, inputs are routed
+            else:
+                tiles = build_tiles(packed, tile_used, bundle.manifest["mapping"],
+                                    hardware, chip_rng, self.k, self.p, self.row_order)
             ranges = entry.get("ranges")
             x_max = float(ranges["input"]) if ranges and hardware.dac.range == "calibrated" else None
             i_fs = tiles.i_max
@@ -93,6 +101,13 @@ class Layer:
             self.chip = ChipContext(hardware, tiles, read_rng, x_max, i_fs)
 
     depthwise: np.ndarray | None = None  # (∏k, N) kernels of a digital depthwise convolution
+    # (K,) physical row q of the chip is fed input row input_rows[q] (a packed layer,
+    # xbar.packing); None: the chip's matrices are in weight row order.
+    input_rows: np.ndarray | None = None
+
+    def chip_inputs(self, v: np.ndarray) -> np.ndarray:
+        """(M, K) inputs in weight row order → in the chip's row order."""
+        return v if self.input_rows is None else v[:, self.input_rows]
 
     def set_affine(self, affine: Affine) -> None:
         """The per-output affine applied after the product (see xbar.affine)."""
@@ -139,7 +154,7 @@ class Layer:
         c = self.chip
         if rng is None:
             rng = streams(c.rng, 1)[0]
-        y = self.columns.combine(tiled_product(codes, c.tiles, c.spec, c.i_fs, rng, unit=unit))
+        y = self.columns.combine(tiled_product(self.chip_inputs(codes), c.tiles, c.spec, c.i_fs, rng, unit=unit))
         y *= x_scale.reshape(-1, 1) if np.ndim(x_scale) else x_scale
         return y
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from xbar.bundle import Bundle, layer_tiles
 from xbar.hardware import HardwareSpec
+from xbar.packing import routes_inputs
 from xbar.runtime.analog import per_block
 from xbar.runtime.chip import normalised_tiles, weight_rows
 from xbar.runtime.evaluate import aligned, batches
@@ -31,6 +32,8 @@ def _ideal_tiles(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
     nrb, ncb, r, cw = t.shape
     stacked = t.transpose(0, 2, 1, 3).reshape(nrb, r, ncb * cw)
     order = bundle.array(keys["row_order"]) if "row_order" in keys else None
+    if routes_inputs(entry):  # a packed layer: blocks stay physical, its inputs are routed
+        return np.ascontiguousarray(stacked)
     return np.ascontiguousarray(weight_rows(stacked, order))
 
 
@@ -114,6 +117,8 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
         if x_max <= 0:
             x_max = float(np.abs(cols).max()) or 1.0
         d = _ideal_tiles(bundle, entry)
+        if routes_inputs(entry):
+            cols = cols[:, bundle.array(entry["arrays"]["row_order"])]
         positions = int(entry["tiles"].get("positions", entry["N"]))  # format 1: one per output
         fixed = np.clip(cols / x_max, -1, 1)
         rowmax = np.abs(cols).max(axis=1, keepdims=True)

@@ -15,6 +15,15 @@ slot offset, lo, hi (slots and positions in weight-position units, 0..Cw). Cells
 owns are padding at G_min. Only the differential encoding packs: an offset tile's one
 reference column would be shared by passes whose row blocks differ in height.
 
+Rows: a depthwise matrix's rows are (kernel offset, channel), so in that order a row block
+of R rows reaches R channels' positions and every allocated tile's live range fills its
+column block (nothing would pack). A packed layer is therefore laid out channel-major
+(`row_order`, converter.convert.channel_major): a row block then reaches ~R/∏k channels.
+That order crosses row blocks, so for a packed layer `row_order` routes the inputs to the
+physical rows (x_phys = x[:, row_order]) and the chip's per-block matrices stay in physical
+order (`routes_inputs`); an unpacked layer's within-block placement is undone on its
+matrices instead. The ideal matrix (assemble) undoes any row order exactly.
+
 This file is the one place that packs (converter) and unpacks and checks (bundle) them.
 """
 
@@ -93,3 +102,9 @@ def check_map(pack_map: np.ndarray, n_physical: int, n_logical: int, cw: int, la
     if len(unused):
         raise BundleError(f"{where} leaves physical tile {int(unused[0])} without a pass{fix}")
     return m
+
+
+def routes_inputs(entry: dict) -> bool:
+    """Whether a layer's row_order routes its inputs to physical rows (packed) rather than
+    being undone on its per-block matrices (within-block row placement)."""
+    return "pack_map" in entry.get("arrays", {})
