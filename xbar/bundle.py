@@ -38,8 +38,9 @@ FORMAT_VERSION = 4
 #: the allocated tiles of an analog layer (`tiles`, (T, R, C), row-major in `tile_used`
 #: order) instead of the whole grid (`conductance`, (row blocks, column blocks, R, C)):
 #: a depthwise layer's block-diagonal grid is almost all unallocated. `layer_tiles` reads
-#: either. 4 may store a layer's tiles packed (`--depthwise packed`, xbar.packing):
-#: `packed_tiles` (physical tiles) and `pack_map` instead of `tiles`.
+#: either. 4 stores a layer's tiles packed (`--depthwise packed`, xbar.packing):
+#: `packed_tiles` (physical tiles) and `pack_map` instead of `tiles`; it is written only
+#: when a layer is packed, every other bundle is still written as 3.
 READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
@@ -198,7 +199,10 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     path = check_output(path, force)
     manifest = dict(bundle.manifest)
     manifest["format"] = FORMAT_NAME
-    manifest["format_version"] = FORMAT_VERSION
+    # Version 4 only for what version 3 cannot hold (a packed layer), so that xbar releases
+    # that read 3 keep reading every other bundle.
+    packed = any("pack_map" in layer.get("arrays", {}) for layer in manifest.get("layers", []))
+    manifest["format_version"] = FORMAT_VERSION if packed else min(FORMAT_VERSION, 3)
     manifest["xbar_version"] = __version__
     payloads: dict[str, bytes] = {}
     index: dict[str, Any] = {}
