@@ -175,9 +175,11 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
               show_default=True, help="ir-drop: in every tile, the rows feeding the most current nearest the sense "
                                       "amplifiers (differential encoding; undone when a chip is built, free at "
                                       "inference). Needs a --hardware target with IR drop.")
-@click.option("--depthwise", type=click.Choice(["tiles", "digital"]), default="tiles", show_default=True,
+@click.option("--depthwise", type=click.Choice(["tiles", "digital", "packed"]), default="tiles", show_default=True,
               help="Depthwise convolutions: tiles maps their block-diagonal matrix onto crossbars (most of its "
-                   "tiles stay unallocated); digital keeps them digital, run as depthwise convolutions.")
+                   "tiles stay unallocated); digital keeps them digital, run as depthwise convolutions; packed "
+                   "lays their rows channel-major and packs the tiles' live columns onto shared physical tiles, "
+                   "run one pass per packed tile (differential encoding).")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
@@ -217,7 +219,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
         click.echo(f"note: {note}", err=True)
     save_bundle(bundle, output, force=force)
     s = bundle.manifest["summary"]
-    click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles of "
+    click.echo(f"wrote {output}: {s['analog_layers']} analog layers on {_tiles_text(s)} of "
                f"{crossbar[0]}x{crossbar[1]}, {s['digital_layers']} digital layers, {s['analog_weights']:,} analog weights")
     from xbar.converter.batch import describe as describe_batch
 
@@ -289,7 +291,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         for note in notes:
             _line("", f"note: {note}")
     n_layers = len(m["layers"])
-    _line("totals", f"{n_layers} layers: {s['analog_layers']} analog on {s['tiles_used']:,} tiles, "
+    _line("totals", f"{n_layers} layers: {s['analog_layers']} analog on {_tiles_text(s)}, "
           f"{s['digital_layers']} digital")
     _line("", f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
     if "physical_columns" in s:
@@ -313,6 +315,14 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         return
     click.echo()
     click.echo(_layer_table(m))
+
+
+def _tiles_text(summary: dict[str, Any]) -> str:
+    """The chip's tiles; with packed layers, the physical tiles and the logical tiles they run."""
+    phys = summary.get("physical_tiles", summary["tiles_used"])
+    if phys == summary["tiles_used"]:
+        return f"{phys:,} tiles"
+    return f"{phys:,} physical tiles ({summary['tiles_used']:,} logical tiles, packed ones run as passes)"
 
 
 def _depthwise_text(summary: dict[str, Any]) -> str:
@@ -385,7 +395,7 @@ def _layer_table(m: dict[str, Any]) -> str:
         rows.append([
             layer["name"], layer["kind"], f"{layer['K']}×{layer['N']}",
             _per_sample(layer["output_shape"], layer.get("output_dim_names"), lead),
-            f"{t['tiles_used']:,}" if t else "digital",
+            _layer_tiles_text(t) if t else "digital",
             f"{cols:,}" if t else "-",
             "-" if adc is None else f"{adc:,}",
             f"{100 * t['utilisation']:.1f}%" if t else "-",
@@ -401,7 +411,17 @@ def _layer_table(m: dict[str, Any]) -> str:
     if not rows:
         return "no layers"
     digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
+        digital += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
+                    "input vector")
     return render(headers, rows, numeric=numeric) + f"\n(out/sample: output shape without the batch dimension{digital})"
+
+
+def _layer_tiles_text(t: dict[str, Any]) -> str:
+    pk = t.get("packing")
+    if not pk:
+        return f"{t['tiles_used']:,}"
+    return f"{pk['physical_tiles']:,}/{t['tiles_used']:,}×{pk['max_passes_per_tile']}"
 
 
 def _batch_dim(m: dict[str, Any]) -> tuple[Any, str | None] | None:
