@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_scale.py                      # all three models
     .venv/bin/python benchmarks/bench_scale.py --models resnet50 --batch 32
     .venv/bin/python benchmarks/bench_scale.py --depthwise digital  # a mapping policy of convert
+    .venv/bin/python benchmarks/bench_scale.py --models mobilenet_v2,efficientnet_b0 --depthwise packed --batch 0
 
 Per model, each measurement in its own fresh subprocess (peak memory is the child's VmHWM
 from /proc/self/status, which includes the interpreter and imports):
@@ -162,7 +163,9 @@ def _child_convert(model: str, out: str, depthwise: str) -> dict:
     res["hwm_convert_kib"] = _proc_status_kib("VmHWM")
     s = b.manifest["summary"]
     res.update(tiles=s["tiles_used"], analog_weights=s["analog_weights"], params=s["parameters"],
-               analog_layers=s["analog_layers"])
+               analog_layers=s["analog_layers"], physical_tiles=s.get("physical_tiles", s["tiles_used"]),
+               passes=sum(l["tiles"]["packing"]["passes_per_vector"] for l in b.layers
+                          if "packing" in (l.get("tiles") or {})))
     t0 = time.perf_counter()
     save_bundle(b, out, force=True)
     res["save_s"] = time.perf_counter() - t0
@@ -246,13 +249,16 @@ def main(argv: list[str]) -> int:
             gb = c["bundle_bytes"] / 1e9
             print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
                   f"{c['analog_weights']:,} analog weights on {c['tiles']} tiles (ONNX {model.stat().st_size / 1e6:.0f} MB)")
+            if c.get("physical_tiles", c["tiles"]) != c["tiles"]:
+                print(f"  packed       {c['physical_tiles']} physical tiles; packed layers run {c['passes']} passes "
+                      f"per input vector")
             print(f"  convert      {c['convert_s']:7.1f} s   peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
                   f"{mib(c['rss_before_kib'])}); save {c['save_s']:.1f} s")
             print(f"  bundle       {c['bundle_bytes'] / 1e6:8.1f} MB; load {ld['load_s']:.2f} s = "
                   f"{ld['load_s'] / gb:.2f} s/GB (target <= {TARGET_LOAD_S_PER_GB}), load peak RSS {mib(ld['hwm_kib'])}")
             per_w = p["prep_s"] / c["analog_weights"] * 1e6
-            print(f"  chip prep    {p['prep_s']:7.1f} s   (CPU {p['prep_cpu_s']:.1f} s; {per_w:.2f} s per M analog "
-                  f"weights); peak RSS {mib(p['hwm_prep_kib'])} (after load {mib(p['hwm_loaded_kib'])}); "
+            print(f"  chip prep    {p['prep_s']:7.1f} s   (CPU {p['prep_cpu_s']:.1f} s; {per_w:.2f} s, CPU "
+                  f"{p['prep_cpu_s'] / c['analog_weights'] * 1e6:.2f} s per M analog weights); peak RSS {mib(p['hwm_prep_kib'])} (after load {mib(p['hwm_loaded_kib'])}); "
                   f"RSS held after prep {mib(p['rss_prep_kib'])}")
             if "chip_s" in p:
                 print(f"  inference    batch {args.batch}: chip {p['chip_s']:.1f} s, onnxruntime {p['ort_s']:.2f} s, "
