@@ -233,8 +233,8 @@ def convert(
     maps their block-diagonal matrix onto crossbars like any layer (most of its tiles stay
     unallocated, and each allocated one holds ~R/∏k channels on its diagonal); 'digital' keeps
     them digital, computed as a depthwise convolution from their kernels; 'packed' maps them
-    like 'tiles', then packs the live position ranges of their allocated tiles onto shared
-    physical tiles, one pass per logical tile (xbar.packing; differential encoding only)."""
+    with channel-major rows, then packs the live position ranges of their allocated tiles
+    onto shared physical tiles, one pass per logical tile (xbar.packing; differential only)."""
     if depthwise not in DEPTHWISE_POLICIES:
         raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}

@@ -179,7 +179,7 @@ class _Replay:
         return self._next(shape)
 
 
-def _draws(spec: HardwareSpec, rng: np.random.Generator):
+def draws_of(spec: HardwareSpec, rng: np.random.Generator):
     """A function shape -> (programming, drift, fault, frozen read) draws for that many cells,
     each None where the device model takes no such draw. The streams follow the layout of
     devices.program_devices (programming, drift, faults), then the frozen read noise's child,
@@ -308,7 +308,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     cw = c // 2 if enc == "differential" else c - 1
     k = nrb * r if k is None else k
     n = ncb * cw if n is None else n
-    draw = _draws(spec, rng)
+    draw = draws_of(spec, rng)
     compensate = spec.drift_compensation != "off" and dev.model != "ideal" and dev.drift
 
     d = np.zeros((nrb, r, n), dtype=np.float32)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from xbar.hardware import HardwareSpec
-from xbar.runtime.chip import CHUNK_CELLS, TileState, _draws, circuit_of, compensation_factors, live_spans, sample_stack
+from xbar.runtime.chip import (CHUNK_CELLS, TileState, circuit_of, compensation_factors, draws_of, live_spans,
+                               sample_stack)
 
 
 def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
@@ -34,7 +35,7 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
     cw = c // 2  # differential only (the converter and the manifest check refuse offset)
     bi, ci = np.nonzero(tile_used)
     phys, off, lo, hi = (pack_map[:, i] for i in range(4))
-    draw = _draws(spec, rng)
+    draw = draws_of(spec, rng)
     dev = spec.device
     compensate = spec.drift_compensation != "off" and dev.model != "ideal" and dev.drift
     circuit = circuit_of(spec)
