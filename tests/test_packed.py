@@ -295,7 +295,10 @@ def test_cli_convert_packed_and_info(model, tmp_path):
     text = runner.invoke(cli, ["info", str(out), "--layers"], catch_exceptions=False).output
     pk = b.layers[1]["tiles"]["packing"]
     assert "depthwise convolutions packed (1 layers)" in text
-    assert f"{pk['physical_tiles']}/{b.layers[1]['tiles']['tiles_used']}×{pk['max_passes_per_tile']}" in text
+    t = b.layers[1]["tiles"]
+    row = next(line for line in text.splitlines() if line.startswith(b.layers[1]["name"]))
+    assert f"{pk['physical_tiles']}/{t['tiles_used']}×{pk['max_passes_per_tile']}" in row
+    assert f"{100 * t['cells_used'] / (pk['physical_tiles'] * 16 * 16):.1f}%" in row  # util of the physical tiles
     js = json.loads(runner.invoke(cli, ["info", str(out), "--json"], catch_exceptions=False).output)
     assert js["summary"]["physical_tiles"] == s["physical_tiles"] and js["summary"]["depthwise"] == "packed"
     assert js["layers"][1]["tiles"]["packing"] == pk

@@ -398,7 +398,7 @@ def _layer_table(m: dict[str, Any]) -> str:
             _layer_tiles_text(t) if t else "digital",
             f"{cols:,}" if t else "-",
             "-" if adc is None else f"{adc:,}",
-            f"{100 * t['utilisation']:.1f}%" if t else "-",
+            f"{100 * _utilisation(t):.1f}%" if t else "-",
             {"batchnorm": "BN", "calibrated": "cal."}.get(layer["affine"]["source"], "bias"),
         ])
     headers = ["layer", "kind", "K×N", "out/sample", "tiles", "columns", "ADC/sample", "util", "affine"]
@@ -413,8 +413,16 @@ def _layer_table(m: dict[str, Any]) -> str:
     digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
         digital += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
-                    "input vector")
+                    "input vector; util of the physical tiles")
     return render(headers, rows, numeric=numeric) + f"\n(out/sample: output shape without the batch dimension{digital})"
+
+
+def _utilisation(t: dict[str, Any]) -> float:
+    """Cells used over the cells of the tiles on the chip (a packed layer's physical tiles)."""
+    pk = t.get("packing")
+    if not pk or "cells_used" not in t:
+        return t["utilisation"]
+    return t["cells_used"] / max(1, pk["physical_tiles"] * t["rows"] * t["cols"])
 
 
 def _layer_tiles_text(t: dict[str, Any]) -> str:
