@@ -18,6 +18,7 @@ Inputs, outputs, their dimension names and the opset are the bundle's.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,6 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     """Write `to_onnx(bundle)` to `path` atomically; refuse to replace a file unless `force`."""
     path = check_output(path, force)
     data = to_onnx(bundle).SerializeToString()
-    import tempfile
-
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
@@ -101,8 +100,7 @@ def _value_info(io: dict[str, Any]) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(io["name"], dtype, None)
     names = io.get("dim_names") or [None] * len(shape)
     dims = [d if d is not None else (n or None) for d, n in zip(shape, names)]
-    vi = helper.make_tensor_value_info(io["name"], dtype, dims)
-    return vi
+    return helper.make_tensor_value_info(io["name"], dtype, dims)
 
 
 def _attr(value: Any, bundle: Bundle) -> Any:
