@@ -165,9 +165,24 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         known = out_shape is not None and all(d is not None for d in out_shape[1:])
         # One ADC conversion per position and row block for every input vector; a
         # sample brings one vector per output position (conv: per output pixel).
-        t["adc_per_vector"] = t["n_row_blocks"] * t["positions"]
+        t["adc_per_vector"] = adc_per_vector(t)
         t["vectors_per_sample"] = (int(np.prod(out_shape[1:])) // int(n) if known else None) if steps == 0 else steps
     return entry
+
+
+def adc_per_vector(table: dict[str, Any]) -> int:
+    """ADC conversions per input vector of an analog layer: one per position and row block."""
+    return table["n_row_blocks"] * table["positions"]
+
+
+def tile_totals(analog: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest summary's tile counts over the analog layers' entries."""
+    return {
+        "tiles_used": sum(l["tiles"]["tiles_used"] for l in analog),
+        "physical_columns": sum(l["tiles"]["physical_columns"] for l in analog),
+        "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in analog)
+                           if all(l["tiles"]["vectors_per_sample"] is not None for l in analog) else None),
+    }
 
 
 def _affine_parameters(layer: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
@@ -326,10 +341,7 @@ def convert(
         "summary": {
             "analog_layers": len(n_analog),
             "digital_layers": len(layers) - len(n_analog),
-            "tiles_used": sum(l["tiles"]["tiles_used"] for l in n_analog),
-            "physical_columns": sum(l["tiles"]["physical_columns"] for l in n_analog),
-            "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in n_analog)
-                               if all(l["tiles"]["vectors_per_sample"] is not None for l in n_analog) else None),
+            **tile_totals(n_analog),
             "analog_weights": sum(l["weights"] for l in n_analog),
             "depthwise": depthwise,
             "depthwise_layers": n_depthwise,

@@ -73,6 +73,15 @@ def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     return full.reshape(kk * c, m), mask.reshape(kk * c, m)
 
 
+def conv_structure(params: dict[str, Any], n: int) -> np.ndarray | None:
+    """The K×N mask of a grouped convolution's real weights (None: dense), from its params."""
+    group = int(params.get("group", 1))
+    if group == 1:
+        return None
+    kernel = np.ones((n, params["in_channels"] // group, *params["kernel_shape"]))
+    return _conv_weight(kernel, group)[1]
+
+
 def _bias_vector(c: np.ndarray, n: int, node: Node, label: str) -> np.ndarray | None:
     c = np.asarray(c, dtype=np.float64)
     if c.size == 1:

@@ -7,8 +7,15 @@ Produces, in --out:
     cnn_bn.onnx          small CNN, BatchNormalization nodes kept
     resnet_bn.onnx       small ResNet, BatchNormalization nodes kept
     resnet_folded.onnx   the same ResNet weights, BN folded into the convs
+    digits_train.npz     training split (835 samples): x, y, idx
     digits_calib.npz     calibration split (512 samples): x, y, idx
     digits_test.npz      test split (450 samples): x, y, idx
+
+    python models/train.py --train-split-only
+writes digits_train.npz alone (no training, no export): the split depends only on
+SEED and load_digits, so it can be added without rewriting the models or the other
+splits (np.savez stamps the archive with the write time, so rewriting an .npz changes
+its bytes even when its arrays are the same).
 
 Data: scikit-learn's bundled `load_digits` (1797 images of 8x8, values 0..16).
 Images are scaled to [0, 1], then upsampled in NumPy to 16x16 by bilinear
@@ -16,9 +23,9 @@ interpolation (half-pixel centres, edge clamped; the same rule as
 torch.nn.functional.interpolate(mode="bilinear", align_corners=False)).
 Model input: float32 NCHW, shape (batch, 1, 16, 16), batch dimension dynamic.
 
-The train split is not shipped. It is reproducible: the splits depend only on
-SEED and on the order of load_digits; `idx` in the npz files gives the rows of
-load_digits each sample came from.
+The splits depend only on SEED and on the order of load_digits; `idx` in the npz
+files gives the rows of load_digits each sample came from. The train split is
+shipped so that fine-tuning (`xbar finetune`) runs offline.
 
 Everything is seeded and runs single-threaded with deterministic algorithms,
 so reruns on the same software stack give the same weights.
@@ -94,6 +101,10 @@ def split(y: np.ndarray):
     assert not (set(train) & set(calib) or set(train) & set(test) or set(calib) & set(test))
     assert len(train) + len(calib) + len(test) == len(y)
     return train, calib, test
+
+
+def save_split(path: Path, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
+    np.savez(path, x=x[rows], y=y[rows], idx=rows.astype(np.int64))
 
 
 def random_shift(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -267,9 +278,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent),
                     help="output directory (default: the folder of this script)")
+    ap.add_argument("--train-split-only", action="store_true",
+                    help="write digits_train.npz only: no training, no export, no other file touched")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.train_split_only:
+        x, y = load_data()
+        tr, _, _ = split(y)
+        save_split(out / "digits_train.npz", x, y, tr)
+        print(f"wrote {out / 'digits_train.npz'}: {len(tr)} samples")
+        return
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -280,8 +299,9 @@ def main() -> None:
     tr, ca, te = split(y)
     print(f"data: {len(y)} samples, input shape (N, 1, {SIZE}, {SIZE}); "
           f"train {len(tr)} / calib {len(ca)} / test {len(te)} (seed {SEED})")
-    np.savez(out / "digits_calib.npz", x=x[ca], y=y[ca], idx=ca.astype(np.int64))
-    np.savez(out / "digits_test.npz", x=x[te], y=y[te], idx=te.astype(np.int64))
+    save_split(out / "digits_train.npz", x, y, tr)
+    save_split(out / "digits_calib.npz", x, y, ca)
+    save_split(out / "digits_test.npz", x, y, te)
 
     t0 = time.perf_counter()
     cnn = train(CNN(), x[tr], y[tr], seed=SEED)
