@@ -783,5 +783,14 @@ def main() -> None:
     cli(prog_name="xbar")
 
 
+def _register_training_commands() -> None:
+    # Kept in its own module (it imports this one's option helpers); torch loads only when it runs.
+    from xbar.cli_finetune import finetune
+
+    cli.add_command(finetune)
+
+
+_register_training_commands()
+
 if __name__ == "__main__":
     main()
