@@ -1,6 +1,7 @@
 # Two entry points that work on a fresh machine with only python3:
 #   make demo   install into .venv; convert the shipped ResNet-style model for a PCM chip,
-#               evaluate it (ideal vs onnxruntime, chips over drift time), calibrate, re-evaluate
+#               evaluate it (ideal vs onnxruntime, chips over drift time), calibrate, re-evaluate,
+#               fine-tune the weights under one-year device noise and evaluate that
 #   make test   install into .venv, run the whole test suite (slow tests included)
 PYTHON ?= python3
 VENV   := .venv
@@ -29,6 +30,9 @@ demo: install
 	$(XBAR) calibrate $(OUT)/resnet_bn.xbar --data models/digits_calib.npz --seed 0 --drift 1d \
 		-o $(OUT)/resnet_bn.calibrated.xbar --force
 	$(XBAR) eval $(OUT)/resnet_bn.calibrated.xbar --data models/digits_test.npz
+	$(XBAR) finetune $(OUT)/resnet_bn.xbar --data models/digits_train.npz --drift 1y --epochs 3 \
+		-o $(OUT)/resnet_bn.finetuned.xbar --force
+	$(XBAR) eval $(OUT)/resnet_bn.finetuned.xbar --data models/digits_test.npz --seeds 0-4 --drift 1y
 
 test: install
 	$(PY) -m pytest -n 2 -q

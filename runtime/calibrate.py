@@ -11,6 +11,9 @@ layer is already calibrated. Two label-free methods:
 - affine: per output channel, least squares a, b with a·y_noisy + b ≈ y_clean, where
   y_clean is the ideal-hardware activation at the same point for the same samples.
 
+A third method, sgd, trains all the affines together end to end through the chip in torch
+(xbar/training/sgd.py): by distillation to the ideal outputs (label-free) or cross-entropy.
+
 The matrices of a recurrent node (LSTM/GRU/RNN) are fitted the same way when the walk
 reaches the node, on every time step's input vectors (see _fit_recurrent).
 
@@ -21,7 +24,7 @@ Folding writes the result as the periphery applies it (γ = gain, β = shift, μ
 from __future__ import annotations
 
 import datetime
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
@@ -35,7 +38,10 @@ from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
 from xbar.runtime.recurrent import Recurrent
 
-METHODS = ("stats", "affine")
+if TYPE_CHECKING:
+    from xbar.training.sgd import SGDOptions
+
+METHODS = ("stats", "affine", "sgd")
 MIN_SAMPLES = 16  # below this the per-channel moments are too noisy to fit two parameters
 
 
@@ -174,13 +180,28 @@ def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> No
 def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, method: str,
               y: np.ndarray | None = None, fold: bool = True, batch_size: int = 128,
               progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
-              ranges_progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None) -> tuple[Bundle, dict[str, Any]]:
+              ranges_progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+              sgd: "SGDOptions | None" = None) -> tuple[Bundle, dict[str, Any]]:
     """Return a calibrated copy of `bundle` (the input is not modified) and its record.
 
-    `progress` wraps the analog layers as they are fitted, `ranges_progress` the batches
-    of the range finding that precedes a first calibration."""
+    `progress` wraps the analog layers as they are fitted (the epochs, for sgd),
+    `ranges_progress` the batches of the range finding that precedes a first calibration.
+    `sgd`: the options of method sgd (default SGDOptions())."""
     if method not in METHODS:
         raise DataError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "sgd":
+        # Fail before any work when torch is missing or the loss needs labels that are not there.
+        from xbar.training.sgd import SGDOptions, fit_affines
+
+        sgd = sgd or SGDOptions()
+        if sgd.loss == "ce" and y is None:
+            raise DataError("--loss ce trains on labels, and the calibration data has none (no 'y' array); "
+                            "give labelled data or use --loss distill, which needs no labels")
+        if not fold:
+            raise ConfigError("sgd trains the periphery's gain and shift directly, so there are no batch-norm "
+                              "statistics to keep unfolded: drop --no-fold")
+    elif sgd is not None:
+        raise ConfigError(f"SGD options (epochs, learning rate, loss) apply to method sgd only, not {method!r}")
     if spec.is_ideal:
         raise ConfigError("calibration needs a non-ideal chip: on exact hardware there is nothing to correct; "
                           "give a hardware target with non-idealities (e.g. the pcm preset)")
@@ -195,7 +216,14 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     from xbar.runtime.ranges import effective_spec
 
     spec, notes = effective_spec(out, spec)
-    noisy = Runtime(out, spec, seed)
+    if method == "sgd":
+        from xbar.training.torch_executor import TorchRuntime
+
+        # The torch executor reads the NumPy runtime's chip, so the chip is sampled once.
+        trained = TorchRuntime(out, spec, seed)
+        noisy = trained.reference
+    else:
+        noisy = Runtime(out, spec, seed)
     # The target of the fit is the converted network on exact hardware, also when the
     # bundle was calibrated before.
     clean = Runtime(source_network(out))
@@ -204,11 +232,19 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
 
     # The same chip continues into the fit: its read-noise streams go on from where the
     # "before" pass left them, so the fit sees fresh draws and the chip is sampled once.
-    feeds = {noisy.input_names[0]: x}
-    walk_n, walk_c = noisy.walk(feeds), clean.walk(feeds)
     changed = []
+    fit_record = None
+    if method == "sgd":
+        target = ideal if sgd.loss == "distill" else y
+        affines, fit_record = fit_affines(trained, x, target, sgd, seed, progress)
+        for entry in out.layers:
+            if entry["name"] in affines:
+                _write_affine(out, entry, affines[entry["name"]])
+                changed.append(entry["name"])
+    feeds = {noisy.input_names[0]: x}
+    walk_n, walk_c = (noisy.walk(feeds), clean.walk(feeds)) if method != "sgd" else (iter(()), iter(()))
     steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog"]
-    bar = iter(progress(steps)) if progress else None
+    bar = iter(progress(steps)) if progress and method != "sgd" else None
     while True:
         try:
             layer, x_noisy = next(walk_n)
@@ -251,6 +287,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         "agreement_with_ideal_before": _agree(before, ideal),
         "agreement_with_ideal_after": _agree(after, ideal),
     }
+    if fit_record is not None:
+        record["sgd"] = fit_record
     if y is not None:
         record["accuracy_before"] = accuracy(before, y)
         record["accuracy_after"] = accuracy(after, y)

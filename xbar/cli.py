@@ -492,9 +492,17 @@ def _iter_bar(items, label):
 @click.option("--drift", metavar="TIME", callback=_parsed(_parse_time),
               help="Required: the time after programming at which to calibrate, e.g. 1d. The chip keeps drifting, "
                    "so a fit is only right near the time it was made for.")
-@click.option("--method", type=click.Choice(["stats", "affine"]), default="affine", show_default=True,
+@click.option("--method", type=click.Choice(["stats", "affine", "sgd"]), default="affine", show_default=True,
               help="stats: re-estimate BN mean/variance from noisy activations; affine: per-channel least squares "
-                   "to the ideal-hardware activations. Both label-free.")
+                   "to the ideal-hardware activations (both closed form, layer by layer, label-free); sgd: all "
+                   "per-output gains and shifts trained end to end through the chip (needs torch).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="sgd only: passes over the calibration data [default: 20].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="sgd only: Adam step, relative to each layer's gain and output size [default: 0.01].")
+@click.option("--loss", type=click.Choice(["distill", "ce"]), default=None,
+              help="sgd only: distill (label-free: match the ideal-hardware outputs) or ce (cross-entropy on the "
+                   "labels 'y') [default: distill].")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The chip instance to calibrate.")
@@ -505,7 +513,8 @@ def _iter_bar(items, label):
               help="Calibrated bundle [default: BUNDLE with suffix .calibrated.xbar].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
-def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardware: str | None, sets: tuple[str, ...],
+def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs: int | None, lr: float | None,
+              loss: str | None, hardware: str | None, sets: tuple[str, ...],
               seed: int, only: tuple[str, ...], without: tuple[str, ...], no_fold: bool,
               output: Path | None, batch_size: int, force: bool) -> None:
     """Re-fit every analog layer's per-output affine (batch-norm) on one chip instance, then fold it.
@@ -525,6 +534,17 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
         raise click.UsageError("give --drift TIME, the time after programming to calibrate for (e.g. --drift 1d): "
                                "a chip calibrated at one time can be worse than uncalibrated at another, so xbar "
                                "does not pick one for you")
+    sgd = None
+    given = [f"--{n}" for n, v in (("epochs", epochs), ("lr", lr), ("loss", loss)) if v is not None]
+    if method == "sgd":
+        from xbar.training.sgd import SGDOptions
+
+        defaults = SGDOptions()
+        sgd = SGDOptions(epochs=epochs or defaults.epochs, lr=lr or defaults.lr, loss=loss or defaults.loss,
+                         batch_size=min(batch_size, defaults.batch_size))
+    elif given:
+        raise click.UsageError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} how --method sgd trains; "
+                               f"method {method!r} is closed form and has no such setting")
     output = output or bundle.with_name(bundle.stem + ".calibrated.xbar")
     check_output(output, force, inputs=[bundle, data])
     b = load_bundle(bundle)
@@ -539,8 +559,9 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
     out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
-                            progress=(lambda items: _iter_bar(list(items), "layers")) if show else None,
-                            ranges_progress=_progress("ranges", show))
+                            progress=(lambda items: _iter_bar(list(items), "epochs" if sgd else "layers"))
+                            if show else None,
+                            ranges_progress=_progress("ranges", show), sgd=sgd)
     took = time.perf_counter() - t0
     save_bundle(out, output, force=force)
     ran = _spec_of(rec["hardware"])
@@ -548,6 +569,11 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, hardwa
                f"chip seed {seed}, t = {format_time(ran.t_inference)} -> {output}")
     click.echo(f"  took {took:.1f} s wall-clock on this machine (ranges, before/after passes and the fit; "
                "not loading or saving)")
+    if "sgd" in rec:
+        r = rec["sgd"]
+        losses = r["loss_per_epoch"]
+        click.echo(f"  sgd: {r['epochs']} epochs, {r['steps']} steps of {r['batch_size']} samples, lr {r['lr']:g}, "
+                   f"loss {r['loss']} {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)})")
     click.echo("\nhardware\n" + "\n".join("  " + line for line in ran.describe().splitlines()))
     for note in rec.get("notes", []):
         click.echo(f"  note: {note}")
@@ -784,6 +810,15 @@ def _seed_text(seeds: list[int]) -> str:
 def main() -> None:
     cli(prog_name="xbar")
 
+
+def _register_training_commands() -> None:
+    # Kept in its own module (it imports this one's option helpers); torch loads only when it runs.
+    from xbar.cli_finetune import finetune
+
+    cli.add_command(finetune)
+
+
+_register_training_commands()
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,152 @@
+"""`xbar finetune`: device-noise sampling in weight units, Hutchinson curvature, the command's contract."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+
+from xbar.bundle import load_bundle  # noqa: E402
+from xbar.cli import cli  # noqa: E402
+from xbar.config import MappingConfig  # noqa: E402
+from xbar.converter import convert  # noqa: E402
+from xbar.converter.encodings import position_variance  # noqa: E402
+from xbar.errors import DataError  # noqa: E402
+from xbar.hardware import ablate, preset  # noqa: E402
+from xbar.runtime import Runtime  # noqa: E402
+from xbar.training.device_noise import sample_weights  # noqa: E402
+from xbar.training.finetune import FinetuneOptions, finetune, hessian_diagonal  # noqa: E402
+
+
+def _weights(seed=0, k=48, n=40):
+    return np.random.default_rng(seed).normal(0, 0.3, (k, n))
+
+
+def test_noise_free_device_gives_the_mapped_weights():
+    """An ideal device: a draw is the weights as mapped (here 4-bit quantised), exactly."""
+    w = _weights()
+    cfg = MappingConfig(weight_bits=4)
+    got = sample_weights(w, None, cfg, preset("ideal"), np.random.default_rng(0))
+    scale = np.abs(w).max(axis=0)
+    want = np.round(w / scale * 7) / 7 * scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_programming_noise_has_the_device_models_variance():
+    """rram, programming noise only (σ = 5 % of G): the variance of a weight over draws is the
+    converter's closed form position_variance, in weight units. The device clips programmed
+    conductances to [G_min, G_max], which the closed form ignores: G_min is moved to 1 nS
+    (its one-sided noise is then 5e-11 S, negligible) and only weights below 0.8 of their
+    column's largest (5 σ from G_max) are compared."""
+    spec = ablate(preset("rram"), only=["programming"]).override({"device.g_min": 1e-9})
+    w = _weights(1, 16, 12)
+    cfg = MappingConfig()
+    rng = np.random.default_rng(2)
+    draws = np.stack([sample_weights(w, None, cfg, spec, rng) for _ in range(400)])
+    scale = np.abs(w).max(axis=0)
+    want = position_variance(w / scale, cfg.encoding, spec.device, 0.0) * scale ** 2
+    got = draws.var(axis=0, ddof=1)
+    inside = np.abs(w / scale) < 0.8
+    assert inside.sum() > 150
+    # 400 draws: a variance estimate has relative sd sqrt(2/399) ≈ 7 %; pooled over the
+    # 150+ weights the mean ratio has sd < 0.6 %: ±2 % is over 3 sd.
+    assert abs(np.mean(got[inside] / want[inside]) - 1) < 0.02
+    # Unbiased: the mean draw is the weight (sd of the mean ≈ 5 % σ: 5 sd bound).
+    assert np.all((np.abs(draws.mean(axis=0) - w) < 5 * np.sqrt(want / 400))[inside])
+
+
+def test_uniform_drift_is_compensated_away():
+    """Every device drifts by the same factor: the layer's compensation factor undoes it."""
+    spec = ablate(preset("pcm"), only=["drift"]).override({
+        "device.pcm_nu_mu_min": 0.06, "device.pcm_nu_mu_max": 0.06,
+        "device.pcm_nu_sigma_min": 0.0, "device.pcm_nu_sigma_max": 0.0, "t_inference": 86400.0})
+    w = _weights(3)
+    got = sample_weights(w, None, MappingConfig(), spec, np.random.default_rng(0))
+    np.testing.assert_allclose(got, w, rtol=1e-12, atol=1e-12)
+    off = spec.override({"drift_compensation": "off"})
+    got = sample_weights(w, None, MappingConfig(), off, np.random.default_rng(0))
+    np.testing.assert_allclose(got, w * (86420 / 20) ** -0.06, rtol=1e-12)
+
+
+def test_hutchinson_estimates_the_hessian_diagonal():
+    a = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, -1.0]], dtype=torch.float64)
+    w = torch.tensor([0.2, -0.4, 1.0], dtype=torch.float64, requires_grad=True)
+    loss = lambda: 0.5 * w @ a @ w  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    (h,) = hessian_diagonal(loss, [w], 4000, g)
+    # z ⊙ Az = diag(A) + Σ_{j≠i} A_ij z_i z_j: unbiased, sd per probe = the off-diagonal row
+    # norm (≤ 1.12), so 4000 probes give sd ≤ 0.018; 5 sd.
+    np.testing.assert_allclose(h.numpy(), np.diag(a.numpy()), atol=0.09)
+    (h1,) = hessian_diagonal(lambda: 0.5 * (w * w * torch.tensor([3.0, 2.0, -1.0], dtype=torch.float64)).sum(),
+                             [w], 1, g)
+    np.testing.assert_array_equal(h1.numpy(), [3.0, 2.0, -1.0])  # diagonal H: exact from one probe
+
+
+@pytest.mark.parametrize("method", ["noise", "hessian"])
+def test_finetune_keeps_the_mapping_and_is_deterministic(models_dir, method):
+    b = convert(models_dir / "cnn_bn.onnx", hardware=preset("pcm"))
+    d = np.load(models_dir / "digits_train.npz")
+    x, y = d["x"][:128], d["y"][:128]
+    spec = preset("pcm").override(t_inference=86400.0)
+    opts = FinetuneOptions(method=method, epochs=2, hessian_every=1, hessian_probes=2)
+    w1, a1, rec = finetune(b, x, y, spec, opts, seed=1)
+    w2, a2, _ = finetune(b, x, y, spec, opts, seed=1)
+    for name in w1:
+        np.testing.assert_array_equal(w1[name], w2[name])
+    assert rec["steps"] == 4 and len(rec["loss_per_epoch"]) == 2
+    assert (rec.get("hessian_seconds", 0) > 0) == (method == "hessian")
+    # The weights moved, by a small step: Adam's lr 1e-3 in normalised units per step.
+    for e in b.layers:
+        before = Runtime(b).layers[b.layers.index(e)]
+        w0 = before.matrix * before.col_scale
+        delta = np.abs(w1[e["name"]] - w0).max() / np.abs(w0).max()
+        assert 0 < delta < 0.05, (e["name"], delta)
+
+
+def test_finetune_errors(models_dir):
+    b = convert(models_dir / "cnn_bn.onnx", hardware=preset("pcm"))
+    d = np.load(models_dir / "digits_train.npz")
+    spec = preset("pcm")
+    with pytest.raises(DataError, match="at least 32"):
+        finetune(b, d["x"][:10], d["y"][:10], spec, FinetuneOptions())
+    with pytest.raises(DataError, match="no labels"):
+        finetune(b, d["x"][:64], None, spec, FinetuneOptions())
+
+
+def test_cli_finetune_writes_bundle_and_onnx(models_dir, tmp_path):
+    runner = CliRunner()
+    src = tmp_path / "c.xbar"
+    r = runner.invoke(cli, ["convert", str(models_dir / "cnn_bn.onnx"), "-o", str(src), "--hardware", "pcm",
+                            "--calib-data", str(models_dir / "digits_calib.npz")])
+    assert r.exit_code == 0, r.output
+    data = tmp_path / "train.npz"
+    d = np.load(models_dir / "digits_train.npz")
+    np.savez(data, x=d["x"][:96], y=d["y"][:96])
+    out, onnx_out = tmp_path / "c.ft.xbar", tmp_path / "c.ft.onnx"
+    args = ["finetune", str(src), "--data", str(data), "--drift", "1d", "--epochs", "1", "-o", str(out),
+            "--export-onnx", str(onnx_out)]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "ranges measured again on 96 samples" in r.output
+    ft = load_bundle(out)
+    assert ft.manifest["finetune"]["method"] == "noise"
+    assert [e["tiles"] for e in ft.layers] == [e["tiles"] for e in load_bundle(src).layers]
+    assert all("ranges" in e for e in ft.layers)
+    # The exported float model is the fine-tuned network: onnxruntime agrees with the
+    # NumPy runtime on exact hardware (conformance tolerance 1e-4 relative).
+    x = np.load(models_dir / "digits_test.npz")["x"][:64]
+    sess = ort.InferenceSession(str(onnx_out), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x})[0]
+    want = Runtime(ft)(x)
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # Existing outputs are not overwritten; missing --drift is a usage error; nothing written.
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1 and "--force" in r.output
+    other = tmp_path / "other.xbar"
+    r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "-o", str(other)])
+    assert r.exit_code == 2 and "--drift" in r.output and not other.exists()
+    np.savez(data, x=d["x"][:96])
+    r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "--drift", "1d", "-o", str(other)])
+    assert r.exit_code == 1 and "no labels" in r.output and not other.exists()
+    assert "Traceback" not in r.output
