@@ -155,10 +155,13 @@ def _map_layer(idx: int, entry: dict[str, Any], weight: np.ndarray, aff: Affine,
     spec = LayerSpec(entry["name"], entry["kind"], entry["input"], entry["output"], weight, aff,
                      entry["affine"]["source"], entry.get("weight_name", ""), entry["params"], structure)
     new_arrays: dict[str, np.ndarray] = {}
-    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware)
+    packed = entry["placement"] == "analog" and "packing" in entry["tiles"]  # --depthwise packed
+    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware, packed)
     if entry["placement"] == "analog":
         old, new = entry["tiles"], mapped["tiles"]
         differ = [f"{f} {old[f]} -> {new[f]}" for f in GRID_FIELDS if old.get(f) != new[f]]
+        if packed and old["packing"] != new.get("packing"):
+            differ.append("another packing of its tiles")
         old_used = arrays[entry["arrays"]["tile_used"]].astype(bool)
         if not differ and not np.array_equal(old_used, new_arrays[mapped["arrays"]["tile_used"]]):
             differ.append("a different set of allocated tiles")

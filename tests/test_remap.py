@@ -166,7 +166,7 @@ def test_clip_does_not_round_trip_but_converting_does():
     assert np.all(got.arrays[key] <= bundle.arrays[key] * (1 + 1e-6)) and np.any(got.arrays[key] < bundle.arrays[key])
 
 
-@pytest.mark.parametrize("depthwise", ["tiles", "digital"])
+@pytest.mark.parametrize("depthwise", ["tiles", "digital", "packed"])
 def test_depthwise_and_grouped_structure_is_kept(depthwise, tmp_path):
     src = _depthwise_model(tmp_path)
     modified = _perturbed(src, seed=3)

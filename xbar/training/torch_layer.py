@@ -108,6 +108,8 @@ class TorchLayer(nn.Module):
             self.block_of = torch.from_numpy(np.asarray(st.block_of, np.int64))
             self.comp = _t(st.comp)
             self.i_fs = _t(np.asarray(c.i_fs, np.float32))
+            # A packed layer's chip matrices are in physical row order: its inputs are routed there.
+            self.input_rows = None if layer.input_rows is None else torch.from_numpy(np.asarray(layer.input_rows))
             self.slot_position = torch.from_numpy(layer.columns.slot_position)
             self.slot_gain = _t(layer.columns.slot_gain)
             self.gather_only = layer.columns.gather_only
@@ -170,6 +172,8 @@ class TorchLayer(nn.Module):
         """(M, K) DAC codes → (M, N) outputs in weight units: analog.tiled_product, then the
         column map (xbar.columns.ColumnMap.combine) and the input scale, as Layer._crossbar."""
         spec = self.chip.spec
+        if self.input_rows is not None:
+            codes = codes[:, self.input_rows]
         y = self._per_block(codes, self.d)  # (nrb, M, N), in units of `unit`
         if self.var is not None:
             v2 = torch.square(codes)
