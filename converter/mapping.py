@@ -53,8 +53,11 @@ def unpack_tiles(tiles: np.ndarray, tile_used: np.ndarray, fill: float) -> np.nd
 
 
 def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
-    mag = np.abs(weight)
-    scale = mag.max(axis=0) if percentile is None else np.percentile(mag, percentile, axis=0)
+    if percentile is None:
+        # max |w| as max(max w, −min w): the same value, without a K×N |w| array at the peak.
+        scale = np.maximum(weight.max(axis=0), -weight.min(axis=0))
+    else:
+        scale = np.percentile(np.abs(weight), percentile, axis=0)
     # An all-zero column has nothing to normalise; any positive scale encodes it exactly.
     return np.where(scale > 0, scale, 1.0)
 
