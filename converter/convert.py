@@ -66,7 +66,10 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
 
 
 def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
-                  hardware: "HardwareSpec | None" = None) -> dict[str, Any]:
+                  hardware: "HardwareSpec | None" = None, owned: bool = False) -> dict[str, Any]:
+    """The layer's bundle arrays into `arrays`, and its manifest entry's arrays/tiles.
+    `owned`: spec.weight is this layer's own array, read by nothing after this call, so
+    mapping may overwrite it (its K×N float64 then serves as the normalised weights)."""
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -80,7 +83,8 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     entry: dict[str, Any] = {}
     if placement == "analog":
         mapped = map_weights(spec.weight, cfg, spec.structure,
-                             *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else ()))
+                             *((hardware.device, hardware.t_inference, hardware.circuit) if hardware else (None, 0.0, None)),
+                             overwrite=owned)
         put("tiles", mapped.tiles)
         put("col_scale", mapped.col_scale)
         put("position_output", mapped.position_output)
@@ -158,7 +162,12 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         "params": spec.params,
         "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
     }
-    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware))
+    # A Conv/Gemm/MatMul weight is a float64 array extract_layer made for this layer alone,
+    # unless it is (a view of) a float64 constant of the graph itself: then it is kept.
+    # Recurrent layers cut W/R into several specs and are left alone.
+    owned = spec.kind != "recurrent" and not any(
+        isinstance(c, np.ndarray) and np.may_share_memory(spec.weight, c) for c in graph.constants.values())
+    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, owned))
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]

@@ -63,15 +63,18 @@ def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
 
 
 def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None,
-                device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None
-                ) -> MappedLayer:
+                device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None,
+                overwrite: bool = False) -> MappedLayer:
     """Scale, encode (xbar.converter.encodings), place and tile one layer's K×N weights.
 
     `device` and `t` (the target's device model and time) steer analog floating point;
-    `circuit` (its wires) steers column placement; neither is needed for fixed point."""
+    `circuit` (its wires) steers column placement; neither is needed for fixed point.
+    `overwrite`: the caller no longer needs `weight` (float64), so the normalised weights
+    are computed in its place, one K×N float64 array fewer at the peak."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
-    u = np.divide(weight, scale, dtype=np.float64)
+    in_place = overwrite and weight.dtype == np.float64 and weight.flags.writeable
+    u = np.divide(weight, scale, dtype=np.float64, out=weight if in_place else None)
     np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)

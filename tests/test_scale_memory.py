@@ -85,3 +85,20 @@ def test_encode_positions_equal_the_repeated_columns(replicas, bits):
     v = np.round(u * levels) / levels if bits else u
     assert enc.v.tobytes() == np.repeat(v, replicas, axis=1).tobytes()
     assert np.array_equal(enc.valid, np.repeat(valid, replicas, axis=1))
+
+
+@pytest.mark.parametrize("options", [{}, {"encoding": "offset", "weight_bits": 5}, {"weight_clip_percentile": 99.0}])
+def test_mapping_in_place_of_the_weights_gives_the_same_tiles(options):
+    from xbar.converter.mapping import map_weights
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((70, 30))
+    cfg = MappingConfig(rows=16, cols=16, **options)
+    kept = w.copy()
+    ref = map_weights(w, cfg)
+    assert np.array_equal(w, kept)  # without overwrite the caller's weights are untouched
+    got = map_weights(w, cfg, overwrite=True)
+    for field in ("tiles", "col_scale", "position_output", "position_gain", "tile_used"):
+        assert getattr(got, field).tobytes() == getattr(ref, field).tobytes(), field
+    assert not np.array_equal(w, kept)  # the weights' memory held the normalised weights
+    assert np.all(np.abs(w) <= 1)
