@@ -1,4 +1,5 @@
-"""ImageNet-scale chip simulation and bundles: ResNet-50, MobileNet-V2, EfficientNet-B0.
+"""ImageNet-scale chip simulation and bundles: ResNet-50, MobileNet-V2, EfficientNet-B0,
+VGG-19 and ConvNeXt-T (the last two not in the default set: --models vgg19,convnext_t).
 
     .venv/bin/python benchmarks/bench_scale.py                      # all three models
     .venv/bin/python benchmarks/bench_scale.py --models resnet50 --batch 32
@@ -36,6 +37,7 @@ from bench_ideal import CACHE, OPSET, _proc_status_kib, header, randomise_bn  # 
 
 GEN_VERSION = 1
 MODELS = ("resnet50", "mobilenet_v2", "efficientnet_b0")
+EXTRA = ("vgg19", "convnext_t")  # issue 10's conversion-memory and load-time cases
 T_INFERENCE = 86400.0
 TARGET_PREP_S = 60.0  # ResNet-50
 TARGET_PREP_GB = 2.5  # ResNet-50
@@ -115,6 +117,43 @@ def _generate(kind: str, out: Path) -> None:
                 cin = c
         layers += cbr(cin, 1280, 1, act=nn.SiLU) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
                                                      nn.Linear(1280, 1000)]
+    elif kind == "vgg19":  # torchvision's vgg19 (config E, no BN); its AdaptiveAvgPool2d(7) is
+        # the identity on a 224×224 input and is left out
+        layers, cin = [], 3
+        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                  512, 512, 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        layers += [nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096),
+                   nn.ReLU(), nn.Dropout(), nn.Linear(4096, 1000)]
+    elif kind == "convnext_t":  # torchvision's convnext_tiny: depths 3,3,9,3, widths 96..768
+        class LayerNorm2d(nn.LayerNorm):  # channels-first LayerNorm, as torchvision's
+            def forward(self, x):
+                return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+        class CNBlock(nn.Module):
+            def __init__(self, dim):
+                super().__init__()
+                self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+                self.norm = nn.LayerNorm(dim, eps=1e-6)
+                self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+                # Random layer scale (torchvision initialises 1e-6; trained values are O(0.1-1))
+                self.scale = nn.Parameter(torch.rand(dim, 1, 1) * 0.5)
+
+            def forward(self, x):
+                y = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+                return x + self.scale * y
+
+        dims, depths = (96, 192, 384, 768), (3, 3, 9, 3)
+        layers = [nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6)]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            layers += [CNBlock(dim) for _ in range(depth)]
+            if i < 3:
+                layers += [LayerNorm2d(dim, eps=1e-6), nn.Conv2d(dim, dims[i + 1], 2, 2)]
+        layers += [nn.AdaptiveAvgPool2d(1), LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(), nn.Linear(dims[-1], 1000)]
     else:
         raise SystemExit(f"unknown model {kind!r}")
     model = nn.Sequential(*layers)
@@ -157,9 +196,10 @@ def _child_convert(model: str, out: str, depthwise: str) -> dict:
 
     res = {"import_s": time.perf_counter() - t0, "rss_before_kib": _proc_status_kib("VmRSS")}
     kw = {} if depthwise == "default" else {"depthwise": depthwise}
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     b = convert(model, crossbar=(128, 128), hardware=_spec(), **kw)
     res["convert_s"] = time.perf_counter() - t0
+    res["convert_cpu_s"] = time.process_time() - c0
     res["hwm_convert_kib"] = _proc_status_kib("VmHWM")
     s = b.manifest["summary"]
     res.update(tiles=s["tiles_used"], analog_weights=s["analog_weights"], params=s["parameters"],
@@ -176,9 +216,10 @@ def _child_convert(model: str, out: str, depthwise: str) -> dict:
 def _child_load(bundle: str) -> dict:
     from xbar.bundle import load_bundle
 
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     load_bundle(bundle)
-    return {"load_s": time.perf_counter() - t0, "hwm_kib": _proc_status_kib("VmHWM")}
+    return {"load_s": time.perf_counter() - t0, "load_cpu_s": time.process_time() - c0,
+            "hwm_kib": _proc_status_kib("VmHWM")}
 
 
 def _child_prep(bundle: str, model: str, batch: int) -> dict:
@@ -228,9 +269,10 @@ def mib(kib: float | None) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS + EXTRA)}")
     ap.add_argument("--batch", type=int, default=32, help="chip inference batch (0: skip inference)")
     ap.add_argument("--depthwise", default="default", help="convert's depthwise policy (default: convert's own)")
+    ap.add_argument("--no-prep", action="store_true", help="convert and load only (no chip preparation)")
     ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
     args = ap.parse_args(argv)
     for line in header(["benchmarks/bench_scale.py", *argv]):
@@ -245,17 +287,20 @@ def main(argv: list[str]) -> int:
             out = str(Path(tmp) / f"{kind}.xbar")
             c = _run_child("_convert", str(model), out, args.depthwise)
             ld = _run_child("_load", out)
-            p = _run_child("_prep", out, str(model), str(args.batch))
+            p = None if args.no_prep else _run_child("_prep", out, str(model), str(args.batch))
             gb = c["bundle_bytes"] / 1e9
             print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
                   f"{c['analog_weights']:,} analog weights on {c['tiles']} tiles (ONNX {model.stat().st_size / 1e6:.0f} MB)")
             if c.get("physical_tiles", c["tiles"]) != c["tiles"]:
                 print(f"  packed       {c['physical_tiles']} physical tiles; packed layers run {c['passes']} passes "
                       f"per input vector")
-            print(f"  convert      {c['convert_s']:7.1f} s   peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
+            print(f"  convert      {c['convert_s']:7.1f} s (CPU {c['convert_cpu_s']:.1f} s)  peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
                   f"{mib(c['rss_before_kib'])}); save {c['save_s']:.1f} s")
             print(f"  bundle       {c['bundle_bytes'] / 1e6:8.1f} MB; load {ld['load_s']:.2f} s = "
-                  f"{ld['load_s'] / gb:.2f} s/GB (target <= {TARGET_LOAD_S_PER_GB}), load peak RSS {mib(ld['hwm_kib'])}")
+                  f"{ld['load_s'] / gb:.2f} s/GB (target <= {TARGET_LOAD_S_PER_GB}; CPU {ld['load_cpu_s']:.2f} s), load peak RSS {mib(ld['hwm_kib'])}")
+            rows.append((kind, c, ld, p))
+            if p is None:
+                continue
             per_w = p["prep_s"] / c["analog_weights"] * 1e6
             print(f"  chip prep    {p['prep_s']:7.1f} s   (CPU {p['prep_cpu_s']:.1f} s; {per_w:.2f} s, CPU "
                   f"{p['prep_cpu_s'] / c['analog_weights'] * 1e6:.2f} s per M analog weights); peak RSS {mib(p['hwm_prep_kib'])} (after load {mib(p['hwm_loaded_kib'])}); "
@@ -264,7 +309,6 @@ def main(argv: list[str]) -> int:
                 print(f"  inference    batch {args.batch}: chip {p['chip_s']:.1f} s, onnxruntime {p['ort_s']:.2f} s, "
                       f"ratio {p['chip_s'] / p['ort_s']:.1f}x; peak RSS {mib(p['hwm_infer_kib'])}; top-1 agreement "
                       f"{p['top1_agree']:.0%} (random weights/inputs: plausibility only)")
-            rows.append((kind, c, ld, p))
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -272,8 +316,11 @@ def main(argv: list[str]) -> int:
     for kind, c, ld, p in rows:
         gb = c["bundle_bytes"] / 1e9
         line = (f"  {kind:16s} convert {c['convert_s']:6.1f} s / {mib(c['hwm_convert_kib']):>10s}; "
-                f"bundle {c['bundle_bytes'] / 1e6:7.1f} MB, load {ld['load_s']:.2f} s ({ld['load_s'] / gb:.2f} s/GB); "
-                f"prep {p['prep_s']:6.1f} s / {mib(p['hwm_prep_kib']):>10s}")
+                f"bundle {c['bundle_bytes'] / 1e6:7.1f} MB, load {ld['load_s']:.2f} s ({ld['load_s'] / gb:.2f} s/GB)")
+        if p is None:
+            print(line)
+            continue
+        line += f"; prep {p['prep_s']:6.1f} s / {mib(p['hwm_prep_kib']):>10s}"
         if "chip_s" in p:
             line += f"; batch {args.batch} chip/ort {p['chip_s'] / p['ort_s']:.1f}x"
         print(line)

@@ -66,7 +66,11 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
 
 
 def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
-                  hardware: "HardwareSpec | None" = None, packed: bool = False) -> dict[str, Any]:
+                  hardware: "HardwareSpec | None" = None, packed: bool = False, owned: bool = False) -> dict[str, Any]:
+    """The layer's bundle arrays into `arrays`, and its manifest entry's arrays/tiles.
+    `packed`: --depthwise packed (xbar.packing). `owned`: spec.weight is this layer's own
+    array, read by nothing after this call, so mapping may overwrite it (its K×N float64
+    then serves as the normalised weights)."""
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -81,7 +85,7 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
     if placement == "analog":
         target = (hardware.device, hardware.t_inference, hardware.circuit) if hardware else (None, 0.0, None)
         mapped = map_weights(spec.weight, cfg, spec.structure, *target,
-                             rows_first=channel_major(spec) if packed else None)
+                             rows_first=channel_major(spec) if packed else None, overwrite=owned)
         if packed:  # xbar.packing: the allocated tiles' live ranges share physical tiles
             from xbar import packing
 
@@ -182,7 +186,12 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         "params": spec.params,
         "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
     }
-    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog"))
+    # A Conv/Gemm/MatMul weight is a float64 array extract_layer made for this layer alone,
+    # unless it is (a view of) a float64 constant of the graph itself: then it is kept.
+    # Recurrent layers cut W/R into several specs and are left alone.
+    owned = spec.kind != "recurrent" and not any(
+        isinstance(c, np.ndarray) and np.may_share_memory(spec.weight, c) for c in graph.constants.values())
+    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog", owned))
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]

@@ -67,8 +67,11 @@ def encode(u: np.ndarray, valid: np.ndarray, cfg: MappingConfig, device: "Device
         return _bit_slices(u, valid, cfg)
     v = quantise(u, cfg.weight_bits) if cfg.weight_bits is not None else u
     n, r = u.shape[1], cfg.replicas
-    return Encoded(np.repeat(v, r, axis=1), np.repeat(np.arange(n, dtype=np.int64), r),
-                   np.full(n * r, 1.0 / r, dtype=np.float32), np.repeat(valid, r, axis=1))
+    # One replica: the positions are the columns themselves, so no K×N copy (np.repeat
+    # always copies; for VGG-19's first classifier layer that is 0.8 GB of float64).
+    spread = (lambda a: a) if r == 1 else (lambda a: np.repeat(a, r, axis=1))
+    return Encoded(spread(v), np.repeat(np.arange(n, dtype=np.int64), r),
+                   np.full(n * r, 1.0 / r, dtype=np.float32), spread(valid))
 
 
 def position_variance(m: np.ndarray, encoding: str, device: "DeviceSpec | None", t: float) -> np.ndarray:

@@ -140,7 +140,9 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
             raise ModelError(f"{label}: Gemm node {node.name!r} weight has shape {list(w.shape)}; expected 2-D")
         if node.attrs.get("transB", 0):
             w = w.T
-        w = w * float(node.attrs.get("alpha", 1.0))
+        alpha = float(node.attrs.get("alpha", 1.0))
+        if alpha != 1.0:  # w · 1 is w, bit for bit: no K×N float64 copy for the usual Gemm
+            w = w * alpha
         n = w.shape[1]
         bias = np.zeros(n)
         if len(node.inputs) > 2 and node.inputs[2]:

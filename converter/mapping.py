@@ -54,24 +54,30 @@ def unpack_tiles(tiles: np.ndarray, tile_used: np.ndarray, fill: float) -> np.nd
 
 
 def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
-    mag = np.abs(weight)
-    scale = mag.max(axis=0) if percentile is None else np.percentile(mag, percentile, axis=0)
+    if percentile is None:
+        # max |w| as max(max w, −min w): the same value, without a K×N |w| array at the peak.
+        scale = np.maximum(weight.max(axis=0), -weight.min(axis=0))
+    else:
+        scale = np.percentile(np.abs(weight), percentile, axis=0)
     # An all-zero column has nothing to normalise; any positive scale encodes it exactly.
     return np.where(scale > 0, scale, 1.0)
 
 
 def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | None = None,
                 device: "DeviceSpec | None" = None, t: float = 0.0, circuit: "CircuitSpec | None" = None,
-                rows_first: np.ndarray | None = None) -> MappedLayer:
+                rows_first: np.ndarray | None = None, overwrite: bool = False) -> MappedLayer:
     """Scale, encode (xbar.converter.encodings), place and tile one layer's K×N weights.
 
     `device` and `t` (the target's device model and time) steer analog floating point;
     `circuit` (its wires) steers column placement; neither is needed for fixed point.
     `rows_first` (K,), if given, is a row order applied before any row placement (physical
-    row q holds weight row rows_first[q]; --depthwise packed lays depthwise rows channel-major)."""
+    row q holds weight row rows_first[q]; --depthwise packed lays depthwise rows channel-major).
+    `overwrite`: the caller no longer needs `weight` (float64), so the normalised weights
+    are computed in its place, one K×N float64 array fewer at the peak."""
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
-    u = np.divide(weight, scale, dtype=np.float64)
+    in_place = overwrite and weight.dtype == np.float64 and weight.flags.writeable
+    u = np.divide(weight, scale, dtype=np.float64, out=weight if in_place else None)
     np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
     valid = np.ones((k, n), dtype=bool) if structure is None else structure
     enc = encode(u, valid, cfg, device, t)
@@ -185,16 +191,23 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
     g_mid = cfg.g_min + dg / 2
     differential = cfg.encoding == "differential"
     tile_used = np.zeros((nrb, ncb), dtype=bool)
-    out: list[np.ndarray] = []
-    live: list[np.ndarray] = []
+    for b in range(nrb):  # which tiles hold a weight, first: the output is then filled in place
+        kr = min(r, k - b * r)
+        vb = np.zeros((r, ncb * cw), dtype=bool)
+        vb[:kr, :p] = valid[b * r:b * r + kr]
+        tile_used[b] = vb.reshape(r, ncb, cw).any(axis=(0, 2))
+    # One (T, R, C) array written block by block, not a list of blocks concatenated at the
+    # end (which held the tiles twice: 1.6 GB at VGG-19's first classifier layer).
+    packed = np.empty((int(tile_used.sum()), r, c), dtype=np.float32)
+    live = np.zeros((len(packed), 2), dtype=np.int64)
+    t0 = 0
     used_cells = 0
     for b in range(nrb):
         kr = min(r, k - b * r)
         vb = np.zeros((r, ncb * cw), dtype=bool)
         vb[:kr, :p] = valid[b * r:b * r + kr]
         vb = vb.reshape(r, ncb, cw)
-        cols = np.nonzero(vb.any(axis=(0, 2)))[0]
-        tile_used[b, cols] = True
+        cols = np.nonzero(tile_used[b])[0]
         if not len(cols):
             continue
         ub = np.zeros((r, ncb * cw))
@@ -202,7 +215,8 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
         ub = ub.reshape(r, ncb, cw)[:, cols].transpose(1, 0, 2)  # (t, R, cw)
         vt = vb[:, cols].transpose(1, 0, 2)
         slots = vt.any(axis=1)  # (t, cw): every allocated tile has at least one
-        live.append(np.stack([slots.argmax(axis=1), cw - slots[:, ::-1].argmax(axis=1)], axis=1))
+        live[t0:t0 + len(cols), 0] = slots.argmax(axis=1)
+        live[t0:t0 + len(cols), 1] = cw - slots[:, ::-1].argmax(axis=1)
         tiles = np.full((len(cols), r, c), cfg.g_min, dtype=np.float64)
         if differential:
             tiles[:, :, 0:2 * cw:2] = cfg.g_min + dg * np.maximum(ub, 0.0)
@@ -217,8 +231,8 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
             cells = tiles[:, :, :cw]
             cells[~inside] = cfg.g_min
             used_cells += int(vt.sum()) + int(vt[:, :kr].any(axis=2).sum())
-        out.append(tiles.astype(np.float32))
-    packed = np.concatenate(out) if out else np.zeros((0, r, c), dtype=np.float32)
+        packed[t0:t0 + len(cols)] = tiles  # the float64 → float32 cast of astype, in place
+        t0 += len(cols)
     n_tiles = int(tile_used.sum())
     table = _tile_table(cfg, k, p, n_tiles, used_cells)
-    return packed, tile_used, table, (np.concatenate(live) if live else np.zeros((0, 2))).astype(np.int64)
+    return packed, tile_used, table, live

@@ -17,6 +17,7 @@ import numpy as np
 from xbar.hardware import HardwareSpec
 from xbar.runtime.chip import TileState
 from xbar.runtime.gauss import standard_normal
+from xbar.runtime.span_store import SpanStore
 
 
 def quantise_symmetric(x: np.ndarray, bits: int, full_scale: np.ndarray | float) -> np.ndarray:
@@ -99,12 +100,13 @@ def per_block(v: np.ndarray, mats: np.ndarray, k: int) -> np.ndarray:
 SPARSE = True
 
 
-def per_block_spans(v: np.ndarray, mats: np.ndarray, k: int,
+def per_block_spans(v: np.ndarray, mats: np.ndarray | SpanStore, k: int,
                     spans: list[list[tuple[int, int]]] | None) -> np.ndarray:
     """`per_block`, multiplying each row block only by its live position ranges `spans[b]`;
-    the rest of the output is 0, which is what those all-zero columns would give."""
+    the rest of the output is 0, which is what those all-zero columns would give. `mats`
+    is the dense (nrb, R, X) array or its SpanStore (TileState.d_live, var_live)."""
     if spans is None or not SPARSE:
-        return per_block(v, mats, k)
+        return per_block(v, mats.dense() if isinstance(mats, SpanStore) else mats, k)
     nrb, r, x = mats.shape
     m = v.shape[0]
     out = np.zeros((nrb, m, x), dtype=np.float32)
@@ -112,7 +114,8 @@ def per_block_spans(v: np.ndarray, mats: np.ndarray, k: int,
         lo_r, hi_r = b * r, min(k, (b + 1) * r)
         vb = v[:, lo_r:hi_r]
         for lo, hi in runs:
-            np.matmul(vb, mats[b, :hi_r - lo_r, lo:hi], out=out[b, :, lo:hi])
+            w = mats.view(b, hi_r - lo_r, lo, hi) if isinstance(mats, SpanStore) else mats[b, :hi_r - lo_r, lo:hi]
+            np.matmul(vb, w, out=out[b, :, lo:hi])
     return out
 
 
@@ -120,10 +123,10 @@ def tiled_product(v: np.ndarray, st: TileState, spec: HardwareSpec, i_fs: np.nda
                   rng: np.random.Generator, use_adc: bool = True, unit: float = 1.0) -> np.ndarray:
     """(M, K) drive voltages in units of `unit` → (M, N) currents of tile positions, summed
     over row blocks (normalised units: a fully driven row through a full pair gives 1)."""
-    y = per_block_spans(v, st.d, st.k, st.spans)  # (nrb, M, N): every tile of the layer, in units of `unit`
-    if st.var is not None:
+    y = per_block_spans(v, st.d_live, st.k, st.spans)  # (nrb, M, N): every tile of the layer, in units of `unit`
+    if st.var_live is not None:
         v2 = np.square(v)
-        std = per_block_spans(v2, st.var, st.k, st.spans)
+        std = per_block_spans(v2, st.var_live, st.k, st.spans)
         np.sqrt(std, out=std)
         z = standard_normal(rng, y.shape)
         z *= std

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from xbar.columns import ColumnMap
 from xbar.hardware import HardwareSpec
 from xbar.runtime import devices
+from xbar.runtime.span_store import SpanStore
 
 
 def normalised_tiles(conductance: np.ndarray, mapping: dict[str, Any]) -> np.ndarray:
@@ -54,27 +54,48 @@ def weight_rows(stacked: np.ndarray, row_order: np.ndarray | None) -> np.ndarray
 # --------------------------------------------------------------------------- chip instances
 
 
-@dataclass
 class TileState:
     """What one analog layer's tiles compute on one chip instance, fixed per instance.
 
     Matrices are in normalised units: inputs in [-1, 1] (fraction of the DAC range), weights
     in [-1, 1] (fraction of the column scale), so a column current of 1 means one fully
     driven row through a fully programmed differential pair.
+
+    Columns are tile positions 0..N−1 only: padding columns are never read out, so they
+    are dropped here; rows keep the tile height (the last block's extra rows see no input).
+    `d` and `var` are given and read as dense (nrb, R, N) arrays, but when `spans` skips
+    tiles they are held as a SpanStore (`d_live`, `var_live`): only the position runs that
+    hold something, so a chip's memory follows what is programmed, not the tile grid.
+    Reading `d` or `var` builds the dense array again, bit for bit (diagnostics, tests).
     """
 
-    # Columns are tile positions 0..N−1 only: padding columns are never read out, so they
-    # are dropped here; rows keep the tile height (the last block's extra rows see no input).
-    d: np.ndarray  # (nrb, R, N) float32, effective weights per tile, row blocks stacked
-    var: np.ndarray | None  # (nrb, R, N) float32 read-noise variance per unit input², or None
-    ref_var: np.ndarray | None  # (nrb, R, ncb) float32 offset encoding: reference column variance
-    block_of: np.ndarray  # (N,) column block of each tile position (whose reference it shares)
-    comp: np.ndarray  # (nrb, N) float32 digital drift-compensation factor (1 = none)
-    i_max: np.ndarray  # (nrb, N) float32 largest possible |current| (all inputs at ±1)
-    k: int  # rows in use (the layer's K)
-    # Per row block (in weight order), the (lo, hi) position ranges whose tiles hold a weight;
-    # outside them d, var and ref_var are exactly 0, so the product skips them. None: all live.
-    spans: list[list[tuple[int, int]]] | None = None
+    def __init__(self, d: np.ndarray, var: np.ndarray | None, ref_var: np.ndarray | None, block_of: np.ndarray,
+                 comp: np.ndarray, i_max: np.ndarray, k: int, spans: list[list[tuple[int, int]]] | None = None):
+        # d: (nrb, R, N) float32 effective weights per tile, row blocks stacked; var: the same
+        # shape, read-noise variance per unit input², or None.
+        self.ref_var = ref_var  # (nrb, R, ncb) float32 offset encoding: reference column variance
+        self.block_of = block_of  # (N,) column block of each tile position (whose reference it shares)
+        self.comp = comp  # (nrb, N) float32 digital drift-compensation factor (1 = none)
+        self.i_max = i_max  # (nrb, N) float32 largest possible |current| (all inputs at ±1)
+        self.k = k  # rows in use (the layer's K)
+        # Per row block (in weight order), the (lo, hi) position ranges whose tiles hold a weight;
+        # outside them d, var and ref_var are 0 in the rows in use, so the product skips them.
+        # None: all live.
+        self.spans = spans
+        if spans is None:
+            self.d_live, self.var_live = d, var
+        else:
+            runs = SpanStore.keep([d] if var is None else [d, var], spans)
+            self.d_live = SpanStore.pack(d, runs)
+            self.var_live = None if var is None else SpanStore.pack(var, runs)
+
+    @property
+    def d(self) -> np.ndarray:
+        return self.d_live.dense() if isinstance(self.d_live, SpanStore) else self.d_live
+
+    @property
+    def var(self) -> np.ndarray | None:
+        return self.var_live.dense() if isinstance(self.var_live, SpanStore) else self.var_live
 
 
 def _retarget(conductance: np.ndarray, mapping: dict[str, Any], device) -> np.ndarray:

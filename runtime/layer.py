@@ -56,22 +56,21 @@ class Layer:
             self.columns = read_map(entry, a.__getitem__)
             self.p = self.columns.positions
             packed, tile_used = layer_tiles(bundle, entry)
-            normalised = normalised_tiles(packed, bundle.manifest["mapping"])  # (T, R, Cw)
-            tiles = np.zeros((*tile_used.shape, *normalised.shape[1:]), dtype=np.float32)
-            tiles[tile_used] = normalised  # unallocated tiles hold no weight
-            # Weights on hardware are in normalised units; the digital periphery rescales
-            # each column by its w_max and applies the affine in one multiply-add.
             self.row_order = a.get("row_order")  # the converter's row placement, undone here
-            self.matrix = assemble(tiles, self.k, self.columns, self.row_order)
+            # The dense K×N matrix (block-diagonal and mostly zeros for a depthwise layer) is
+            # what the ideal path multiplies; on a chip only diagnostics read it, so it is
+            # assembled when first read (`matrix`), not held beside the chip's own state.
+            self._bundle = bundle
+            self._matrix = self._assemble() if hardware is None else None
             self.col_scale = a["col_scale"].astype(np.float64)
         elif "weight_depthwise" in a:
             # A digital depthwise convolution: (∏k, N) kernels, run as one, never as the
             # block-diagonal K×N matrix (which the ideal fast path would multiply in full).
             self.depthwise = a["weight_depthwise"].astype(np.float32)
-            self.matrix = np.zeros((0, self.n), dtype=np.float32)
+            self._matrix = np.zeros((0, self.n), dtype=np.float32)
             self.col_scale = np.ones(self.n)
         else:
-            self.matrix = a["weight"].astype(np.float32)
+            self._matrix = a["weight"].astype(np.float32)
             self.col_scale = np.ones(self.n)
         self.set_affine(Affine(*(a[name] for name in FIELDS), entry["affine"]["eps"]))
         self.chip: ChipContext | None = None
@@ -109,13 +108,39 @@ class Layer:
         """(M, K) inputs in weight row order → in the chip's row order."""
         return v if self.input_rows is None else v[:, self.input_rows]
 
+    _fused: np.ndarray | None = None
+
+    def _assemble(self) -> np.ndarray:
+        packed, tile_used = layer_tiles(self._bundle, self.entry)
+        normalised = normalised_tiles(packed, self._bundle.manifest["mapping"])  # (T, R, Cw)
+        tiles = np.zeros((*tile_used.shape, *normalised.shape[1:]), dtype=np.float32)
+        tiles[tile_used] = normalised  # unallocated tiles hold no weight
+        # Weights on hardware are in normalised units; the digital periphery rescales
+        # each column by its w_max and applies the affine in one multiply-add.
+        return assemble(tiles, self.k, self.columns, self.row_order)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(K, N) float32 programmed weights in normalised units (the ideal product's matrix)."""
+        if self._matrix is None:
+            self._matrix = self._assemble()
+        return self._matrix
+
+    @property
+    def fused(self) -> np.ndarray:
+        """`matrix` times the column gains: the exact path's one product per layer, made when
+        that path first runs (a layer on a chip never needs it)."""
+        if self._fused is None:
+            self._fused = (self.matrix * self.gain).astype(np.float32)
+        return self._fused
+
     def set_affine(self, affine: Affine) -> None:
         """The per-output affine applied after the product (see xbar.affine)."""
         gain = affine.gain()
         self.shift = affine.shift().astype(np.float32)
         self.gain = (gain * self.col_scale).astype(np.float32)
         # Exact hardware only: the column gains folded into the matrix save one pass per layer.
-        self.fused = (self.matrix * self.gain).astype(np.float32)
+        self._fused = None
 
     def product(self, cols: np.ndarray, rng: np.random.Generator | None = None,
                 absmax: np.ndarray | None = None) -> np.ndarray:
@@ -130,7 +155,7 @@ class Layer:
     def _product(self, cols: np.ndarray, rng: np.random.Generator | None,
                  absmax: np.ndarray | None = None) -> np.ndarray:
         if self.chip is None:
-            return cols @ self.matrix
+            return cols @ self.matrix  # made in __init__ for hardware=None, so no thread races here
         if self.chip.x_max is None and absmax is None:
             absmax = absmax_last_axis(cols)[:, None]
         codes, unit, x_scale = self._dac(cols, absmax)
@@ -241,13 +266,14 @@ class Layer:
             x = np.moveaxis(codes, -1, 1)
         view, out = patch_view(x, *geometry)
         b, k = x.shape[0], view.shape[-1]
+        fused = self.fused if exact else None  # made here, once, not by racing worker threads
         y = np.empty((b, *out, self.n), dtype=np.float32)
         rows = y.reshape(b, -1, self.n)
 
         def run(lo: int, hi: int, rng) -> None:
             dest = rows[lo:hi].reshape(-1, self.n)
             if exact:
-                np.matmul(view[lo:hi].reshape(-1, k), self.fused, out=dest)
+                np.matmul(view[lo:hi].reshape(-1, k), fused, out=dest)
                 dest += self.shift
                 return
             amax = patch_absmax(x[lo:hi], *geometry) if per_vector else None  # (b, *out)
