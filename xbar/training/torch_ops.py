@@ -416,7 +416,7 @@ def power(inputs, attrs):
     if not x.is_floating_point():
         return get_op("Pow")([to_numpy(x), to_numpy(y)], attrs)
     y = y.to(x.dtype)  # the exponent may have its own type; the result has the base's
-    if y.numel() == 1 and y.ndim <= x.ndim and float(y.reshape(-1)[0]) == 2.0:
+    if y.numel() == 1 and y.ndim <= x.ndim and float(y.detach().reshape(-1)[0]) == 2.0:
         return [x * x]
     return [torch.pow(x, y)]
 
