@@ -131,9 +131,9 @@ def test_transformer_zoo_ideal(name, opset, tmp_path):
 
 
 def _quiet_pcm(**over):
-    """pcm (programming noise, drift, compensation, IR drop off as in the preset) with read
-    noise and ADC noise off: the chip is then deterministic per seed."""
-    return preset("pcm").override({"device.read_noise": False, "adc.noise": 0.0, **over})
+    """pcm (programming noise, IR drop) one day after programming (drift, per-tile drift
+    compensation), with read noise and ADC noise off: the chip is then deterministic per seed."""
+    return preset("pcm").override({"device.read_noise": False, "adc.noise": 0.0, "t_inference": 86400.0, **over})
 
 
 def _layer_inputs(rt: Runtime, feeds) -> list[tuple[object, np.ndarray]]:
@@ -170,7 +170,8 @@ def test_chip_layers_match_numpy_with_converters(ranges, shipped):
     an ADC reading sat within rounding of a level boundary and moved one level. Asserted:
     at most 0.1 % of outputs differ beyond rounding, and none by more than one level per
     row block."""
-    spec = _quiet_pcm(**({"dac.range": "calibrated"} if ranges else {}))
+    # Calibrated ranges also with per-column drift compensation (the other comp layout).
+    spec = _quiet_pcm(**({"dac.range": "calibrated", "drift_compensation": "column"} if ranges else {}))
     bundle = convert(os.path.join(MODELS, "resnet_bn.onnx"))
     if ranges:
         find_ranges(bundle, _digits(64, offset=100), spec)
@@ -216,15 +217,18 @@ def test_chip_dac_codes_bit_identical(ranges):
         np.testing.assert_array_equal(got.numpy(), want)
 
 
-@pytest.mark.parametrize("converters", [False, True], ids=["no-converters", "8bit-dac-adc"])
-def test_chip_end_to_end_matches_numpy(converters, shipped):
-    """The whole network on one chip instance (seed 7). Without converters the two differ by
-    float32 rounding only: each layer's sums are re-ordered (|rel| ~ 1e-7 per layer), so 1e-5
-    of the largest output bounds it with a wide margin over ~10 layers. With 8-bit converters
-    an ADC level moved by rounding (see the layer test) would show up here as a change of
-    that size; none is allowed beyond 0.1 % of outputs."""
-    over = {} if converters else {"dac.bits": "none", "adc.bits": "none"}
-    spec = _quiet_pcm(**over)
+def test_chip_end_to_end_matches_numpy(shipped):
+    """The whole network on one chip instance (seed 7), converters off: the two engines then
+    differ by float32 rounding only (each layer's sums are re-ordered, |rel| ~ 1e-7 per layer),
+    and 1e-5 of the largest output bounds that with a wide margin over ~10 layers.
+
+    With 8-bit converters end to end, a reading that one engine rounds to one level and the
+    other to the next (its value within rounding of the boundary) moves every output that
+    depends on it, by one level propagated: a comparison there could only be loose. That
+    case is checked layer by layer instead (test_chip_layers_match_numpy_with_converters:
+    identical inputs, codes bit-identical, each output within one ADC level per row block,
+    at most 0.1 % of outputs moved)."""
+    spec = _quiet_pcm(**{"dac.bits": "none", "adc.bits": "none"})
     for name in ("resnet_bn.onnx", "cnn_bn.onnx"):
         bundle = shipped[name]
         rt, tr = Runtime(bundle, spec, seed=7), TorchRuntime(bundle, spec, seed=7)
@@ -232,8 +236,7 @@ def test_chip_end_to_end_matches_numpy(converters, shipped):
         ref = rt.run({"input": x})[rt.output_names[0]]
         got = _run_torch(tr, {"input": x})[rt.output_names[0]]
         err = np.abs(got.astype(np.float64) - ref)
-        tol = 1e-5 * float(np.abs(ref).max())
-        assert (err > tol).mean() <= (1e-3 if converters else 0.0), f"{name}: max |diff| {err.max():.3g}"
+        assert err.max() <= 1e-5 * float(np.abs(ref).max()), f"{name}: max |diff| {err.max():.3g}"
 
 
 # --------------------------------------------------------------------------- chip, read noise on
@@ -470,3 +473,29 @@ def test_torch_missing_is_one_clear_error(monkeypatch):
     text = str(err.value)
     assert "calibrate --method sgd" in text and "finetune" in text and "pip install" in text
     assert "torch==2.13.0" in text
+
+
+# --------------------------------------------------------------------------- fixed batch
+
+
+@pytest.mark.parametrize("kind,size", [("token", 1), ("flatten", 2)])
+def test_fixed_batch_bundles_run_in_chunks(kind, size):
+    """Graphs that fix their batch (a constant row concatenated: batch 1 hard-coded; a
+    declared batch of 2, never relaxed) run chunk by chunk, ideal and on a chip; a batch that is not a multiple is refused by the
+    NumPy runtime's own check."""
+    from test_batch import cnn
+
+    from xbar.errors import DataError
+
+    bundle = convert(cnn(kind, batch=size))
+    assert bundle.manifest["batch"]["mode"] == "fixed"
+    x = np.random.default_rng(0).standard_normal((6, 1, 6, 6)).astype(np.float32)
+    for spec in (None, _quiet_pcm()):
+        rt, tr = Runtime(bundle, spec, seed=1), TorchRuntime(bundle, spec, seed=1)
+        ref = rt.run({"x": x})["y"]
+        got = _run_torch(tr, {"x": x})["y"]
+        assert got.shape == ref.shape == (6, 10)
+        assert_close(got, ref, f"{kind} batch {size} {'chip' if spec else 'ideal'}")
+    if size > 1:
+        with pytest.raises(DataError, match="multiple"):
+            tr({"x": x[:5]})
