@@ -499,3 +499,15 @@ def test_fixed_batch_bundles_run_in_chunks(kind, size):
     if size > 1:
         with pytest.raises(DataError, match="multiple"):
             tr({"x": x[:5]})
+
+
+def test_importing_the_executor_without_torch_names_the_fix(monkeypatch):
+    """The training modules import torch through require_torch: without torch, importing the
+    executor raises the one-paragraph TorchMissingError, not a bare ImportError."""
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` then raises ImportError
+    for name in ("xbar.training.torch_executor", "xbar.training.torch_layer", "xbar.training.torch_ops"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(TorchMissingError, match="pip install"):
+        importlib.import_module("xbar.training.torch_executor")

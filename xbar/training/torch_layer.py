@@ -19,9 +19,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+from xbar.training import require_torch
+
+torch = require_torch()  # a one-paragraph error, not an ImportError, where torch is missing
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from xbar.affine import Affine
 from xbar.errors import ConfigError, DataError

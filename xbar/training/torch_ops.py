@@ -28,8 +28,11 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from xbar.training import require_torch
+
+torch = require_torch()  # a one-paragraph error, not an ImportError, where torch is missing
+import torch.nn.functional as F  # noqa: E402
 
 from xbar.ops import DIGITAL_OPS, LAYER_OP, RECURRENT_OP
 from xbar.runtime.ops import get_op
