@@ -131,7 +131,10 @@ class TorchLayer(nn.Module):
 
     def _apply_affine(self, y: torch.Tensor) -> torch.Tensor:
         # Layer._affine: y·gain + shift with gain = (affine gain · column scale) in float32.
-        return y * (self.gain * self.col_scale).float() + self.shift.float()
+        gain, shift = (self.gain * self.col_scale).float(), self.shift.float()
+        if torch.is_grad_enabled():
+            return y * gain + shift
+        return y.mul_(gain).add_(shift)  # y is this layer's own temporary
 
     def matrix(self) -> torch.Tensor:
         """The K×N weight the exact path multiplies by (normalised units on analog layers)."""
@@ -162,10 +165,12 @@ class TorchLayer(nn.Module):
             codes = x / x_scale
             return (torch.clamp(codes, -1.0, 1.0) if may_clip else codes), 1.0, x_scale
         levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
-        codes = round_ste(x * (torch.tensor(np.float32(levels)) / x_scale))
-        if may_clip:
-            codes = torch.clamp(codes, -levels, levels)
-        return codes, 1.0 / levels, x_scale
+        codes = x * (torch.tensor(np.float32(levels)) / x_scale)
+        if torch.is_grad_enabled():
+            codes = round_ste(codes)
+            return (torch.clamp(codes, -levels, levels) if may_clip else codes), 1.0 / levels, x_scale
+        codes.round_()  # in place: no autograd recording
+        return (codes.clamp_(-levels, levels) if may_clip else codes), 1.0 / levels, x_scale
 
     def crossbar(self, codes: torch.Tensor, unit: float, x_scale: torch.Tensor) -> torch.Tensor:
         """(M, K) DAC codes → (M, N) outputs in weight units: analog.tiled_product, then the
@@ -183,13 +188,16 @@ class TorchLayer(nn.Module):
         v2 = torch.square(codes) if self.var is not None else None
         bits = spec.adc.bits
         levels = (float(2 ** (bits - 1) - 1) if bits > 1 else 1.0) if bits is not None else None
+        # Without autograd recording, the same operations in place (no temporaries).
+        inplace = not torch.is_grad_enabled()
         total = None
         for b in range(nrb):
             lo, hi = b * r, min(k, (b + 1) * r)
             y = codes[:, lo:hi] @ self.d[b, :hi - lo]  # in units of `unit`
             if self.var is not None:
                 std = safe_sqrt(v2[:, lo:hi] @ self.var[b, :hi - lo])
-                y = y + torch.randn(y.shape, generator=self.generator) * std
+                z = torch.randn(y.shape, generator=self.generator)
+                y = y.add_(z.mul_(std)) if inplace else y + z * std
                 if self.ref_var is not None:  # offset encoding: the reference column's noise, shared
                     ref_std = safe_sqrt(v2[:, lo:hi] @ self.ref_var[b, :hi - lo])  # (M, ncb)
                     noise = ref_std * torch.randn(ref_std.shape, generator=self.generator)
@@ -200,10 +208,17 @@ class TorchLayer(nn.Module):
             scale = scale_all[b]
             if levels is not None:
                 step = fs / torch.tensor(np.float32(levels))
-                y = torch.clamp(round_ste(y / step), -levels, levels)
+                if inplace:
+                    y = y.div_(step).round_().clamp_(-levels, levels)
+                else:
+                    y = torch.clamp(round_ste(y / step), -levels, levels)
                 scale = scale * step
-            y = y * scale
-            total = y if total is None else total + y
+            if inplace:
+                y = y.mul_(scale)
+                total = y if total is None else total.add_(y)
+            else:
+                y = y * scale
+                total = y if total is None else total + y
         if self.identity_columns:
             out = total
         elif self.gather_only:
