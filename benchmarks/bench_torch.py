@@ -10,9 +10,15 @@ per-tile compensation, fresh read noise, 8-bit DAC abs-max, 8-bit ADC percentile
 Batch 128. Both engines use chip instance seed 0 (TorchRuntime reads the NumPy runtime's
 sampled tiles), built before timing; only the inference call is timed:
 
-  numpy        Runtime(bundle, spec, seed=0)(x)
-  torch        TorchRuntime(bundle, spec, seed=0)({"input": x}) under torch.no_grad()
-  torch+graph  the same call with autograd recording (what a training step's forward costs)
+  numpy          Runtime(bundle, spec, seed=0)(x)
+  torch 1t       TorchRuntime(bundle, spec, seed=0)({"input": x}) under torch.no_grad(),
+                 torch.set_num_threads(1)
+  torch Nt       the same with torch's default intra-op threads (one per core)
+  torch+graph 1t the same call with autograd recording, 1 thread (a training step's forward)
+
+torch's OpenMP intra-op threads wait for each other at every op; on a machine shared with
+other processes that costs several times the work (seen here: 2 threads 3-8x slower than 1
+under ~50 % foreign load), so both settings are timed.
 
 Interleaved repetitions (order rotating, --settle s idle after each call), after warm-up.
 Reported: medians, minima, torch / numpy ratios. Run it twice and report both runs.
@@ -57,7 +63,7 @@ def main(argv: list[str]) -> int:
     for line in lines:
         print(line)
     spec = chip_spec()
-    print(f"threads     : NumPy runtime {workers()} worker thread(s); torch intra-op {torch.get_num_threads()}")
+    print(f"threads     : NumPy runtime {workers()} worker thread(s); torch intra-op 1 and {torch.get_num_threads()} (default)")
     print("hardware    : preset('pcm').override(t_inference=86400.0) on 128x128 tiles, differential")
     print(flush=True)
 
@@ -75,17 +81,21 @@ def main(argv: list[str]) -> int:
     xt = torch.from_numpy(x)
     out = numpy_rt.output_names[0]
 
-    def run_torch():
-        with torch.no_grad():
+    default_threads = torch.get_num_threads()
+
+    def run_torch(threads: int, grad: bool = False):
+        torch.set_num_threads(threads)
+        with torch.set_grad_enabled(grad):
             return torch_rt({"input": xt})[out]
 
     engines = {
         "numpy": lambda: numpy_rt(x),
-        "torch": run_torch,
-        "torch+graph": lambda: torch_rt({"input": xt})[out],
+        "torch 1t": lambda: run_torch(1),
+        f"torch {default_threads}t": lambda: run_torch(default_threads),
+        "torch+graph 1t": lambda: run_torch(1, grad=True),
     }
     ideal = Runtime(bundle)(x).astype(np.float64)
-    y_np, y_t = engines["numpy"](), run_torch().numpy()
+    y_np, y_t = engines["numpy"](), run_torch(1).numpy()
 
     def rel_rms(y):
         return float(np.sqrt(np.mean((y - ideal) ** 2)) / np.sqrt(np.mean(ideal ** 2)))
@@ -103,7 +113,7 @@ def main(argv: list[str]) -> int:
     names = list(engines)
     with ForeignLoad() as load:
         for i in range(reps):
-            order = names[i % 3:] + names[:i % 3]
+            order = names[i % len(names):] + names[:i % len(names)]
             for name in order:
                 t = time.perf_counter()
                 engines[name]()
@@ -112,12 +122,11 @@ def main(argv: list[str]) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     mn = {k: min(v) for k, v in times.items()}
     print(f"\nchip inference, batch {BATCH}, {reps} interleaved reps per engine (foreign CPU load {load.text()})")
-    print(f"  {'engine':<14} {'median ms':>10} {'min ms':>9}")
+    print(f"  {'engine':<16} {'median ms':>10} {'min ms':>9}   {'/ numpy (medians)':>18} {'(minima)':>9}")
     for k in names:
-        print(f"  {k:<14} {med[k] * 1e3:10.1f} {mn[k] * 1e3:9.1f}")
-    print(f"  torch / numpy       = {med['torch'] / med['numpy']:.2f}x (medians), {mn['torch'] / mn['numpy']:.2f}x (minima)")
-    print(f"  torch+graph / numpy = {med['torch+graph'] / med['numpy']:.2f}x (medians), "
-          f"{mn['torch+graph'] / mn['numpy']:.2f}x (minima)")
+        print(f"  {k:<16} {med[k] * 1e3:10.1f} {mn[k] * 1e3:9.1f}   {med[k] / med['numpy']:17.2f}x "
+              f"{mn[k] / mn['numpy']:8.2f}x")
+    torch.set_num_threads(default_threads)
     return 0
 
 
