@@ -5,8 +5,8 @@ independent reference) at 1e-5·(1 + |ref|). Here the same cases run with `get_o
 by the op's torch form (xbar.training.torch_ops), every float input handed over as a torch
 tensor, as activations are in the torch executor; integer and boolean inputs stay NumPy
 arrays. A case with no float input runs the NumPy op itself, as the executor does.
-Backward passes are checked too: the gradient of the sum of the float outputs must exist
-and be finite wherever the forward value is.
+Backward passes run too: the gradient of the sum of the finite float outputs with respect
+to every float input must be finite whenever all forward values are.
 """
 
 from __future__ import annotations
