@@ -19,9 +19,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+from xbar.training import require_torch
+
+torch = require_torch()  # a one-paragraph error, not an ImportError, where torch is missing
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from xbar.affine import Affine
 from xbar.errors import ConfigError, DataError
@@ -47,6 +50,8 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 def safe_sqrt(s: torch.Tensor) -> torch.Tensor:
     """sqrt with a finite gradient (0) where s = 0: an input row of zeros reads no noise."""
+    if not s.requires_grad:
+        return torch.sqrt(s)
     pos = s > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, s, torch.ones_like(s))), torch.zeros_like(s))
 
@@ -113,6 +118,9 @@ class TorchLayer(nn.Module):
             self.slot_position = torch.from_numpy(layer.columns.slot_position)
             self.slot_gain = _t(layer.columns.slot_gain)
             self.gather_only = layer.columns.gather_only
+            # Positions in output order already: the gather would only copy.
+            self.identity_columns = self.gather_only and bool(
+                np.array_equal(layer.columns.slot_position[0], np.arange(self.n)))
 
     # ------------------------------------------------------------------ affine
 
@@ -125,7 +133,10 @@ class TorchLayer(nn.Module):
 
     def _apply_affine(self, y: torch.Tensor) -> torch.Tensor:
         # Layer._affine: y·gain + shift with gain = (affine gain · column scale) in float32.
-        return y * (self.gain * self.col_scale).float() + self.shift.float()
+        gain, shift = (self.gain * self.col_scale).float(), self.shift.float()
+        if torch.is_grad_enabled():
+            return y * gain + shift
+        return y.mul_(gain).add_(shift)  # y is this layer's own temporary
 
     def matrix(self) -> torch.Tensor:
         """The K×N weight the exact path multiplies by (normalised units on analog layers)."""
@@ -156,52 +167,70 @@ class TorchLayer(nn.Module):
             codes = x / x_scale
             return (torch.clamp(codes, -1.0, 1.0) if may_clip else codes), 1.0, x_scale
         levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
-        codes = round_ste(x * (torch.tensor(np.float32(levels)) / x_scale))
-        if may_clip:
-            codes = torch.clamp(codes, -levels, levels)
-        return codes, 1.0 / levels, x_scale
-
-    def _per_block(self, v: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-        """(M, K) inputs, (nrb, R, X) matrices → (nrb, M, X) partial products (analog.per_block)."""
-        nrb, r, _ = mats.shape
-        m = v.shape[0]
-        vp = F.pad(v, (0, nrb * r - v.shape[1])) if nrb * r > v.shape[1] else v
-        return torch.bmm(vp.reshape(m, nrb, r).transpose(0, 1), mats)
+        codes = x * (torch.tensor(np.float32(levels)) / x_scale)
+        if torch.is_grad_enabled():
+            codes = round_ste(codes)
+            return (torch.clamp(codes, -levels, levels) if may_clip else codes), 1.0 / levels, x_scale
+        codes.round_()  # in place: no autograd recording
+        return (codes.clamp_(-levels, levels) if may_clip else codes), 1.0 / levels, x_scale
 
     def crossbar(self, codes: torch.Tensor, unit: float, x_scale: torch.Tensor) -> torch.Tensor:
         """(M, K) DAC codes → (M, N) outputs in weight units: analog.tiled_product, then the
-        column map (xbar.columns.ColumnMap.combine) and the input scale, as Layer._crossbar."""
+        column map (xbar.columns.ColumnMap.combine) and the input scale, as Layer._crossbar.
+
+        Row block by row block (each block's rows of the codes are a strided view, so nothing
+        is padded or copied), every block's readings summed in block order as the NumPy sum
+        over blocks adds them."""
         spec = self.chip.spec
-        if self.input_rows is not None:
+        if self.input_rows is not None:  # a packed layer: inputs routed to the chip's physical rows
             codes = codes[:, self.input_rows]
-        y = self._per_block(codes, self.d)  # (nrb, M, N), in units of `unit`
-        if self.var is not None:
-            v2 = torch.square(codes)
-            std = safe_sqrt(self._per_block(v2, self.var))
-            y = y + torch.randn(y.shape, generator=self.generator) * std
-            if self.ref_var is not None:
-                ref_std = safe_sqrt(self._per_block(v2, self.ref_var))  # shared by a tile's columns
-                noise = ref_std * torch.randn(ref_std.shape, generator=self.generator)
-                y = y - noise[:, :, self.block_of]
+        nrb, r, _ = self.d.shape
+        k = codes.shape[1]
         unit32 = torch.tensor(np.float32(unit))
-        fs = self.i_fs / unit32  # (nrb, N) full scales in the units of y
-        if spec.adc.noise > 0:
-            y = y + torch.randn(y.shape, generator=self.generator) * (torch.tensor(np.float32(spec.adc.noise)) * fs)[:, None, :]
-        scale = self.comp * unit32  # back to normalised current, drift-compensated
-        if spec.adc.bits is not None:
-            bits = spec.adc.bits
-            levels = float(2 ** (bits - 1) - 1) if bits > 1 else 1.0
-            step = fs / torch.tensor(np.float32(levels))
-            y = torch.clamp(round_ste(y / step[:, None, :]), -levels, levels)
-            scale = scale * step
-        y = y * scale[:, None, :]
-        y = y.sum(dim=0) if y.shape[0] > 1 else y[0]
-        if self.gather_only:
-            out = y[:, self.slot_position[0]]
+        fs_all = self.i_fs / unit32  # (nrb, N) full scales in the units of the products
+        scale_all = self.comp * unit32  # back to normalised current, drift-compensated
+        v2 = torch.square(codes) if self.var is not None else None
+        bits = spec.adc.bits
+        levels = (float(2 ** (bits - 1) - 1) if bits > 1 else 1.0) if bits is not None else None
+        # Without autograd recording, the same operations in place (no temporaries).
+        inplace = not torch.is_grad_enabled()
+        total = None
+        for b in range(nrb):
+            lo, hi = b * r, min(k, (b + 1) * r)
+            y = codes[:, lo:hi] @ self.d[b, :hi - lo]  # in units of `unit`
+            if self.var is not None:
+                std = safe_sqrt(v2[:, lo:hi] @ self.var[b, :hi - lo])
+                z = torch.randn(y.shape, generator=self.generator)
+                y = y.add_(z.mul_(std)) if inplace else y + z * std
+                if self.ref_var is not None:  # offset encoding: the reference column's noise, shared
+                    ref_std = safe_sqrt(v2[:, lo:hi] @ self.ref_var[b, :hi - lo])  # (M, ncb)
+                    noise = ref_std * torch.randn(ref_std.shape, generator=self.generator)
+                    y = y - noise[:, self.block_of]
+            fs = fs_all[b]
+            if spec.adc.noise > 0:
+                y = y + torch.randn(y.shape, generator=self.generator) * (torch.tensor(np.float32(spec.adc.noise)) * fs)
+            scale = scale_all[b]
+            if levels is not None:
+                step = fs / torch.tensor(np.float32(levels))
+                if inplace:
+                    y = y.div_(step).round_().clamp_(-levels, levels)
+                else:
+                    y = torch.clamp(round_ste(y / step), -levels, levels)
+                scale = scale * step
+            if inplace:
+                y = y.mul_(scale)
+                total = y if total is None else total.add_(y)
+            else:
+                y = y * scale
+                total = y if total is None else total + y
+        if self.identity_columns:
+            out = total
+        elif self.gather_only:
+            out = total[:, self.slot_position[0]]
         else:
-            out = y[:, self.slot_position[0]] * self.slot_gain[0]
+            out = total[:, self.slot_position[0]] * self.slot_gain[0]
             for pos, gain in zip(self.slot_position[1:], self.slot_gain[1:]):
-                out = out + y[:, pos] * gain
+                out = out + total[:, pos] * gain
         return out * (x_scale.reshape(-1, 1) if x_scale.ndim else x_scale)
 
     # ------------------------------------------------------------------ forward
@@ -240,19 +269,19 @@ class TorchLayer(nn.Module):
                             p["auto_pad"])
         geometry = (p["kernel_shape"], p["strides"], p["dilations"], pads)
         b = x.shape[0]
+        if self.chip is not None and self.chip.x_max is not None:
+            # A fixed DAC range quantises each activation on its own: quantise, then unfold
+            # the codes (as Layer._conv does; the same codes as quantising the patches).
+            codes, unit, x_scale = self.dac(x.movedim(1, -1))
+            x = codes.movedim(-1, 1)
+        cols, out = patches(x, *geometry)
         if self.depthwise is not None:
-            cols, out = patches(x, *geometry)
             kk, c = self.depthwise.shape[0], x.shape[1]
             w = self.depthwise.reshape(kk, c, self.n // c)
             y = (cols.reshape(-1, kk, c, 1) * w).sum(dim=1).reshape(-1, self.n)
         elif self.chip is not None and self.chip.x_max is not None:
-            # A fixed DAC range quantises each activation on its own: quantise, then unfold
-            # the codes (as Layer._conv does; the same codes as quantising the patches).
-            codes, unit, x_scale = self.dac(x.movedim(1, -1))
-            cols, out = patches(codes.movedim(-1, 1), *geometry)
             y = self.crossbar(cols.reshape(-1, self.k), unit, x_scale)
         else:
-            cols, out = patches(x, *geometry)
             y = self.product(cols.reshape(-1, self.k))
         y = self._apply_affine(y)
         return y.reshape(b, *out, self.n).movedim(-1, 1)

@@ -28,12 +28,16 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from xbar.training import require_torch
+
+torch = require_torch()  # a one-paragraph error, not an ImportError, where torch is missing
+import torch.nn.functional as F  # noqa: E402
 
 from xbar.ops import DIGITAL_OPS, LAYER_OP, RECURRENT_OP
 from xbar.runtime.ops import get_op
 from xbar.runtime.ops._registry import NUM_OUTPUTS, ints, norm_axis, num_outputs, opt_input, unsupported
+from xbar.runtime.ops.indexing import _check_bounds, _element_index
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
 
 Value = Any  # torch.Tensor | np.ndarray | None
@@ -130,15 +134,46 @@ for _name in ("Slice", "Gather", "Expand", "Tile", "Split", "DepthToSpace", "Spa
     _register(_name)(_moved(_name))
 
 
+def _scatter_targets(name: str, data_shape: tuple[int, ...], indices: np.ndarray, attrs) -> np.ndarray:
+    """Flat position in the data of every update element (in the updates' C order), from the
+    NumPy scatters' own index checks and wrap-around."""
+    if name == "ScatterElements":
+        axis = norm_axis(int(attrs.get("axis", 0)), len(data_shape), name)
+        where = _element_index(indices, axis, data_shape[axis], name)
+        return np.ravel_multi_index(np.broadcast_arrays(*where), data_shape).reshape(-1)
+    k = indices.shape[-1]
+    flat = indices.reshape(-1, k).astype(np.int64)
+    where = tuple(_check_bounds(flat[:, j], data_shape[j], name) for j in range(k))
+    inner = math.prod(data_shape[k:])
+    return (np.ravel_multi_index(where, data_shape[:k])[:, None] * inner + np.arange(inner)).reshape(-1)
+
+
+_TORCH_REDUCE = {"mul": "prod", "max": "amax", "min": "amin"}
+
+
 def _scatter(name: str) -> TorchOp:
-    """Data and updates are both moved; only reduction "none" is a pure move (the others
-    combine values, which this form does not)."""
+    """Reduction "none" only moves elements (data and updates both, as `_moved`); "add",
+    "mul", "max", "min" combine every update into its target, duplicates included."""
     moved = _moved(name, data=(0, 2))
+    numpy_op = get_op(name)
 
     def run(inputs, attrs):
-        if attrs.get("reduction", "none") != "none" and any(is_tensor(x) for x in inputs):
-            raise unsupported(f"{name} (torch executor)", "reduction", attrs["reduction"], ["none"])
-        return moved(inputs, attrs)
+        reduction = attrs.get("reduction", "none")
+        if reduction == "none" or not any(is_tensor(x) for x in inputs):
+            return moved(inputs, attrs)
+        if reduction not in ("add", *_TORCH_REDUCE):
+            return numpy_op([to_numpy(x) for x in inputs], attrs)  # refuses it by name
+        dtype = _float_of(inputs)
+        data, updates = to_tensor(inputs[0]).to(dtype), to_tensor(inputs[2]).to(dtype)
+        targets = torch.from_numpy(_scatter_targets(name, tuple(data.shape), to_numpy(inputs[1]), attrs))
+        flat, upd = data.reshape(-1), updates.reshape(-1)
+        if upd.numel() != targets.numel():
+            raise ValueError(f"{name}: updates of shape {list(updates.shape)} do not fit the indices")
+        if reduction == "add":
+            out = flat.index_add(0, targets, upd)
+        else:
+            out = flat.scatter_reduce(0, targets, upd, reduce=_TORCH_REDUCE[reduction], include_self=True)
+        return [out.reshape(data.shape)]
 
     return run
 
@@ -384,7 +419,7 @@ def power(inputs, attrs):
     if not x.is_floating_point():
         return get_op("Pow")([to_numpy(x), to_numpy(y)], attrs)
     y = y.to(x.dtype)  # the exponent may have its own type; the result has the base's
-    if y.numel() == 1 and y.ndim <= x.ndim and float(y.reshape(-1)[0]) == 2.0:
+    if y.numel() == 1 and y.ndim <= x.ndim and float(y.detach().reshape(-1)[0]) == 2.0:
         return [x * x]
     return [torch.pow(x, y)]
 
