@@ -511,3 +511,20 @@ def test_importing_the_executor_without_torch_names_the_fix(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(TorchMissingError, match="pip install"):
         importlib.import_module("xbar.training.torch_executor")
+
+
+def test_packed_depthwise_chip_matches_numpy(tmp_path):
+    """--depthwise packed: the chip's matrices are in physical row order and inputs are routed
+    there (Layer.chip_inputs); the torch layer must route them the same way. Converters off,
+    so the engines differ by float32 summation order only (bound as in the end-to-end test)."""
+    from tests.test_depthwise_policy import _model
+
+    src = _model(tmp_path / "dw.onnx", mult=1)
+    bundle = convert(src, crossbar=(32, 32), depthwise="packed")
+    assert any("packing" in e["tiles"] for e in bundle.layers if e["placement"] == "analog")
+    spec = _quiet_pcm(**{"dac.bits": "none", "adc.bits": "none"})
+    rt, tr = Runtime(bundle, spec, seed=2), TorchRuntime(bundle, spec, seed=2)
+    x = np.random.default_rng(0).normal(size=(4, *rt.inputs[0]["shape"][1:])).astype(np.float32)
+    ref = rt.run({rt.input_names[0]: x})[rt.output_names[0]]
+    got = _run_torch(tr, {rt.input_names[0]: x})[rt.output_names[0]]
+    assert np.abs(got.astype(np.float64) - ref).max() <= 1e-5 * float(np.abs(ref).max())
