@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from xbar.training import require_torch
+from xbar.training import require_torch, training_threads
 
 torch = require_torch()
 
@@ -39,7 +39,7 @@ from xbar.converter.layers import conv_structure  # noqa: E402
 from xbar.errors import DataError  # noqa: E402
 from xbar.hardware import HardwareSpec  # noqa: E402
 from xbar.training.device_noise import sample_weights  # noqa: E402
-from xbar.training.sgd import _loss_fn, _param_groups  # noqa: E402
+from xbar.training.sgd import _loss_fn, _param_groups, run_epoch  # noqa: E402
 from xbar.training.torch_executor import TorchRuntime  # noqa: E402
 
 METHODS = ("noise", "hessian")
@@ -149,34 +149,28 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
             curvature[layer.name] = np.maximum(h.numpy().astype(np.float64), 0.0)
         hessian_seconds += time.perf_counter() - t0
 
+    def noisy() -> None:
+        draw()
+        noise_on["value"] = True
+
+    def penalty() -> None:
+        noise_on["value"] = False
+        if options.method != "hessian":
+            return
+        for layer in layers:
+            slope = _variance_slope(layer.weight.detach().double().numpy(), cfg, spec)
+            layer.weight.grad += torch.from_numpy((options.penalty * curvature[layer.name] * slope).astype(np.float32))
+
     losses: list[float] = []
     steps = 0
     epochs = range(options.epochs)
     t_start = time.perf_counter()
-    for epoch in (progress(epochs) if progress else epochs):
-        if options.method == "hessian" and epoch % options.hessian_every == 0:
-            estimate_curvature()
-        perm = torch.randperm(len(x), generator=order)
-        total, seen = 0.0, 0
-        for lo in range(0, len(x) - bs + 1, bs):
-            idx = perm[lo:lo + bs]
-            draw()
-            noise_on["value"] = True
-            opt.zero_grad(set_to_none=True)
-            loss = loss_of(trt.forward({name_in: xt[idx]})[name_out], target[idx])
-            loss.backward()
-            noise_on["value"] = False
-            if options.method == "hessian":
-                for layer in layers:
-                    u = layer.weight.detach().double().numpy()
-                    slope = _variance_slope(u, cfg, spec)
-                    layer.weight.grad += torch.from_numpy(
-                        (options.penalty * curvature[layer.name] * slope).astype(np.float32))
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            steps += 1
-        losses.append(total / max(seen, 1))
+    with training_threads():
+        for epoch in (progress(epochs) if progress else epochs):
+            if options.method == "hessian" and epoch % options.hessian_every == 0:
+                estimate_curvature()
+            steps += run_epoch(trt, opt, loss_of, xt, target, len(x), bs, order, name_in, name_out, losses,
+                               before=noisy, after_backward=penalty)
     weights = {layer.name: (layer.weight.detach().double() * layer.col_scale).numpy() for layer in layers}
     affines = {layer.name: layer.affine() for layer in trt.torch_layers()}
     record = {"method": options.method, "epochs": options.epochs, "lr": options.lr, "loss": options.loss,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from xbar.training import require_torch
+from xbar.training import require_torch, training_threads
 
 torch = require_torch()
 
@@ -80,6 +80,31 @@ def _param_groups(trt: TorchRuntime, x0: Any, lr: float) -> list[dict[str, Any]]
     return groups
 
 
+def run_epoch(trt, opt, loss_of, xt, yt, n: int, bs: int, order_rng, name: str, out_name: str,
+              losses: list[float], before: Callable[[], None] | None = None,
+              after_backward: Callable[[], None] | None = None) -> int:
+    """One pass over the data in a fresh random order; appends its mean loss, returns steps.
+    `before` runs before each forward (e.g. a noise draw), `after_backward` between the
+    backward pass and the step (e.g. a penalty's gradient)."""
+    perm = torch.randperm(n, generator=order_rng)
+    total, steps = 0.0, 0
+    # A last batch smaller than the rest is dropped: its gradient would be mostly noise.
+    for lo in range(0, n - bs + 1, bs):
+        idx = perm[lo:lo + bs]
+        if before is not None:
+            before()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(trt.forward({name: xt[idx]})[out_name], yt[idx])
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        steps += 1
+    losses.append(total / max(steps * bs, 1))
+    return steps
+
+
 def fit_affines(trt: TorchRuntime, x: np.ndarray, target: np.ndarray, options: SGDOptions, seed: int,
                 progress: Callable[[Iterable[int]], Iterable[int]] | None = None
                 ) -> tuple[dict[str, Affine], dict[str, Any]]:
@@ -105,21 +130,9 @@ def fit_affines(trt: TorchRuntime, x: np.ndarray, target: np.ndarray, options: S
     losses: list[float] = []
     steps = 0
     epochs = range(options.epochs)
-    for _ in (progress(epochs) if progress else epochs):
-        perm = torch.randperm(n, generator=order_rng)
-        total, seen = 0.0, 0
-        # Drop a last batch much smaller than the rest: its gradient would be mostly noise.
-        for lo in range(0, n - bs + 1, bs):
-            idx = perm[lo:lo + bs]
-            opt.zero_grad(set_to_none=True)
-            out = trt.forward({name: xt[idx]})[out_name]
-            loss = loss_of(out, yt[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            steps += 1
-        losses.append(total / max(seen, 1))
+    with training_threads():
+        for _ in (progress(epochs) if progress else epochs):
+            steps += run_epoch(trt, opt, loss_of, xt, yt, n, bs, order_rng, name, out_name, losses)
     for layer in trained:
         layer.gain.requires_grad_(False)
         layer.shift.requires_grad_(False)
