@@ -818,7 +818,11 @@ def _register_training_commands() -> None:
     cli.add_command(finetune)
 
 
-_register_training_commands()
-
 if __name__ == "__main__":
-    main()
+    # `python -m xbar.cli`: run the package's module (which registers every command) rather
+    # than this copy, so that xbar.cli_finetune's import of xbar.cli is not a second, cyclic one.
+    from xbar.cli import main as _package_main
+
+    _package_main()
+else:
+    _register_training_commands()
