@@ -15,8 +15,9 @@ a. xbar.runtime.calibrate.calibrate(..., method="sgd") on the 512 calibration sa
 b. xbar.training.finetune.finetune(..., method) for one epoch on models/digits_train.npz
    (835 samples, 13 steps of 64) at t = 1 y, for noise and for hessian (its curvature
    estimate, 4 probes, runs in epoch 1). Target <= 30 s per epoch.
-Each --torch-threads setting ('default' = torch's own, or an integer) is timed separately:
-on a loaded 2-core machine two intra-op threads can be slower than one.
+Each --torch-threads setting ('default' = torch's own, one per core, or an integer) is
+timed separately, given to the loops as XBAR_TORCH_THREADS (their default is 1: on a loaded
+2-core machine two intra-op threads were slower than one).
 
 The header gives the command, date, nproc, load average and the source commit.
 """
@@ -50,7 +51,7 @@ def _timed(fn):
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--torch-threads", default="default,1")
+    ap.add_argument("--torch-threads", default="1,default")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -70,11 +71,14 @@ def main(argv: list[str]) -> int:
     cal = np.load(CALIB)
     find_ranges(bundle, cal["x"], pcm)
     train = np.load(TRAIN)
+    from xbar.training import THREADS_ENV
+
     default_threads = torch.get_num_threads()
     for setting in args.torch_threads.split(","):
         threads = default_threads if setting == "default" else int(setting)
-        torch.set_num_threads(threads)
-        print(f"\ntorch threads: {threads} ({setting})")
+        # The training loops set torch's threads from this variable (default 1).
+        os.environ[THREADS_ENV] = str(threads)
+        print(f"\ntorch threads in the training loops: {threads} ({setting}; {THREADS_ENV}={threads})")
         for r in range(args.runs):
             wall, cpu = _timed(lambda: calibrate(bundle, cal["x"], pcm.override(t_inference=86400.0), 0, "sgd"))
             print(f"  calibrate --method sgd, 512 samples, 20 epochs: {wall:6.1f} s wall, {cpu:6.1f} s CPU "
