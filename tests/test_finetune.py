@@ -150,3 +150,18 @@ def test_cli_finetune_writes_bundle_and_onnx(models_dir, tmp_path):
     r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "--drift", "1d", "-o", str(other)])
     assert r.exit_code == 1 and "no labels" in r.output and not other.exists()
     assert "Traceback" not in r.output
+
+
+def test_training_threads_follow_the_environment(monkeypatch):
+    from xbar.errors import XbarError
+    from xbar.training import training_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("XBAR_TORCH_THREADS", "1")
+    with training_threads() as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("XBAR_TORCH_THREADS", "two")
+    with pytest.raises(XbarError, match="XBAR_TORCH_THREADS='two'"):
+        with training_threads():
+            pass
