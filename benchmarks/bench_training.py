@@ -16,8 +16,8 @@ b. xbar.training.finetune.finetune(..., method) for one epoch on models/digits_t
    (835 samples, 13 steps of 64) at t = 1 y, for noise and for hessian (its curvature
    estimate, 4 probes, runs in epoch 1). Target <= 30 s per epoch.
 Each --torch-threads setting ('default' = torch's own, one per core, or an integer) is
-timed separately, given to the loops as XBAR_TORCH_THREADS (their default is 1: on a loaded
-2-core machine two intra-op threads were slower than one).
+timed separately, given to the loops as XBAR_TORCH_THREADS (unset, they keep torch's
+default: on a loaded 2-core machine two intra-op threads were slower than one).
 
 The header gives the command, date, nproc, load average and the source commit.
 """
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     default_threads = torch.get_num_threads()
     for setting in args.torch_threads.split(","):
         threads = default_threads if setting == "default" else int(setting)
-        # The training loops set torch's threads from this variable (default 1).
+        # The training loops set torch's threads from this variable (unset: torch's default).
         os.environ[THREADS_ENV] = str(threads)
         print(f"\ntorch threads in the training loops: {threads} ({setting}; {THREADS_ENV}={threads})")
         for r in range(args.runs):

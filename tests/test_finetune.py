@@ -157,6 +157,9 @@ def test_training_threads_follow_the_environment(monkeypatch):
     from xbar.training import training_threads
 
     before = torch.get_num_threads()
+    monkeypatch.delenv("XBAR_TORCH_THREADS", raising=False)
+    with training_threads() as n:  # unset: torch's own setting, untouched
+        assert n == before == torch.get_num_threads()
     monkeypatch.setenv("XBAR_TORCH_THREADS", "1")
     with training_threads() as n:
         assert n == 1 and torch.get_num_threads() == 1

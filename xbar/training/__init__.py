@@ -28,22 +28,26 @@ def require_torch():
     return torch
 
 
-# Torch's intra-op threads for the training loops: one, unless XBAR_TORCH_THREADS says
-# otherwise. Its default (one per core) spin-waits at every small op of these networks; on
-# the shared 2-core machines here it made the chip forward 2.5-7x slower than one thread
-# (benchmarks/RESULTS.md, "Torch executor"), and the NumPy chip path already uses the cores.
+# Torch's intra-op threads for the training loops: torch's own default (one per core)
+# unless XBAR_TORCH_THREADS says otherwise. On the 2-core machines here two threads made
+# `calibrate --method sgd` 1.5x faster when the machine was quiet (23 s against 35 s), but
+# 2.5-7x slower when other jobs held the cores (they spin-wait at every small op):
+# benchmarks/RESULTS.md, "Training side". A shared machine wants XBAR_TORCH_THREADS=1.
 THREADS_ENV = "XBAR_TORCH_THREADS"
 
 
 class training_threads:
-    """Context manager: torch.set_num_threads for the loop, restored afterwards."""
+    """Context manager: torch.set_num_threads for the loop (from XBAR_TORCH_THREADS, if
+    set), restored afterwards."""
 
     def __enter__(self):
         import os
 
         torch = require_torch()
         self._saved = torch.get_num_threads()
-        raw = os.environ.get(THREADS_ENV, "1")
+        raw = os.environ.get(THREADS_ENV)
+        if raw is None:
+            return self._saved
         try:
             n = int(raw)
         except ValueError:
