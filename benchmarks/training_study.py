@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Training study (issue 11): does hardware-aware fine-tuning win back what the chip loses,
+with and without calibration?
+
+    python benchmarks/training_study.py [--models resnet_bn,cnn_bn] [--times 1s,1d,1y]
+        [--chips 10] [--epochs 5] [--sgd-epochs 5] [--afp] [--out benchmarks/figures/training_study.md]
+
+For every shipped model and drift time t, on the full pcm preset (programming noise, drift
+with per-tile compensation, read noise, IR drop, 8-bit DAC/ADC with ranges from the
+calibration split):
+- weights: the original network, and the network fine-tuned with `noise` and with
+  `hessian` (xbar.training.finetune; the same budget for both: --epochs passes over
+  models/digits_train.npz, batch 64, Adam lr 1e-3, seed 0) for that t, mapped like the
+  original (xbar.converter.remap, ranges re-measured on the calibration split);
+- calibration on each chip: none, `affine` (closed form), `sgd` (--sgd-epochs epochs, the
+  other SGD options at their defaults), fitted on the calibration split at t;
+- chips: seeds 0..--chips-1, each evaluated on the 450-sample test split at t.
+With --afp, every cell is repeated with analog floating point (2 exponents, step 2).
+
+Reported per (model, encoding, t, weights, calibration): accuracy mean ± std over chips and
+the worst chip; per (model, encoding, t, weights): the ideal (digital) accuracy, which is
+what a fine-tune costs on exact hardware. Rows are cached in
+benchmarks/.cache/training_study.jsonl by their settings and the source commit, so a killed
+run resumes; the tables go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from study_io import finish, rel_path, source_commit  # noqa: E402
+
+CACHE = HERE / ".cache" / "training_study.jsonl"
+TIMES = {"1s": 1.0, "1d": 86400.0, "1y": 365 * 86400.0}
+WEIGHTS = ("original", "noise", "hessian")
+CALIBRATIONS = ("none", "affine", "sgd")
+
+
+def _load_cache(commit: str) -> dict[str, dict]:
+    rows = {}
+    if CACHE.exists():
+        for line in CACHE.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("commit") == commit:
+                rows[row["key"]] = row
+    return rows
+
+
+def _append(row: dict) -> None:
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with CACHE.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="resnet_bn,cnn_bn")
+    ap.add_argument("--times", default="1s,1d,1y")
+    ap.add_argument("--chips", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--sgd-epochs", type=int, default=5)
+    ap.add_argument("--afp", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "figures" / "training_study.md")
+    args = ap.parse_args(argv)
+
+    from xbar.converter import convert
+    from xbar.converter.remap import remap
+    from xbar.hardware import preset
+    from xbar.runtime import Runtime
+    from xbar.runtime.calibrate import calibrate
+    from xbar.runtime.ranges import find_ranges
+    from xbar.training.finetune import FinetuneOptions, finetune
+    from xbar.training.sgd import SGDOptions
+
+    t_start = time.perf_counter()
+    commit = source_commit() or "unknown"
+    done = _load_cache(commit)
+    cal, test, train = (np.load(ROOT / "models" / f"digits_{s}.npz") for s in ("calib", "test", "train"))
+    pcm = preset("pcm")
+    encodings = {"fixed": {}} | ({"afp2": {"afp_exponents": 2, "afp_step": 2}} if args.afp else {})
+    print(f"training study: source {commit}; models {args.models}; times {args.times}; {args.chips} chips; "
+          f"fine-tune {args.epochs} epochs; sgd {args.sgd_epochs} epochs; encodings {', '.join(encodings)}")
+
+    def acc(out: np.ndarray) -> float:
+        return float((out.argmax(1) == test["y"]).mean())
+
+    for model in args.models.split(","):
+        for enc, options in encodings.items():
+            base = convert(ROOT / "models" / f"{model}.onnx", hardware=pcm, **options)
+            find_ranges(base, cal["x"], pcm)
+            for tname in args.times.split(","):
+                spec = pcm.override(t_inference=TIMES[tname])
+                for weights in WEIGHTS:
+                    key0 = f"{model}|{enc}|{tname}|{weights}"
+                    bundle = base
+                    if weights != "original":
+                        w, a, rec = finetune(base, train["x"], train["y"], spec,
+                                             FinetuneOptions(method=weights, epochs=args.epochs), seed=0)
+                        bundle = remap(base, w, a, calib_x=cal["x"], record=rec)
+                    if f"{key0}|ideal" not in done:
+                        row = {"key": f"{key0}|ideal", "commit": commit, "model": model, "encoding": enc, "t": tname,
+                               "weights": weights, "calibration": "ideal", "seed": None,
+                               "accuracy": acc(Runtime(bundle)(test["x"]))}
+                        _append(row)
+                        done[row["key"]] = row
+                    for seed in range(args.chips):
+                        for calib in CALIBRATIONS:
+                            key = f"{key0}|{calib}|{seed}"
+                            if key in done:
+                                continue
+                            t0 = time.perf_counter()
+                            run = bundle
+                            if calib != "none":
+                                run, _ = calibrate(bundle, cal["x"], spec, seed, calib,
+                                                   sgd=SGDOptions(epochs=args.sgd_epochs) if calib == "sgd" else None)
+                            row = {"key": key, "commit": commit, "model": model, "encoding": enc, "t": tname,
+                                   "weights": weights, "calibration": calib, "seed": seed,
+                                   "accuracy": acc(Runtime(run, spec, seed)(test["x"])),
+                                   "seconds": round(time.perf_counter() - t0, 2)}
+                            _append(row)
+                            done[key] = row
+                    print(f"  {key0}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    _write_tables(done, args, commit)
+    finish(t_start)
+    return 0
+
+
+def _write_tables(done: dict[str, dict], args, commit: str) -> None:
+    rows = list(done.values())
+    lines = [f"# Training study: `python {rel_path(Path(__file__))} {' '.join(sys.argv[1:])}`", "",
+             f"Source {commit}. Accuracy on the 450-sample test split, {args.chips} chips per cell, pcm with "
+             "DAC/ADC ranges; fine-tuning on the 835-sample training split. Each cell: mean ± std over chips "
+             "(worst chip); ideal = the same weights on exact hardware.", ""]
+    groups = sorted({(r["model"], r["encoding"], r["t"]) for r in rows}, key=lambda g: (g[0], g[1], TIMES[g[2]]))
+    for model, enc, t in groups:
+        lines += [f"## {model}, {enc}, t = {t}", "",
+                  "| weights | ideal | " + " | ".join(f"{c} calibration" for c in CALIBRATIONS) + " |",
+                  "|---|---|" + "---|" * len(CALIBRATIONS)]
+        for w in WEIGHTS:
+            sel = [r for r in rows if (r["model"], r["encoding"], r["t"], r["weights"]) == (model, enc, t, w)]
+            ideal = [r["accuracy"] for r in sel if r["calibration"] == "ideal"]
+            cells = []
+            for c in CALIBRATIONS:
+                a = np.array([r["accuracy"] for r in sel if r["calibration"] == c]) * 100
+                cells.append(f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f} ({a.min():.1f}), n={len(a)}"
+                             if len(a) else "–")
+            lines.append(f"| {w} | {100 * ideal[0]:.1f} | " + " | ".join(cells) + " |" if ideal else
+                         f"| {w} | – | " + " | ".join(cells) + " |")
+        lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
