@@ -46,13 +46,28 @@ def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], t
     """Evaluate one chip per (time, seed); every chip is sampled afresh from its seed."""
     if ideal_out is None:
         ideal_out = predict(Runtime(bundle), data.x, batch_size)
-    ideal_top = ideal_out.reshape(len(ideal_out), -1).argmax(1)
+    ideal_top = top1(ideal_out)
     rows = {t: SweepRow(t) for t in times}
     jobs = [(t, s) for t in times for s in seeds]
     for t, seed in (progress(jobs) if progress else jobs):
-        rt = Runtime(bundle, spec.override(t_inference=t), seed=seed, progress=chip_progress)
-        out = predict(rt, data.x, batch_size)
-        if data.y is not None:
-            rows[t].accuracies.append(accuracy(out, data.y))
-        rows[t].agreements.append(float((out.reshape(len(out), -1).argmax(1) == ideal_top).mean()))
+        acc, agree = evaluate_chip(bundle, spec.override(t_inference=t), seed, data, ideal_top, batch_size,
+                                   chip_progress)
+        if acc is not None:
+            rows[t].accuracies.append(acc)
+        rows[t].agreements.append(agree)
     return [rows[t] for t in times]
+
+
+def top1(out: np.ndarray) -> np.ndarray:
+    """The predicted class of each sample."""
+    return out.reshape(len(out), -1).argmax(1)
+
+
+def evaluate_chip(bundle: Bundle, spec: HardwareSpec, seed: int, data: Dataset, ideal_top: np.ndarray,
+                  batch_size: int = 128, chip_progress: Callable[[list[Any]], Iterable[Any]] | None = None
+                  ) -> tuple[float | None, float]:
+    """One chip (`seed`) at the time `spec` names: its accuracy (None without labels) and its
+    top-1 agreement with ideal hardware's predictions `ideal_top`."""
+    out = predict(Runtime(bundle, spec, seed=seed, progress=chip_progress), data.x, batch_size)
+    acc = accuracy(out, data.y) if data.y is not None else None
+    return acc, float((top1(out) == ideal_top).mean())

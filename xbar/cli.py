@@ -38,6 +38,8 @@ def cli() -> None:
                                    accuracy on simulated chips over time
     xbar calibrate model.xbar --data calib.npz --drift 1d
                                    re-fit batch-norm on one chip -> model.calibrated.xbar
+    xbar sweep study.toml -o results/
+                                   a design-space study on Dask; `xbar plot results/` summarises it
     xbar ops                       the ONNX operators xbar supports
     """
 
@@ -711,7 +713,7 @@ def _pct(v: float | None) -> str:
 
 def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
     from xbar.table import render
-    from xbar.units import format_time
+    from xbar.units import format_seeds, format_time
 
     click.echo(f"{result['bundle']} on {result['data']}: {result['n']} samples"
                + ("" if result["labels"] else " (no labels 'y': agreement only)"))
@@ -753,7 +755,7 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         table.append([r["time"], f"{100 * main['mean']:.2f}{spread}%", ci,
                       _pct(main["min"]), _pct(main["max"]), _pct(g["mean"])])
     if n > 1:
-        click.echo(f"\n{what} over {n} chip instances (seeds {_seed_text(seeds)}): "
+        click.echo(f"\n{what} over {n} chip instances (seeds {format_seeds(seeds)}): "
                    "mean ± sample std, 95% confidence interval of the mean, worst and best chip")
     else:
         click.echo(f"\n{what} of one chip instance (seed {seeds[0]})")
@@ -801,21 +803,19 @@ def ops_command(as_json: bool) -> None:
                "only the standard ONNX domain")
 
 
-def _seed_text(seeds: list[int]) -> str:
-    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ",".join(map(str, seeds))
-
 
 def main() -> None:
     cli(prog_name="xbar")
 
 
-def _register_training_commands() -> None:
-    # Kept in its own module (it imports this one's option helpers); torch loads only when it runs.
+def _register_commands() -> None:
+    # Kept in their own modules (they import this one's helpers); torch and Dask load only when they run.
     from xbar.cli_finetune import finetune
+    from xbar.cli_sweep import plot, sweep
 
     cli.add_command(finetune)
+    cli.add_command(sweep)
+    cli.add_command(plot)
 
 
 if __name__ == "__main__":
@@ -825,4 +825,4 @@ if __name__ == "__main__":
 
     _package_main()
 else:
-    _register_training_commands()
+    _register_commands()

@@ -62,6 +62,12 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
 
     `batch` is the bundle's batch record: a model with a fixed batch size runs the data in
     chunks of that size, so the leading dimension is then free up to a multiple of it."""
+    return fit_to_model(read_dataset(path, min_samples), input_spec, batch)
+
+
+def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
+    """Read `path` (keys `x`, optional `y`) and check the arrays themselves (numeric, finite,
+    one integer label per sample); x keeps its stored dtype until `fit_to_model`."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
@@ -93,6 +99,13 @@ def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = No
             raise DataError(f"{path}: y has shape {list(y.shape)}; expected one label per sample, i.e. ({x.shape[0]},)")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
+    return Dataset(x=x, y=y, path=str(path))
+
+
+def fit_to_model(data: Dataset, input_spec: dict[str, Any] | None, batch: dict[str, Any] | None = None) -> Dataset:
+    """Check that `data` fits the model input `input_spec` (shape; a fixed batch size divides
+    the sample count) and cast x to the input's dtype."""
+    x, y, path = data.x, data.y, data.path
     if input_spec is not None and input_spec.get("shape") is not None:
         want = input_spec["shape"]
         fixed = int(batch["size"]) if batch and batch.get("mode") == "fixed" and batch.get("size") else None

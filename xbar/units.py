@@ -150,3 +150,10 @@ def parse_seeds(text: str | int) -> list[int]:
     if dups:
         raise ConfigError(f"seeds {text!r} repeat {', '.join(map(str, dups[:10]))}: each seed must appear once")
     return seeds
+
+
+def format_seeds(seeds: list[int]) -> str:
+    """Seeds as text parse_seeds reads back: '0-9' for a run of three or more, else '0,3,5'."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))

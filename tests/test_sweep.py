@@ -1,0 +1,320 @@
+"""xbar sweep / xbar plot: specs, rows against the eval path, Dask determinism, resume, failures.
+
+The reference for every row is the path `xbar convert --calib-data` + `xbar eval` runs
+(convert, find_ranges, xbar.runtime.sweep.sweep), computed here in the test process: a
+row's accuracy must equal it exactly (both count correct samples of the same chip).
+Dask tests start real local clusters (one worker process per worker, one thread each).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("distributed")
+pytest.importorskip("pyarrow")
+
+from xbar.cli import cli  # noqa: E402
+from xbar.sweep import engine  # noqa: E402
+from xbar.sweep.spec import SpecError, load_study  # noqa: E402
+from xbar.sweep.store import Results, read_rows  # noqa: E402
+from xbar.sweep.task import CRASH_ONCE_ENV  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+N_TEST = 96  # test samples per row: enough to see chips differ, small enough for a fast suite
+
+BASE_SPEC = f"""
+[study]
+models = ["{MODELS / 'cnn_bn.onnx'}"]
+test_data = "{MODELS / 'digits_test.npz'}"
+calib_data = "{MODELS / 'digits_calib.npz'}"
+seeds = "0-2"
+times = ["1s", "1y"]
+test_samples = {N_TEST}
+
+[base]
+hardware = "pcm"
+"mapping.crossbar" = "64x64"
+
+[axes]
+"hardware.adc.bits" = [4, 8]
+"""
+
+
+def _spec(tmp_path: Path, text: str = BASE_SPEC, name: str = "spec.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _result_rows(root: Path) -> list[dict]:
+    """Rows without what may differ between runs of the same computation (wall time)."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_rows(root).to_pylist()]
+
+
+# ---------------------------------------------------------------- the spec
+
+
+@pytest.mark.parametrize("change, message", [
+    ('"hardware.adc.bitz" = [4, 8]', "adc.bitz"),
+    ('"mapping.colour" = [1]', "unknown setting 'mapping.colour'"),
+    ('"calibration.method" = ["affine", "magic"]', "calibration.method 'magic'"),
+    ('"hardware.t_inference" = [1]', "[study] times"),
+    ('"finetune.method" = ["noise"]', "train_data"),
+    ('"mapping.encoding" = ["differential", "tri"]', "encoding"),
+    ('"hardware.adc.bits" = []', "non-empty list"),
+])
+def test_bad_axis_is_named(tmp_path, change, message):
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', change)
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        load_study(_spec(tmp_path, text))
+
+
+def test_bad_spec_files_are_named(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_study(_spec(tmp_path, BASE_SPEC.replace("cnn_bn.onnx", "missing.onnx")))
+    with pytest.raises(SpecError, match="unknown table"):
+        load_study(_spec(tmp_path, BASE_SPEC + "\n[extra]\na = 1\n"))
+    with pytest.raises(SpecError, match="unknown \\[study\\] key"):
+        load_study(_spec(tmp_path, BASE_SPEC.replace("seeds =", "chips = 3\nseeds =")))
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_study(_spec(tmp_path, "[study\n"))
+    with pytest.raises(SpecError, match="same configuration as point 1"):
+        load_study(_spec(tmp_path, BASE_SPEC.replace("[4, 8]", "[8, 8]")))
+
+
+def test_points_times_axes_and_dotted_tables(tmp_path):
+    text = BASE_SPEC + '\n[[points]]\n"hardware.drift_compensation" = "tile"\n\n[[points]]\n' \
+                       'hardware.drift_compensation = "off"\n'
+    study = load_study(_spec(tmp_path, text))
+    assert len(study.points) == 4
+    assert [p.fields["hardware.drift_compensation"] for p in study.points] == ["tile", "tile", "off", "off"]
+    assert [p.hardware["adc"]["bits"] for p in study.points] == [4, 8, 4, 8]
+    assert study.points[2].label == "hardware.drift_compensation=off, hardware.adc.bits=4"
+    # Different settings, different tasks; the same spec read twice, the same identity.
+    keys = {study.task_key(p, s) for p in study.points for s in study.seeds}
+    assert len(keys) == 4 * 3
+    assert load_study(_spec(tmp_path, text)).fingerprint() == study.fingerprint()
+
+
+def test_cli_spec_error_writes_nothing(tmp_path):
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, BASE_SPEC.replace("[4, 8]", "[4, 'x']"))),
+                                 "-o", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "hardware.adc.bits" in r.output
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- rows against the eval path
+
+
+def _reference(spec_text: str, tmp_path: Path, bits: int, seeds, times):
+    """Accuracy per (seed, time) the way `xbar convert --calib-data` + `xbar eval` compute it."""
+    from xbar.converter import convert
+    from xbar.data import load_dataset
+    from xbar.hardware import preset
+    from xbar.runtime.ranges import find_ranges
+    from xbar.runtime.sweep import sweep
+
+    spec = preset("pcm").override({"adc.bits": bits})
+    bundle = convert(str(MODELS / "cnn_bn.onnx"), crossbar=(64, 64), hardware=spec)
+    find_ranges(bundle, load_dataset(MODELS / "digits_calib.npz", bundle.graph["inputs"][0]).x, spec)
+    test = load_dataset(MODELS / "digits_test.npz", bundle.graph["inputs"][0])
+    test.x, test.y = test.x[:N_TEST], test.y[:N_TEST]
+    rows = sweep(bundle, spec, test, seeds, times)
+    return {(s, t): row.accuracies[i] for row, t in zip(rows, times) for i, s in enumerate(seeds)}
+
+
+def test_in_process_rows_equal_the_eval_path(tmp_path):
+    study = load_study(_spec(tmp_path))
+    results, _ = Results.open(tmp_path / "res", study)
+    outcome = engine.run_in_process(study, results)
+    assert outcome.finished == 6 and outcome.rows == 12
+    rows = read_rows(tmp_path / "res").to_pylist()
+    for bits in (4, 8):
+        ref = _reference(BASE_SPEC, tmp_path, bits, study.seeds, study.times)
+        got = {(r["seed"], r["time_s"]): r["accuracy"] for r in rows if r["hardware.adc.bits"] == bits}
+        assert got == ref
+    r0 = rows[0]
+    assert r0["model"] == "cnn_bn" and r0["time"] == "1 s" and 0 < r0["agreement"] <= 1
+    assert json.loads(r0["config"])["hardware"]["t_inference"] == 1.0
+    assert json.loads(r0["config"])["hardware"]["adc"]["bits"] == r0["hardware.adc.bits"]
+
+
+def test_calibrated_rows_equal_calibrate_then_eval(tmp_path):
+    """calibration.method = affine on each chip at 1 d, evaluated at 1 s and 1 y: the same as
+    `xbar calibrate --seed S --drift 1d` followed by `xbar eval --seeds S`."""
+    from xbar.converter import convert
+    from xbar.data import load_dataset
+    from xbar.hardware import preset
+    from xbar.runtime.calibrate import calibrate
+    from xbar.runtime.evaluate import predict
+    from xbar.runtime.executor import Runtime
+    from xbar.runtime.ranges import find_ranges
+    from xbar.runtime.sweep import evaluate_chip, top1
+
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', '"calibration.method" = ["affine"]') \
+        .replace('seeds = "0-2"', 'seeds = "1"') + '\n[base.calibration]\ntime = "1d"\n'
+    study = load_study(_spec(tmp_path, text))
+    results, _ = Results.open(tmp_path / "res", study)
+    engine.run_in_process(study, results)
+    got = {r["time_s"]: r["accuracy"] for r in read_rows(tmp_path / "res").to_pylist()}
+
+    spec = preset("pcm")
+    bundle = convert(str(MODELS / "cnn_bn.onnx"), crossbar=(64, 64), hardware=spec)
+    calib = load_dataset(MODELS / "digits_calib.npz", bundle.graph["inputs"][0])
+    find_ranges(bundle, calib.x, spec)
+    test = load_dataset(MODELS / "digits_test.npz", bundle.graph["inputs"][0])
+    test.x, test.y = test.x[:N_TEST], test.y[:N_TEST]
+    ideal_top = top1(predict(Runtime(bundle), test.x, 128))
+    cal, _ = calibrate(bundle, calib.x, spec.override(t_inference=86400.0), 1, "affine", y=calib.y)
+    for t in study.times:
+        acc, _ = evaluate_chip(cal, spec.override(t_inference=t), 1, test, ideal_top)
+        assert got[t] == acc
+
+
+# ---------------------------------------------------------------- Dask
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_are_bit_identical(tmp_path):
+    study = load_study(_spec(tmp_path))
+    for name, workers in (("w1", 1), ("w2", 2)):
+        results, _ = Results.open(tmp_path / name, study)
+        outcome = engine.run(study, results, workers=workers, echo=lambda s: None)
+        assert outcome.workers == workers and outcome.finished == 6 and not outcome.failures
+    results, _ = Results.open(tmp_path / "inproc", study)
+    engine.run_in_process(study, results)
+    a, b, c = (_result_rows(tmp_path / n) for n in ("w1", "w2", "inproc"))
+    assert len(a) == 12 and a == b == c
+    # Each distinct prepared bundle is converted once and kept by its content hash.
+    assert len(list((tmp_path / "w1" / "bundles").glob("*.xbar"))) == 2
+
+
+@pytest.mark.slow
+def test_resume_reruns_only_missing_tasks_and_a_lost_worker_is_replaced(tmp_path, monkeypatch):
+    spec = _spec(tmp_path)
+    out = tmp_path / "res"
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))  # the first chip task kills its worker process
+    r = CliRunner().invoke(cli, ["sweep", str(spec), "-o", str(out), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert marker.exists()  # a worker did die mid-sweep ...
+    full = _result_rows(out)
+    assert len(full) == 12  # ... and every row is there
+    monkeypatch.delenv(CRASH_ONCE_ENV)
+
+    # A killed sweep: one task's file missing, a writer's temporary file left behind.
+    parts = sorted((out / "rows").glob("*.parquet"))
+    parts[3].unlink()
+    (out / "rows" / f".{parts[0].name}.tmp999").write_bytes(b"half a file")
+    r = CliRunner().invoke(cli, ["sweep", str(spec), "-o", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "resuming: 5 of 6 tasks already done" in r.output and "1 of 1 chip task(s) finished" in r.output
+    assert _result_rows(out) == full
+    assert not list((out / "rows").glob(".*"))
+
+    r = CliRunner().invoke(cli, ["sweep", str(spec), "-o", str(out)])
+    assert r.exit_code == 0 and "nothing to run" in r.output
+
+
+@pytest.mark.slow
+def test_changed_spec_is_refused_unless_forced(tmp_path):
+    out = tmp_path / "res"
+    study = load_study(_spec(tmp_path))
+    results, _ = Results.open(out, study)
+    engine.run_in_process(study, results)
+    before = _result_rows(out)
+    changed = _spec(tmp_path, BASE_SPEC.replace("[4, 8]", "[4, 6]"), "changed.toml")
+    r = CliRunner().invoke(cli, ["sweep", str(changed), "-o", str(out)])
+    assert r.exit_code == 1 and "holds the results of another spec" in r.output and "--force" in r.output
+    assert _result_rows(out) == before  # refused: nothing touched
+
+    study2 = load_study(changed)
+    results2, note = Results.open(out, study2, force=True)
+    assert "kept 3 finished tasks" in note and "deleted 3" in note
+    assert len(results2.done()) == 3
+    assert (out / "spec.toml").read_text() == changed.read_text()
+
+
+def test_not_a_results_folder_is_refused(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    study = load_study(_spec(tmp_path))
+    with pytest.raises(SpecError, match="not a sweep results folder"):
+        Results.open(tmp_path, study)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_failing_point_is_reported_and_other_rows_kept(tmp_path):
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', '"mapping.digital" = [[], ["no_such_layer"]]') \
+        .replace('seeds = "0-2"', 'seeds = "0"')
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, text)), "-o", str(out), "--workers", "1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "1 point(s) failed" in r.output and "no_such_layer" in r.output and "point 2" in r.output
+    rows = read_rows(out).to_pylist()
+    assert len(rows) == 2 and {r["mapping.digital"] for r in rows} == {"[]"}
+
+
+def test_unreachable_scheduler_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path)), "-o", str(tmp_path / "res"),
+                                 "--scheduler", "tcp://127.0.0.1:9"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.output
+    assert not list((tmp_path / "res" / "rows").glob("*.parquet"))
+
+
+# ---------------------------------------------------------------- plot
+
+
+def test_plot_table_and_figure(tmp_path):
+    study = load_study(_spec(tmp_path))
+    results, _ = Results.open(tmp_path / "res", study)
+    engine.run_in_process(study, results)
+    rows = read_rows(tmp_path / "res").to_pylist()
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "-o", str(tmp_path / "fig.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The table's cell for 4-bit ADC at 1 y is the mean, sample std and worst of those chips.
+    v = np.array([100 * x["accuracy"] for x in rows if x["hardware.adc.bits"] == 4 and x["time"] == "1 y"])
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("4 "))
+    assert f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({v.min():.2f}) n=3" in line
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "hardware.adc.bits", "--hue", "time",
+                                 "-o", str(tmp_path / "fig.svg")])
+    assert r.exit_code == 0 and (tmp_path / "fig.svg").exists()
+    assert [ln[:3] for ln in r.output.splitlines()[3:5]] == ["1 s", "1 y"]  # times in time order
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "colour"])
+    assert r.exit_code == 1 and "not a column" in r.output
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert r.exit_code == 1 and "not a sweep results folder" in r.output
+
+
+def test_example_spec_loads():
+    study = load_study(ROOT / "examples" / "sweep.toml")
+    assert len(study.points) == 2 and study.points[0].model == "resnet_bn"
+
+
+def test_points_may_set_their_own_chips_times_and_calibration_chip(tmp_path):
+    from xbar.sweep.spec import calibration_chip
+
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', '"calibration.method" = ["affine"]') + (
+        '\n[[points]]\ntimes = ["1d"]\n"calibration.chip" = "seed + 100"\n'
+        '\n[[points]]\nseeds = "5-6"\n"calibration.chip" = 3\n')
+    study = load_study(_spec(tmp_path, text))
+    a, b = study.points
+    assert (a.seeds, a.times, b.seeds, b.times) == ([0, 1, 2], [86400.0], [5, 6], [1.0, 31557600.0])
+    assert "seeds" not in study.columns and "times" not in study.columns
+    assert [calibration_chip(a.calibration["chip"], s) for s in a.seeds] == [100, 101, 102]
+    assert [calibration_chip(b.calibration["chip"], s) for s in b.seeds] == [3, 3]
+    assert study.rows == 3 * 1 + 2 * 2 and "[t 1 d]" in a.label
+    with pytest.raises(SpecError, match="negative seed"):
+        load_study(_spec(tmp_path, text.replace("seed + 100", "seed-1")))
+    with pytest.raises(SpecError, match="cannot be an axis"):
+        load_study(_spec(tmp_path, BASE_SPEC + 'times = [["1s"], ["1d"]]\n'))

@@ -1,0 +1,193 @@
+"""Run a study's tasks on Dask (`dask.distributed`): a local cluster, or an existing one.
+
+Work is split into one task per distinct prepared bundle (conversion, ranges, fine-tune)
+and one per (point, chip): a chip task evaluates its chip at every drift time, so a worker
+loads the bundle, computes the ideal reference and any fixed-time calibration once and
+reuses them over the times (and, through its small caches, over the next chips of the
+same point). Bundles and data travel through Dask, not a shared file system; only this
+process writes the results folder. A worker lost mid-task is replaced and its task re-run
+by the scheduler; a task that raises is reported with its point and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from xbar.errors import ConfigError
+from xbar.sweep.spec import Study
+from xbar.sweep.store import Results
+from xbar.sweep.task import ChipJob, PrepareJob, prepare, run_chip
+
+#: Seconds to wait for an existing scheduler before giving up.
+CONNECT_TIMEOUT_S = 10
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError("xbar sweep runs on Dask and needs dask.distributed; install the sweep extra: "
+                          "pip install 'xbar[sweep]'") from None
+    return distributed
+
+
+def local_workers() -> int:
+    """One worker process per core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def connect(scheduler: str | None, workers: int | None):
+    """A Dask client and the local cluster it owns (None for an existing scheduler)."""
+    distributed = _distributed()
+    if scheduler:
+        try:
+            return distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S), None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT_S} s ({exc}). Start one "
+                "(`dask scheduler`, then `dask worker ADDRESS` on each machine, with xbar installed there), check "
+                "the address and port, or leave out --scheduler to run on a local cluster of this machine's cores."
+            ) from None
+    n = workers or local_workers()
+    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
+    return distributed.Client(cluster), cluster
+
+
+@dataclass
+class Outcome:
+    tasks: int = 0  # chip tasks this run had to do
+    finished: int = 0
+    rows: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 0
+
+
+def prepare_job(study: Study, point: Any) -> PrepareJob:
+    key = point.prepare_key(study)
+    return PrepareJob(key=key, model_name=point.model_path.name, model_bytes=point.model_path.read_bytes(),
+                      mapping=point.mapping, hardware=point.hardware, ranges=point.ranges, finetune=point.finetune,
+                      batch_size=study.batch_size)
+
+
+def chip_job(study: Study, point: Any, seed: int, key: str) -> ChipJob:
+    return ChipJob(key=key, point=point.index, label=point.label, fields=point.fields, resolved=point.resolved(),
+                   prepare_key=point.prepare_key(study), hardware=point.hardware, calibration=point.calibration,
+                   seed=seed, times=tuple(point.times), batch_size=study.batch_size, snr_samples=study.snr_samples,
+                   test_samples=study.test_samples)
+
+
+def plan(study: Study, results: Results) -> list[tuple[Any, int, str]]:
+    """The (point, seed, task key) still to run, in spec order."""
+    done = results.done()
+    return [(p, s, k) for p in study.points for s in p.seeds
+            if (k := study.task_key(p, s)) not in done]
+
+
+def run(study: Study, results: Results, scheduler: str | None = None, workers: int | None = None,
+        progress: Callable[[int], Any] | None = None, echo: Callable[[str], None] = print) -> Outcome:
+    """Run every unfinished task; rows are written as tasks finish. `progress(total)` returns
+    an object with update(n, label) and close(), or None for no progress display."""
+    from xbar.data import read_dataset
+
+    todo = plan(study, results)
+    outcome = Outcome(tasks=len(todo))
+    if not todo:
+        return outcome
+    test = read_dataset(study.test_data)
+    calib = read_dataset(study.calib_data) if study.calib_data else None
+    train = read_dataset(study.train_data) if study.train_data else None
+    t0 = time.perf_counter()
+    client, cluster = connect(scheduler, workers)
+    distributed = _distributed()
+    bar = None
+    try:
+        outcome.workers = len(client.scheduler_info()["workers"])
+        where = scheduler or f"a local cluster of {outcome.workers} worker process(es), one thread each"
+        echo(f"running {len(todo)} chip task(s) on {where}")
+        test_f, calib_f, train_f = (client.scatter(d, broadcast=True) if d is not None else None
+                                    for d in (test, calib, train))
+        prep: dict[str, Any] = {}
+        for point, _, _ in todo:
+            key = point.prepare_key(study)
+            if key in prep:
+                continue
+            cached = results.bundle_path(key)
+            if cached.is_file():
+                prep[key] = client.scatter(cached.read_bytes())
+            else:
+                prep[key] = client.submit(prepare, prepare_job(study, point), calib_f, train_f, key=f"prepare-{key}",
+                                          pure=False)
+        chips = {}
+        for point, seed, key in todo:
+            job = chip_job(study, point, seed, key)
+            fut = client.submit(run_chip, job, prep[job.prepare_key], test_f, calib_f, key=f"chip-{key}", pure=False)
+            chips[fut.key] = (fut, point, seed, key)
+        bar = progress(len(todo)) if progress else None
+        pending = [f for f in prep.values() if isinstance(f, distributed.Future) and f.key.startswith("prepare-")]
+        failed_points: set[int] = set()
+        for fut in distributed.as_completed(pending + [c[0] for c in chips.values()]):
+            if fut.key.startswith("prepare-"):
+                key = fut.key[len("prepare-"):]
+                if fut.status == "finished":
+                    results.save_bundle_bytes(key, fut.result())
+                continue
+            _, point, seed, key = chips[fut.key]
+            if fut.status == "finished":
+                rows = fut.result()
+                results.write(key, rows)
+                outcome.finished += 1
+                outcome.rows += len(rows)
+            else:
+                exc = fut.exception()
+                if point.index not in failed_points:
+                    failed_points.add(point.index)
+                    outcome.failures.append(f"point {point.index + 1} ({point.label}), chip {seed}: "
+                                            f"{type(exc).__name__}: {exc}")
+            if bar is not None:
+                bar.update(1, point.label)
+    finally:
+        if bar is not None:
+            bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def run_in_process(study: Study, results: Results) -> Outcome:
+    """The same tasks one after another in this process, no Dask: the reference the engine's
+    overhead is measured against (benchmarks/bench_sweep.py)."""
+    from xbar.data import read_dataset
+
+    todo = plan(study, results)
+    outcome = Outcome(tasks=len(todo), workers=0)
+    test = read_dataset(study.test_data)
+    calib = read_dataset(study.calib_data) if study.calib_data else None
+    train = read_dataset(study.train_data) if study.train_data else None
+    t0 = time.perf_counter()
+    blobs: dict[str, bytes] = {}
+    for point, seed, key in todo:
+        pk = point.prepare_key(study)
+        if pk not in blobs:
+            cached = results.bundle_path(pk)
+            if cached.is_file():
+                blobs[pk] = cached.read_bytes()
+            else:
+                blobs[pk] = prepare(prepare_job(study, point), calib, train)
+                results.save_bundle_bytes(pk, blobs[pk])
+        rows = run_chip(chip_job(study, point, seed, key), blobs[pk], test, calib)
+        results.write(key, rows)
+        outcome.finished += 1
+        outcome.rows += len(rows)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
