@@ -14,7 +14,8 @@ separately), so all three measure the same chip tasks:
     dask, 1      engine.run on a local cluster of 1 worker process (one thread)
     dask, 2      the same with 2 worker processes
 
-Reported: wall seconds (cluster start-up included for Dask, and shown apart), rows per
+Reported: wall seconds (cluster start-up included for Dask, and shown apart), the seconds
+spent inside the rows (the sum of their wall_s: the chip work itself, wherever it ran), rows per
 second, the scaling ratio (1 worker's time ÷ 2 workers'), and the engine's overhead per task
 ((dask, 1 − in-process) ÷ tasks, and as a fraction of the in-process time; target ≤ 10 %).
 The three runs' rows are checked bit-identical (wall time aside).
@@ -102,8 +103,9 @@ def main() -> int:
             wall = time.perf_counter() - t0
             assert out.finished == tasks and not out.failures, out.failures
             timings[name] = (wall, start, folder)
-            print(f"  {name:<16} {wall:7.1f} s  (cluster start-up alone {start:4.1f} s)  "
-                  f"{study.rows / wall:5.2f} rows/s", flush=True)
+            inside = sum(r["wall_s"] for r in read_rows(folder).to_pylist())
+            print(f"  {name:<16} {wall:7.1f} s  {study.rows / wall:5.2f} rows/s;  in rows (their wall_s) {inside:6.1f} s, "
+                  f"cluster start-up alone {start:4.1f} s", flush=True)
 
         rows = [[{k: v for k, v in r.items() if k != "wall_s"} for r in read_rows(f).to_pylist()]
                 for _, _, f in timings.values()]
@@ -113,6 +115,8 @@ def main() -> int:
         print(f"  scaling: 1 worker ÷ 2 workers = {t1 / t2:.2f}x (ideal 2.00x on 2 free cores)")
         print(f"  engine overhead: {(t1 - t_in) / tasks * 1000:+.0f} ms per task, {100 * (t1 - t_in) / t_in:+.1f} % of "
               f"the in-process time (target ≤ 10 %; cluster start-up included)")
+        print("  (time in rows is the chip work itself; wall time minus it is each run's own overhead, and the two "
+              "runs' chip work differing shows the machine's noise)")
         print(f"  load at end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
         return 0 if identical else 1
     finally:

@@ -318,3 +318,20 @@ def test_points_may_set_their_own_chips_times_and_calibration_chip(tmp_path):
         load_study(_spec(tmp_path, text.replace("seed + 100", "seed-1")))
     with pytest.raises(SpecError, match="cannot be an axis"):
         load_study(_spec(tmp_path, BASE_SPEC + 'times = [["1s"], ["1d"]]\n'))
+
+
+def test_compound_axis_moves_settings_together(tmp_path):
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]',
+                             'calibration = [{method = "none"}, {method = "affine"}, {method = "sgd", epochs = 2}]')
+    study = load_study(_spec(tmp_path, text))
+    assert [p.calibration for p in study.points] == [
+        {"method": "none"}, {"method": "affine", "chip": "same", "time": "same"},
+        {"method": "sgd", "chip": "same", "time": "same", "epochs": 2, "lr": 0.01, "loss": "distill"}]
+    assert study.columns[-2:] == ["calibration.method", "calibration.epochs"]
+    assert study.points[2].label == "calibration.method=sgd, calibration.epochs=2"
+    bad = text.replace('{method = "none"}, ', '"none", ')
+    with pytest.raises(SpecError, match="every value is a table"):
+        load_study(_spec(tmp_path, bad))
+    clash = text + '\n[[points]]\n"calibration.epochs" = 3\n'
+    with pytest.raises(SpecError, match="both an axis and set by"):
+        load_study(_spec(tmp_path, clash))

@@ -292,13 +292,24 @@ def load_study(path: str | Path) -> Study:
     for name in base:
         _check_name(name, f"{path} [base]")
     for name, values in axes.items():
-        _check_name(name, f"{path} [axes]")
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path} [axes] {name!r}: an axis is a non-empty list of values, got {values!r}")
+        if any(isinstance(v, dict) for v in values):
+            # A compound axis: each value is a table of settings under the axis's name, moving
+            # together (calibration = [{method = "none"}, {method = "sgd", epochs = 5}]).
+            if not all(isinstance(v, dict) and v for v in values):
+                raise SpecError(f"{path} [axes] {name!r}: either every value is a table of settings or none is")
+            values[:] = [_flatten(v, f"{path} [axes] {name!r}", name + ".") for v in values]
+            for v in values:
+                for key in v:
+                    _check_name(key, f"{path} [axes] {name!r}")
+        else:
+            _check_name(name, f"{path} [axes]")
+    axis_keys = {k for n, vs in axes.items() for k in ({k for v in vs for k in v} if isinstance(vs[0], dict) else {n})}
     for i, p in enumerate(points_in):
         for name in p:
             _check_name(name, f"{path} [[points]] #{i + 1}")
-            if name in axes:
+            if name in axis_keys:
                 raise SpecError(f"{path}: {name!r} is both an axis and set by [[points]] #{i + 1}; a setting is one "
                                 "or the other")
     if "model" not in axes and "model" not in base and not any("model" in p for p in points_in):
@@ -308,7 +319,9 @@ def load_study(path: str | Path) -> Study:
             axes = {"model": list(models), **axes}
 
     names = list(axes)
-    combos = [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+    combos = [{k: v for n, value in zip(names, values)
+               for k, v in (value.items() if isinstance(value, dict) else [(n, value)])}
+              for values in itertools.product(*(axes[n] for n in names))]
     seen: dict[str, int] = {}
     order: list[str] = []
     for i, p in enumerate(points_in):
@@ -328,7 +341,8 @@ def load_study(path: str | Path) -> Study:
     study.columns = order
     varying = [k for k in order if len({json.dumps(p.fields.get(k), sort_keys=True) for p in study.points}) > 1]
     for p in study.points:
-        p.label = ", ".join(f"{k}={_show(p.fields.get(k))}" for k in varying) or p.model
+        # The swept settings this point sets (one that only other points set is left out).
+        p.label = ", ".join(f"{k}={_show(p.fields[k])}" for k in varying if p.fields.get(k) is not None) or p.model
         if len({json.dumps(q.seeds) for q in study.points}) > 1:
             p.label += f" [chips {format_seeds(p.seeds)}]"
         if len({json.dumps(q.times) for q in study.points}) > 1:
