@@ -1,71 +1,56 @@
 #!/usr/bin/env python
-"""First result: accuracy of the shipped ResNet against PCM drift time, chip to chip.
+"""Tables and figure of the drift study, from its sweep: accuracy of the shipped ResNet
+against PCM drift time, chip to chip.
 
-    python benchmarks/drift_study.py [--seeds 0-39] [--times 1s,1min,1h,1d,1w,30d,1y] [--quick]
-                                     [--batch-size 128] [--no-plot] [--replot]
+    xbar sweep benchmarks/drift_study.toml -o benchmarks/figures/drift_study
+    python benchmarks/drift_study.py benchmarks/figures/drift_study [--compare OLD.json] [--no-plot]
 
-Model models/resnet_bn.onnx converted onto 128x128 tiles (differential pairs); DAC input
-ranges and ADC full scales from models/digits_calib.npz (find_ranges, 512 samples);
-accuracy on models/digits_test.npz (450 samples). Hardware: preset('pcm') - aihwkit PCM
-device model (programming noise, drift, 1/f read noise, fresh at every read), 8-bit DAC
-(abs-max per input vector), 8-bit ADC (99.99th percentile full scale), IR drop with
-r_wire = 1 ohm/segment - evaluated at each drift time t for every chip instance (seed) in
-five configurations:
+The study itself is the spec benchmarks/drift_study.toml (xbar sweep runs it, resumably, on
+Dask): models/resnet_bn.onnx on 128x128 tiles, DAC/ADC ranges from models/digits_calib.npz,
+accuracy on models/digits_test.npz (450 samples), preset pcm (aihwkit PCM device model:
+programming noise, drift, 1/f read noise fresh at every read; 8-bit DAC abs-max, 8-bit ADC
+99.99th percentile full scale, IR drop r_wire = 1 ohm) in five configurations:
 
     drift compensation {tile, off} x IR drop {on, off}
-    + compensation tile, IR drop off, ADC off (the 8-bit DAC stays on): the configuration
-      of issue 8, where the 1-year accuracy over chips turned out to be heavy-tailed
+    + compensation tile, IR drop off, ADC off (the 8-bit DAC stays on): issue 8's configuration
 
-A seed is one chip: the same seed gives the same programmed devices, drift exponents and
-read-noise stream in every configuration and at every time, so the configurations and
-times are paired comparisons of the same chips (default 40, seeds 0-39: at 1 y a few chips
-collapse, and 10 chips do not show that tail reliably). The ideal-hardware accuracy (exact
-weights) is the reference.
+on 40 chips (seeds 0-39, the same chip in every configuration and at every time, so the
+configurations are paired comparisons).
 
-Per (configuration, time) the tables and the JSON give the mean over chips, the sample std
-(ddof 1), the 95 % confidence interval of the mean (Student t, xbar.stats.mean_ci), the
-worst and the best chip; at the last time also the worst chips by seed and the means of
-consecutive blocks of 10 seeds (how far a 10-chip study can be off).
-
-Writes benchmarks/figures/drift_study.json (every per-chip accuracy, plus summaries) and,
-if matplotlib is importable, benchmarks/figures/drift_study.png (accuracy vs log time, one
-line per configuration: the mean with its 95 % CI band and the worst chip as a thin dotted
-line; ideal as a dashed line). Without matplotlib the plot is skipped with a note; nothing
-else changes.
+This script adds what `xbar plot` does not: per (configuration, time) the 95 % confidence
+interval of the mean (Student t, xbar.stats.mean_ci) beside mean, std, worst and best chip;
+at the last time the worst chips by seed and the means of blocks of 10 seeds (how far a
+10-chip study can be off); paired differences between configurations (same chips); and the
+two-panel figure benchmarks/figures/drift_study.png (all configurations; compensated ones
+zoomed). --compare OLD.json sets the means beside those of a drift_study.json written by the
+former bespoke script, in units of their standard error.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
-import shlex
+import math
 import sys
-import time
 from pathlib import Path
 
-from study_io import finish, rel_path, source_commit
+from study_io import rel_path, source_commit
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODEL = ROOT / "models" / "resnet_bn.onnx"
-TEST = ROOT / "models" / "digits_test.npz"
-CALIB = ROOT / "models" / "digits_calib.npz"
 FIGURES = HERE / "figures"
-DEFAULT_TIMES = "1s,1min,1h,1d,1w,30d,1y"
 TIME_LABELS = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 d", 7 * 86400.0: "1 w",
                30 * 86400.0: "1 month (30 d)", 365.25 * 86400.0: "1 y (365.25 d)"}
-CONFIGS = (  # key, label, drift_compensation, ir_drop, adc
-    ("tile_ir", "compensation tile, IR drop on", "tile", True, True),
-    ("tile_noir", "compensation tile, IR drop off", "tile", False, True),
-    ("off_ir", "compensation off, IR drop on", "off", True, True),
-    ("off_noir", "compensation off, IR drop off", "off", False, True),
-    ("tile_noir_noadc", "compensation tile, IR drop off, ADC off", "tile", False, False),
-)
+# The spec's points by (drift compensation, switched-off non-idealities) -> key, label.
+CONFIGS = {
+    ("tile", ()): ("tile_ir", "compensation tile, IR drop on"),
+    ("tile", ("ir-drop",)): ("tile_noir", "compensation tile, IR drop off"),
+    ("off", ()): ("off_ir", "compensation off, IR drop on"),
+    ("off", ("ir-drop",)): ("off_noir", "compensation off, IR drop off"),
+    ("tile", ("adc", "ir-drop")): ("tile_noir_noadc", "compensation tile, IR drop off, ADC off"),
+}
 SHORT = {"tile_ir": "comp tile, IR on", "tile_noir": "comp tile, IR off", "off_ir": "comp off, IR on",
          "off_noir": "comp off, IR off", "tile_noir_noadc": "tile, IR off, ADC off"}
 
@@ -74,33 +59,6 @@ def _time_label(t: float) -> str:
     from xbar.units import format_time
 
     return TIME_LABELS.get(t, format_time(t))
-
-
-class Progress:
-    """One status line per finished chip (rewritten in place on a terminal)."""
-
-    def __init__(self, total: int):
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def wrap(self, label: str):
-        def gen(jobs):
-            for job in jobs:
-                yield job
-                self.done += 1
-                el = time.perf_counter() - self.t0
-                eta = el / self.done * (self.total - self.done)
-                t, seed = job
-                msg = (f"  [{self.done:>3}/{self.total}] {label:<32} t = {_time_label(t):<15} seed {seed}  "
-                       f"elapsed {el:6.0f} s, eta {eta:5.0f} s")
-                if self.tty:
-                    sys.stderr.write("\r" + msg + "\x1b[K")
-                    if self.done == self.total:
-                        sys.stderr.write("\n")
-                elif self.done % 10 == 0 or self.done == self.total:
-                    sys.stderr.write(msg + "\n")
-                sys.stderr.flush()
-        return gen
 
 
 def _acc(row: dict) -> dict:
@@ -233,130 +191,76 @@ def plot(result: dict, path: Path) -> str:
     return f"wrote {rel_path(path)} (matplotlib {matplotlib.__version__})"
 
 
+def from_sweep(root: Path) -> dict:
+    """The sweep's rows in the shape the tables and the figure read: per configuration, per
+    time, xbar.stats.summary over the chips (values in seed order)."""
+    from xbar.stats import summary
+    from xbar.sweep.store import read_meta, read_rows
+
+    rows = read_rows(root).to_pylist()
+    meta = read_meta(root)
+    seeds = sorted({r["seed"] for r in rows})
+    times = sorted({r["time_s"] for r in rows})
+    configs = []
+    for point in sorted({r["point"] for r in rows}):
+        mine = [r for r in rows if r["point"] == point]
+        without = tuple(sorted(json.loads(mine[0]["hardware.without"] or "[]")))
+        key, label = CONFIGS.get((mine[0]["hardware.drift_compensation"], without), (f"point{point}", mine[0]["label"]))
+        per_time = []
+        for t in times:
+            by_seed = {r["seed"]: r["accuracy"] for r in mine if r["time_s"] == t}
+            if sorted(by_seed) != seeds:
+                raise SystemExit(f"{root}: {label} at {_time_label(t)} has {len(by_seed)} of {len(seeds)} chips; "
+                                 "finish the sweep first (run the same xbar sweep command again)")
+            per_time.append({"accuracy": summary([by_seed[s] for s in seeds])})
+        configs.append({"key": key, "label": label, "drift_compensation": mine[0]["hardware.drift_compensation"],
+                        "seconds": sum(r["wall_s"] for r in mine), "rows": per_time})
+    return {"seeds": seeds, "times_s": times, "configs": configs, "ideal_accuracy": rows[0]["ideal_accuracy"],
+            "spec_path": meta.get("spec_path")}
+
+
+def compare(result: dict, old_path: Path) -> None:
+    """Means beside an older drift_study.json's: difference in units of the combined standard error."""
+    old = json.loads(old_path.read_text())
+    old_cfg = {c["key"]: c for c in old["configs"]}
+    print(f"against {rel_path(old_path)} ({old.get('command')}, commit {str(old.get('git_commit'))[:10]}):")
+    print(f"  {'configuration':<24}{'time':<16}{'old mean':>9}{'new mean':>9}{'diff':>7}{'diff/SE':>8}{'same chips':>11}")
+    worst = 0.0
+    for c in result["configs"]:
+        o = old_cfg.get(c["key"])
+        if o is None:
+            continue
+        for i, t in enumerate(result["times_s"]):
+            j = next((k for k, ot in enumerate(old["times_s"]) if abs(ot - t) < 1e-6 * t), None)
+            if j is None:
+                continue
+            a, b = _acc(o["rows"][j]), _acc(c["rows"][i])
+            se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"]) or 1e-12
+            d = b["mean"] - a["mean"]
+            worst = max(worst, abs(d) / se)
+            same = f"{sum(x == y for x, y in zip(a['values'], b['values']))}/{b['n']}"
+            print(f"  {SHORT.get(c['key'], c['key']):<24}{_time_label(t):<16}{100 * a['mean']:9.2f}"
+                  f"{100 * b['mean']:9.2f}{100 * d:+7.2f}{d / se:+8.2f}{same:>11}")
+    print(f"  largest |difference| / standard error: {worst:.2f}")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", default="0-39", help="chip instances, e.g. 0-39 or 0,3,7 (default 0-39)")
-    ap.add_argument("--times", default=DEFAULT_TIMES, help=f"drift times (default {DEFAULT_TIMES})")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--quick", action="store_true", help="seeds 0-1, times 1s,1d,1y (smoke test)")
-    ap.add_argument("--no-plot", action="store_true", help="do not write the PNG")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="folder for drift_study.json/.png (default benchmarks/figures; with --quick a temporary "
-                         "folder, so a smoke test never overwrites the full results)")
-    ap.add_argument("--replot", action="store_true",
-                    help="no simulation: reprint the tables and redraw the PNG from an existing drift_study.json")
+    ap.add_argument("results", type=Path, help="the folder `xbar sweep benchmarks/drift_study.toml -o` wrote")
+    ap.add_argument("--compare", type=Path, help="a drift_study.json of the former script, to set the means beside")
+    ap.add_argument("--png", type=Path, default=FIGURES / "drift_study.png")
+    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv[1:])
-    if args.out is None:
-        import tempfile
-
-        args.out = Path(tempfile.gettempdir()) / "xbar_drift_quick" if args.quick else FIGURES
-    if args.replot:
-        result = json.loads((args.out / "drift_study.json").read_text())
-        print(f"tables and plot from {rel_path(args.out / 'drift_study.json')} (run of {result['date']}, "
-              f"command: {result['command']})\n")
-        print_tables(result)
-        print()
-        print(plot(result, args.out / "drift_study.png"))
-        return 0
-
-    from xbar.converter import convert
-    from xbar.data import load_dataset
-    from xbar.hardware import ablate, preset
-    from xbar.runtime import Runtime
-    from xbar.runtime.evaluate import accuracy, predict
-    from xbar.runtime.ranges import find_ranges
-    from xbar.runtime.sweep import sweep
-    from xbar.units import parse_seeds, parse_time
-
-    seeds = parse_seeds("0-1" if args.quick else args.seeds)
-    times = [parse_time(t) for t in ("1s,1d,1y" if args.quick else args.times).split(",")]
-    t_start = time.perf_counter()
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    command = shlex.join([Path(sys.executable).name, os.path.relpath(argv[0], os.getcwd())] + argv[1:])
-    commit = source_commit()
-    print("xbar drift study: accuracy vs time since programming")
-    print(f"command     : {command}")
-    print(f"date        : {started}")
-    print(f"git commit  : {commit}")
-    print(f"host        : {platform.node()}  nproc {os.cpu_count()}  loadavg at start "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"python      : {platform.python_version()}   numpy {np.__version__}")
-    try:
-        from bench_ideal import source_fingerprint
-
-        fp = source_fingerprint()
-        print(f"xbar source : {fp}")
-    except Exception:  # noqa: BLE001 - informational only
-        fp = None
-
-    bundle = convert(str(MODEL), crossbar=(128, 128))
-    summary = bundle.manifest["summary"]
-    spec = preset("pcm")
-    print(f"model       : {MODEL.relative_to(ROOT)}: {summary['analog_layers']} analog layers on "
-          f"{summary['tiles_used']} tiles of 128x128 ({bundle.manifest['mapping']['encoding']}), "
-          f"{summary['analog_weights']:,} analog weights")
-    calib = load_dataset(CALIB, bundle.graph["inputs"][0])
-    test = load_dataset(TEST, bundle.graph["inputs"][0])
-    t0 = time.perf_counter()
-    find_ranges(bundle, calib.x, spec)
-    print(f"ranges      : find_ranges on {len(calib)} samples of {CALIB.relative_to(ROOT)} "
-          f"({time.perf_counter() - t0:.1f} s)")
-    print(f"data        : {len(test)} samples of {TEST.relative_to(ROOT)}")
-    print(f"seeds       : {seeds[0]}-{seeds[-1]} ({len(seeds)} chips)   times: "
-          f"{', '.join(_time_label(t) for t in times)}")
-    print("hardware (base; t_inference, drift_compensation, circuit.ir_drop and the ADC set per run):")
-    for line in spec.describe().splitlines():
-        print("  " + line)
-    print(flush=True)
-
-    ideal_out = predict(Runtime(bundle), test.x, args.batch_size)
-    ideal_acc = accuracy(ideal_out, test.y)
-    print(f"ideal hardware accuracy: {100 * ideal_acc:.2f} %", flush=True)
-
-    progress = Progress(len(CONFIGS) * len(seeds) * len(times))
-    configs = []
-    for key, label, comp, ir, adc in CONFIGS:
-        cfg_spec = spec.override(drift_compensation=comp)
-        off = [name for name, on in (("ir-drop", ir), ("adc", adc)) if not on]
-        if off:
-            cfg_spec = ablate(cfg_spec, without=off)
-        t0 = time.perf_counter()
-        rows = sweep(bundle, cfg_spec, test, seeds, times, args.batch_size, ideal_out=ideal_out,
-                     progress=progress.wrap(label))
-        configs.append({"key": key, "label": label, "drift_compensation": comp, "ir_drop": ir, "adc": adc,
-                        "seconds": time.perf_counter() - t0, "hardware": cfg_spec.to_dict(),
-                        "rows": [r.to_dict() for r in rows]})
-
-    result = {
-        "command": command, "date": started, "host": platform.node(), "nproc": os.cpu_count(),
-        "numpy": np.__version__, "xbar_source": fp, "git_commit": commit,
-        "model": str(MODEL.relative_to(ROOT)), "test_data": str(TEST.relative_to(ROOT)),
-        "calibration_data": str(CALIB.relative_to(ROOT)), "n_test": len(test), "n_calib": len(calib),
-        "crossbar": [128, 128], "tiles_used": summary["tiles_used"], "analog_layers": summary["analog_layers"],
-        "base_hardware": spec.to_dict(), "base_hardware_text": spec.describe(),
-        "seeds": seeds, "times_s": times, "time_labels": [_time_label(t) for t in times],
-        "ideal_accuracy": ideal_acc, "configs": configs,
-        "wall_seconds": time.perf_counter() - t_start,
-        "notes": "rows[i].accuracy and rows[i].agreement_with_ideal are xbar.stats.summary over the chips: "
-                 "n, mean, std (sample, ddof=1), ci95 (Student-t 95 % CI of the mean, clipped to [0, 1]), "
-                 "min (worst chip), max, values (per chip, in seed order). The same seed is the same chip in "
-                 "every configuration and at every time.",
-    }
-    print()
+    result = from_sweep(args.results)
+    print(f"drift study from {rel_path(args.results)} (spec {result['spec_path']}; source {source_commit()})\n")
     print_tables(result)
+    if args.compare:
+        print()
+        compare(result, args.compare)
     print()
-    args.out.mkdir(parents=True, exist_ok=True)
-    js = args.out / "drift_study.json"
-    js.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {rel_path(js)}")
-    if args.no_plot:
-        print("plot skipped (--no-plot)")
-    else:
-        print(plot(result, args.out / "drift_study.png"))
-    finish(t_start)
+    print("plot skipped (--no-plot)" if args.no_plot else plot(result, args.png))
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     sys.exit(main(sys.argv))

@@ -335,3 +335,20 @@ def test_compound_axis_moves_settings_together(tmp_path):
     clash = text + '\n[[points]]\n"calibration.epochs" = 3\n'
     with pytest.raises(SpecError, match="both an axis and set by"):
         load_study(_spec(tmp_path, clash))
+
+
+def test_identity_follows_content_not_location(tmp_path):
+    """A clone elsewhere resumes the same results folder: keys hash the model's bytes, not its path."""
+    import shutil
+
+    here = load_study(_spec(tmp_path))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(MODELS / "cnn_bn.onnx", other / "cnn_bn.onnx")
+    moved = load_study(_spec(tmp_path, BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"), str(other / "cnn_bn.onnx")),
+                             "moved.toml"))
+    assert moved.fingerprint() == here.fingerprint()
+    (other / "cnn_bn.onnx").write_bytes((MODELS / "resnet_bn.onnx").read_bytes())  # same name, other model
+    changed = load_study(_spec(tmp_path, BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"),
+                                                           str(other / "cnn_bn.onnx")), "changed.toml"))
+    assert changed.fingerprint() != here.fingerprint()

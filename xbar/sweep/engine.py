@@ -56,8 +56,10 @@ def connect(scheduler: str | None, workers: int | None):
                 "the address and port, or leave out --scheduler to run on a local cluster of this machine's cores."
             ) from None
     n = workers or local_workers()
+    # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port, so that
+    # two sweeps on one machine do not warn about port 8787.
     cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.ERROR)
+                                       scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
     return distributed.Client(cluster), cluster
 
 

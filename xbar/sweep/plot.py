@@ -64,10 +64,12 @@ class Summary:
         return None
 
     def hue_text(self, hue: tuple) -> str:
-        return ", ".join(format_time(v) if k == "time" else str(v) for k, v in zip(self.hue, hue)) or "all points"
+        return ", ".join(format_time(v) if k == "time" else "-" if v is None else str(v)
+                         for k, v in zip(self.hue, hue)) or "all points"
 
     def hue_label(self, hue: tuple) -> str:
-        return ", ".join(f"{k}={format_time(v) if k == 'time' else v}" for k, v in zip(self.hue, hue)) or "all points"
+        return ", ".join(f"{k}={format_time(v) if k == 'time' else v}" for k, v in zip(self.hue, hue)
+                         if v is not None) or "all points"
 
 
 def settings(rows: list[dict[str, Any]]) -> list[str]:

@@ -98,6 +98,11 @@ class Point:
                        "ranges": self.ranges and study.calib_sha256, "finetune": self.finetune,
                        "train": study.train_sha256 if self.finetune["method"] != "none" else None})
 
+    def identity(self) -> dict[str, Any]:
+        """What the point's results depend on: its resolved settings with the model by content,
+        not by where it lies (a clone elsewhere resumes the same results folder)."""
+        return {k: v for k, v in self.resolved().items() if k != "model_path"}
+
     def resolved(self) -> dict[str, Any]:
         """The full configuration of the point (rows carry it as JSON)."""
         return {"model": self.model, "model_path": str(self.model_path), "model_sha256": self.model_sha256,
@@ -129,7 +134,7 @@ class Study:
         """A (point, chip) task's identity: its result depends on nothing else."""
         from xbar import __version__
 
-        return digest({"point": point.resolved(), "prepare": point.prepare_key(self), "seed": seed,
+        return digest({"point": point.identity(), "prepare": point.prepare_key(self), "seed": seed,
                        "times": point.times, "test": self.test_sha256, "calib": self.calib_sha256,
                        "batch": self.batch_size, "snr": self.snr_samples, "n": self.test_samples,
                        "xbar": __version__})
@@ -333,7 +338,7 @@ def load_study(path: str | Path) -> Study:
             where = (f"{path} point {len(study.points) + 1} ("
                      + ", ".join(f"{k}={v!r}" for k, v in {**p, **combo}.items()) + ")")
             point = _resolve(study, len(study.points), fields, where)
-            key = digest(point.resolved())
+            key = digest(point.identity())
             if key in seen:
                 raise SpecError(f"{where} is the same configuration as point {seen[key] + 1}; every point must differ")
             seen[key] = point.index

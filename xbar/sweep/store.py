@@ -44,6 +44,9 @@ FIXED_COLUMNS = (
 )
 
 
+_LONG_TEXT = ("config", "layer_snr_db", "label")
+
+
 def _pyarrow():
     try:
         import pyarrow
@@ -195,7 +198,10 @@ class Results:
         table = pa.Table.from_pylist(clean, schema=schema)
         final = self.rows_dir / f"{key}.parquet"
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        pq.write_table(table, tmp)
+        # No min/max statistics for the long text columns: they would be stored twice more in
+        # the footer and halve nothing a reader filters on.
+        pq.write_table(table, tmp, compression="zstd",
+                       write_statistics=[n for n in table.column_names if n not in _LONG_TEXT])
         os.replace(tmp, final)
 
     def bundle_path(self, key: str) -> Path:
