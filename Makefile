@@ -1,7 +1,8 @@
 # Two entry points that work on a fresh machine with only python3:
 #   make demo   install into .venv; convert the shipped ResNet-style model for a PCM chip,
 #               evaluate it (ideal vs onnxruntime, chips over drift time), calibrate, re-evaluate,
-#               fine-tune the weights under one-year device noise and evaluate that
+#               fine-tune the weights under one-year device noise and evaluate that; run the
+#               example design-space sweep (examples/sweep.toml) on Dask and plot it
 #   make test   install into .venv, run the whole test suite (slow tests included)
 PYTHON ?= python3
 VENV   := .venv
@@ -33,6 +34,8 @@ demo: install
 	$(XBAR) finetune $(OUT)/resnet_bn.xbar --data models/digits_train.npz --drift 1y --epochs 3 \
 		-o $(OUT)/resnet_bn.finetuned.xbar --force
 	$(XBAR) eval $(OUT)/resnet_bn.finetuned.xbar --data models/digits_test.npz --seeds 0-4 --drift 1y
+	$(XBAR) sweep examples/sweep.toml -o $(OUT)/sweep --force
+	$(XBAR) plot $(OUT)/sweep -o $(OUT)/sweep.png
 
 test: install
 	$(PY) -m pytest -n 2 -q
