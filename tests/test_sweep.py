@@ -268,7 +268,7 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path):
                                  "--scheduler", "tcp://127.0.0.1:9"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.output
-    assert not list((tmp_path / "res" / "rows").glob("*.parquet"))
+    assert not (tmp_path / "res").exists()  # refused before the results folder is made
 
 
 # ---------------------------------------------------------------- plot
@@ -352,3 +352,23 @@ def test_identity_follows_content_not_location(tmp_path):
     changed = load_study(_spec(tmp_path, BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"),
                                                            str(other / "cnn_bn.onnx")), "changed.toml"))
     assert changed.fingerprint() != here.fingerprint()
+
+
+@pytest.mark.slow
+def test_existing_cluster_by_address(tmp_path):
+    """--scheduler submits to a cluster the sweep did not start; the rows are the same."""
+    import logging
+
+    import distributed
+
+    spec = _spec(tmp_path, BASE_SPEC.replace('seeds = "0-2"', 'seeds = "0-1"'))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR) as cluster:
+        r = CliRunner().invoke(cli, ["sweep", str(spec), "-o", str(tmp_path / "remote"), "--scheduler",
+                                     cluster.scheduler_address])
+        assert r.exit_code == 0, r.output
+        assert f"on {cluster.scheduler_address}" in r.output
+    study = load_study(spec)
+    results, _ = Results.open(tmp_path / "local", study)
+    engine.run_in_process(study, results)
+    assert _result_rows(tmp_path / "remote") == _result_rows(tmp_path / "local")

@@ -80,6 +80,7 @@ def sweep(spec: Path, out: Path, scheduler: str | None, workers: int | None, for
         click.echo(f"  point {p.index + 1:>3}: {p.label}")
     if len(study.points) > len(shown):
         click.echo(f"  … {len(study.points) - len(shown)} more (every point's settings: {out}/sweep.json)")
+    engine.preflight(scheduler)
     results, note = Results.open(out, study, force=force)
     click.echo(f"{out}: {note}")
     try:

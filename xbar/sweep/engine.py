@@ -35,6 +35,18 @@ def _distributed():
     return distributed
 
 
+def preflight(scheduler: str | None) -> None:
+    """Everything a sweep needs that is not the spec, checked before the results folder is
+    touched: Dask and pyarrow importable, the scheduler (if any) reachable."""
+    from xbar.sweep.store import _pyarrow
+
+    _distributed()
+    _pyarrow()
+    if scheduler:
+        client, _ = connect(scheduler, None)
+        client.close()
+
+
 def local_workers() -> int:
     """One worker process per core this process may use."""
     try:
