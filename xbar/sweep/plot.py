@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from xbar.errors import ConfigError
+from xbar.stats import summary
 from xbar.sweep.store import FIXED_COLUMNS, read_meta, read_rows
 from xbar.units import format_time
 
@@ -24,6 +25,8 @@ _RESULT_COLUMNS = {name for name, _, _ in FIXED_COLUMNS} - {"seed", "time"}
 
 @dataclass
 class Cell:
+    """One configuration at one x value: the chips' values (in %), summarised by xbar.stats."""
+
     hue: tuple
     x: Any
     values: list[float]
@@ -35,15 +38,15 @@ class Cell:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values))
+        return summary(self.values, bounds=(0.0, 100.0))["mean"]
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+        return summary(self.values, bounds=(0.0, 100.0))["std"]
 
     @property
     def worst(self) -> float:
-        return float(np.min(self.values))
+        return summary(self.values, bounds=(0.0, 100.0))["min"]
 
 
 @dataclass

@@ -404,20 +404,10 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
     if ranges and study.calib_data is None:
         raise SpecError(f"{where}: ranges = true measures DAC/ADC ranges on [study] calib_data, which is not given")
 
-    cal = {k[len("calibration."):]: v for k, v in fields.items() if k.startswith("calibration.")}
-    method = cal.get("method", "none")
-    if method not in CALIBRATION_METHODS:
-        raise SpecError(f"{where}: calibration.method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    cal, method = _section(fields, "calibration", CALIBRATION_METHODS, where, study.calib_data, "calib_data", spec)
     if method == "none":
-        extra = sorted(set(cal) - {"method"})
-        if extra:
-            raise SpecError(f"{where}: calibration.{extra[0]} is set but calibration.method is 'none'")
         calibration: dict[str, Any] = {"method": "none"}
     else:
-        if study.calib_data is None:
-            raise SpecError(f"{where}: calibration.method {method!r} fits on [study] calib_data, which is not given")
-        if spec.is_ideal:
-            raise SpecError(f"{where}: calibration on ideal hardware has nothing to correct; give a hardware")
         chip = cal.get("chip", "same")
         offset = _OFFSET.match(chip.replace(" ", "")) if isinstance(chip, str) else None
         if offset:
@@ -444,20 +434,10 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
             if extra:
                 raise SpecError(f"{where}: calibration.{extra[0]} applies to method 'sgd' only (this point: {method!r})")
 
-    ft = {k[len("finetune."):]: v for k, v in fields.items() if k.startswith("finetune.")}
-    fmethod = ft.get("method", "none")
-    if fmethod not in FINETUNE_METHODS:
-        raise SpecError(f"{where}: finetune.method {fmethod!r}; choose one of {', '.join(FINETUNE_METHODS)}")
+    ft, fmethod = _section(fields, "finetune", FINETUNE_METHODS, where, study.train_data, "train_data", spec)
     if fmethod == "none":
-        extra = sorted(set(ft) - {"method"})
-        if extra:
-            raise SpecError(f"{where}: finetune.{extra[0]} is set but finetune.method is 'none'")
         finetune: dict[str, Any] = {"method": "none"}
     else:
-        if study.train_data is None:
-            raise SpecError(f"{where}: finetune.method {fmethod!r} trains on [study] train_data, which is not given")
-        if spec.is_ideal:
-            raise SpecError(f"{where}: fine-tuning against ideal hardware has no device noise to train against")
         if "time" not in ft:
             raise SpecError(f"{where}: finetune.time is required: the time after programming to train for (e.g. "
                             "'1y'); the noise a weight sees grows with time")
@@ -474,6 +454,25 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
                  model_sha256=_sha256_file(model_path), mapping=mapping,
                  hardware={k: v for k, v in spec.to_dict().items() if k != "t_inference"}, ranges=ranges,
                  calibration=calibration, finetune=finetune, seeds=seeds, times=times)
+
+
+def _section(fields: dict[str, Any], name: str, methods: tuple[str, ...], where: str, data: Path | None,
+             data_key: str, spec: Any) -> tuple[dict[str, Any], str]:
+    """A point's `name.*` settings and its method. Method 'none' takes no other setting; any
+    other method needs its data file and a hardware with something to correct or train for."""
+    values = {k[len(name) + 1:]: v for k, v in fields.items() if k.startswith(name + ".")}
+    method = values.get("method", "none")
+    if method not in methods:
+        raise SpecError(f"{where}: {name}.method {method!r}; choose one of {', '.join(methods)}")
+    extra = sorted(set(values) - {"method"})
+    if method == "none" and extra:
+        raise SpecError(f"{where}: {name}.{extra[0]} is set but {name}.method is 'none'")
+    if method != "none" and data is None:
+        raise SpecError(f"{where}: {name}.method {method!r} needs [study] {data_key}, which is not given")
+    if method != "none" and spec.is_ideal:
+        raise SpecError(f"{where}: {name} against ideal hardware has nothing to correct or train for; give a "
+                        "hardware preset or TOML")
+    return values, method
 
 
 def calibration_chip(chip: Any, seed: int) -> int:
