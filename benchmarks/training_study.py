@@ -70,7 +70,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sgd-epochs", type=int, default=5)
     ap.add_argument("--afp", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "figures" / "training_study.md")
+    ap.add_argument("--replot", metavar="COMMIT",
+                    help="no training or chips: rewrite the tables (--out) and the figure (beside it, .png) from the "
+                         "cached rows of the run made at source COMMIT (see the first line of --out)")
     args = ap.parse_args(argv)
+    if args.replot:
+        done = _load_cache(args.replot)
+        if not done:
+            raise SystemExit(f"{CACHE}: no rows of commit {args.replot}")
+        models = args.models.split(",")
+        done = {k: r for k, r in done.items() if r["model"] in models}
+        _write_tables(done, args, args.replot)
+        print(_plot(done, args.out.with_suffix(".png"), args.replot))
+        return 0
 
     from xbar.converter import convert
     from xbar.converter.remap import remap
@@ -130,6 +142,7 @@ def main(argv: list[str]) -> int:
                             done[key] = row
                     print(f"  {key0}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     _write_tables(done, args, commit)
+    print(_plot(done, args.out.with_suffix(".png"), commit))
     finish(t_start)
     return 0
 
@@ -159,6 +172,57 @@ def _write_tables(done: dict[str, dict], args, commit: str) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _plot(done: dict[str, dict], path: Path, commit: str) -> str:
+    """One panel per model and calibration (none, affine, sgd): accuracy vs drift time for the
+    original, noise- and hessian-fine-tuned weights, fixed point solid and AFP dashed; the
+    mean over chips with ±1 std bars and the worst chip as a small marker."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib is not importable: figure skipped"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(done.values())
+    models = [m for m in ("resnet_bn", "cnn_bn", "resnet_folded") if any(r["model"] == m for r in rows)]
+    times = [t for t in TIMES if any(r["t"] == t for r in rows)]
+    encs = [e for e in ("fixed", "afp2") if any(r["encoding"] == e for r in rows)]
+    fig, axes = plt.subplots(len(CALIBRATIONS), len(models), figsize=(4.2 * len(models), 9), dpi=120,
+                             sharex=True, squeeze=False)
+    colors = {"original": "C0", "noise": "C1", "hessian": "C2"}
+    for i, cal in enumerate(CALIBRATIONS):
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            for enc in encs:
+                for k, w in enumerate(WEIGHTS):
+                    xs, mean, std, worst = [], [], [], []
+                    for ti, t in enumerate(times):
+                        a = np.array([r["accuracy"] for r in rows if (r["model"], r["encoding"], r["t"], r["weights"],
+                                                                      r["calibration"]) == (model, enc, t, w, cal)])
+                        if len(a):
+                            xs.append(ti + (k - 1) * 0.08 + (0.03 if enc != "fixed" else 0))
+                            mean.append(100 * a.mean())
+                            std.append(100 * a.std(ddof=1) if len(a) > 1 else 0)
+                            worst.append(100 * a.min())
+                    if xs:
+                        ax.errorbar(xs, mean, yerr=std, color=colors[w], ls="-" if enc == "fixed" else "--", marker="o",
+                                    ms=3.5, lw=1.3, capsize=2, label=f"{w}, {enc}")
+                        ax.plot(xs, worst, color=colors[w], ls="none", marker="v", ms=3.5, alpha=0.6)
+            ax.set_xticks(range(len(times)))
+            ax.set_xticklabels(times)
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(model, fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"calibration: {cal}\ntest accuracy (%)")
+    axes[0][0].legend(fontsize=7, loc="lower left", title="weights, encoding (▼ worst chip)", title_fontsize=7)
+    fig.suptitle(f"Training study (source {commit[:10]}): mean ± std over 10 pcm chips, by drift time", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return f"wrote {rel_path(path)}"
 
 
 if __name__ == "__main__":
