@@ -80,6 +80,14 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"{CACHE}: no rows of commit {args.replot}")
         models = args.models.split(",")
         done = {k: r for k, r in done.items() if r["model"] in models}
+        # Only whole (model, encoding) blocks: every time, weights and calibration on every chip.
+        times = args.times.split(",")
+        for pair in sorted({(r["model"], r["encoding"]) for r in done.values()}):
+            n = sum(1 for r in done.values() if (r["model"], r["encoding"]) == pair and r["seed"] is not None)
+            if n < len(times) * len(WEIGHTS) * len(CALIBRATIONS) * args.chips:
+                print(f"left out {pair[0]}, {pair[1]}: {n} of "
+                      f"{len(times) * len(WEIGHTS) * len(CALIBRATIONS) * args.chips} chip rows in the cache")
+                done = {k: r for k, r in done.items() if (r["model"], r["encoding"]) != pair}
         _write_tables(done, args, args.replot)
         print(_plot(done, args.out.with_suffix(".png"), args.replot))
         return 0
