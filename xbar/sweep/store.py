@@ -148,7 +148,7 @@ class Results:
         st = self.study
         meta = {
             "fingerprint": st.fingerprint(), "xbar_version": __version__, "spec_path": str(st.path),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "started": self._first_started(),  # the first run of this spec here; resumes keep it
             "models": {k: str(v) for k, v in st.models.items()}, "test_data": str(st.test_data),
             "calib_data": str(st.calib_data) if st.calib_data else None,
             "train_data": str(st.train_data) if st.train_data else None,
@@ -160,6 +160,14 @@ class Results:
         }
         self._atomic(self.root / SPEC, st.text.encode())
         self._atomic(self.root / META, (json.dumps(meta, indent=1, default=str) + "\n").encode())
+
+    def _first_started(self) -> str:
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            meta = json.loads((self.root / META).read_text())
+        except (OSError, ValueError):
+            return now
+        return meta.get("started", now) if meta.get("fingerprint") == self.study.fingerprint() else now
 
     @staticmethod
     def _atomic(path: Path, data: bytes) -> None:
