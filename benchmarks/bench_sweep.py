@@ -78,7 +78,8 @@ def main() -> int:
         from xbar.sweep.task import prepare
 
         point = study.points[0]
-        blob = prepare(engine.prepare_job(study, point), _read(study.calib_data), None)
+        _, calib, _ = engine.datasets(study)
+        blob = prepare(engine.prepare_job(study, point), calib, None)
         prep_s = time.perf_counter() - t0
         key = point.prepare_key(study)
         print(f"  preparation (convert + ranges, once): {prep_s:.1f} s")
@@ -122,11 +123,6 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-def _read(path):
-    from xbar.data import read_dataset
-
-    return read_dataset(path) if path else None
 
 
 if __name__ == "__main__":

@@ -99,6 +99,13 @@ def chip_job(study: Study, point: Any, seed: int, key: str) -> ChipJob:
                    test_samples=study.test_samples)
 
 
+def datasets(study: Study) -> tuple[Any, Any, Any]:
+    """The study's test, calibration and training data as stored (None where not given)."""
+    from xbar.data import read_dataset
+
+    return tuple(read_dataset(p) if p else None for p in (study.test_data, study.calib_data, study.train_data))
+
+
 def plan(study: Study, results: Results) -> list[tuple[Any, int, str]]:
     """The (point, seed, task key) still to run, in spec order."""
     done = results.done()
@@ -110,15 +117,11 @@ def run(study: Study, results: Results, scheduler: str | None = None, workers: i
         progress: Callable[[int], Any] | None = None, echo: Callable[[str], None] = print) -> Outcome:
     """Run every unfinished task; rows are written as tasks finish. `progress(total)` returns
     an object with update(n, label) and close(), or None for no progress display."""
-    from xbar.data import read_dataset
-
     todo = plan(study, results)
     outcome = Outcome(tasks=len(todo))
     if not todo:
         return outcome
-    test = read_dataset(study.test_data)
-    calib = read_dataset(study.calib_data) if study.calib_data else None
-    train = read_dataset(study.train_data) if study.train_data else None
+    test, calib, train = datasets(study)
     t0 = time.perf_counter()
     client, cluster = connect(scheduler, workers)
     distributed = _distributed()
@@ -181,13 +184,9 @@ def run(study: Study, results: Results, scheduler: str | None = None, workers: i
 def run_in_process(study: Study, results: Results) -> Outcome:
     """The same tasks one after another in this process, no Dask: the reference the engine's
     overhead is measured against (benchmarks/bench_sweep.py)."""
-    from xbar.data import read_dataset
-
     todo = plan(study, results)
     outcome = Outcome(tasks=len(todo), workers=0)
-    test = read_dataset(study.test_data)
-    calib = read_dataset(study.calib_data) if study.calib_data else None
-    train = read_dataset(study.train_data) if study.train_data else None
+    test, calib, train = datasets(study)
     t0 = time.perf_counter()
     blobs: dict[str, bytes] = {}
     for point, seed, key in todo:

@@ -129,19 +129,28 @@ class Study:
     test_sha256: str = ""
     calib_sha256: str | None = None
     train_sha256: str | None = None
+    _keys: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     def task_key(self, point: Point, seed: int) -> str:
-        """A (point, chip) task's identity: its result depends on nothing else."""
+        """A (point, chip) task's identity: its result depends on nothing else. Memoised: the
+        engine and the store ask for every key many times, and a study is fixed once loaded."""
         from xbar import __version__
 
-        return digest({"point": point.identity(), "prepare": point.prepare_key(self), "seed": seed,
+        cached = self._keys.get((point.index, seed))
+        if cached is not None:
+            return cached
+        key = self._keys[(point.index, seed)] = digest({"point": point.identity(), "prepare": point.prepare_key(self), "seed": seed,
                        "times": point.times, "test": self.test_sha256, "calib": self.calib_sha256,
                        "batch": self.batch_size, "snr": self.snr_samples, "n": self.test_samples,
                        "xbar": __version__})
+        return key
 
     def fingerprint(self) -> str:
         """The whole study's identity: a results folder holds the rows of one fingerprint."""
-        return digest(sorted(self.task_key(p, s) for p in self.points for s in p.seeds))
+        if self._fingerprint is None:
+            self._fingerprint = digest(sorted(self.task_key(p, s) for p in self.points for s in p.seeds))
+        return self._fingerprint
 
     @property
     def rows(self) -> int:

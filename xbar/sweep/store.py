@@ -94,6 +94,7 @@ class Results:
         self.root, self.study, self.types = root, study, types
         self.rows_dir = root / ROWS
         self.bundles_dir = root / BUNDLES
+        self._schema = None
 
     # ---- opening ---------------------------------------------------------------------
 
@@ -184,26 +185,29 @@ class Results:
     def done(self) -> set[str]:
         return self._done(self.rows_dir)
 
-    def schema(self):
-        pa = _pyarrow()
-        from xbar import __version__
+    def columns(self) -> list[tuple[str, str]]:
+        """(name, kind) of every column, in table order: task, point, label, the settings, the results."""
+        return ([(name, kind) for name, kind, _ in FIXED_COLUMNS[:3]] + list(self.types.items())
+                + [(name, kind) for name, kind, _ in FIXED_COLUMNS[3:]])
 
-        cols = [(name, kind) for name, kind, _ in FIXED_COLUMNS[:3]] + list(self.types.items()) \
-            + [(name, kind) for name, kind, _ in FIXED_COLUMNS[3:]]
-        return pa.schema([(name, getattr(pa, {"string": "string", "int64": "int64", "float64": "float64",
-                                                "bool": "bool_"}[kind])()) for name, kind in cols],
-                         metadata={"xbar_version": __version__, "spec_fingerprint": self.study.fingerprint()})
+    def schema(self):
+        if self._schema is None:
+            pa = _pyarrow()
+            from xbar import __version__
+
+            types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+            self._schema = pa.schema([(name, types[kind]) for name, kind in self.columns()],
+                                     metadata={"xbar_version": __version__,
+                                               "spec_fingerprint": self.study.fingerprint()})
+        return self._schema
 
     def write(self, key: str, rows: list[dict[str, Any]]) -> None:
         """The rows of one finished task, as one Parquet file that appears whole."""
         pa = _pyarrow()
         import pyarrow.parquet as pq
 
-        schema = self.schema()
-        kinds = {f.name: str(f.type) for f in schema}
-        conv = {"double": "float64", "string": "string", "int64": "int64", "bool": "bool"}
-        clean = [{name: _cell(r.get(name), conv.get(kind, kind)) for name, kind in kinds.items()} for r in rows]
-        table = pa.Table.from_pylist(clean, schema=schema)
+        clean = [{name: _cell(r.get(name), kind) for name, kind in self.columns()} for r in rows]
+        table = pa.Table.from_pylist(clean, schema=self.schema())
         final = self.rows_dir / f"{key}.parquet"
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         # No min/max statistics for the long text columns: they would be stored twice more in
