@@ -32,19 +32,59 @@ def _snr_db(signal: np.ndarray, error: np.ndarray) -> float:
     return 10 * np.log10(max(p_sig, 1e-300) / p_err)
 
 
+def affine_residual(y: np.ndarray, ideal: np.ndarray) -> np.ndarray:
+    """What is left of the error y − ideal after the best per-output affine a·y + b
+    (least squares, column by column): the part of a layer's error that re-fitting its
+    per-channel scale and shift, which is all `affine` calibration changes, cannot remove."""
+    y, ideal = y.astype(np.float64), ideal.astype(np.float64)
+    yc, ic = y - y.mean(0), ideal - ideal.mean(0)
+    var = (yc ** 2).mean(0)
+    a = np.where(var > 0, (yc * ic).mean(0) / np.where(var > 0, var, 1), 1.0)
+    b = ideal.mean(0) - a * y.mean(0)
+    return a * y + b - ideal
+
+
+def layer_io(rt: Runtime, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Run `x` through the chip and keep, per analog layer index, the inputs it received
+    (im2col rows) and what its tiles returned."""
+    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    chips = [i for i, layer in enumerate(rt.layers) if layer.chip is not None]
+    for i in chips:
+        rt.layers[i].probe = (lambda idx: lambda lyr, cols, y: parts.setdefault(idx, []).append((cols.copy(), y.copy())))(i)
+    try:
+        rt(x)
+    finally:
+        for i in chips:
+            rt.layers[i].probe = None
+    return {i: (np.concatenate([c for c, _ in p]), np.concatenate([y for _, y in p])) for i, p in parts.items()}
+
+
+def _snr_entry(layer: Layer, cols: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    ideal = cols @ layer.matrix
+    err = y - ideal
+    resid = affine_residual(y, ideal)
+    p_err = float(np.sum(err.astype(np.float64) ** 2))
+    return ideal, {"snr_db": _snr_db(ideal, err), "snr_after_affine_db": _snr_db(ideal, resid),
+                   "affine_share": 1 - float(np.sum(resid ** 2)) / p_err if p_err > 0 else None}
+
+
+def layer_snr(rt: Runtime, x: np.ndarray) -> list[dict[str, Any]]:
+    """Per analog layer, in layer order: its own output SNR on the chip `rt` (against the
+    ideal product of the inputs it received), the SNR left after the best per-output affine
+    fit, and the share of the error power that fit removes (None: no error). One run of
+    `x`; no ablations (`diagnose` adds those)."""
+    return [{"layer": rt.layers[i].name, **_snr_entry(rt.layers[i], cols, y)[1]}
+            for i, (cols, y) in layer_io(rt, x).items()]
+
+
 def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     rt = Runtime(bundle, spec, seed)
-    parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for i, layer in enumerate(rt.layers):
-        if layer.chip is not None:
-            layer.probe = (lambda idx: lambda lyr, cols, y: parts.setdefault(idx, []).append((cols.copy(), y.copy())))(i)
-    rt(x)
-    seen = {i: (np.concatenate([c for c, _ in p]), np.concatenate([y for _, y in p])) for i, p in parts.items()}
+    seen = layer_io(rt, x)
     active = spec.active_nonidealities()
     report = []
     for i, (cols, y) in seen.items():
         layer = rt.layers[i]
-        ideal = cols @ layer.matrix
+        ideal, snr = _snr_entry(layer, cols, y)
         entry = bundle.layers[i]
         chip = layer.chip
         x_max = chip.x_max if chip.x_max is not None else np.maximum(np.abs(cols).max(axis=1, keepdims=True), 1e-30)
@@ -61,7 +101,7 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
         dominant = max(errors, key=errors.get) if errors else "-"
         report.append({
             "layer": entry["name"],
-            "snr_db": _snr_db(ideal, y - ideal),
+            **snr,
             "dac_clip": dac_clip,
             "adc_clip": adc_clip,
             "tiles": entry["tiles"]["tiles_used"],

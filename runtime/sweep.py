@@ -50,8 +50,8 @@ def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], t
     rows = {t: SweepRow(t) for t in times}
     jobs = [(t, s) for t in times for s in seeds]
     for t, seed in (progress(jobs) if progress else jobs):
-        acc, agree = evaluate_chip(bundle, spec.override(t_inference=t), seed, data, ideal_top, batch_size,
-                                   chip_progress)
+        acc, agree, _ = evaluate_chip(bundle, spec.override(t_inference=t), seed, data, ideal_top, batch_size,
+                                      chip_progress)
         if acc is not None:
             rows[t].accuracies.append(acc)
         rows[t].agreements.append(agree)
@@ -64,10 +64,18 @@ def top1(out: np.ndarray) -> np.ndarray:
 
 
 def evaluate_chip(bundle: Bundle, spec: HardwareSpec, seed: int, data: Dataset, ideal_top: np.ndarray,
-                  batch_size: int = 128, chip_progress: Callable[[list[Any]], Iterable[Any]] | None = None
-                  ) -> tuple[float | None, float]:
-    """One chip (`seed`) at the time `spec` names: its accuracy (None without labels) and its
-    top-1 agreement with ideal hardware's predictions `ideal_top`."""
-    out = predict(Runtime(bundle, spec, seed=seed, progress=chip_progress), data.x, batch_size)
+                  batch_size: int = 128, chip_progress: Callable[[list[Any]], Iterable[Any]] | None = None,
+                  snr_samples: int = 0) -> tuple[float | None, float, list[dict[str, Any]] | None]:
+    """One chip (`seed`) at the time `spec` names: its accuracy (None without labels), its
+    top-1 agreement with ideal hardware's predictions `ideal_top`, and with `snr_samples`
+    its per-layer SNR on the first that many samples (`diagnose.layer_snr`, the same chip
+    run once more after the accuracy), else None."""
+    rt = Runtime(bundle, spec, seed=seed, progress=chip_progress)
+    out = predict(rt, data.x, batch_size)
     acc = accuracy(out, data.y) if data.y is not None else None
-    return acc, float((top1(out) == ideal_top).mean())
+    snr = None
+    if snr_samples:
+        from xbar.runtime.diagnose import layer_snr
+
+        snr = layer_snr(rt, data.x[:snr_samples])
+    return acc, float((top1(out) == ideal_top).mean()), snr

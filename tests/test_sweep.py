@@ -175,8 +175,53 @@ def test_calibrated_rows_equal_calibrate_then_eval(tmp_path):
     ideal_top = top1(predict(Runtime(bundle), test.x, 128))
     cal, _ = calibrate(bundle, calib.x, spec.override(t_inference=86400.0), 1, "affine", y=calib.y)
     for t in study.times:
-        acc, _ = evaluate_chip(cal, spec.override(t_inference=t), 1, test, ideal_top)
+        acc, _, _ = evaluate_chip(cal, spec.override(t_inference=t), 1, test, ideal_top)
         assert got[t] == acc
+
+
+def test_snr_columns_are_the_evaluated_chips_per_layer_snr(tmp_path):
+    """snr_samples = 8: each row carries, per analog layer, the SNR and the SNR after the
+    per-channel affine fit of the very chip its accuracy came from (evaluate_chip run here
+    the same way); without snr_samples both are null, and a results file from before the
+    affine column existed reads with it null."""
+    import pyarrow.parquet as pq
+
+    from xbar.converter import convert
+    from xbar.data import load_dataset
+    from xbar.hardware import preset
+    from xbar.runtime.evaluate import predict
+    from xbar.runtime.executor import Runtime
+    from xbar.runtime.ranges import find_ranges
+    from xbar.runtime.sweep import evaluate_chip, top1
+
+    text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', '"hardware.adc.bits" = [8]') \
+        .replace('seeds = "0-2"', 'seeds = "2"').replace('times = ["1s", "1y"]', 'times = ["1d"]') \
+        .replace("[base]", "snr_samples = 8\n\n[base]")
+    study = load_study(_spec(tmp_path, text))
+    results, _ = Results.open(tmp_path / "res", study)
+    engine.run_in_process(study, results)
+    (row,) = read_rows(tmp_path / "res").to_pylist()
+
+    spec = preset("pcm").override({"adc.bits": 8})
+    bundle = convert(str(MODELS / "cnn_bn.onnx"), crossbar=(64, 64), hardware=spec)
+    find_ranges(bundle, load_dataset(MODELS / "digits_calib.npz", bundle.graph["inputs"][0]).x, spec)
+    test = load_dataset(MODELS / "digits_test.npz", bundle.graph["inputs"][0])
+    test.x, test.y = test.x[:N_TEST], test.y[:N_TEST]
+    ideal_top = top1(predict(Runtime(bundle), test.x, 128))
+    acc, _, layers = evaluate_chip(bundle, spec.override(t_inference=86400.0), 2, test, ideal_top, snr_samples=8)
+    assert row["accuracy"] == acc
+    snr, fit = json.loads(row["layer_snr_db"]), json.loads(row["layer_affine_snr_db"])
+    assert list(snr) == [r["layer"] for r in layers] == [l["name"] for l in bundle.layers if l["placement"] == "analog"]
+    for r in layers:
+        assert snr[r["layer"]] == round(r["snr_db"], 4) and fit[r["layer"]] == round(r["snr_after_affine_db"], 4)
+        assert fit[r["layer"]] >= snr[r["layer"]]
+
+    # A row file written before layer_affine_snr_db existed, beside the new one.
+    part = next((tmp_path / "res" / "rows").glob("*.parquet"))
+    old = pq.read_table(part).drop_columns(["layer_affine_snr_db"])
+    pq.write_table(old, part.with_name("0" * 16 + ".parquet"))
+    both = read_rows(tmp_path / "res").to_pylist()
+    assert sorted(r["layer_affine_snr_db"] is None for r in both) == [False, True]
 
 
 # ---------------------------------------------------------------- Dask

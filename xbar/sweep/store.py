@@ -38,13 +38,15 @@ FIXED_COLUMNS = (
     ("agreement", "float64", "top-1 agreement with the same bundle on ideal hardware"),
     ("ideal_accuracy", "float64", "the prepared bundle's accuracy on ideal hardware (before any chip calibration)"),
     ("layer_snr_db", "string", "JSON {layer: SNR dB} of the chip's analog layers (null unless snr_samples)"),
+    ("layer_affine_snr_db", "string", "JSON {layer: SNR dB left after the best per-channel affine re-fit} "
+                                      "(null unless snr_samples)"),
     ("wall_s", "float64", "seconds the row took on its worker (chip, inference, its calibration)"),
     ("config", "string", "JSON: the row's full resolved configuration (hardware at its time)"),
     ("xbar_version", "string", "the xbar that computed the row"),
 )
 
 
-_LONG_TEXT = ("config", "layer_snr_db", "label")
+_LONG_TEXT = ("config", "layer_snr_db", "layer_affine_snr_db", "label")
 
 
 def _pyarrow():
@@ -234,7 +236,8 @@ def read_rows(root: str | Path):
     files = sorted(p for p in (root / ROWS).glob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise SpecError(f"{root} holds no finished rows yet; run (or resume) the sweep with `xbar sweep`")
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    # Rows written before a column existed (an older xbar, resumed) read it as null.
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     return table.sort_by([("point", "ascending"), ("seed", "ascending"), ("time_s", "ascending")])
 
 

@@ -178,7 +178,6 @@ def run_chip(job: ChipJob, blob: bytes, test: Dataset, calib: Dataset | None) ->
     """One chip (job.seed) of one point at every drift time: one row each."""
     from xbar import __version__
     from xbar.runtime.calibrate import calibrate
-    from xbar.runtime.diagnose import diagnose
     from xbar.runtime.evaluate import accuracy, predict
     from xbar.runtime.executor import Runtime
     from xbar.runtime.sweep import evaluate_chip, top1
@@ -211,16 +210,17 @@ def run_chip(job: ChipJob, blob: bytes, test: Dataset, calib: Dataset | None) ->
                     lambda: calibrate(bundle, calib.x, _spec(job.hardware, at), chip, cal["method"], y=calib.y,
                                       batch_size=job.batch_size, sgd=sgd)[0])
             spec = _spec(job.hardware, t)
-            acc, agree = evaluate_chip(run_bundle, spec, job.seed, test, ideal_top, job.batch_size)
-            snr = None
-            if job.snr_samples:
-                report = diagnose(run_bundle, spec, test.x[:job.snr_samples], job.seed)
-                snr = json.dumps({r["layer"]: round(r["snr_db"], 4) for r in report})
+            acc, agree, layers = evaluate_chip(run_bundle, spec, job.seed, test, ideal_top, job.batch_size,
+                                               snr_samples=job.snr_samples)
+            snr = affine_snr = None
+            if layers is not None:
+                snr = json.dumps({r["layer"]: round(r["snr_db"], 4) for r in layers})
+                affine_snr = json.dumps({r["layer"]: round(r["snr_after_affine_db"], 4) for r in layers})
             rows.append({
                 "task": job.key, "point": job.point, "label": job.label, **job.fields,
                 "seed": job.seed, "time_s": float(t), "time": _time_label(t),
                 "accuracy": acc, "agreement": agree, "ideal_accuracy": ideal_acc,
-                "layer_snr_db": snr, "wall_s": time.perf_counter() - t0,
+                "layer_snr_db": snr, "layer_affine_snr_db": affine_snr, "wall_s": time.perf_counter() - t0,
                 "config": json.dumps({**job.resolved, "hardware": spec.to_dict(), "seed": job.seed,
                                       "calibration": cal}, sort_keys=True, default=str),
                 "xbar_version": __version__,
