@@ -227,3 +227,41 @@ def test_fast_stored_member_path_reads_what_np_load_reads(bundle, tmp_path, monk
         got = fast.arrays[key]
         assert got.dtype == arr.dtype and got.shape == arr.shape and got.flags.writeable
         np.testing.assert_array_equal(got, arr)
+
+
+def test_stored_member_with_an_unusual_header_is_parsed_and_checked(bundle, tmp_path):
+    """The fast path compares a member's .npy header with the bytes np.save writes; a valid
+    header written differently (keys reordered, other padding) is parsed instead and still
+    read, and one that disagrees with the manifest's shape still falls back and is refused."""
+    import hashlib
+    import json
+
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    key = next(k for k in bundle.arrays if k.endswith("/tiles"))
+    member = f"arrays/{key}.npy"
+    arr = bundle.arrays[key]
+
+    def header(shape):
+        text = "{'shape': %r, 'fortran_order': False, 'descr': '%s', }" % (shape, arr.dtype.str)
+        text += " " * (64 - (10 + len(text) + 1) % 64) + "\n"
+        return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+    for shape, ok in ((tuple(arr.shape), True), ((arr.size,), False)):
+        data = header(shape) + np.ascontiguousarray(arr).tobytes()
+
+        def edit(name, raw):
+            if name == member:
+                return data
+            if name == "manifest.json":
+                m = json.loads(raw)
+                m["arrays"][key]["sha256"] = hashlib.sha256(data).hexdigest()
+                return json.dumps(m).encode()
+            return raw
+
+        out = tmp_path / f"h{ok}.xbar"
+        _rewrite(good, out, edit)
+        if ok:
+            np.testing.assert_array_equal(load_bundle(out).arrays[key], arr)
+        else:
+            with pytest.raises(BundleError, match="shape"):
+                load_bundle(out)

@@ -323,12 +323,14 @@ def _read_stored_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, sha
         header = fp.read(hlen)
         if _NPY_PREFIX + hlen + math.prod(shape) * dtype.itemsize != info.file_size:
             return None
-        import ast
+        if prefix + header != _npy_header(shape, dtype):
+            # Not the header np.save writes for this shape and dtype: parse it (slower).
+            import ast
 
-        meta = ast.literal_eval(header.decode("latin1"))
-        if (not isinstance(meta, dict) or meta.get("fortran_order") is not False
-                or tuple(meta.get("shape", ())) != shape or np.dtype(meta.get("descr")) != dtype):
-            return None
+            meta = ast.literal_eval(header.decode("latin1"))
+            if (not isinstance(meta, dict) or meta.get("fortran_order") is not False
+                    or tuple(meta.get("shape", ())) != shape or np.dtype(meta.get("descr")) != dtype):
+                return None
         arr = np.empty(shape, dtype=dtype)
         buf = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
         if arr.size and fp.readinto(buf) != arr.nbytes:
@@ -336,6 +338,20 @@ def _read_stored_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, sha
     except (OSError, ValueError, SyntaxError, TypeError, struct.error, MemoryError, RecursionError):
         return None
     return arr, prefix + header, buf
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The version-1.0 .npy header np.save writes for a C-ordered array of this shape and
+    dtype: comparing bytes spares parsing the header of every member with ast."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+# Members smaller than this are hashed on the loading thread: handing them to the pool costs
+# more than hashing them (a bundle has hundreds of small per-layer arrays).
+_POOL_BYTES = 1 << 20
 
 
 def _digest(parts) -> str:
@@ -441,10 +457,14 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     if pending:
         from concurrent.futures import ThreadPoolExecutor
 
-        big = sorted(pending, key=lambda p: -len(p[2][1]))
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            digests = list(pool.map(lambda p: _digest(p[2]), big))
-        for (member, want, _), got in zip(big, digests):
+        big = sorted((p for p in pending if len(p[2][1]) >= _POOL_BYTES), key=lambda p: -len(p[2][1]))
+        small = [p for p in pending if len(p[2][1]) < _POOL_BYTES]
+        digests: list[str] = []
+        if big:
+            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+                digests = list(pool.map(lambda p: _digest(p[2]), big))
+        digests += [_digest(p[2]) for p in small]
+        for (member, want, _), got in zip(big + small, digests):
             if got != want:
                 raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified")
     return Bundle(manifest=manifest, arrays=arrays)
