@@ -8,8 +8,9 @@ checkout's), then `compare` the two files:
     .venv/bin/python benchmarks/compare_checkouts.py compare /tmp/main.npz /tmp/x.npz
 
 `dump` converts two small depthwise models (64→64 3×3 and 128→128 5×5 stride 2; 40→80 3×3
-with channel multiplier 2) under differential, offset, row+column placement and
-`--depthwise digital`, on 16×16 and 32×24 tiles, records every array's sha256 from each
+with channel multiplier 2) and a group-2 convolution under differential, offset, row+column
+placement, `--depthwise digital` and `packed`, analog floating point, bit slicing, 6-bit
+weights with a percentile clip and 2 replicas, on 16×16 and 32×24 tiles, records every array's sha256 from each
 bundle's manifest, and runs each bundle ideal and on pcm chips (plain, IR drop + 1 d drift,
 frozen read noise, ADC noise, calibrated DAC; seeds 0, 1). `--models a,b` adds the
 bench_scale.py models (their cached ONNX; arrays only, both depthwise policies).
@@ -46,7 +47,9 @@ def _small_models(folder: Path) -> dict[str, Path]:
                        nn.ReLU(), nn.Flatten(), nn.Linear(128 * 16, 10))
     mult = nn.Sequential(nn.Conv2d(3, 40, 3, padding=1), nn.ReLU(), nn.Conv2d(40, 80, 3, padding=1, groups=40),
                          nn.ReLU(), nn.Flatten(), nn.Linear(80 * 64, 10))
-    return {"dw": export(dw, "dw"), "dwmult": export(mult, "dwmult")}
+    grouped = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 48, 3, padding=1, groups=2),
+                            nn.ReLU(), nn.Flatten(), nn.Linear(48 * 64, 10))
+    return {"dw": export(dw, "dw"), "dwmult": export(mult, "dwmult"), "group2": export(grouped, "group2")}
 
 
 def _hashes(bundle, folder: Path) -> dict[str, str]:
@@ -72,7 +75,10 @@ def dump(out: str, models: list[str]) -> None:
              "cal": {"dac.range": "calibrated"}}
     options = {"diff": {}, "offset": {"encoding": "offset"},
                "rearr": {"rearrange": "ir-drop", "rearrange_rows": "ir-drop", "hardware": preset("pcm")},
-               "digital": {"depthwise": "digital"}}
+               "digital": {"depthwise": "digital"}, "packed": {"depthwise": "packed"},
+               "afp": {"afp_exponents": 3, "afp_step": 2, "hardware": preset("pcm")},
+               "slices": {"bit_slices": 2, "bits_per_cell": 3}, "w6clip": {"weight_bits": 6, "weight_clip_percentile": 99.0},
+               "rep2": {"replicas": 2}}
     with tempfile.TemporaryDirectory(prefix="xbar-compare-") as tmp:
         folder = Path(tmp)
         for mname, model in _small_models(folder).items():
@@ -87,7 +93,7 @@ def dump(out: str, models: list[str]) -> None:
                         for seed in (0, 1):
                             outputs[f"{tag}/{sname}/{seed}"] = Runtime(b, spec, seed=seed)(x)
         for m in models:
-            for dw in ("tiles", "digital"):
+            for dw in ("tiles", "digital", "packed"):
                 b = convert(str(HERE / ".cache" / f"{m}_v1.onnx"), crossbar=(128, 128),
                             hardware=preset("pcm").override(t_inference=86400.0), depthwise=dw)
                 hashes[f"{m}/{dw}"] = _hashes(b, folder)

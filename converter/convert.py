@@ -110,7 +110,8 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         # matrix (Cin times larger, almost all structural zeros).
         put("weight_depthwise", depthwise_kernel(spec))
     else:
-        put("weight", spec.weight.astype(np.float32))
+        w = spec.weight
+        put("weight", (w if isinstance(w, np.ndarray) else w.toarray()).astype(np.float32))
     entry["arrays"] = keys
     return entry
 
@@ -144,7 +145,10 @@ def depthwise_kernel(spec: LayerSpec) -> np.ndarray | None:
     cin = spec.params["in_channels"]
     kk, mult = k // cin, n // cin
     rows = np.arange(kk)[:, None] * cin + (np.arange(n) // mult)[None, :]
-    return spec.weight[rows, np.arange(n)[None, :]].astype(np.float32)
+    cols = np.broadcast_to(np.arange(n)[None, :], rows.shape)
+    if isinstance(spec.weight, np.ndarray):
+        return spec.weight[rows, cols].astype(np.float32)
+    return np.asarray(spec.weight[rows.ravel(), cols.ravel()]).reshape(rows.shape).astype(np.float32)
 
 
 def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
@@ -189,7 +193,7 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
     # A Conv/Gemm/MatMul weight is a float64 array extract_layer made for this layer alone,
     # unless it is (a view of) a float64 constant of the graph itself: then it is kept.
     # Recurrent layers cut W/R into several specs and are left alone.
-    owned = spec.kind != "recurrent" and not any(
+    owned = spec.kind != "recurrent" and isinstance(spec.weight, np.ndarray) and not any(
         isinstance(c, np.ndarray) and np.may_share_memory(spec.weight, c) for c in graph.constants.values())
     entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog", owned))
     if placement == "analog":

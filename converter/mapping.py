@@ -73,7 +73,18 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     `rows_first` (K,), if given, is a row order applied before any row placement (physical
     row q holds weight row rows_first[q]; --depthwise packed lays depthwise rows channel-major).
     `overwrite`: the caller no longer needs `weight` (float64), so the normalised weights
-    are computed in its place, one K×N float64 array fewer at the peak."""
+    are computed in its place, one K×N float64 array fewer at the peak.
+
+    `weight` and `structure` may be scipy sparse (a grouped convolution's cells): then,
+    unless a placement needs the whole matrix, the layer is scaled and encoded a slab of
+    columns at a time and tiled from sparse rows, so no K×N array exists (`_map_sparse`)."""
+    from scipy import sparse
+
+    if sparse.issparse(weight):
+        if cfg.rearrange == "none" and cfg.rearrange_rows == "none":
+            return _map_sparse(weight, structure, cfg, device, t, rows_first)
+        # Placement ranks rows and columns of the whole matrix: dense, as for any layer.
+        weight, structure, overwrite = weight.toarray(), structure.toarray(), True
     k, n = weight.shape
     scale = column_scale(weight, cfg.weight_clip_percentile)
     in_place = overwrite and weight.dtype == np.float64 and weight.flags.writeable
@@ -100,6 +111,47 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
     table["physical_columns"] = _physical_columns(table, cfg)
     return MappedLayer(tiles, scale.astype(np.float32), enc.output[order], enc.gain[order], tile_used, table,
                        rows, float(cfg.g_min), live)
+
+
+# Cells of one dense column slab while a sparse layer is encoded (32 MB of float64).
+SLAB_CELLS = 1 << 22
+
+
+def _map_sparse(weight, structure, cfg: MappingConfig, device, t: float, rows_first: np.ndarray | None) -> MappedLayer:
+    """map_weights for a sparse layer without placement: scaling and every encoding act on
+    each column alone (positions are output-major), so slabs of columns give the dense
+    path's numbers bit for bit; only their nonzeros are kept, and pack_tiles reads rows."""
+    from scipy import sparse
+
+    k, n = weight.shape
+    weight, structure = sparse.csc_matrix(weight), sparse.csc_matrix(structure)
+    step = max(1, SLAB_CELLS // max(1, k))
+    scales, outputs, gains, vs, valids = [], [], [], [], []
+    for c0 in range(0, n, step):
+        c1 = min(n, c0 + step)
+        w = weight[:, c0:c1].toarray()
+        scale = column_scale(w, cfg.weight_clip_percentile)
+        u = np.divide(w, scale, dtype=np.float64, out=w)
+        np.clip(u, -1.0, 1.0, out=u)
+        enc = encode(u, structure[:, c0:c1].toarray(), cfg, device, t)
+        scales.append(scale)
+        outputs.append(enc.output + c0)
+        gains.append(enc.gain)
+        vs.append(sparse.csc_matrix(enc.v))
+        valids.append(sparse.csc_matrix(enc.valid))
+    v, valid = sparse.hstack(vs, format="csr"), sparse.hstack(valids, format="csr")
+    if rows_first is not None:
+        v, valid = v[rows_first], valid[rows_first]
+    tiles, tile_used, table, live = pack_tiles(v, valid, cfg)
+    table["physical_columns"] = _physical_columns(table, cfg)
+    scale = np.concatenate(scales)
+    return MappedLayer(tiles, scale.astype(np.float32), np.concatenate(outputs), np.concatenate(gains), tile_used,
+                       table, rows_first, float(cfg.g_min), live)
+
+
+def _rows(a, lo: int, hi: int) -> np.ndarray:
+    """Rows lo..hi of a dense array or a sparse matrix, dense."""
+    return a[lo:hi] if isinstance(a, np.ndarray) else a[lo:hi].toarray()
 
 
 def _physical_columns(table: dict[str, Any], cfg: MappingConfig) -> int:
@@ -194,7 +246,7 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
     for b in range(nrb):  # which tiles hold a weight, first: the output is then filled in place
         kr = min(r, k - b * r)
         vb = np.zeros((r, ncb * cw), dtype=bool)
-        vb[:kr, :p] = valid[b * r:b * r + kr]
+        vb[:kr, :p] = _rows(valid, b * r, b * r + kr)
         tile_used[b] = vb.reshape(r, ncb, cw).any(axis=(0, 2))
     # One (T, R, C) array written block by block, not a list of blocks concatenated at the
     # end (which held the tiles twice: 1.6 GB at VGG-19's first classifier layer).
@@ -205,13 +257,13 @@ def pack_tiles(v: np.ndarray, valid: np.ndarray, cfg: MappingConfig
     for b in range(nrb):
         kr = min(r, k - b * r)
         vb = np.zeros((r, ncb * cw), dtype=bool)
-        vb[:kr, :p] = valid[b * r:b * r + kr]
+        vb[:kr, :p] = _rows(valid, b * r, b * r + kr)
         vb = vb.reshape(r, ncb, cw)
         cols = np.nonzero(tile_used[b])[0]
         if not len(cols):
             continue
         ub = np.zeros((r, ncb * cw))
-        ub[:kr, :p] = v[b * r:b * r + kr]
+        ub[:kr, :p] = _rows(v, b * r, b * r + kr)
         ub = ub.reshape(r, ncb, cw)[:, cols].transpose(1, 0, 2)  # (t, R, cw)
         vt = vb[:, cols].transpose(1, 0, 2)
         slots = vt.any(axis=1)  # (t, cw): every allocated tile has at least one
