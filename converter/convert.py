@@ -66,11 +66,14 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
 
 
 def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
-                  hardware: "HardwareSpec | None" = None, packed: bool = False, owned: bool = False) -> dict[str, Any]:
+                  hardware: "HardwareSpec | None" = None, packed: bool = False, owned: bool = False,
+                  stack: bool = False) -> dict[str, Any]:
     """The layer's bundle arrays into `arrays`, and its manifest entry's arrays/tiles.
     `packed`: --depthwise packed (xbar.packing). `owned`: spec.weight is this layer's own
     array, read by nothing after this call, so mapping may overwrite it (its K×N float64
-    then serves as the normalised weights)."""
+    then serves as the normalised weights). `stack` (--pack-tiles): the layer's allocated
+    tiles share physical tiles by rows and position ranges (xbar.packing.shelf_fit) when
+    that takes fewer tiles."""
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -86,11 +89,19 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         target = (hardware.device, hardware.t_inference, hardware.circuit) if hardware else (None, 0.0, None)
         mapped = map_weights(spec.weight, cfg, spec.structure, *target,
                              rows_first=channel_major(spec) if packed else None, overwrite=owned)
-        if packed:  # xbar.packing: the allocated tiles' live ranges share physical tiles
+        pack_map = heights = None
+        if packed or stack:  # xbar.packing: the allocated tiles' live ranges share physical tiles
             from xbar import packing
 
-            pack_map, n_phys = packing.first_fit(mapped.live, cfg.weight_cols_per_tile)
-            put("packed_tiles", packing.pack(mapped.tiles, pack_map, n_phys, cfg.g_min))
+            if stack:
+                heights = packing.pass_heights(mapped.tile_used, spec.weight.shape[0], cfg.rows)
+                pack_map, n_phys = packing.shelf_fit(mapped.live, heights, cfg.weight_cols_per_tile, cfg.rows)
+                if n_phys >= len(pack_map) and not packed:
+                    pack_map = None  # nothing shares a tile: plain tiles, no passes
+            else:
+                pack_map, n_phys = packing.first_fit(mapped.live, cfg.weight_cols_per_tile)
+        if pack_map is not None:
+            put("packed_tiles", packing.pack(mapped.tiles, pack_map, n_phys, cfg.g_min, heights))
             put("pack_map", pack_map)
             passes = np.bincount(pack_map[:, 0], minlength=n_phys)
             mapped.table["packing"] = {"physical_tiles": n_phys, "passes_per_vector": len(pack_map),
@@ -162,7 +173,8 @@ def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
 
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
-           steps: int | None = 0, keep_digital: bool = False, packed: bool = False) -> dict[str, Any]:
+           steps: int | None = 0, keep_digital: bool = False, packed: bool = False,
+           stack: bool = False) -> dict[str, Any]:
     """The manifest entry of one analog layer (its arrays go to `arrays`). `steps`: for a
     recurrent layer, its input vectors per sample (None: unknown); 0 for other layers.
     `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars;
@@ -195,7 +207,8 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
     # Recurrent layers cut W/R into several specs and are left alone.
     owned = spec.kind != "recurrent" and isinstance(spec.weight, np.ndarray) and not any(
         isinstance(c, np.ndarray) and np.may_share_memory(spec.weight, c) for c in graph.constants.values())
-    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog", owned))
+    entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog", owned,
+                               stack and placement == "analog"))
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]
@@ -255,6 +268,7 @@ def convert(
     hardware: "HardwareSpec | None" = None,
     progress: "Callable[[list[Node]], Iterable[Node]] | None" = None,
     depthwise: str = "tiles",
+    pack_tiles: bool = False,
 ) -> Bundle:
     """Convert an ONNX model (path or ModelProto) into an in-memory bundle.
 
@@ -266,7 +280,10 @@ def convert(
     unallocated, and each allocated one holds ~R/∏k channels on its diagonal); 'digital' keeps
     them digital, computed as a depthwise convolution from their kernels; 'packed' maps them
     with channel-major rows, then packs the live position ranges of their allocated tiles
-    onto shared physical tiles, one pass per logical tile (xbar.packing; differential only)."""
+    onto shared physical tiles, one pass per logical tile (xbar.packing; differential only).
+    `pack_tiles` packs every analog layer whose allocated tiles are partly used onto shared
+    physical tiles by rows as well as position ranges (a last row block using 16 of 128
+    rows shares its tile with others), one pass per logical tile; differential only."""
     if depthwise not in DEPTHWISE_POLICIES:
         raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}
@@ -276,6 +293,10 @@ def convert(
         kwargs["g_min"] = g_min
     if g_max is not None:
         kwargs["g_max"] = g_max
+    if pack_tiles and encoding != "differential":
+        raise ConfigError(f"--pack-tiles needs the differential encoding (got --encoding {encoding}): an offset "
+                          "tile's single reference column would be shared by passes of different rows. Use "
+                          "--encoding differential, or leave the tiles unpacked.")
     if depthwise == "packed" and encoding != "differential":
         raise ConfigError(f"--depthwise packed needs the differential encoding (got --encoding {encoding}): an "
                           "offset tile's single reference column would be shared by passes of row blocks of "
@@ -343,7 +364,7 @@ def convert(
         n_depthwise += is_depthwise(spec)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
                              keep_digital=depthwise == "digital" and is_depthwise(spec),
-                             packed=depthwise == "packed" and is_depthwise(spec)))
+                             packed=depthwise == "packed" and is_depthwise(spec), stack=pack_tiles))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]
@@ -395,6 +416,7 @@ def convert(
             "analog_weights": sum(l["weights"] for l in n_analog),
             "depthwise": depthwise,
             "depthwise_layers": n_depthwise,
+            "pack_tiles": bool(pack_tiles),
             "parameters": int(sum(l["weights"] + _affine_parameters(l, arrays) for l in layers)
                               + sum(int(np.asarray(v).size) for v in graph.constants.values()
                                     if np.issubdtype(np.asarray(v).dtype, np.floating))),

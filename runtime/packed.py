@@ -19,8 +19,9 @@ from xbar.runtime.chip import (CHUNK_CELLS, TileState, circuit_of, compensation_
 
 def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np.ndarray, mapping: dict[str, Any],
                        spec: HardwareSpec, rng: np.random.Generator, k: int, n: int) -> TileState:
-    """One packed layer on one chip: `physical` (T_phys, R, C) stored tiles, `pack_map` (T, 4)
-    checked (physical, offset, lo, hi) per allocated logical tile in tile_used row-major order.
+    """One packed layer on one chip: `physical` (T_phys, R, C) stored tiles, `pack_map` (T, 5)
+    checked (physical, offset, lo, hi, row) per allocated logical tile in tile_used row-major
+    order; a pass's rows in use sit on physical rows [row, row + h).
 
     d, var, comp and spans stay in physical row order (row blocks as the tiles hold them):
     a packed layer's row order crosses row blocks (channel-major, xbar.packing), so it is
@@ -34,7 +35,7 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
     tp, r, c = physical.shape
     cw = c // 2  # differential only (the converter and the manifest check refuse offset)
     bi, ci = np.nonzero(tile_used)
-    phys, off, lo, hi = (pack_map[:, i] for i in range(4))
+    phys, off, lo, hi, row0 = (pack_map[:, i] for i in range(5))
     draw = draws_of(spec, rng)
     dev = spec.device
     compensate = spec.drift_compensation != "off" and dev.model != "ideal" and dev.drift
@@ -46,9 +47,14 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
     # pass's columns read the same drift ratio whichever of the tile's driven rows feed them.
     # Rows no pass drives are left out, as in the tiles policy. Only the columns passes own
     # are read (see read_cols below): the other cells are padding at G_min without an ADC.
-    rows_all = np.arange(r)[None, :] < k - r * np.arange(nrb)[:, None]  # (nrb, R)
+    height = np.minimum(r, k - r * bi)  # rows in use of each pass's row block
+    # What a pass reads into its row block: with stacked rows only its own rows (the tile's
+    # other rows belong to other passes); otherwise all R, as the tiles policy reads a tile
+    # (the rows past K see no input, but their cells count in i_max, the ADC's full scale).
+    copy = height if np.any(row0 > 0) else np.full(len(pack_map), r)
     rows = np.zeros((tp, r), dtype=bool)
-    np.logical_or.at(rows, phys, rows_all[bi])
+    for j in range(len(pack_map)):
+        rows[phys[j], row0[j]:row0[j] + height[j]] = True
     # Each pass is converted and compensated by its own ADC readings: in 'tile' mode its one
     # ratio sums the probe over its own columns, as a logical tile's does in the tiles policy.
     read_cols = np.zeros((len(pack_map), c), dtype=bool)
@@ -72,10 +78,11 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
         for i, j in enumerate(passes):
             width = hi[j] - lo[j]
             b, q0, s = bi[j], ci[j] * cw + lo[j], off[j]  # row block, first position, first slot
-            d[b, :, q0:q0 + width] = smp.w[local[i], :, s:s + width]
+            h, p0 = copy[j], row0[j]  # the pass's rows: physical p0.. p0 + h, its row block's 0..h
+            d[b, :h, q0:q0 + width] = smp.w[local[i], p0:p0 + h, s:s + width]
             if smp.s2 is not None:
-                cells = smp.s2[local[i], :, 2 * s:2 * (s + width)]
-                var[b, :, q0:q0 + width] = cells[:, 0::2] + cells[:, 1::2]
+                cells = smp.s2[local[i], p0:p0 + h, 2 * s:2 * (s + width)]
+                var[b, :h, q0:q0 + width] = cells[:, 0::2] + cells[:, 1::2]
             if compensate:
                 comp[b, q0:q0 + width] = per_slot[i, s:s + width]
         del smp

@@ -127,7 +127,7 @@ def test_each_pass_reads_its_columns_of_the_physical_tiles_nodal_solve(pair):
         g = physical[p].astype(np.float64)
         g_eff = reference_currents(g, np.eye(r), c.r_wire, c.r_driver, c.r_sense).T  # (R, C)
         for j in np.nonzero(pack_map[:, 0] == p)[0]:
-            _, off, lo, hi = pack_map[j]
+            _, off, lo, hi = pack_map[j, :4]
             w = hi - lo
             want = (g_eff[:, 2 * off:2 * (off + w):2] - g_eff[:, 2 * off + 1:2 * (off + w):2]) / dg
             got = layer.chip.tiles.d[bi[j], :, ci[j] * cw + lo:ci[j] * cw + hi]
@@ -157,7 +157,7 @@ def test_tile_compensation_is_the_probe_ratio_over_each_pass_columns(pair):
     g0 = physical.astype(np.float64)
     mu, _ = pcm_drift_moments(g0, dev)
     gt = g0 * ((t + dev.t0) / dev.t0) ** (-mu * dev.drift_scale)
-    for j, (p, off, lo, hi) in enumerate(pack_map):
+    for j, (p, off, lo, hi) in enumerate(pack_map[:, :4]):
         # Probe rows: every row any pass of the physical tile drives (rows < K of its block).
         rows = np.zeros(r, dtype=bool)
         for jj in np.nonzero(pack_map[:, 0] == p)[0]:

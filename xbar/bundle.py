@@ -31,7 +31,7 @@ from xbar.errors import BundleError
 from xbar.manifest import ARRAY_KINDS, manifest_problem, member_name, type_name
 
 FORMAT_NAME = "xbar-bundle"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Versions this xbar reads. 2 added the column map (position_output, position_gain per
 #: analog layer) for encodings with several positions per output; a version-1 bundle's
 #: column_order is the same map with one position per output and unit gains. 3 stores only
@@ -40,8 +40,9 @@ FORMAT_VERSION = 4
 #: a depthwise layer's block-diagonal grid is almost all unallocated. `layer_tiles` reads
 #: either. 4 stores a layer's tiles packed (`--depthwise packed`, xbar.packing):
 #: `packed_tiles` (physical tiles) and `pack_map` instead of `tiles`; it is written only
-#: when a layer is packed, every other bundle is still written as 3.
-READABLE_VERSIONS = (1, 2, 3, 4)
+#: when a layer is packed, every other bundle is still written as 3. 5 adds a fifth column,
+#: row, to pack_map (`--pack-tiles`: logical tiles stacked by rows on a physical tile).
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
 
@@ -76,9 +77,10 @@ def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.n
     used = bundle.array(keys["tile_used"]).astype(bool)
     packed = layer_packing(bundle, entry)
     if packed is not None:
-        from xbar.packing import unpack
+        from xbar.packing import pass_heights, unpack
 
-        return unpack(*packed, bundle.manifest["mapping"]["g_min"]), used
+        heights = pass_heights(used, entry["K"], packed[0].shape[1])
+        return unpack(*packed, bundle.manifest["mapping"]["g_min"], heights), used
     if "tiles" in keys:
         tiles = bundle.array(keys["tiles"])
         if tiles.shape[0] != int(used.sum()):
@@ -89,19 +91,21 @@ def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.n
 
 
 def layer_packing(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """A packed layer's physical tiles (T_phys, R, C) siemens and its checked pack_map (T, 4)
-    int64 (xbar.packing), or None if the layer is not packed. The chip samples these; every
-    other consumer reads the logical tiles from `layer_tiles`."""
+    """A packed layer's physical tiles (T_phys, R, C) siemens and its checked pack_map (T, 5)
+    int64 (xbar.packing; a 4-column map gets row 0), or None if the layer is not packed. The
+    chip samples these; every other consumer reads the logical tiles from `layer_tiles`."""
     keys = entry["arrays"]
     if "pack_map" not in keys:
         return None
     from xbar.config import MappingConfig
-    from xbar.packing import check_map
+    from xbar.packing import check_map, pass_heights
 
     physical = bundle.array(keys["packed_tiles"])
-    n_logical = int(bundle.array(keys["tile_used"]).astype(bool).sum())
+    used = bundle.array(keys["tile_used"]).astype(bool)
     cw = MappingConfig.from_dict(bundle.manifest["mapping"]).weight_cols_per_tile
-    return physical, check_map(bundle.array(keys["pack_map"]), physical.shape[0], n_logical, cw, entry["name"])
+    r = physical.shape[1]
+    return physical, check_map(bundle.array(keys["pack_map"]), physical.shape[0], int(used.sum()), cw, entry["name"],
+                               pass_heights(used, entry["K"], r), r)
 
 
 def grid_conductance(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
@@ -199,10 +203,12 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     path = check_output(path, force)
     manifest = dict(bundle.manifest)
     manifest["format"] = FORMAT_NAME
-    # Version 4 only for what version 3 cannot hold (a packed layer), so that xbar releases
-    # that read 3 keep reading every other bundle.
-    packed = any("pack_map" in layer.get("arrays", {}) for layer in manifest.get("layers", []))
-    manifest["format_version"] = FORMAT_VERSION if packed else min(FORMAT_VERSION, 3)
+    # The lowest version that holds the bundle, so that xbar releases reading older versions
+    # keep reading it: 4 for a packed layer, 5 for one with stacked rows (a 5-column pack_map).
+    maps = [bundle.arrays[layer["arrays"]["pack_map"]] for layer in manifest.get("layers", [])
+            if "pack_map" in layer.get("arrays", {})]
+    need = 5 if any(np.shape(m)[1:] == (5,) for m in maps) else 4 if maps else 3
+    manifest["format_version"] = min(FORMAT_VERSION, need)
     manifest["xbar_version"] = __version__
     payloads: dict[str, bytes] = {}
     index: dict[str, Any] = {}

@@ -182,6 +182,10 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
                    "tiles stay unallocated); digital keeps them digital, run as depthwise convolutions; packed "
                    "lays their rows channel-major and packs the tiles' live columns onto shared physical tiles, "
                    "run one pass per packed tile (differential encoding).")
+@click.option("--pack-tiles", is_flag=True,
+              help="Let the partly used tiles of every Conv/Gemm/MatMul layer share physical tiles, stacked by "
+                   "rows and side by side by columns (e.g. a last row block using 16 of 128 rows), each run as "
+                   "its own pass: fewer tiles, more passes (differential encoding).")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
@@ -192,8 +196,9 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
             weight_clip: float | None, afp_exponents: int, afp_step: int, bit_slices: int, bits_per_cell: int | None,
-            replicas: int, rearrange: str, rearrange_rows: str, depthwise: str, digital: tuple[str, ...],
-            hardware: str | None, sets: tuple[str, ...], calib_data: Path | None, force: bool) -> None:
+            replicas: int, rearrange: str, rearrange_rows: str, depthwise: str, pack_tiles: bool,
+            digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...], calib_data: Path | None,
+            force: bool) -> None:
     """Convert an ONNX MODEL into a crossbar deployment bundle (.xbar)."""
     from xbar.bundle import check_output, save_bundle
     from xbar.converter import convert as do_convert
@@ -206,7 +211,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
                         afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
                         rearrange=rearrange, rearrange_rows=rearrange_rows, depthwise=depthwise,
-                        hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
+                        pack_tiles=pack_tiles, hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()
     if calib_data is not None:
         from xbar.data import check_sample_axis, load_dataset
@@ -282,7 +287,8 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         bits += f", rows placed for {mp['rearrange_rows']}"
     _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
           f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS"
-          + _depthwise_text(m["summary"]))
+          + _depthwise_text(m["summary"]) + ("; partly used tiles packed (--pack-tiles)"
+                                             if m["summary"].get("pack_tiles") else ""))
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:

@@ -82,12 +82,13 @@ _LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("col_scale", "tile_used"),
 #: Where an analog layer's conductances are, by format version: versions 1 and 2 store the
 #: whole tile grid (row blocks, column blocks, R, C); version 3 only the allocated tiles
 #: (T, R, C), in row-major order of tile_used.
-#: Version 4 as 3, or a packed layer's physical tiles and pack map (xbar.packing).
-_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles", 4: "tiles"}
+#: Version 4 as 3, or a packed layer's physical tiles and pack map (xbar.packing); 5 as 4,
+#: the pack map with a fifth column (stacked rows).
+_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles", 4: "tiles", 5: "tiles"}
 _PACKED_ARRAYS = ("packed_tiles", "pack_map")
 #: The column map's arrays, by format version (see READABLE_VERSIONS).
 _MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain"), 3: ("position_output", "position_gain"),
-               4: ("position_output", "position_gain")}
+               4: ("position_output", "position_gain"), 5: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
@@ -227,9 +228,11 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                             f"{cols}], with a 2-D tile_used and pack_map")
                 table = layer.get("tiles") or {}
                 logical = table.get("tiles_used", m_[0])
-                if m_ != (logical, 4) or logical > blocks[0] * blocks[1]:
-                    return (f"{where}: array 'pack_map' has shape {list(m_)}; expected [{logical}, 4], one row "
-                            f"(physical, offset, lo, hi) per allocated tile of the {list(blocks)} grid")
+                width = 5 if version >= 5 and m_[1:] == (5,) else 4
+                if m_ != (logical, width) or logical > blocks[0] * blocks[1]:
+                    return (f"{where}: array 'pack_map' has shape {list(m_)}; expected [{logical}, 4] (or 5 columns "
+                            f"from format 5 on), one row (physical, offset, lo, hi[, row]) per allocated tile of the "
+                            f"{list(blocks)} grid")
                 if m["mapping"].get("encoding") != "differential":
                     return f"{where}: packed tiles need the differential encoding, not {m['mapping'].get('encoding')!r}"
                 packing = table.get("packing")

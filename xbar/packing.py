@@ -15,6 +15,14 @@ slot offset, lo, hi (slots and positions in weight-position units, 0..Cw). Cells
 owns are padding at G_min. Only the differential encoding packs: an offset tile's one
 reference column would be shared by passes whose row blocks differ in height.
 
+Stacked rows (`--pack-tiles`, format 5): a fifth column, row, places a logical tile's rows
+in use (h: all R, or the K − b·R of a last row block b) on physical rows [row, row + h).
+Its pass drives only those rows (the others at 0 V) and converts only its columns; by
+linearity its currents are x @ G_eff[row:row + h, its columns] of the whole tile. This is
+what packs the partly used last row blocks of layers whose K is not a multiple of R (a
+MobileNet's K = 144 leaves 16 of a block's 128 rows in use), which column ranges cannot.
+`shelf_fit` places them; a 4-column map reads as row 0 (`check_map` returns 5 columns).
+
 Rows: a depthwise matrix's rows are (kernel offset, channel), so in that order a row block
 of R rows reaches R channels' positions and every allocated tile's live range fills its
 column block (nothing would pack). A packed layer is therefore laid out channel-major
@@ -33,7 +41,48 @@ import numpy as np
 
 from xbar.errors import BundleError
 
-MAP_FIELDS = ("physical", "offset", "lo", "hi")
+MAP_FIELDS = ("physical", "offset", "lo", "hi", "row")
+
+
+def pass_heights(tile_used: np.ndarray, k: int, r: int) -> np.ndarray:
+    """(T,) rows in use of each allocated logical tile, in tile_used row-major order."""
+    blocks = np.nonzero(tile_used)[0]
+    return np.minimum(r, k - blocks * r).astype(np.int64)
+
+
+def shelf_fit(live: np.ndarray, heights: np.ndarray, cw: int, r: int) -> tuple[np.ndarray, int]:
+    """(T, 2) live position ranges and (T,) heights of the allocated logical tiles → (T, 5)
+    pack_map (physical, offset, lo, hi, row) and the number of physical tiles.
+
+    Shelf first fit in logical tile order: a physical tile is cut into shelves of rows, each
+    filled left to right with ranges; a logical tile goes on the first shelf (of any tile)
+    at least as high as it with room for its range, else opens a shelf of its own height
+    where a tile has the rows left, else a new tile."""
+    pack = np.zeros((len(live), 5), dtype=np.int32)
+    shelves: list[list[list[int]]] = []  # per physical tile: [row, height, fill] per shelf
+    for j, ((lo, hi), h) in enumerate(zip(np.asarray(live, dtype=np.int64), np.asarray(heights, dtype=np.int64))):
+        width, h = int(hi - lo), int(h)
+        spot = next(((p, sh) for p, tile in enumerate(shelves) for sh in tile
+                     if sh[1] >= h and sh[2] + width <= cw), None)
+        if spot is None:
+            p = next((p for p, tile in enumerate(shelves) if sum(sh[1] for sh in tile) + h <= r), None)
+            if p is None:
+                p = len(shelves)
+                shelves.append([])
+            sh = [sum(x[1] for x in shelves[p]), h, 0]
+            shelves[p].append(sh)
+            spot = (p, sh)
+        p, sh = spot
+        pack[j] = (p, sh[2], lo, hi, sh[0])
+        sh[2] += width
+    return pack, len(shelves)
+
+
+def _rows(pack_map: np.ndarray, heights: np.ndarray | None, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row offset, height) of every pass: a 4-column map's passes span all R rows from 0."""
+    if pack_map.shape[1] < 5:
+        return np.zeros(len(pack_map), dtype=np.int64), np.full(len(pack_map), r, dtype=np.int64)
+    return pack_map[:, 4].astype(np.int64), np.asarray(heights, dtype=np.int64)
 
 
 def first_fit(live: np.ndarray, cw: int) -> tuple[np.ndarray, int]:
@@ -58,46 +107,63 @@ def first_fit(live: np.ndarray, cw: int) -> tuple[np.ndarray, int]:
     return pack, len(fill)
 
 
-def pack(tiles: np.ndarray, pack_map: np.ndarray, n_physical: int, g_min: float) -> np.ndarray:
+def pack(tiles: np.ndarray, pack_map: np.ndarray, n_physical: int, g_min: float,
+         heights: np.ndarray | None = None) -> np.ndarray:
     """(T, R, C) logical tiles → (T_phys, R, C) physical tiles (differential: slot s is
-    columns 2s, 2s+1); cells outside every pass's slots stay at G_min."""
+    columns 2s, 2s+1); cells outside every pass's slots stay at G_min. `heights` (T,): the
+    rows in use per logical tile, needed for a 5-column (stacked rows) map."""
     out = np.full((n_physical, *tiles.shape[1:]), g_min, dtype=tiles.dtype)
-    for j, (p, off, lo, hi) in enumerate(pack_map):
-        out[p, :, 2 * off:2 * (off + hi - lo)] = tiles[j, :, 2 * lo:2 * hi]
+    rows, hs = _rows(pack_map, heights, tiles.shape[1])
+    for j, (p, off, lo, hi) in enumerate(pack_map[:, :4]):
+        out[p, rows[j]:rows[j] + hs[j], 2 * off:2 * (off + hi - lo)] = tiles[j, :hs[j], 2 * lo:2 * hi]
     return out
 
 
-def unpack(physical: np.ndarray, pack_map: np.ndarray, g_min: float) -> np.ndarray:
+def unpack(physical: np.ndarray, pack_map: np.ndarray, g_min: float, heights: np.ndarray | None = None) -> np.ndarray:
     """(T_phys, R, C) physical tiles → (T, R, C) logical tiles, positions outside a tile's
-    live range at G_min: the converter's tiles-policy tiles, bit for bit."""
+    live range (and rows past its height) at G_min: the converter's tiles-policy tiles, bit
+    for bit."""
     out = np.full((len(pack_map), *physical.shape[1:]), g_min, dtype=physical.dtype)
-    for j, (p, off, lo, hi) in enumerate(pack_map):
-        out[j, :, 2 * lo:2 * hi] = physical[p, :, 2 * off:2 * (off + hi - lo)]
+    rows, hs = _rows(pack_map, heights, physical.shape[1])
+    for j, (p, off, lo, hi) in enumerate(pack_map[:, :4]):
+        out[j, :hs[j], 2 * lo:2 * hi] = physical[p, rows[j]:rows[j] + hs[j], 2 * off:2 * (off + hi - lo)]
     return out
 
 
-def check_map(pack_map: np.ndarray, n_physical: int, n_logical: int, cw: int, layer: str) -> np.ndarray:
-    """The pack_map as int64, or BundleError naming the layer and the first bad entry: every
-    range inside [0, Cw], non-empty, placed on existing physical tiles, passes of one
-    physical tile on disjoint slots, and every physical tile used by some pass."""
+def check_map(pack_map: np.ndarray, n_physical: int, n_logical: int, cw: int, layer: str,
+              heights: np.ndarray | None = None, r: int | None = None) -> np.ndarray:
+    """The pack_map as (T, 5) int64 (a 4-column map gets row 0), or BundleError naming the
+    layer and the first bad entry: every range inside [0, Cw], non-empty, placed on existing
+    physical tiles (and, with stacked rows, its `heights` rows inside the tile's `r`),
+    passes of one physical tile on disjoint cells, and every physical tile used by a pass."""
     where = f"layer {layer!r}: pack_map"
     fix = "; the bundle is corrupt or was edited by hand (convert the model again)"
-    if pack_map.ndim != 2 or pack_map.shape != (n_logical, 4) or not np.issubdtype(pack_map.dtype, np.integer):
+    if (pack_map.ndim != 2 or pack_map.shape[0] != n_logical or pack_map.shape[1] not in (4, 5)
+            or not np.issubdtype(pack_map.dtype, np.integer)):
         raise BundleError(f"{where} has shape {list(pack_map.shape)} ({pack_map.dtype}), expected [{n_logical}, 4] "
-                          f"integers ({', '.join(MAP_FIELDS)}){fix}")
+                          f"or [{n_logical}, 5] integers ({', '.join(MAP_FIELDS)}){fix}")
     m = pack_map.astype(np.int64)
-    p, off, lo, hi = m.T
+    if m.shape[1] == 4:
+        m = np.concatenate([m, np.zeros((len(m), 1), dtype=np.int64)], axis=1)
+        h = np.full(len(m), r if r is not None else 1, dtype=np.int64)
+    else:
+        h = np.asarray(heights, dtype=np.int64)
+    p, off, lo, hi, row = m.T
     bad = ~((0 <= p) & (p < n_physical) & (0 <= lo) & (lo < hi) & (hi <= cw) & (0 <= off) & (off + hi - lo <= cw))
+    if r is not None:
+        bad |= ~((0 <= row) & (row + h <= r))
     if bad.any():
         j = int(np.argmax(bad))
         raise BundleError(f"{where} row {j} {m[j].tolist()} ({', '.join(MAP_FIELDS)}) does not place a range of "
-                          f"0..{cw} positions inside one of {n_physical} physical tiles of {cw} slots{fix}")
-    order = np.lexsort((off, p))
-    ends = (off + hi - lo)[order]
-    clash = (p[order][1:] == p[order][:-1]) & (off[order][1:] < ends[:-1])
-    if clash.any():
-        a, b = order[int(np.argmax(clash))], order[int(np.argmax(clash)) + 1]
-        raise BundleError(f"{where} rows {a} and {b} overlap on physical tile {int(p[a])}{fix}")
+                          f"0..{cw} positions inside one of {n_physical} physical tiles of {cw} slots"
+                          f"{f' and {r} rows' if r is not None else ''}{fix}")
+    for t in np.unique(p):  # passes of one tile: disjoint rectangles of rows × slots
+        js = np.nonzero(p == t)[0]
+        for i, a in enumerate(js):
+            for b in js[i + 1:]:
+                if (off[a] < off[b] + hi[b] - lo[b] and off[b] < off[a] + hi[a] - lo[a]
+                        and row[a] < row[b] + h[b] and row[b] < row[a] + h[a]):
+                    raise BundleError(f"{where} rows {a} and {b} overlap on physical tile {int(t)}{fix}")
     unused = np.setdiff1d(np.arange(n_physical), p)
     if len(unused):
         raise BundleError(f"{where} leaves physical tile {int(unused[0])} without a pass{fix}")

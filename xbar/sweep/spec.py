@@ -44,7 +44,7 @@ STUDY_KEYS = ("models", "test_data", "calib_data", "train_data", "seeds", "times
 #: convert() keyword arguments a point may set as mapping.<name>.
 MAPPING_KEYS = ("crossbar", "encoding", "weight_bits", "digital", "weight_clip_percentile", "afp_exponents",
                 "afp_step", "bit_slices", "bits_per_cell", "replicas", "rearrange", "rearrange_rows", "depthwise",
-                "g_min", "g_max")
+                "pack_tiles", "g_min", "g_max")
 CALIBRATION_KEYS = ("method", "chip", "time", "epochs", "lr", "loss")
 _OFFSET = re.compile(r"^seed\s*([+-])\s*(\d+)$")
 FINETUNE_KEYS = ("method", "time", "epochs", "lr", "loss", "seed")
@@ -507,6 +507,10 @@ def _check_mapping(mapping: dict[str, Any], spec: Any) -> None:
     m = {k: mapping.get(k, defaults[k]) for k in MAPPING_KEYS}
     if m["depthwise"] not in DEPTHWISE_POLICIES:
         raise ConfigError(f"depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {m['depthwise']!r}")
+    if not isinstance(m["pack_tiles"], bool):
+        raise ConfigError(f"pack_tiles must be true or false; got {m['pack_tiles']!r}")
+    if m["pack_tiles"] and m["encoding"] != "differential":
+        raise ConfigError("pack_tiles needs the differential encoding")
     window = {"g_min": m["g_min"] if m["g_min"] is not None else spec.device.g_min,
               "g_max": m["g_max"] if m["g_max"] is not None else spec.device.g_max}
     MappingConfig(rows=int(m["crossbar"][0]), cols=int(m["crossbar"][1]), encoding=m["encoding"],
