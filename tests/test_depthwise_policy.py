@@ -5,6 +5,7 @@ kernels and run as depthwise convolutions; checked against the tiles policy's ex
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import export_small
 
 from xbar.bundle import load_bundle, save_bundle
 from xbar.converter import convert
@@ -22,15 +23,7 @@ def _model(path, mult=1, stride=1, dilation=1, k=3):
                         nn.Conv2d(12, 12 * mult, k, stride=stride, padding=k // 2 * dilation, dilation=dilation,
                                   groups=12),
                         nn.BatchNorm2d(12 * mult), nn.ReLU(), nn.Conv2d(12 * mult, 4, 1))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, 9, 9),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    return path
+    return export_small(net, path, (1, 3, 9, 9))
 
 
 @pytest.mark.parametrize("mult,stride,dilation,k", [(1, 1, 1, 3), (2, 2, 1, 3), (1, 1, 2, 5)])

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import export_small
 
 from test_irdrop import reference_currents
 from xbar import packing
@@ -33,15 +34,7 @@ def _model(path):
     torch.manual_seed(5)
     net = nn.Sequential(nn.Conv2d(20, 36, 1), nn.BatchNorm2d(36), nn.ReLU(), nn.Conv2d(36, 20, 1), nn.ReLU(),
                         nn.Flatten(), nn.Linear(20 * 4 * 4, 12))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    torch.onnx.export(net, (torch.zeros(1, 20, 4, 4),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    return path
+    return export_small(net, path, (1, 20, 4, 4))
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +51,16 @@ def pair(model):
 
 def _x(n=3):
     return np.random.default_rng(0).standard_normal((n, 20, 4, 4)).astype(np.float32)
+
+
+def _packed_layer(bundle, entry, spec):
+    """One packed layer on a chip of `spec`, its physical tiles and map, and per pass its
+    row block, column block and rows in use."""
+    layer = Layer(entry, bundle, spec, np.random.default_rng(0), np.random.default_rng(1))
+    physical, pack_map = layer_packing(bundle, entry)
+    _, used = layer_tiles(bundle, entry)
+    bi, ci = np.nonzero(used)
+    return layer, physical, pack_map, bi, ci, packing.pass_heights(used, entry["K"], R)
 
 
 def test_shelf_fit_stacks_short_row_blocks_and_fills_shelves_left_to_right():
@@ -124,11 +127,7 @@ def test_each_pass_reads_its_rows_and_columns_of_the_physical_tile_nodal_solve(p
     dg = spec.device.g_max - spec.device.g_min
     stacked = 0
     for entry in packed.layers:
-        layer = Layer(entry, packed, spec, np.random.default_rng(0), np.random.default_rng(1))
-        physical, pack_map = layer_packing(packed, entry)
-        _, used = layer_tiles(packed, entry)
-        bi, ci = np.nonzero(used)
-        heights = packing.pass_heights(used, entry["K"], R)
+        layer, physical, pack_map, bi, ci, heights = _packed_layer(packed, entry, spec)
         cw = physical.shape[2] // 2
         d = layer.chip.tiles.d
         for p in range(len(physical)):
@@ -149,12 +148,7 @@ def test_tile_compensation_probes_the_rows_every_pass_of_the_tile_drives(pair):
     spec = ablate(preset("pcm").override({"device.pcm_nu_sigma_min": 0.0, "device.pcm_nu_sigma_max": 0.0,
                                           "drift_compensation": "tile", "t_inference": 86400.0}), only=["drift"])
     dev, t = spec.device, spec.t_inference
-    entry = packed.layers[1]
-    layer = Layer(entry, packed, spec, np.random.default_rng(0), np.random.default_rng(1))
-    physical, pack_map = layer_packing(packed, entry)
-    _, used = layer_tiles(packed, entry)
-    bi, ci = np.nonzero(used)
-    heights = packing.pass_heights(used, entry["K"], R)
+    layer, physical, pack_map, bi, ci, heights = _packed_layer(packed, packed.layers[1], spec)
     cw = physical.shape[2] // 2
     g0 = physical.astype(np.float64)
     mu, _ = pcm_drift_moments(g0, dev)

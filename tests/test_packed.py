@@ -9,6 +9,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import export_small
 
 from test_irdrop import reference_currents
 from xbar import packing
@@ -32,15 +33,7 @@ def _model(path, channels=CHANNELS, size=6):
     net = nn.Sequential(nn.Conv2d(3, channels, 1), nn.BatchNorm2d(channels), nn.ReLU(),
                         nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.BatchNorm2d(channels),
                         nn.ReLU(), nn.Conv2d(channels, 4, 1))
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    return path
+    return export_small(net, path, (1, 3, size, size))
 
 
 @pytest.fixture(scope="module")
