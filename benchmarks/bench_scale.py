@@ -5,6 +5,7 @@ VGG-19 and ConvNeXt-T (the last two not in the default set: --models vgg19,convn
     .venv/bin/python benchmarks/bench_scale.py --models resnet50 --batch 32
     .venv/bin/python benchmarks/bench_scale.py --depthwise digital  # a mapping policy of convert
     .venv/bin/python benchmarks/bench_scale.py --models mobilenet_v2,efficientnet_b0 --depthwise packed --batch 0
+    .venv/bin/python benchmarks/bench_scale.py --depthwise digital --pack-tiles --batch 0   # partly used tiles shared
 
 Per model, each measurement in its own fresh subprocess (peak memory is the child's VmHWM
 from /proc/self/status, which includes the interpreter and imports):
@@ -189,13 +190,15 @@ def _spec():
     return preset("pcm").override(t_inference=T_INFERENCE)
 
 
-def _child_convert(model: str, out: str, depthwise: str) -> dict:
+def _child_convert(model: str, out: str, depthwise: str, pack_tiles: str = "0") -> dict:
     t0 = time.perf_counter()
     from xbar.bundle import save_bundle
     from xbar.converter import convert
 
     res = {"import_s": time.perf_counter() - t0, "rss_before_kib": _proc_status_kib("VmRSS")}
     kw = {} if depthwise == "default" else {"depthwise": depthwise}
+    if pack_tiles == "1":
+        kw["pack_tiles"] = True
     c0, t0 = time.process_time(), time.perf_counter()
     b = convert(model, crossbar=(128, 128), hardware=_spec(), **kw)
     res["convert_s"] = time.perf_counter() - t0
@@ -272,6 +275,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS + EXTRA)}")
     ap.add_argument("--batch", type=int, default=32, help="chip inference batch (0: skip inference)")
     ap.add_argument("--depthwise", default="default", help="convert's depthwise policy (default: convert's own)")
+    ap.add_argument("--pack-tiles", action="store_true", help="convert with pack_tiles=True (--pack-tiles)")
     ap.add_argument("--no-prep", action="store_true", help="convert and load only (no chip preparation)")
     ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
     args = ap.parse_args(argv)
@@ -285,7 +289,7 @@ def main(argv: list[str]) -> int:
         for kind in args.models.split(","):
             model = ensure(kind)
             out = str(Path(tmp) / f"{kind}.xbar")
-            c = _run_child("_convert", str(model), out, args.depthwise)
+            c = _run_child("_convert", str(model), out, args.depthwise, "1" if args.pack_tiles else "0")
             ld = _run_child("_load", out)
             p = None if args.no_prep else _run_child("_prep", out, str(model), str(args.batch))
             gb = c["bundle_bytes"] / 1e9
