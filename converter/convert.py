@@ -316,6 +316,10 @@ def convert(
     proto, label, original_opset = load_model(model)
     proto, batch = resolve_batch(proto)
     graph = build_graph(proto, label, default_opset(proto))
+    producer = f"{proto.producer_name} {proto.producer_version}".strip()
+    # The graph holds every constant as an array of its own: the protobuf's copy of the
+    # weights would only double them at the mapping peak (575 MB for VGG-19).
+    del proto
     einsum_to_matmul(graph)
     digital = list(digital)
 
@@ -360,6 +364,10 @@ def convert(
         found_names.append(spec.name)
         for user in absorb_following(graph, spec, consumers, label):
             absorbed.add(user.name)
+        if [u.name for u in consumers.get(spec.weight_name, [])] == [node.name]:
+            # Extracted as the layer's own float64 matrix and read by no other node: pruning
+            # would drop it after the loop; dropping it now keeps it out of the mapping peak.
+            graph.constants.pop(spec.weight_name, None)
         idx = len(layers)
         n_depthwise += is_depthwise(spec)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
@@ -403,7 +411,7 @@ def convert(
             "sha256": _source_digest(model),
             "opset": graph.opset,
             "original_opset": original_opset,
-            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "producer": producer,
         },
         "mapping": cfg.to_dict(),
         "batch": batch,

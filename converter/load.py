@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import shape_inference, version_converter
 
@@ -58,8 +59,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
         # refused at once, with every unsupported op named (older models are checked after
         # their upgrade, which renames some ops).
         check_vocabulary(model, label, f"opset {opset}")
+    _check_large_initializers(model, label)
     try:
-        onnx.checker.check_model(_checkable(model))
+        onnx.checker.check_model(_checkable(_skeleton(model)))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
@@ -75,11 +77,74 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
                 f"({type(exc).__name__}: {exc}); re-export it at opset {MIN_NATIVE_OPSET} or newer."
             ) from None
         check_vocabulary(model, label, f"opset {opset}, upgraded to {TARGET_OPSET}")
+    skeleton = _skeleton(model)
     try:
-        model = shape_inference.infer_shapes(model, data_prop=True)
+        inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as exc:
         raise ModelError(f"{label}: ONNX shape inference failed ({exc}); the model is inconsistent.") from None
+    if skeleton is model:
+        return inferred, label, opset
+    # The model keeps its initializers; it takes the shapes and types inference found.
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
     return model, label, opset
+
+
+# Initializers above this many bytes are weights, never shape data: the checker and shape
+# inference see them as typed graph inputs instead. Both serialise the model they are given
+# (and inference parses its answer back), so with the data in they held VGG-19's 575 MB of
+# weights four times over (2.3 GB) while loading it.
+SKELETON_BYTES = 1 << 16
+
+
+def _check_large_initializers(model: onnx.ModelProto, label: str) -> None:
+    """What the checker would say of the initializers `_skeleton` keeps from it: each holds
+    exactly the values its shape and type declare."""
+    for init in model.graph.initializer:
+        if init.ByteSize() <= SKELETON_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        n = int(np.prod(init.dims, dtype=np.int64))
+        if init.HasField("raw_data"):
+            packed4 = {getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, t)}
+            want = (n + 1) // 2 if init.data_type in packed4 else \
+                n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            have, unit = len(init.raw_data), "bytes"
+        else:
+            field = onnx.helper.tensor_dtype_to_field(init.data_type)
+            have, want, unit = len(getattr(init, field)), n, "values"
+            if init.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                want *= 2
+        if have != want:
+            raise ModelError(f"{label} fails the ONNX checker: initializer {init.name!r} holds {have} {unit} of data, "
+                             f"but its shape {list(init.dims)} and type need {want}. Fix or re-export the model.")
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every large initializer turned into a graph input of the same name,
+    type and shape (its data left out); the model itself if it has none."""
+    big = {init.name for init in model.graph.initializer if init.ByteSize() > SKELETON_BYTES}
+    if not big:
+        return model
+    out = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(model, field))
+    out.opset_import.extend(model.opset_import)
+    out.metadata_props.extend(model.metadata_props)
+    out.functions.extend(model.functions)
+    g, src = out.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.initializer.extend(init for init in src.initializer if init.name not in big)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    g.input.extend(src.input)
+    declared = {vi.name for vi in src.input}
+    g.input.extend(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                   for init in src.initializer if init.name in big and init.name not in declared)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    return out
 
 
 def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -189,6 +189,19 @@ def _(k: Kit) -> Case:
     return ["convert", "missing.onnx", "-o", "out.xbar"], ("missing.onnx",)
 
 
+@case("onnx-short-weight")
+def _(k: Kit) -> Case:
+    # A weight large enough that the checker and shape inference see only its shape
+    # (converter/load.py::_skeleton): its data is checked by xbar itself.
+    w = numpy_helper.from_array(np.ones((300, 300), np.float32), "big_w")
+    w.raw_data = w.raw_data[:100000]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 300])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "big_w"], ["y"])], "g", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(k.dir / "w.onnx"))
+    return ["convert", "w.onnx", "-o", "out.xbar"], ("w.onnx", "big_w", "[300, 300]", "checker")
+
+
 @case("onnx-unsupported-op")
 def _(k: Kit) -> Case:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])

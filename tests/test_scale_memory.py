@@ -140,3 +140,29 @@ def test_grouped_conv_maps_from_sparse_cells_bit_for_bit(monkeypatch, cfg, group
         assert (want.row_order is None) == (got.row_order is None)
         if want.row_order is not None:
             assert np.array_equal(want.row_order, got.row_order)
+
+
+def test_shapes_inferred_without_the_weights_equal_inference_on_the_whole_model(tmp_path):
+    """load_model runs the checker and shape inference on a skeleton whose large weights
+    are typed inputs (converter/load.py): the model keeps every initializer and gets the
+    same value_info and outputs that inference on the whole model gives."""
+    import onnx
+    from onnx import shape_inference
+
+    import xbar.converter.load as load
+
+    path = _depthwise_model(tmp_path / "m.onnx")
+    full = shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    original = onnx.load(str(path))
+    assert load._skeleton(original) is original  # nothing here is over the default threshold
+    old = load.SKELETON_BYTES
+    try:
+        load.SKELETON_BYTES = 1000  # the 96x96 pointwise and 3x3 weights become inputs
+        assert len(load._skeleton(original).graph.initializer) < len(original.graph.initializer)
+        model, _, _ = load.load_model(path)
+    finally:
+        load.SKELETON_BYTES = old
+    assert [i.SerializeToString() for i in model.graph.initializer] == \
+        [i.SerializeToString() for i in original.graph.initializer]
+    assert [v.SerializeToString() for v in model.graph.value_info] == [v.SerializeToString() for v in full.graph.value_info]
+    assert [v.SerializeToString() for v in model.graph.output] == [v.SerializeToString() for v in full.graph.output]
