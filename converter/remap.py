@@ -34,7 +34,7 @@ import numpy as np
 from xbar.affine import FIELDS as AFFINE_FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
-from xbar.converter.convert import _layer_arrays, adc_per_vector, tile_totals
+from xbar.converter.convert import _layer_arrays, adc_per_vector, is_depthwise, tile_totals
 from xbar.converter.layers import LayerSpec, conv_structure
 from xbar.errors import ConfigError, DataError, ModelError
 
@@ -155,12 +155,14 @@ def _map_layer(idx: int, entry: dict[str, Any], weight: np.ndarray, aff: Affine,
     spec = LayerSpec(entry["name"], entry["kind"], entry["input"], entry["output"], weight, aff,
                      entry["affine"]["source"], entry.get("weight_name", ""), entry["params"], structure)
     new_arrays: dict[str, np.ndarray] = {}
-    packed = entry["placement"] == "analog" and "packing" in entry["tiles"]  # --depthwise packed
-    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware, packed)
+    packing_used = entry["placement"] == "analog" and "packing" in entry["tiles"]
+    packed = packing_used and is_depthwise(spec)  # --depthwise packed: channel-major rows
+    stack = packing_used and arrays[entry["arrays"]["pack_map"]].shape[1] == 5  # --pack-tiles
+    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware, packed, stack=stack)
     if entry["placement"] == "analog":
         old, new = entry["tiles"], mapped["tiles"]
         differ = [f"{f} {old[f]} -> {new[f]}" for f in GRID_FIELDS if old.get(f) != new[f]]
-        if packed and old["packing"] != new.get("packing"):
+        if packing_used and old["packing"] != new.get("packing"):
             differ.append("another packing of its tiles")
         old_used = arrays[entry["arrays"]["tile_used"]].astype(bool)
         if not differ and not np.array_equal(old_used, new_arrays[mapped["arrays"]["tile_used"]]):

@@ -112,6 +112,7 @@ OPTIONS = [
     ("placement-pcm", dict(rearrange="ir-drop", rearrange_rows="ir-drop", hw="pcm", crossbar=(64, 64))),
     ("balance-pcm", dict(rearrange="balance", hw="pcm", crossbar=(32, 32))),
     ("clip", dict(weight_clip_percentile=99.0)),
+    ("pack-tiles", dict(pack_tiles=True, crossbar=(16, 16))),  # K = 27, 144, ...: stacked last row blocks
 ]
 EXACT = {"offset-4bit-small", "afp-bits-rram", "bit-slices"}  # quantised: the weights snap back to their levels
 
@@ -166,12 +167,16 @@ def test_clip_does_not_round_trip_but_converting_does():
     assert np.all(got.arrays[key] <= bundle.arrays[key] * (1 + 1e-6)) and np.any(got.arrays[key] < bundle.arrays[key])
 
 
-@pytest.mark.parametrize("depthwise", ["tiles", "digital", "packed"])
+@pytest.mark.parametrize("depthwise", ["tiles", "digital", "packed", "packed+pack-tiles"])
 def test_depthwise_and_grouped_structure_is_kept(depthwise, tmp_path):
     src = _depthwise_model(tmp_path)
     modified = _perturbed(src, seed=3)
-    bundle = _convert(src, crossbar=(16, 16), depthwise=depthwise)
-    want = _convert(modified, crossbar=(16, 16), depthwise=depthwise)
+    stack = depthwise.endswith("+pack-tiles")
+    depthwise = depthwise.split("+")[0]
+    bundle = _convert(src, crossbar=(16, 16), depthwise=depthwise, pack_tiles=stack)
+    want = _convert(modified, crossbar=(16, 16), depthwise=depthwise, pack_tiles=stack)
+    if stack:
+        assert any(bundle.arrays[l["arrays"]["pack_map"]].shape[1] == 5 for l in bundle.layers if "pack_map" in l["arrays"])
     got = remap(bundle, _weights_of(modified, crossbar=(16, 16), depthwise=depthwise))
     _assert_same_arrays(got, want, depthwise)
     x = np.random.default_rng(0).standard_normal((4, 3, 9, 9)).astype(np.float32)
