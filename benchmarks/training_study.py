@@ -17,6 +17,12 @@ calibration split):
 - chips: seeds 0..--chips-1, each evaluated on the 450-sample test split at t.
 With --afp, every cell is repeated with analog floating point (2 exponents, step 2).
 
+The same study is also the sweep spec benchmarks/training_study.toml; `--from-sweep DIR`
+writes these tables and the figure from that sweep's rows instead (and with `--replot
+COMMIT` sets every cell beside that bespoke run's, in standard errors). The sweep's 1 y is
+365.25 d (xbar's year), this script's 365 d, and its chips see other read-noise draws
+(other batching), so the two agree within chip-to-chip spread, not bit for bit.
+
 Reported per (model, encoding, t, weights, calibration): accuracy mean ± std over chips and
 the worst chip; per (model, encoding, t, weights): the ideal (digital) accuracy, which is
 what a fine-tune costs on exact hardware. Rows are cached in
@@ -70,10 +76,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sgd-epochs", type=int, default=5)
     ap.add_argument("--afp", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "figures" / "training_study.md")
+    ap.add_argument("--from-sweep", type=Path, metavar="DIR",
+                    help="no training or chips: the tables and figure from the rows of `xbar sweep "
+                         "benchmarks/training_study.toml -o DIR` (with --replot COMMIT: each cell beside that run's)")
     ap.add_argument("--replot", metavar="COMMIT",
                     help="no training or chips: rewrite the tables (--out) and the figure (beside it, .png) from the "
                          "cached rows of the run made at source COMMIT (see the first line of --out)")
     args = ap.parse_args(argv)
+    if args.from_sweep:
+        done = from_sweep(args.from_sweep)
+        _write_tables(done, args, f"the sweep in {rel_path(args.from_sweep)}")
+        if args.replot:
+            print("\n".join(compare(done, _load_cache(args.replot))))
+        print(_plot(done, args.out.with_suffix(".png"), f"sweep {args.from_sweep.name}"))
+        return 0
     if args.replot:
         done = _load_cache(args.replot)
         if not done:
@@ -153,6 +169,48 @@ def main(argv: list[str]) -> int:
     print(_plot(done, args.out.with_suffix(".png"), commit))
     finish(t_start)
     return 0
+
+
+def from_sweep(folder: Path) -> dict[str, dict]:
+    """The sweep's rows as this script's cache rows: (model, encoding, t, weights,
+    calibration, seed) → accuracy, plus one 'ideal' row per prepared bundle. The sweep's
+    1 y is 365.25 d, this script's 365 d; rows are keyed by the label either way."""
+    from xbar.sweep.store import read_rows
+
+    done: dict[str, dict] = {}
+    for r in read_rows(folder).to_pylist():
+        enc = "afp2" if r.get("mapping.afp_exponents") == 2 else "fixed"
+        t = r["time"].replace(" ", "")
+        weights = "original" if r["finetune.method"] == "none" else r["finetune.method"]
+        base = {"model": r["model"], "encoding": enc, "t": t, "weights": weights}
+        key0 = f"{r['model']}|{enc}|{t}|{weights}"
+        done[f"{key0}|ideal"] = {**base, "key": f"{key0}|ideal", "calibration": "ideal", "seed": None,
+                                 "accuracy": r["ideal_accuracy"]}
+        key = f"{key0}|{r['calibration.method']}|{r['seed']}"
+        done[key] = {**base, "key": key, "calibration": r["calibration.method"], "seed": r["seed"],
+                     "accuracy": r["accuracy"]}
+    return done
+
+
+def compare(new: dict[str, dict], old: dict[str, dict]) -> list[str]:
+    """Per cell, the sweep's mean beside the bespoke run's, in standard errors of the difference."""
+    def cells(rows):
+        out: dict[tuple, list[float]] = {}
+        for r in rows.values():
+            if r["seed"] is not None:
+                out.setdefault((r["model"], r["encoding"], r["t"], r["weights"], r["calibration"]), []).append(r["accuracy"])
+        return out
+
+    a, b = cells(new), cells(old)
+    lines, worst = ["cell: sweep mean − bespoke mean (points), in standard errors of the difference"], 0.0
+    for key in sorted(set(a) & set(b)):
+        x, y = np.array(a[key]) * 100, np.array(b[key]) * 100
+        se = np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)) if min(len(x), len(y)) > 1 else 0.0
+        z = (x.mean() - y.mean()) / se if se > 0 else 0.0
+        worst = max(worst, abs(z))
+        lines.append(f"  {', '.join(key)}: {x.mean() - y.mean():+.2f} ({z:+.2f} SE)")
+    lines.append(f"{len(set(a) & set(b))} cells compared; largest |difference| {worst:.2f} SE")
+    return lines
 
 
 def _write_tables(done: dict[str, dict], args, commit: str) -> None:
