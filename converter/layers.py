@@ -53,24 +53,26 @@ def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndar
     return value
 
 
-def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+def _conv_weight(w: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(M, C/g, *k) kernel → (∏k·C)×M matrix, rows ordered (kernel offset, input channel).
 
     Kernel-offset-major rows let the runtime cut patches out of a channels-last activation
     as runs of C contiguous values. Groups occupy disjoint (channel, output) blocks; the
-    rest of the matrix is a structural zero, recorded in the returned mask.
+    rest of the matrix is a structural zero, recorded in the returned mask (None for one
+    group: every cell is a weight).
     """
     m, cg = w.shape[:2]
     kk = int(np.prod(w.shape[2:]))
     mg = m // group
     c = cg * group
     full = np.zeros((kk, c, m))
-    mask = np.zeros((kk, c, m), dtype=bool)
+    mask = np.zeros((kk, c, m), dtype=bool) if group > 1 else None
     for g in range(group):
         wg = w[g * mg:(g + 1) * mg].reshape(mg, cg, kk).transpose(2, 1, 0)  # (kk, cg, mg)
         full[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = wg
-        mask[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = True
-    return full.reshape(kk * c, m), mask.reshape(kk * c, m)
+        if mask is not None:
+            mask[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = True
+    return full.reshape(kk * c, m), None if mask is None else mask.reshape(kk * c, m)
 
 
 def _grouped_conv_weight(w: np.ndarray, group: int):
@@ -129,7 +131,7 @@ def extract_layer(graph: Graph, node: Node, label: str) -> LayerSpec | None:
             raise ModelError(f"{label}: Conv node {node.name!r} has a weight of rank {w.ndim}; expected (M, C/group, k...)")
         if w.shape[0] % group:
             raise ModelError(f"{label}: Conv node {node.name!r}: {w.shape[0]} output channels not divisible by group={group}")
-        matrix, mask = _grouped_conv_weight(w, group) if group > 1 else (_conv_weight(w, 1)[0], None)
+        matrix, mask = _grouped_conv_weight(w, group) if group > 1 else _conv_weight(w, 1)
         n = w.shape[0]
         bias = _const(graph, node, 2, "bias", label).reshape(n) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(n)
         k = list(w.shape[2:])

@@ -60,8 +60,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
         # their upgrade, which renames some ops).
         check_vocabulary(model, label, f"opset {opset}")
     _check_large_initializers(model, label)
+    skeleton = _skeleton(model)
     try:
-        onnx.checker.check_model(_checkable(_skeleton(model)))
+        onnx.checker.check_model(_checkable(skeleton))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
@@ -77,7 +78,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
                 f"({type(exc).__name__}: {exc}); re-export it at opset {MIN_NATIVE_OPSET} or newer."
             ) from None
         check_vocabulary(model, label, f"opset {opset}, upgraded to {TARGET_OPSET}")
-    skeleton = _skeleton(model)
+        skeleton = _skeleton(model)  # the upgrade made a new model
     try:
         inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as exc:
@@ -99,6 +100,10 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
 SKELETON_BYTES = 1 << 16
 
 
+# Element types stored two to a byte in raw_data.
+_FOUR_BIT = {getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, t)}
+
+
 def _check_large_initializers(model: onnx.ModelProto, label: str) -> None:
     """What the checker would say of the initializers `_skeleton` keeps from it: each holds
     exactly the values its shape and type declare."""
@@ -107,8 +112,7 @@ def _check_large_initializers(model: onnx.ModelProto, label: str) -> None:
             continue
         n = int(np.prod(init.dims, dtype=np.int64))
         if init.HasField("raw_data"):
-            packed4 = {getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, t)}
-            want = (n + 1) // 2 if init.data_type in packed4 else \
+            want = (n + 1) // 2 if init.data_type in _FOUR_BIT else \
                 n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
             have, unit = len(init.raw_data), "bytes"
         else:
