@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,15 +28,3 @@ def rel_path(path: Path) -> str:
     """`path` relative to the repository root when it lies inside it, else as given."""
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def finish(t_start: float, cache=None, blas=None) -> None:
-    """The closing lines every study prints: chip-cache savings, wall time and load; then BLAS
-    threads back to what they were (`blas`: a threadpoolctl limiter, or None)."""
-    if cache is not None:
-        print(f"chip cache: {cache.hits} hits, {cache.misses} builds, ~{cache.seconds_saved:.0f} s of chip "
-              "construction saved")
-    print(f"total wall time {time.perf_counter() - t_start:.0f} s  (loadavg at end "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())})")
-    if blas is not None:
-        blas.restore_original_limits()

@@ -1,180 +1,80 @@
 #!/usr/bin/env python
-"""Training study (issue 11): does hardware-aware fine-tuning win back what the chip loses,
-with and without calibration?
+"""Tables and figure of the training study (issue 11), from its sweep: does hardware-aware
+fine-tuning win back what the chip loses, with and without calibration?
 
-    python benchmarks/training_study.py [--models resnet_bn,cnn_bn] [--times 1s,1d,1y]
-        [--chips 10] [--epochs 5] [--sgd-epochs 5] [--afp] [--out benchmarks/figures/training_study.md]
+    xbar sweep benchmarks/training_study.toml -o benchmarks/figures/training_study
+    python benchmarks/training_study.py [ROWS_DIR] [--out benchmarks/figures/training_study.md]
+        [--compare OLD.md]
 
-For every shipped model and drift time t, on the full pcm preset (programming noise, drift
+The study is the spec (xbar sweep runs it, resumably, on Dask): for the shipped resnet_bn,
+cnn_bn and resnet_folded on 128x128 tiles of the full pcm preset (programming noise, drift
 with per-tile compensation, read noise, IR drop, 8-bit DAC/ADC with ranges from the
-calibration split):
-- weights: the original network, and the network fine-tuned with `noise` and with
-  `hessian` (xbar.training.finetune; the same budget for both: --epochs passes over
-  models/digits_train.npz, batch 64, Adam lr 1e-3, seed 0) for that t, mapped like the
-  original (xbar.converter.remap, ranges re-measured on the calibration split);
-- calibration on each chip: none, `affine` (closed form), `sgd` (--sgd-epochs epochs, the
-  other SGD options at their defaults), fitted on the calibration split at t;
-- chips: seeds 0..--chips-1, each evaluated on the 450-sample test split at t.
-With --afp, every cell is repeated with analog floating point (2 exponents, step 2).
+calibration split), at drift times 1 s, 1 d and 1 y:
+- weights: the original network, and the network fine-tuned with `noise` and with `hessian`
+  for that t (xbar finetune: 5 passes over models/digits_train.npz, batch 64, Adam lr 1e-3,
+  seed 0; the same budget for both), mapped like the original with its ranges measured again;
+- calibration on each chip at t: none, `affine`, `sgd` (5 epochs);
+- encodings: fixed point and analog floating point (2 exponents, step 2);
+- chips: seeds 0-9, each evaluated on the 450-sample test split at t.
 
-The same study is also the sweep spec benchmarks/training_study.toml; `--from-sweep DIR`
-writes these tables and the figure from that sweep's rows instead (and with `--replot
-COMMIT` sets every cell beside that bespoke run's, in standard errors). The sweep's 1 y is
-365.25 d (xbar's year), this script's 365 d, and its chips see other read-noise draws
-(other batching), so the two agree within chip-to-chip spread, not bit for bit.
+This script writes what `xbar plot` does not: per (model, encoding, t) a table of weights ×
+calibration (mean ± sample std over chips, worst chip, n) beside each weights' ideal
+accuracy (what the fine-tune costs on exact hardware), and the figure beside --out (.png).
 
-Reported per (model, encoding, t, weights, calibration): accuracy mean ± std over chips and
-the worst chip; per (model, encoding, t, weights): the ideal (digital) accuracy, which is
-what a fine-tune costs on exact hardware. Rows are cached in
-benchmarks/.cache/training_study.jsonl by their settings and the source commit, so a killed
-run resumes; the tables go to --out.
+--compare OLD.md sets every cell beside an earlier table of this layout, in standard errors
+of the difference, e.g. the bespoke run this sweep replaced:
+    git show 7023324:benchmarks/figures/training_study.md > /tmp/bespoke.md
+The sweep's 1 y is 365.25 d (xbar's year), the bespoke script's 365 d, and the sweep reads
+the test split in batches of 128 (other read-noise draws), so the two agree within
+chip-to-chip spread, not bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from study_io import finish, rel_path, source_commit  # noqa: E402
+from study_io import rel_path  # noqa: E402
 
-CACHE = HERE / ".cache" / "training_study.jsonl"
-TIMES = {"1s": 1.0, "1d": 86400.0, "1y": 365 * 86400.0}
+TIMES = ("1s", "1d", "1y")
 WEIGHTS = ("original", "noise", "hessian")
 CALIBRATIONS = ("none", "affine", "sgd")
-
-
-def _load_cache(commit: str) -> dict[str, dict]:
-    rows = {}
-    if CACHE.exists():
-        for line in CACHE.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("commit") == commit:
-                rows[row["key"]] = row
-    return rows
-
-
-def _append(row: dict) -> None:
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with CACHE.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+MODELS = ("resnet_bn", "cnn_bn", "resnet_folded")
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="resnet_bn,cnn_bn")
-    ap.add_argument("--times", default="1s,1d,1y")
-    ap.add_argument("--chips", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--sgd-epochs", type=int, default=5)
-    ap.add_argument("--afp", action="store_true")
+    ap.add_argument("rows", type=Path, nargs="?", default=HERE / "figures" / "training_study",
+                    help="the results folder of `xbar sweep benchmarks/training_study.toml`")
     ap.add_argument("--out", type=Path, default=HERE / "figures" / "training_study.md")
-    ap.add_argument("--from-sweep", type=Path, metavar="DIR",
-                    help="no training or chips: the tables and figure from the rows of `xbar sweep "
-                         "benchmarks/training_study.toml -o DIR` (with --replot COMMIT: each cell beside that run's)")
-    ap.add_argument("--replot", metavar="COMMIT",
-                    help="no training or chips: rewrite the tables (--out) and the figure (beside it, .png) from the "
-                         "cached rows of the run made at source COMMIT (see the first line of --out)")
+    ap.add_argument("--compare", type=Path, metavar="OLD.md",
+                    help="set every cell beside this earlier table of the study, in standard errors")
     args = ap.parse_args(argv)
-    if args.from_sweep:
-        done = from_sweep(args.from_sweep)
-        _write_tables(done, args, f"the sweep in {rel_path(args.from_sweep)}")
-        if args.replot:
-            print("\n".join(compare(done, _load_cache(args.replot))))
-        print(_plot(done, args.out.with_suffix(".png"), f"sweep {args.from_sweep.name}"))
-        return 0
-    if args.replot:
-        done = _load_cache(args.replot)
-        if not done:
-            raise SystemExit(f"{CACHE}: no rows of commit {args.replot}")
-        models = args.models.split(",")
-        done = {k: r for k, r in done.items() if r["model"] in models}
-        # Only whole (model, encoding) blocks: every time, weights and calibration on every chip.
-        times = args.times.split(",")
-        for pair in sorted({(r["model"], r["encoding"]) for r in done.values()}):
-            n = sum(1 for r in done.values() if (r["model"], r["encoding"]) == pair and r["seed"] is not None)
-            if n < len(times) * len(WEIGHTS) * len(CALIBRATIONS) * args.chips:
-                print(f"left out {pair[0]}, {pair[1]}: {n} of "
-                      f"{len(times) * len(WEIGHTS) * len(CALIBRATIONS) * args.chips} chip rows in the cache")
-                done = {k: r for k, r in done.items() if (r["model"], r["encoding"]) != pair}
-        _write_tables(done, args, args.replot)
-        print(_plot(done, args.out.with_suffix(".png"), args.replot))
-        return 0
+    from xbar.sweep.spec import SpecError
 
-    from xbar.converter import convert
-    from xbar.converter.remap import remap
-    from xbar.hardware import preset
-    from xbar.runtime import Runtime
-    from xbar.runtime.calibrate import calibrate
-    from xbar.runtime.ranges import find_ranges
-    from xbar.training.finetune import FinetuneOptions, finetune
-    from xbar.training.sgd import SGDOptions
-
-    t_start = time.perf_counter()
-    commit = source_commit() or "unknown"
-    done = _load_cache(commit)
-    cal, test, train = (np.load(ROOT / "models" / f"digits_{s}.npz") for s in ("calib", "test", "train"))
-    pcm = preset("pcm")
-    encodings = {"fixed": {}} | ({"afp2": {"afp_exponents": 2, "afp_step": 2}} if args.afp else {})
-    print(f"training study: source {commit}; models {args.models}; times {args.times}; {args.chips} chips; "
-          f"fine-tune {args.epochs} epochs; sgd {args.sgd_epochs} epochs; encodings {', '.join(encodings)}")
-
-    def acc(out: np.ndarray) -> float:
-        return float((out.argmax(1) == test["y"]).mean())
-
-    for model in args.models.split(","):
-        for enc, options in encodings.items():
-            base = convert(ROOT / "models" / f"{model}.onnx", hardware=pcm, **options)
-            find_ranges(base, cal["x"], pcm)
-            for tname in args.times.split(","):
-                spec = pcm.override(t_inference=TIMES[tname])
-                for weights in WEIGHTS:
-                    key0 = f"{model}|{enc}|{tname}|{weights}"
-                    bundle = base
-                    if weights != "original":
-                        w, a, rec = finetune(base, train["x"], train["y"], spec,
-                                             FinetuneOptions(method=weights, epochs=args.epochs), seed=0)
-                        bundle = remap(base, w, a, calib_x=cal["x"], record=rec)
-                    if f"{key0}|ideal" not in done:
-                        row = {"key": f"{key0}|ideal", "commit": commit, "model": model, "encoding": enc, "t": tname,
-                               "weights": weights, "calibration": "ideal", "seed": None,
-                               "accuracy": acc(Runtime(bundle)(test["x"]))}
-                        _append(row)
-                        done[row["key"]] = row
-                    for seed in range(args.chips):
-                        for calib in CALIBRATIONS:
-                            key = f"{key0}|{calib}|{seed}"
-                            if key in done:
-                                continue
-                            t0 = time.perf_counter()
-                            run = bundle
-                            if calib != "none":
-                                run, _ = calibrate(bundle, cal["x"], spec, seed, calib,
-                                                   sgd=SGDOptions(epochs=args.sgd_epochs) if calib == "sgd" else None)
-                            row = {"key": key, "commit": commit, "model": model, "encoding": enc, "t": tname,
-                                   "weights": weights, "calibration": calib, "seed": seed,
-                                   "accuracy": acc(Runtime(run, spec, seed)(test["x"])),
-                                   "seconds": round(time.perf_counter() - t0, 2)}
-                            _append(row)
-                            done[key] = row
-                    print(f"  {key0}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
-    _write_tables(done, args, commit)
-    print(_plot(done, args.out.with_suffix(".png"), commit))
-    finish(t_start)
+    try:
+        done = from_sweep(args.rows)
+    except SpecError as e:
+        raise SystemExit(f"error: {e}") from None
+    if not done:
+        raise SystemExit(f"{args.rows}: no rows of the training study (run `xbar sweep "
+                         f"benchmarks/training_study.toml -o {rel_path(args.rows)}` first)")
+    _write_tables(done, args)
+    if args.compare:
+        print("\n".join(compare(cells(done), parse_tables(args.compare.read_text()))))
+    print(_plot(done, args.out.with_suffix(".png"), rel_path(args.rows)))
     return 0
 
 
 def from_sweep(folder: Path) -> dict[str, dict]:
-    """The sweep's rows as this script's cache rows: (model, encoding, t, weights,
-    calibration, seed) → accuracy, plus one 'ideal' row per prepared bundle. The sweep's
-    1 y is 365.25 d, this script's 365 d; rows are keyed by the label either way."""
+    """The sweep's rows as the study's cells: (model, encoding, t, weights, calibration,
+    seed) → accuracy, plus one 'ideal' row per (model, encoding, t, weights)."""
     from xbar.sweep.store import read_rows
 
     done: dict[str, dict] = {}
@@ -192,34 +92,60 @@ def from_sweep(folder: Path) -> dict[str, dict]:
     return done
 
 
-def compare(new: dict[str, dict], old: dict[str, dict]) -> list[str]:
-    """Per cell, the sweep's mean beside the bespoke run's, in standard errors of the difference."""
-    def cells(rows):
-        out: dict[tuple, list[float]] = {}
-        for r in rows.values():
-            if r["seed"] is not None:
-                out.setdefault((r["model"], r["encoding"], r["t"], r["weights"], r["calibration"]), []).append(r["accuracy"])
-        return out
+def cells(done: dict[str, dict]) -> dict[tuple, tuple[float, float, int]]:
+    """(model, encoding, t, weights, calibration) → (mean, sample std, chips), in points."""
+    acc: dict[tuple, list[float]] = {}
+    for r in done.values():
+        if r["seed"] is not None:
+            acc.setdefault((r["model"], r["encoding"], r["t"], r["weights"], r["calibration"]), []).append(r["accuracy"])
+    return {k: (100 * float(np.mean(v)), 100 * float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+            for k, v in acc.items()}
 
-    a, b = cells(new), cells(old)
-    lines, worst = ["cell: sweep mean − bespoke mean (points), in standard errors of the difference"], 0.0
-    for key in sorted(set(a) & set(b)):
-        x, y = np.array(a[key]) * 100, np.array(b[key]) * 100
-        se = np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)) if min(len(x), len(y)) > 1 else 0.0
-        z = (x.mean() - y.mean()) / se if se > 0 else 0.0
-        worst = max(worst, abs(z))
-        lines.append(f"  {', '.join(key)}: {x.mean() - y.mean():+.2f} ({z:+.2f} SE)")
-    lines.append(f"{len(set(a) & set(b))} cells compared; largest |difference| {worst:.2f} SE")
+
+_HEADING = re.compile(r"^## (\S+), (\S+), t = (\S+)$")
+_CELL = re.compile(r"^([\d.]+) ± ([\d.]+) \([\d.]+\), n=(\d+)$")
+
+
+def parse_tables(text: str) -> dict[tuple, tuple[float, float, int]]:
+    """The cells of a table written by this script (or by the bespoke script before it), as
+    cells() returns them; means and stds carry the table's 0.1-point rounding."""
+    out, group = {}, None
+    for line in text.splitlines():
+        if m := _HEADING.match(line):
+            group = m.groups()
+        elif group and line.startswith("| ") and not line.startswith("| weights"):
+            fields = [f.strip() for f in line.strip("|").split("|")]
+            for calib, field in zip(CALIBRATIONS, fields[2:]):
+                if c := _CELL.match(field):
+                    out[(*group, fields[0], calib)] = (float(c[1]), float(c[2]), int(c[3]))
+    return out
+
+
+def compare(new: dict[tuple, tuple], old: dict[tuple, tuple]) -> list[str]:
+    """Per cell, the new mean beside the old one, in standard errors of the difference."""
+    lines, worst, largest = ["cell: new mean − old mean (points), in standard errors of the difference"], 0.0, 0.0
+    shared = sorted(set(new) & set(old))
+    for key in shared:
+        (m1, s1, n1), (m2, s2, n2) = new[key], old[key]
+        se = float(np.sqrt(s1 ** 2 / n1 + s2 ** 2 / n2))
+        z = (m1 - m2) / se if se > 0 else 0.0
+        worst, largest = max(worst, abs(z)), max(largest, abs(m1 - m2))
+        lines.append(f"  {', '.join(key)}: {m1 - m2:+.2f} ({z:+.2f} SE)")
+    lines.append(f"{len(shared)} cells compared ({len(set(new) - set(old))} only in the new table, "
+                 f"{len(set(old) - set(new))} only in the old); largest |difference| {worst:.2f} SE, "
+                 f"{largest:.2f} points")
     return lines
 
 
-def _write_tables(done: dict[str, dict], args, commit: str) -> None:
+def _write_tables(done: dict[str, dict], args) -> None:
     rows = list(done.values())
-    lines = [f"# Training study: `python {rel_path(Path(__file__))} {' '.join(sys.argv[1:])}`", "",
-             f"Source {commit}. Accuracy on the 450-sample test split, {args.chips} chips per cell, pcm with "
-             "DAC/ADC ranges; fine-tuning on the 835-sample training split. Each cell: mean ± std over chips "
-             "(worst chip); ideal = the same weights on exact hardware.", ""]
-    groups = sorted({(r["model"], r["encoding"], r["t"]) for r in rows}, key=lambda g: (g[0], g[1], TIMES[g[2]]))
+    chips = sorted({n for _, _, n in cells(done).values()})
+    lines = [f"# Training study: `xbar sweep benchmarks/training_study.toml -o {rel_path(args.rows)}`, then "
+             f"`python {rel_path(Path(__file__))} {rel_path(args.rows)} --out {rel_path(args.out)}`", "",
+             f"Accuracy on the 450-sample test split, {'/'.join(map(str, chips))} chips per cell, pcm with "
+             "DAC/ADC ranges; fine-tuning on the 835-sample training split. Each cell: mean ± sample std over "
+             "chips (worst chip); ideal = the same weights on exact hardware.", ""]
+    groups = sorted({(r["model"], r["encoding"], r["t"]) for r in rows}, key=lambda g: (g[0], g[1], TIMES.index(g[2])))
     for model, enc, t in groups:
         lines += [f"## {model}, {enc}, t = {t}", "",
                   "| weights | ideal | " + " | ".join(f"{c} calibration" for c in CALIBRATIONS) + " |",
@@ -227,20 +153,20 @@ def _write_tables(done: dict[str, dict], args, commit: str) -> None:
         for w in WEIGHTS:
             sel = [r for r in rows if (r["model"], r["encoding"], r["t"], r["weights"]) == (model, enc, t, w)]
             ideal = [r["accuracy"] for r in sel if r["calibration"] == "ideal"]
-            cells = []
+            cols = []
             for c in CALIBRATIONS:
                 a = np.array([r["accuracy"] for r in sel if r["calibration"] == c]) * 100
-                cells.append(f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f} ({a.min():.1f}), n={len(a)}"
-                             if len(a) else "–")
-            lines.append(f"| {w} | {100 * ideal[0]:.1f} | " + " | ".join(cells) + " |" if ideal else
-                         f"| {w} | – | " + " | ".join(cells) + " |")
+                cols.append(f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0:.1f} ({a.min():.1f}), n={len(a)}"
+                            if len(a) else "–")
+            lines.append(f"| {w} | {100 * ideal[0]:.1f} | " + " | ".join(cols) + " |" if ideal else
+                         f"| {w} | – | " + " | ".join(cols) + " |")
         lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def _plot(done: dict[str, dict], path: Path, commit: str) -> str:
+def _plot(done: dict[str, dict], path: Path, source: str) -> str:
     """One panel per model and calibration (none, affine, sgd): accuracy vs drift time for the
     original, noise- and hessian-fine-tuned weights, fixed point solid and AFP dashed; the
     mean over chips with ±1 std bars and the worst chip as a small marker."""
@@ -284,7 +210,8 @@ def _plot(done: dict[str, dict], path: Path, commit: str) -> str:
             if j == 0:
                 ax.set_ylabel(f"calibration: {cal}\ntest accuracy (%)")
     axes[0][0].legend(fontsize=7, loc="lower left", title="weights, encoding (▼ worst chip)", title_fontsize=7)
-    fig.suptitle(f"Training study (source {commit[:10]}): mean ± std over 10 pcm chips, by drift time", fontsize=10)
+    chips = "/".join(map(str, sorted({n for _, _, n in cells(done).values()})))
+    fig.suptitle(f"Training study ({source}): mean ± std over {chips} pcm chips, by drift time", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
