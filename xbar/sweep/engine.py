@@ -70,8 +70,13 @@ def connect(scheduler: str | None, workers: int | None):
     n = workers or local_workers()
     # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port, so that
     # two sweeps on one machine do not warn about port 8787.
-    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
+    # Dask's statistical profiler samples every task's stack every 10 ms for a dashboard no
+    # one opens here; off, the chip work runs 1-4 % faster (measured on 8 ResNet chips).
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                           scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
     return distributed.Client(cluster), cluster
 
 
