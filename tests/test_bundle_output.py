@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_a_fifo_is_not_opened(tmp_path):
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m.update(arrays=[]), "manifest.arrays should be an object, found an array"),
     (lambda m: m["mapping"].update(rows=True), "manifest.mapping.rows should be an integer, found true"),
+    # paths through arrays and free-key objects, and a missing key, are named in full
+    (lambda m: m["layers"][0]["affine"].update(eps="1e-5"),
+     re.escape("manifest.layers[0].affine.eps should be an integer or a number, found a string")),
+    (lambda m: m["arrays"]["layers/000/beta"].update(shape=[2, "3"]),
+     re.escape("manifest.arrays['layers/000/beta'].shape[1] should be an integer, found a string")),
+    (lambda m: m["graph"]["nodes"][1].pop("attrs"), re.escape("manifest.graph.nodes[1].attrs is missing")),
     (lambda m: m["mapping"].update(encoding="zigzag"), "manifest.mapping is invalid"),
     (lambda m: m["layers"][0].update(placement="cloud"), "placement 'cloud'"),
     (lambda m: m["layers"][0].update(N=0), "N = 0"),

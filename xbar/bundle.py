@@ -10,6 +10,7 @@ path first (`check_output`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
@@ -346,6 +348,7 @@ def _read_stored_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, sha
     return arr, prefix + header, buf
 
 
+@functools.lru_cache(maxsize=1024)  # many members share a shape (per-layer vectors, tiles)
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """The version-1.0 .npy header np.save writes for a C-ordered array of this shape and
     dtype: comparing bytes spares parsing the header of every member with ast."""
@@ -355,9 +358,33 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buf.getvalue()
 
 
-# Members smaller than this are hashed on the loading thread: handing them to the pool costs
-# more than hashing them (a bundle has hundreds of small per-layer arrays).
-_POOL_BYTES = 1 << 20
+# Bytes of fast-path members hashed per hand-off to a worker thread.
+_BATCH_BYTES = 1 << 20
+
+
+def _read_general_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, member: str, sha256: str,
+                      shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Any member the fast path declines (deflated, another .npy layout): read whole, checked
+    against its sha256, parsed without pickle and compared with the manifest."""
+    data = _read(zf, info, path)
+    if _sha256(data) != sha256:
+        raise BundleError(
+            f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified"
+        )
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise BundleError(f"{path}: array member {member} holds pickled Python objects and cannot be read "
+                              "without pickle, which xbar never uses (it could run arbitrary code)") from None
+        raise BundleError(f"{path}: array member {member} is not a valid .npy array ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise BundleError(f"{path}: array member {member} is not a valid .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+        found = f"shape {arr.shape}, dtype {arr.dtype}" if isinstance(arr, np.ndarray) else "not an array"
+        raise BundleError(f"{path}: array member {member} holds {found}, but the manifest says shape {shape}, "
+                          f"dtype {dtype}; the bundle is corrupt or was edited by hand")
+    return arr
 
 
 def _digest(parts) -> str:
@@ -365,6 +392,10 @@ def _digest(parts) -> str:
     for part in parts:
         h.update(part)  # hashlib releases the GIL on large buffers: members hash in parallel
     return h.hexdigest()
+
+
+def _digests(members: list[tuple]) -> list[str]:
+    return [_digest(parts) for parts in members]
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -429,49 +460,37 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
         raise BundleError(f"{path}: {problem}; the bundle is corrupt or was edited by hand "
                           "(re-create it with `xbar convert`)")
     arrays: dict[str, np.ndarray] = {}
-    pending: list[tuple[str, str, tuple]] = []  # members read by the fast path, checksums to verify
-    for key, entry in manifest["arrays"].items():
-        shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
-        nbytes = math.prod(shape) * dtype.itemsize
-        info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
-                            f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
-                            f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
-        fast = _read_stored_npy(zf, info, path, shape, dtype)
-        if fast is not None:
-            arrays[key] = fast[0]
-            pending.append((member, entry["sha256"], fast[1:]))
-            continue
-        data = _read(zf, info, path)
-        if _sha256(data) != entry["sha256"]:
-            raise BundleError(
-                f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified"
-            )
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            if "pickle" in str(exc):
-                raise BundleError(f"{path}: array member {member} holds pickled Python objects and cannot be read "
-                                  "without pickle, which xbar never uses (it could run arbitrary code)") from None
-            raise BundleError(f"{path}: array member {member} is not a valid .npy array ({exc})") from None
-        except _READ_ERRORS as exc:
-            raise BundleError(f"{path}: array member {member} is not a valid .npy array ({exc})") from None
-        if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
-            found = f"shape {arr.shape}, dtype {arr.dtype}" if isinstance(arr, np.ndarray) else "not an array"
-            raise BundleError(f"{path}: array member {member} holds {found}, but the manifest says shape {shape}, "
-                              f"dtype {dtype}; the bundle is corrupt or was edited by hand")
-        arrays[key] = arr
-    if pending:
-        from concurrent.futures import ThreadPoolExecutor
-
-        big = sorted((p for p in pending if len(p[2][1]) >= _POOL_BYTES), key=lambda p: -len(p[2][1]))
-        small = [p for p in pending if len(p[2][1]) < _POOL_BYTES]
-        digests: list[str] = []
-        if big:
-            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-                digests = list(pool.map(lambda p: _digest(p[2]), big))
-        digests += [_digest(p[2]) for p in small]
-        for (member, want, _), got in zip(big + small, digests):
-            if got != want:
-                raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified")
+    # Members read by the fast path are hashed on worker threads while the next ones are
+    # read (hashlib and readinto both release the GIL), in batches of >= _BATCH_BYTES so that
+    # hundreds of small per-layer arrays do not cost a hand-off each; the last batch is
+    # hashed here. Checksums are compared once everything is read.
+    batches: list[tuple[list[tuple[str, str]], Any]] = []  # ((member, sha256) pairs, digests or their future)
+    batch: list[tuple[str, str, tuple]] = []
+    batch_bytes = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for key, entry in manifest["arrays"].items():
+            shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
+            nbytes = math.prod(shape) * dtype.itemsize
+            info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
+                                f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
+                                f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
+            fast = _read_stored_npy(zf, info, path, shape, dtype)
+            if fast is not None:
+                arrays[key] = fast[0]
+                batch.append((member, entry["sha256"], fast[1:]))
+                batch_bytes += nbytes
+                if batch_bytes >= _BATCH_BYTES:
+                    batches.append(([p[:2] for p in batch], pool.submit(_digests, [p[2] for p in batch])))
+                    batch, batch_bytes = [], 0
+                continue
+            arrays[key] = _read_general_npy(zf, info, path, member, entry["sha256"], shape, dtype)
+        if batch:
+            batches.append(([p[:2] for p in batch], _digests([p[2] for p in batch])))
+        for members, digests in batches:
+            got = digests if isinstance(digests, list) else digests.result()
+            for (member, want), digest in zip(members, got):
+                if digest != want:
+                    raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was "
+                                      "modified")
     return Bundle(manifest=manifest, arrays=arrays)
 

@@ -104,31 +104,46 @@ def type_name(value: Any) -> str:
 
 def _schema_problem(value: Any, schema: Any, where: str) -> str | None:
     """The first place where `value` does not match `schema`, as a sentence; None if it matches."""
+    found = _mismatch(value, schema)
+    if found is None:
+        return None
+    path, text = found
+    return f"{where}{''.join(reversed(path))} {text}"
+
+
+def _mismatch(value: Any, schema: Any) -> tuple[list[str], str] | None:
+    """(path below `value`, innermost part last-first; what is wrong there) or None. The path is
+    only built on the way back from a mismatch: a bundle's manifest has thousands of values, and
+    naming each one before knowing it is wrong was most of the check's time."""
     if isinstance(schema, dict):
         if not isinstance(value, dict):
-            return f"{where} should be an object, found {type_name(value)}"
+            return [], f"should be an object, found {type_name(value)}"
         for key, sub in schema.items():
             optional = isinstance(sub, _Optional)
             if key not in value:
                 if optional:
                     continue
-                return f"{where}.{key} is missing"
-            problem = _schema_problem(value[key], sub.schema if optional else sub, f"{where}.{key}")
-            if problem:
-                return problem
+                return [f".{key}"], "is missing"
+            found = _mismatch(value[key], sub.schema if optional else sub)
+            if found:
+                found[0].append(f".{key}")
+                return found
         return None
-    if isinstance(schema, list):
-        if not isinstance(value, list):
-            return f"{where} should be an array, found {type_name(value)}"
-        return next((p for i, v in enumerate(value) if (p := _schema_problem(v, schema[0], f"{where}[{i}]"))), None)
-    if isinstance(schema, _Map):
-        if not isinstance(value, dict):
-            return f"{where} should be an object, found {type_name(value)}"
-        return next((p for k, v in value.items() if (p := _schema_problem(v, schema.value, f"{where}[{k!r}]"))), None)
+    if isinstance(schema, (list, _Map)):
+        if not isinstance(value, list if isinstance(schema, list) else dict):
+            return [], f"should be {'an array' if isinstance(schema, list) else 'an object'}, found {type_name(value)}"
+        items = enumerate(value) if isinstance(schema, list) else value.items()
+        sub = schema[0] if isinstance(schema, list) else schema.value
+        for k, v in items:
+            found = _mismatch(v, sub)
+            if found:
+                found[0].append(f"[{k}]" if isinstance(schema, list) else f"[{k!r}]")
+                return found
+        return None
     types = schema if isinstance(schema, tuple) else (schema,)
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         expected = " or ".join(type_name(t()) for t in types)
-        return f"{where} should be {expected}, found {type_name(value)}"
+        return [], f"should be {expected}, found {type_name(value)}"
     return None
 
 
