@@ -129,21 +129,29 @@ def _mismatch(value: Any, schema: Any) -> tuple[list[str], str] | None:
                 found[0].append(f".{key}")
                 return found
         return None
-    if isinstance(schema, (list, _Map)):
-        if not isinstance(value, list if isinstance(schema, list) else dict):
-            return [], f"should be {'an array' if isinstance(schema, list) else 'an object'}, found {type_name(value)}"
-        items = enumerate(value) if isinstance(schema, list) else value.items()
-        sub = schema[0] if isinstance(schema, list) else schema.value
-        for k, v in items:
-            found = _mismatch(v, sub)
-            if found:
-                found[0].append(f"[{k}]" if isinstance(schema, list) else f"[{k!r}]")
-                return found
-        return None
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return [], f"should be an array, found {type_name(value)}"
+        return _first_mismatch(enumerate(value), schema[0], "[{}]")
+    if isinstance(schema, _Map):
+        if not isinstance(value, dict):
+            return [], f"should be an object, found {type_name(value)}"
+        return _first_mismatch(value.items(), schema.value, "[{!r}]")
     types = schema if isinstance(schema, tuple) else (schema,)
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         expected = " or ".join(type_name(t()) for t in types)
         return [], f"should be {expected}, found {type_name(value)}"
+    return None
+
+
+def _first_mismatch(items, schema: Any, label: str) -> tuple[list[str], str] | None:
+    """The first of (key, value) items that does not match `schema`, its key (formatted by
+    `label`) on the path."""
+    for key, v in items:
+        found = _mismatch(v, schema)
+        if found:
+            found[0].append(label.format(key))
+            return found
     return None
 
 
