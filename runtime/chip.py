@@ -8,6 +8,7 @@ offset columns. Non-ideal chips (later) replace the conductances, never this con
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,7 @@ def _stack(t: np.ndarray, used: np.ndarray) -> np.ndarray:
 # and circuit: the same chip (seed) evaluated at several drift times reads the same probe,
 # and with IR drop on, its exact solve is half of the chip's preparation. Bounded in bytes.
 _PROBE_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_PROBE_LOCK = threading.Lock()
 PROBE_CACHE_BYTES = 64 << 20
 
 
@@ -151,10 +153,11 @@ def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, c
     digest = hashlib.blake2b(np.ascontiguousarray(g0).view(np.uint8), digest_size=20)
     digest.update(np.ascontiguousarray(rows).view(np.uint8))
     key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense), PROBE_SOLVER)
-    hit = _PROBE_CACHE.get(key)
-    if hit is not None:
-        _PROBE_CACHE.move_to_end(key)
-        return hit.copy()
+    with _PROBE_LOCK:  # layers are built on several threads at once
+        hit = _PROBE_CACHE.get(key)
+        if hit is not None:
+            _PROBE_CACHE.move_to_end(key)
+            return hit.copy()
     before = None
     if PROBE_SOLVER == "iterative":
         from xbar.runtime.irdrop_probe import probe_currents
@@ -172,9 +175,10 @@ def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, c
             before = np.concatenate(parts)[:, None, :] if parts else None
     if before is None:
         before = _probe(circuit(g0), rows)
-    _PROBE_CACHE[key] = before.copy()
-    while sum(v.nbytes for v in _PROBE_CACHE.values()) > PROBE_CACHE_BYTES and len(_PROBE_CACHE) > 1:
-        _PROBE_CACHE.popitem(last=False)
+    with _PROBE_LOCK:
+        _PROBE_CACHE[key] = before.copy()
+        while sum(v.nbytes for v in _PROBE_CACHE.values()) > PROBE_CACHE_BYTES and len(_PROBE_CACHE) > 1:
+            _PROBE_CACHE.popitem(last=False)
     return before
 
 

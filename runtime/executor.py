@@ -16,7 +16,7 @@ from xbar.runtime.layer import Layer
 from xbar.runtime.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
 from xbar.runtime.recurrent import Recurrent
-from xbar.runtime.parallel import blas_single_threaded, workers
+from xbar.runtime.parallel import as_done, blas_single_threaded, workers
 
 
 def _decode_attrs(attrs: dict[str, Any], bundle: Bundle) -> dict[str, Any]:
@@ -54,11 +54,7 @@ class Runtime:
         self.constants = {name: bundle.array(key) for name, key in graph["constants"].items()}
         # Independent, stable streams: chip sampling per layer, and read noise per layer, so
         # one layer's draws never shift another's when options change.
-        self.layers = [
-            Layer(entry, bundle, hardware,
-                  np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
-            for i, entry in (progress(list(enumerate(bundle.layers))) if progress else enumerate(bundle.layers))
-        ]
+        self.layers = self._build_layers(bundle, hardware, seed, progress)
         self.steps: list[tuple[str, Any, list[str], list[str], dict[str, Any]]] = []
         for node in graph["nodes"]:
             if node["op"] == LAYER_OP:
@@ -82,6 +78,28 @@ class Runtime:
                 last_use[name] = i
         keep = set(self.output_names) | set(self.constants)
         self._release = [[n for n in set(ins) if last_use.get(n) == i and n not in keep] for i, (_, _, ins, _, _) in enumerate(self.steps)]
+
+    @staticmethod
+    def _build_layers(bundle: Bundle, hardware: "HardwareSpec | None", seed: int, progress) -> list[Layer]:
+        entries = bundle.layers
+
+        def build(i: int) -> Layer:
+            return Layer(entries[i], bundle, hardware,
+                         np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
+
+        if hardware is None:  # no chip to sample: cheap, in order
+            order = ((i, build(i)) for i in range(len(entries)))
+        else:
+            # Sampling and solving a layer's tiles costs about the same per tile.
+            order = as_done(build, [(e.get("tiles") or {}).get("tiles_used", 0) for e in entries])
+        layers: list[Layer | None] = [None] * len(entries)
+        bar = iter(progress(list(enumerate(entries)))) if progress else iter(())
+        for i, layer in order:
+            layers[i] = layer
+            next(bar, None)  # the bar counts finished layers
+        for _ in bar:  # let the bar close
+            pass
+        return layers  # type: ignore[return-value]
 
     def _check_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]

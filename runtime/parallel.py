@@ -16,8 +16,8 @@ import functools
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -26,6 +26,7 @@ from threadpoolctl import ThreadpoolController
 MAX_WORKERS: int | None = None
 
 _local = threading.local()
+_T = TypeVar("_T")
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,6 +93,36 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
         futures = [_pool(n).submit(drain) for _ in range(n)]
         for f in futures:
             f.result()
+
+
+def as_done(fn: Callable[[int], _T], costs: Sequence[float]) -> Iterator[tuple[int, _T]]:
+    """Call fn(i) for every task i of estimated cost costs[i]; yield (i, result) as each finishes.
+
+    Many small tasks (the layers of a network, each a few tiles) split into chunks would
+    leave workers idle at every task's end and run one-chunk tasks on one core. Instead they
+    run side by side, one per worker, costliest first, so the last to start are the shortest
+    (map_chunks inside them runs inline). A task costing more than one worker's fair share of
+    the total runs alone first, its own map_chunks spreading it over every worker. Results
+    never depend on the order: each task must draw only from its own streams.
+    """
+    count, n = len(costs), workers()
+    if n <= 1 or count <= 1 or getattr(_local, "worker", False):
+        for i in range(count):
+            yield i, fn(i)
+        return
+    total = float(sum(costs))
+    alone = [i for i in range(count) if costs[i] * n > total]
+    for i in alone:
+        yield i, fn(i)
+    rest = sorted(set(range(count)) - set(alone), key=lambda i: (-costs[i], i))
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        futures = {_pool(n).submit(fn, i): i for i in rest}
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        finally:  # an error (or an abandoned caller): start nothing more
+            for f in futures:
+                f.cancel()
 
 
 @contextlib.contextmanager

@@ -297,18 +297,22 @@ def test_long_preparations_report_progress():
     from xbar.converter import convert
     from xbar.hardware import preset
 
-    seen = {}
+    seen, consumed = {}, {}
 
     def spy(label):
         def wrap(items):
             seen[label] = len(items)
-            return items
+            consumed[label] = 0
+            for item in items:  # a bar: each step is counted once the caller asks for the next
+                yield item
+                consumed[label] += 1
         return wrap
 
     b = convert(deep_chain(12), progress=spy("convert"))
-    assert seen["convert"] >= 2 * 12
+    assert seen["convert"] >= 2 * 12 and consumed["convert"] == seen["convert"]
+    # Layers are built on several threads; the bar still sees each one finish, and closes.
     Runtime(b, preset("pcm"), seed=0, progress=spy("chip"))
-    assert seen["chip"] == 13
+    assert seen["chip"] == 13 and consumed["chip"] == 13
 
 
 def test_fixed_batch_model_without_batch_axis_in_its_output(tmp_path, data):

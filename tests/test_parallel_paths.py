@@ -274,3 +274,36 @@ def _chunk_sum_in_child() -> int:
 
     parallel.map_chunks(fn, 8)
     return int(out.sum())
+
+
+def test_as_done_runs_every_task_once_big_ones_alone_first_and_reraises(monkeypatch):
+    """Tasks costing more than a worker's fair share run first on the calling thread (their
+    own map_chunks then spreads them); the rest run on the workers, costliest first."""
+    import threading
+
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    main = threading.get_ident()
+    costs = [1, 30, 2, 60, 1, 3]  # total 97: task 3 (60 > 97 / 2) runs alone
+    ran = {}
+
+    def fn(i):
+        ran[i] = threading.get_ident()
+        inner = np.zeros(4, dtype=int)
+        parallel.map_chunks(lambda j: inner.__setitem__(j, inner[j] + 1), 4)
+        assert np.all(inner == 1)
+        return i * 10
+
+    got = list(parallel.as_done(fn, costs))
+    assert sorted(got) == [(i, i * 10) for i in range(6)]
+    assert got[0] == (3, 30) and ran[3] == main
+    assert all(ran[i] != main for i in (0, 1, 2, 4, 5))
+
+    def bad(i):
+        if i == 2:
+            raise ValueError("task 2")
+        return i
+
+    with pytest.raises(ValueError, match="task 2"):
+        list(parallel.as_done(bad, [1] * 40))
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 1)
+    assert list(parallel.as_done(lambda i: i, [5, 1, 3])) == [(0, 0), (1, 1), (2, 2)]
