@@ -226,7 +226,14 @@ def test_fast_stored_member_path_reads_what_np_load_reads(bundle, tmp_path, monk
     for key, arr in general.arrays.items():
         got = fast.arrays[key]
         assert got.dtype == arr.dtype and got.shape == arr.shape and got.flags.writeable
+        assert got.flags.c_contiguous and got.flags.aligned
         np.testing.assert_array_equal(got, arr)
+    # The fast path's arrays are views of one buffer: each on its own cache line, none overlapping.
+    spans = sorted((a.ctypes.data, a.nbytes) for a in fast.arrays.values() if a.nbytes)
+    assert all(start % 64 == 0 for start, _ in spans)
+    assert all(s0 + n0 <= s1 for (s0, n0), (s1, _) in zip(spans, spans[1:]))
+    bases = {id(a.base if a.base is not None else a) for a in fast.arrays.values() if a.nbytes}
+    assert len(bases) < len(spans)
 
 
 def test_stored_member_with_an_unusual_header_is_parsed_and_checked(bundle, tmp_path):
