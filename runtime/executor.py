@@ -12,8 +12,9 @@ import numpy as np
 from xbar.bundle import Bundle
 from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP, RECURRENT_OP
+from xbar.runtime.chip import CHUNK_CELLS
 from xbar.runtime.layer import Layer
-from xbar.runtime.memory import keep_freed_memory
+from xbar.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
 from xbar.runtime.recurrent import Recurrent
 from xbar.runtime.parallel import as_done, blas_single_threaded, workers
@@ -90,8 +91,15 @@ class Runtime:
         if hardware is None:  # no chip to sample: cheap, in order
             order = ((i, build(i)) for i in range(len(entries)))
         else:
-            # Sampling and solving a layer's tiles costs about the same per tile.
-            order = as_done(build, [(e.get("tiles") or {}).get("tiles_used", 0) for e in entries])
+            # Sampling and solving a layer costs about the same per cell. One layer's float64
+            # work arrays grow with its cells up to CHUNK_CELLS, so only layers up to
+            # CHUNK_CELLS / workers are built side by side: together they hold no more than
+            # one big layer built alone.
+            def cells(e: dict[str, Any]) -> int:
+                t = e.get("tiles") or {}
+                return t.get("tiles_used", 0) * t.get("rows", 0) * t.get("cols", 0)
+
+            order = as_done(build, [cells(e) for e in entries], alone_above=CHUNK_CELLS / workers())
         layers: list[Layer | None] = [None] * len(entries)
         bar = iter(progress(list(enumerate(entries)))) if progress else iter(())
         for i, layer in order:

@@ -95,15 +95,17 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
             f.result()
 
 
-def as_done(fn: Callable[[int], _T], costs: Sequence[float]) -> Iterator[tuple[int, _T]]:
+def as_done(fn: Callable[[int], _T], costs: Sequence[float],
+            alone_above: float = float("inf")) -> Iterator[tuple[int, _T]]:
     """Call fn(i) for every task i of estimated cost costs[i]; yield (i, result) as each finishes.
 
     Many small tasks (the layers of a network, each a few tiles) split into chunks would
     leave workers idle at every task's end and run one-chunk tasks on one core. Instead they
     run side by side, one per worker, costliest first, so the last to start are the shortest
     (map_chunks inside them runs inline). A task costing more than one worker's fair share of
-    the total runs alone first, its own map_chunks spreading it over every worker. Results
-    never depend on the order: each task must draw only from its own streams.
+    the total, or more than `alone_above` (the caller's bound on what may run side by side,
+    e.g. for memory), runs alone first, its own map_chunks spreading it over every worker.
+    Results never depend on the order: each task must draw only from its own streams.
     """
     count, n = len(costs), workers()
     if n <= 1 or count <= 1 or getattr(_local, "worker", False):
@@ -111,7 +113,7 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float]) -> Iterator[tuple[i
             yield i, fn(i)
         return
     total = float(sum(costs))
-    alone = [i for i in range(count) if costs[i] * n > total]
+    alone = [i for i in range(count) if costs[i] * n > total or costs[i] > alone_above]
     for i in alone:
         yield i, fn(i)
     rest = sorted(set(range(count)) - set(alone), key=lambda i: (-costs[i], i))

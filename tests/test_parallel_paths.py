@@ -190,7 +190,8 @@ from xbar.converter import convert
 from xbar.runtime import Runtime
 rt = Runtime(convert(sys.argv[1]))
 x = np.load(sys.argv[2])["x"][:128]
-rt(x)
+for _ in range(3):  # the heap's high-water mark depends on how the two threads' chunks interleave
+    rt(x)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
     rt(x)
@@ -307,3 +308,19 @@ def test_as_done_runs_every_task_once_big_ones_alone_first_and_reraises(monkeypa
         list(parallel.as_done(bad, [1] * 40))
     monkeypatch.setattr(parallel, "MAX_WORKERS", 1)
     assert list(parallel.as_done(lambda i: i, [5, 1, 3])) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_as_done_runs_tasks_above_the_callers_bound_alone(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    main = threading.get_ident()
+    ran = {}
+
+    def fn(i):
+        ran[i] = threading.get_ident()
+        return i
+
+    got = list(parallel.as_done(fn, [5, 6, 5, 5, 5], alone_above=5))
+    assert got[0] == (1, 1) and ran[1] == main
+    assert sorted(got) == [(i, i) for i in range(5)] and all(ran[i] != main for i in (0, 2, 3, 4))

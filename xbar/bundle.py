@@ -31,6 +31,7 @@ import numpy as np
 from xbar import __version__
 from xbar.errors import BundleError
 from xbar.manifest import ARRAY_KINDS, manifest_problem, member_name, type_name
+from xbar.memory import keep_freed_memory
 
 FORMAT_NAME = "xbar-bundle"
 FORMAT_VERSION = 5
@@ -489,6 +490,7 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     batches: list[tuple[list[tuple[str, str]], Any]] = []  # ((member, sha256) pairs, digests or their future)
     batch: list[tuple[str, str, tuple]] = []
     batch_bytes = 0
+    keep_freed_memory()  # before this loader's threads take malloc arenas of their own
     arena, offsets = _arena(manifest["arrays"])
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         for (key, entry), (start, nbytes) in zip(manifest["arrays"].items(), offsets):
