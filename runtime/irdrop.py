@@ -62,8 +62,9 @@ powers of two are padded (rows above row 0, columns right of column C−1, G = 0
 the open wire ends no current flows, so the padding changes nothing.
 
 Threads: a stack of tiles is cut into chunks that run on one worker thread per core
-(xbar.runtime.parallel); meanwhile BLAS is limited to one thread process-wide (its own
-threading only slows these mid-sized products).
+(xbar.runtime.parallel); meanwhile BLAS is limited to one thread process-wide, also when
+the chunks run inline: its own threading only slows these mid-sized products, and its split
+of a product would change the rounding with the thread count.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from xbar.runtime.parallel import map_chunks
+from xbar.runtime.parallel import blas_one_thread, map_chunks
 
 __all__ = ["effective_conductance"]
 
@@ -466,7 +467,9 @@ def effective_conductance(g: np.ndarray, r_wire: float, r_driver: float = 0.0,
         padded[:, rp - rows:, :cols] = tiles[s:s + chunk]
         out[s:s + chunk] = sched.solve(padded, *resist)[:, rp - rows:, :cols]
 
-    # One chunk runs inline with BLAS threading as it is; several run on worker threads
-    # with BLAS held to one thread (its threading only slows these mid-sized products).
-    map_chunks(lambda j: run(starts[j]), len(starts))
+    # BLAS on one thread even when the chunks run inline (one chunk or one worker): a chip
+    # must not depend on the thread count, and OpenBLAS's own split of the largest joins
+    # rounds differently. On worker threads its threading would only slow these products.
+    with blas_one_thread():
+        map_chunks(lambda j: run(starts[j]), len(starts))
     return out.reshape(g.shape)

@@ -128,6 +128,15 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
 
 
 @contextlib.contextmanager
+def blas_one_thread() -> Iterator[None]:
+    """BLAS held to one thread whatever the number of workers, for results that must not
+    depend on it: OpenBLAS splits a large product between its own threads, and the split
+    changes the rounding."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
 def blas_single_threaded(active: bool = True) -> Iterator[None]:
     """Hold BLAS to one thread for a whole run of many map_chunks calls (if `active`).
 
