@@ -272,3 +272,14 @@ def test_stored_member_with_an_unusual_header_is_parsed_and_checked(bundle, tmp_
         else:
             with pytest.raises(BundleError, match="shape"):
                 load_bundle(out)
+
+
+def test_the_loading_buffer_is_aligned_and_never_larger_than_the_archive():
+    """Sizes come from the archive's own directory: a total beyond the archive's size can
+    only be a lie, and gets no buffer (each member then fails its own checks)."""
+    import xbar.bundle as bundle_module
+
+    buf, offsets = bundle_module._arena([10, 0, 64, 65], limit=1 << 20)
+    assert offsets == [0, 64, 64, 128] and buf.size == 256 and buf.ctypes.data % 64 == 0
+    none, _ = bundle_module._arena([1 << 40], limit=1 << 20)
+    assert none is None

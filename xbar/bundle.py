@@ -430,8 +430,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 _ARENA_ALIGN = 64  # bytes: every array starts on a cache line
 
 
-def _arena(entries: dict[str, Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """One uint8 buffer for every array of the manifest and each array's (offset, bytes) in it.
+def _arena(sizes: list[int], limit: int) -> tuple[np.ndarray | None, list[int]]:
+    """One uint8 buffer for arrays of `sizes` bytes and each one's offset in it, or None if
+    they add up to more than `limit` (the archive's size: stored data cannot exceed it, so
+    only a corrupt archive asks for more, and its members then fail their own checks).
 
     Read into arrays of their own, a bundle's hundreds of per-layer arrays each take fresh
     4 KiB pages from the kernel, one page fault apiece (about half of loading a 50 MB bundle
@@ -439,10 +441,11 @@ def _arena(entries: dict[str, Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     kernel to back with 2 MiB pages. The arrays are views of it, so it lives as long as any
     of them does."""
     offsets, total = [], 0
-    for entry in entries.values():
-        nbytes = math.prod(entry["shape"]) * np.dtype(entry["dtype"]).itemsize
-        offsets.append((total, nbytes))
+    for nbytes in sizes:
+        offsets.append(total)
         total += -(-nbytes // _ARENA_ALIGN) * _ARENA_ALIGN
+    if total > limit:
+        return None, offsets
     raw = np.empty(total + _ARENA_ALIGN, dtype=np.uint8)
     skip = -raw.ctypes.data % _ARENA_ALIGN
     return raw[skip:skip + total], offsets
@@ -490,15 +493,21 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     batches: list[tuple[list[tuple[str, str]], Any]] = []  # ((member, sha256) pairs, digests or their future)
     batch: list[tuple[str, str, tuple]] = []
     batch_bytes = 0
+    members = []  # every member's declared size is checked before any memory is taken
+    for key, entry in manifest["arrays"].items():
+        shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
+        nbytes = math.prod(shape) * dtype.itemsize
+        info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
+                            f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
+                            f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
+        members.append((key, entry, shape, dtype, member, nbytes, info))
     keep_freed_memory()  # before this loader's threads take malloc arenas of their own
-    arena, offsets = _arena(manifest["arrays"])
+    stored = [m[5] if m[6].compress_type == zipfile.ZIP_STORED else 0 for m in members]
+    arena, offsets = _arena(stored, os.fstat(zf.fp.fileno()).st_size)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for (key, entry), (start, nbytes) in zip(manifest["arrays"].items(), offsets):
-            shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
-            info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
-                                f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
-                                f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
-            fast = _read_stored_npy(zf, info, path, shape, dtype, arena[start:start + nbytes] if nbytes else None)
+        for (key, entry, shape, dtype, member, nbytes, info), start, size in zip(members, offsets, stored):
+            dest = arena[start:start + size] if arena is not None and size else None
+            fast = _read_stored_npy(zf, info, path, shape, dtype, dest)
             if fast is not None:
                 arrays[key] = fast[0]
                 batch.append((member, entry["sha256"], fast[1:]))
