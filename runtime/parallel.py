@@ -67,6 +67,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
+@contextlib.contextmanager
+def blas_one_thread() -> Iterator[None]:
+    """BLAS held to one thread whatever the number of workers, for results that must not
+    depend on it: OpenBLAS splits a large product between its own threads, and the split
+    changes the rounding."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        yield
+
+
 def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> None:
     """Call fn(0) … fn(count − 1), each once, on worker threads; return when all are done.
 
@@ -89,7 +98,7 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
                 return
             fn(j)
 
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with blas_one_thread():
         futures = [_pool(n).submit(drain) for _ in range(n)]
         for f in futures:
             f.result()
@@ -117,7 +126,7 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
     for i in alone:
         yield i, fn(i)
     rest = sorted(set(range(count)) - set(alone), key=lambda i: (-costs[i], i))
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with blas_one_thread():
         futures = {_pool(n).submit(fn, i): i for i in rest}
         try:
             for f in as_completed(futures):
@@ -125,15 +134,6 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
         finally:  # an error (or an abandoned caller): start nothing more
             for f in futures:
                 f.cancel()
-
-
-@contextlib.contextmanager
-def blas_one_thread() -> Iterator[None]:
-    """BLAS held to one thread whatever the number of workers, for results that must not
-    depend on it: OpenBLAS splits a large product between its own threads, and the split
-    changes the rounding."""
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        yield
 
 
 @contextlib.contextmanager
@@ -147,7 +147,7 @@ def blas_single_threaded(active: bool = True) -> Iterator[None]:
     if not active or workers() <= 1:
         yield
         return
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with blas_one_thread():
         yield
 
 

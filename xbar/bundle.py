@@ -485,6 +485,18 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     if problem:
         raise BundleError(f"{path}: {problem}; the bundle is corrupt or was edited by hand "
                           "(re-create it with `xbar convert`)")
+    members = []  # every member's declared size is checked before any memory is taken
+    for key, entry in manifest["arrays"].items():
+        shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
+        nbytes = math.prod(shape) * dtype.itemsize
+        info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
+                            f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
+                            f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
+        members.append((key, entry["sha256"], shape, dtype, member, info))
+    keep_freed_memory()  # before this loader's threads take malloc arenas of their own
+    # Only stored members can be read in place; a deflated one has a slot of 0 bytes.
+    slots = [math.prod(m[2]) * m[3].itemsize if m[5].compress_type == zipfile.ZIP_STORED else 0 for m in members]
+    arena, offsets = _arena(slots, os.fstat(zf.fp.fileno()).st_size)
     arrays: dict[str, np.ndarray] = {}
     # Members read by the fast path are hashed on worker threads while the next ones are
     # read (hashlib and readinto both release the GIL), in batches of >= _BATCH_BYTES so that
@@ -493,35 +505,24 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     batches: list[tuple[list[tuple[str, str]], Any]] = []  # ((member, sha256) pairs, digests or their future)
     batch: list[tuple[str, str, tuple]] = []
     batch_bytes = 0
-    members = []  # every member's declared size is checked before any memory is taken
-    for key, entry in manifest["arrays"].items():
-        shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
-        nbytes = math.prod(shape) * dtype.itemsize
-        info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
-                            f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
-                            f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
-        members.append((key, entry, shape, dtype, member, nbytes, info))
-    keep_freed_memory()  # before this loader's threads take malloc arenas of their own
-    stored = [m[5] if m[6].compress_type == zipfile.ZIP_STORED else 0 for m in members]
-    arena, offsets = _arena(stored, os.fstat(zf.fp.fileno()).st_size)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for (key, entry, shape, dtype, member, nbytes, info), start, size in zip(members, offsets, stored):
+        for (key, sha256, shape, dtype, member, info), start, size in zip(members, offsets, slots):
             dest = arena[start:start + size] if arena is not None and size else None
             fast = _read_stored_npy(zf, info, path, shape, dtype, dest)
-            if fast is not None:
-                arrays[key] = fast[0]
-                batch.append((member, entry["sha256"], fast[1:]))
-                batch_bytes += nbytes
-                if batch_bytes >= _BATCH_BYTES:
-                    batches.append(([p[:2] for p in batch], pool.submit(_digests, [p[2] for p in batch])))
-                    batch, batch_bytes = [], 0
+            if fast is None:
+                arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
                 continue
-            arrays[key] = _read_general_npy(zf, info, path, member, entry["sha256"], shape, dtype)
+            arrays[key] = fast[0]
+            batch.append((member, sha256, fast[1:]))
+            batch_bytes += fast[0].nbytes
+            if batch_bytes >= _BATCH_BYTES:
+                batches.append(([p[:2] for p in batch], pool.submit(_digests, [p[2] for p in batch])))
+                batch, batch_bytes = [], 0
         if batch:
             batches.append(([p[:2] for p in batch], _digests([p[2] for p in batch])))
-        for members, digests in batches:
+        for checked, digests in batches:
             got = digests if isinstance(digests, list) else digests.result()
-            for (member, want), digest in zip(members, got):
+            for (member, want), digest in zip(checked, got):
                 if digest != want:
                     raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was "
                                       "modified")
