@@ -32,7 +32,7 @@ ever multiply currents in this form, so r = 0 needs no special case and small r 
 precision (the admittance form would carry 1/r_w ≈ 1 S next to device conductances of
 ≈ 1e-5 S and cancel digits away).
 
-A single cell has a closed-form H (`_store_leaves`). Two neighbouring blocks A, B are
+A single cell has a closed-form H (`_lane_leaves`). Two neighbouring blocks A, B are
 joined across the k wires of their common side: there the voltages x and currents z are
 unknown, A gives x = a·z + P·e_A and B gives z = b·x + Q·e_B (e: the remaining inputs), hence
 (I − a·b)·x = P·e_A + a·Q·e_B, one k×k linear solve, after which every remaining output is a
@@ -41,7 +41,10 @@ passivity a and b are, up to sign, a symmetric positive semi-definite resistance
 admittance matrix, so I − a·b = I + Z·Y has real eigenvalues ≥ 1: the solve never fails and
 is well conditioned for realistic tiles. The tile is halved recursively (along its longer
 side) down to single cells; the joins are done bottom-up, level by level, vectorised over
-all blocks of a level (and over tiles). At the tile boundary the open wire ends give IR = 0
+all blocks of a level (and over tiles). The lowest levels (joins across one or two wires,
+thousands of blocks of a few ports) store the blocks last, so that every step is one
+elementwise pass over all blocks; the levels above store one block per row and use
+stacked matmuls. At the tile boundary the open wire ends give IR = 0
 and IT = 0 and the virtual ground gives VB = 0, and IL, VR, VT are not needed; the top
 levels, where blocks are large, drop those ports before joining. The last join leaves
 IB = H·VL, i.e. I = H·v and G_eff = Hᵀ.
@@ -99,6 +102,10 @@ _CHUNK_CELLS = 1 << 14
 # Cells per group of the uniform levels: a group's working set (~150 bytes per cell) stays
 # in a core's L2 cache; a whole 128×128 tile at once runs 2x slower.
 _GROUP_CELLS = 1 << 13
+# Levels whose joins cross at most this many wires run block-last (_LaneLevel): there a
+# product costs one elementwise pass per wire, against a matmul call per block; from 4 wires
+# on, the stacked matmul is faster (measured on 128×128 tiles).
+_LANE_MAX_K = 2
 
 _Layout = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
@@ -173,78 +180,143 @@ def _interface_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return np.linalg.inv(s) @ rhs
 
 
-def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Stacked a @ b. With an inner dimension of 1 (the first level's joins) a product is an
-    outer product, and broadcasting computes each entry as the same single multiplication
-    without matmul's per-matrix call overhead (8192 joins per 128×128 tile)."""
-    if a.shape[-1] == 1:
-        return np.multiply(a, b, out=out)
-    return np.matmul(a, b, out=out)
-
-
 def _one_minus_ab(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    s = -_mm(a, b)
+    s = -np.matmul(a, b)
     k = s.shape[-1]
     s[..., np.arange(k), np.arange(k)] += 1.0
     return s
 
 
+def _lane_mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Products of stacks laid out block-last: out[i, j, …] = Σ_l a[i, l, …] · b[l, j, …].
+
+    One elementwise pass over all blocks per term of the inner dimension: for the inner
+    dimensions of 1 and 2 of the lowest levels this beats thousands of tiny matmuls.
+    """
+    res = np.multiply(a[:, 0][:, None], b[0][None], out=out)
+    for l in range(1, a.shape[1]):
+        res += a[:, l][:, None] * b[l][None]
+    return res
+
+
+def _lane_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """s·x = rhs block by block for k = 1 or 2, block-last: s (k, k, …), rhs (k, m, …).
+
+    Cramer's rule: the determinant is the product of the eigenvalues, >= 1, so it cannot
+    cancel to zero.
+    """
+    if s.shape[0] == 1:
+        return rhs / s[0, 0]
+    det = s[0, 0] * s[1, 1] - s[0, 1] * s[1, 0]
+    x = np.empty(rhs.shape)
+    np.divide(s[1, 1] * rhs[0] - s[0, 1] * rhs[1], det, out=x[0])
+    np.divide(s[0, 0] * rhs[1] - s[1, 0] * rhs[0], det, out=x[1])
+    return x
+
+
+class _LaneLevel:
+    """One level of joins over blocks stored block-last, (n_out·n_in, units, blocks), so
+    that every operation is elementwise over all blocks (the lowest levels: many tiny
+    blocks, joined across one or two wires).
+
+    Within a unit (a subtree of the halving tree), positions are ordered so that the two
+    blocks of join i are i and i + blocks/2 (see `_Schedule`): A and B are the two halves
+    of the last axis, and the union of join i is block i of the next level.
+    """
+
+    def __init__(self, plan: _Plan, n_in: int, a_first: bool):
+        def at(rows, cols):
+            return (rows[:, None] * n_in + cols[None, :]).ravel()
+
+        self._ia = _cat([at(plan.xA, plan.zA), at(plan.xA, plan.eA), at(plan.oA, plan.zA),
+                         at(plan.oA, plan.eA)])
+        self._ib = _cat([at(plan.zB, plan.xB), at(plan.zB, plan.eB), at(plan.oB, plan.xB),
+                         at(plan.oB, plan.eB)])
+        k, n_ea, n_eb = len(plan.xA), len(plan.eA), len(plan.eB)
+        n_oa, n_ob = len(plan.oA), len(plan.oB)
+        if k > 2:
+            raise ValueError(f"lane levels join across 1 or 2 wires, not {k}")
+        self._sa = [(k, k), (k, n_ea), (n_oa, k), (n_oa, n_ea)]
+        self._sb = [(k, k), (k, n_eb), (n_ob, k), (n_ob, n_eb)]
+        self.a_first, self.k, self.n_ea, self.n_oa = a_first, k, n_ea, n_oa
+        self.m, self.n_o = n_ea + n_eb, n_oa + n_ob
+
+    @staticmethod
+    def _blocks(half, index, shapes):
+        g = np.take(half, index, axis=0)
+        ends = np.cumsum([r * c for r, c in shapes])
+        return [g[e - r * c:e].reshape((r, c) + g.shape[1:]) for e, (r, c) in zip(ends, shapes)]
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        n = stored.shape[-1] // 2
+        first, second = stored[..., :n], stored[..., n:]
+        half_a, half_b = (first, second) if self.a_first else (second, first)
+        a, p, l_a, d_a = self._blocks(half_a, self._ia, self._sa)
+        b, q, l_b, d_b = self._blocks(half_b, self._ib, self._sb)
+        k, n_ea, n_oa, lanes = self.k, self.n_ea, self.n_oa, p.shape[2:]
+        rhs = np.empty((k, self.m) + lanes)
+        rhs[:, :n_ea] = p
+        _lane_mm(a, q, out=rhs[:, n_ea:])
+        s = _lane_mm(a, b)
+        np.negative(s, out=s)
+        s[np.arange(k), np.arange(k)] += 1.0
+        x = _lane_solve(s, rhs)
+        z = _lane_mm(b, x)
+        z[:, n_ea:] += q
+        out = np.empty((self.n_o, self.m) + lanes)
+        _lane_mm(l_a, z, out=out[:n_oa])
+        _lane_mm(l_b, x, out=out[n_oa:])
+        out[:n_oa, :n_ea] += d_a
+        out[n_oa:, n_ea:] += d_b
+        return out.reshape((-1,) + lanes)
+
+
 class _UniformLevel:
     """One level of joins over a stack of identical-layout blocks stored flat, in pairs.
 
-    Every block is stored as its flattened hybrid matrix plus one trailing zero, and the two
-    blocks of each join are adjacent; so all the sub-blocks a join needs — zero-padded where
-    the algebra wants a full-width operand — come out of a single gather per level, and the
-    result is written straight into the same storage format for the next level.
+    Every block is stored as its flattened hybrid matrix, and the two blocks of each join
+    are adjacent; so all the sub-blocks a join needs come out of a single gather per level,
+    and the result is written straight into the same storage format for the next level.
     """
 
     def __init__(self, plan: _Plan, n_out: int, n_in: int, a_first: bool):
-        size = n_out * n_in + 1
+        size = n_out * n_in
         off_a, off_b = (0, size) if a_first else (size, 0)
-        zero = off_a + size - 1
-        k = len(plan.xA)
-        n_ea, n_oa = len(plan.eA), len(plan.oA)
-        m, n_o = n_ea + len(plan.eB), n_oa + len(plan.oB)
+        k, n_ea, n_eb = len(plan.xA), len(plan.eA), len(plan.eB)
+        n_oa, n_ob = len(plan.oA), len(plan.oB)
 
         def at(off, rows, cols):
-            return off + rows[:, None] * n_in + cols[None, :]
+            return (off + rows[:, None] * n_in + cols[None, :]).ravel()
 
-        p_pad = np.full((k, m), zero)
-        p_pad[:, :n_ea] = at(off_a, plan.xA, plan.eA)
-        q_pad = np.full((k, m), zero)
-        q_pad[:, n_ea:] = at(off_b, plan.zB, plan.eB)
-        direct = np.full((n_o, m), zero)
-        direct[:n_oa, :n_ea] = at(off_a, plan.oA, plan.eA)
-        direct[n_oa:, n_ea:] = at(off_b, plan.oB, plan.eB)
-        parts = [at(off_a, plan.xA, plan.zA), at(off_b, plan.zB, plan.xB), p_pad, q_pad,
-                 at(off_a, plan.oA, plan.zA), at(off_b, plan.oB, plan.xB)]
-        self._sizes = [p.size for p in parts]
-        self._index = np.concatenate([p.ravel() for p in parts]).astype(np.intp)
-        # The direct part comes out already in storage format (trailing zero included), so
-        # adding the products to it is one contiguous pass.
-        self._direct = np.append(direct.ravel(), zero).astype(np.intp)
-        self.k, self.m, self.n_oa, self.n_o = k, m, n_oa, n_o
+        parts = [at(off_a, plan.xA, plan.zA), at(off_b, plan.zB, plan.xB),
+                 at(off_a, plan.xA, plan.eA), at(off_b, plan.zB, plan.eB),
+                 at(off_a, plan.oA, plan.zA), at(off_b, plan.oB, plan.xB),
+                 at(off_a, plan.oA, plan.eA), at(off_b, plan.oB, plan.eB)]
+        self._shapes = [(k, k), (k, k), (k, n_ea), (k, n_eb), (n_oa, k), (n_ob, k),
+                        (n_oa, n_ea), (n_ob, n_eb)]
+        self._index = _cat(parts)
+        self.k, self.n_ea, self.n_oa = k, n_ea, n_oa
+        self.m, self.n_o = n_ea + n_eb, n_oa + n_ob
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
         n = stored.shape[0] // 2
-        k, m, n_oa, n_o = self.k, self.m, self.n_oa, self.n_o
-        pairs = stored.reshape(n, -1)
-        gathered = np.take(pairs, self._index, axis=1)
-        a, b, p_pad, q_pad, l_a, l_b = np.split(gathered, np.cumsum(self._sizes)[:-1], axis=1)
-        a = a.reshape(n, k, k)
-        b = b.reshape(n, k, k)
-        rhs = _mm(a, q_pad.reshape(n, k, m))
-        rhs.reshape(n, -1)[...] += p_pad
+        k, m, n_ea, n_oa = self.k, self.m, self.n_ea, self.n_oa
+        gathered = np.take(stored.reshape(n, -1), self._index, axis=1)
+        ends = np.cumsum([r * c for r, c in self._shapes])
+        a, b, p, q, l_a, l_b, d_a, d_b = (gathered[:, e - r * c:e].reshape(n, r, c)
+                                          for e, (r, c) in zip(ends, self._shapes))
+        rhs = np.empty((n, k, m))
+        rhs[:, :, :n_ea] = p
+        np.matmul(a, q, out=rhs[:, :, n_ea:])
         x = _interface_solve(_one_minus_ab(a, b), rhs)
-        z = _mm(b, x)
-        z.reshape(n, -1)[...] += q_pad
-        out = np.empty((n, n_o * m + 1))
-        out[:, -1] = 0.0
-        h = out[:, :-1].reshape(n, n_o, m)
-        _mm(l_a.reshape(n, n_oa, k), z, out=h[:, :n_oa])
-        _mm(l_b.reshape(n, n_o - n_oa, k), x, out=h[:, n_oa:])
-        out += np.take(pairs, self._direct, axis=1)
-        return out
+        z = b @ x
+        z[:, :, n_ea:] += q
+        out = np.empty((n, self.n_o, m))
+        np.matmul(l_a, z, out=out[:, :n_oa])
+        np.matmul(l_b, x, out=out[:, n_oa:])
+        out[:, :n_oa, :n_ea] += d_a
+        out[:, n_oa:, n_ea:] += d_b
+        return out.reshape(n, -1)
 
 
 class _Join:
@@ -290,24 +362,32 @@ class _Join:
         return out.reshape(a.shape[0], -1)
 
 
-def _store_leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.ndarray:
-    """Stored hybrid matrices (N, 17) of single cells: g, r_left, r_below are (N,) per cell.
+def _lane_leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.ndarray:
+    """Hybrid matrices of single cells, block-last: (16, …) from g, r_left, r_below of one
+    broadcast shape (…).
 
     With r_l the cell's row segment (to its left) and r_b its column segment (below it), the
     device current d = G·(V_row − V_col) obeys d = c·(VL − VB − r_l·IR − r_b·IT) with
     c = G / (1 + (r_l + r_b)·G), and IL = IR + d, VR = VL − r_l·IL, IB = IT + d,
     VT = VB + r_b·IB.
     """
+    g, r_left, r_below = np.broadcast_arrays(g, r_left, r_below)
     c = g / (1.0 + (r_left + r_below) * g)
     cl, cb = c * r_left, c * r_below
-    h = np.empty((g.size, 17))
     # Entry 4·(output group) + (input group); outputs (IL, VR, VT, IB), inputs (VL, IR, IT, VB).
-    h[:, 0], h[:, 1], h[:, 2], h[:, 3] = c, 1.0 - cl, -cb, -c
-    h[:, 4], h[:, 5], h[:, 6], h[:, 7] = 1.0 - cl, r_left * (cl - 1.0), r_left * cb, cl
-    h[:, 8], h[:, 9], h[:, 10], h[:, 11] = cb, -r_below * cl, r_below * (1.0 - cb), 1.0 - cb
-    h[:, 12], h[:, 13], h[:, 14], h[:, 15] = c, -cl, 1.0 - cb, -c
-    h[:, 16] = 0.0
-    return h
+    return np.stack([c, 1.0 - cl, -cb, -c,
+                     1.0 - cl, r_left * (cl - 1.0), r_left * cb, cl,
+                     cb, -r_below * cl, r_below * (1.0 - cb), 1.0 - cb,
+                     c, -cl, 1.0 - cb, -c])
+
+
+def _bit_reversal(n: int) -> np.ndarray:
+    """Position → index with the log2(n) bits reversed (n a power of two)."""
+    bits, idx = n.bit_length() - 1, np.arange(n)
+    rev = np.zeros(n, np.intp)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    return rev
 
 
 def _split_order(rows: int, cols: int) -> list[bool]:
@@ -356,25 +436,43 @@ class _Schedule:
         self.rows, self.cols = rows, cols
         splits = _split_order(rows, cols)
         self.order = np.argsort(_tree_rank(rows, cols, splits).ravel())
-        r_idx, c_idx = np.divmod(self.order, cols)
-        self.is_left = c_idx == 0  # cells whose row segment is the driver resistance
-        self.is_bottom = r_idx == rows - 1  # cells whose column segment is the sense resistance
         one = tuple(np.array([q]) for q in range(4))
         lay: _Layout = (one, one)
         levels = splits[::-1]
-        self.uniform = []
+        self.lanes, self.uniform = [], []
         n_out = n_in = 4
         blocks, level = rows * cols, 0
         while level < len(levels) and blocks > _PRUNE_BELOW:
             horizontal = levels[level]
             plan, lay = _plan(lay, lay, horizontal)
-            # Siblings are stored (left, right) and (top, bottom); A is left or bottom.
-            step = _UniformLevel(plan, n_out, n_in, a_first=horizontal)
-            self.uniform.append(step)
+            # Siblings in tree order are (left, right) and (top, bottom); A is left or bottom.
+            if len(plan.xA) <= _LANE_MAX_K and not self.uniform:
+                step = _LaneLevel(plan, n_in, a_first=horizontal)
+                self.lanes.append(step)
+            else:
+                step = _UniformLevel(plan, n_out, n_in, a_first=horizontal)
+                self.uniform.append(step)
             n_out, n_in = step.n_o, step.m
             blocks //= 2
             level += 1
         self.blocks, self.n_out, self.n_in = blocks, n_out, n_in
+        # The uniform levels never mix the cells of different final uniform blocks, so they
+        # run group by group, each group small enough to stay in the core's cache: whole
+        # subtrees ("units") of one tile, or whole tiles.
+        cells = rows * cols
+        self.group = max(cells // blocks, _GROUP_CELLS)
+        self.unit = min(self.group, cells)
+        # Lane order within a unit: the cell of tree rank hi·2^L + rev(lo) sits at position
+        # lo·(unit / 2^L) + hi, L the number of lane levels. The sibling bit of each lane
+        # level is then the leading bit of the position, and after the L levels the blocks
+        # are in tree order.
+        n_lanes = len(self.lanes)
+        per, pos = self.unit >> n_lanes, np.arange(self.unit)
+        rank = (pos % per) << n_lanes | _bit_reversal(1 << n_lanes)[pos // per]
+        self.order = self.order.reshape(-1, self.unit)[:, rank].ravel()
+        r_idx, c_idx = np.divmod(self.order, cols)
+        self.is_left = c_idx == 0  # cells whose row segment is the driver resistance
+        self.is_bottom = r_idx == rows - 1  # cells whose column segment is the sense resistance
 
         rest = levels[level:]
         grid_r = 1 << sum(1 for s in rest if not s)
@@ -405,16 +503,17 @@ class _Schedule:
         t, cells = g.shape[0], self.rows * self.cols
         r_left = np.where(self.is_left, r_driver, r_wire)
         r_below = np.where(self.is_bottom, r_sense, r_wire)
-        g = g.reshape(t, -1)[:, self.order].ravel()
-        # The uniform levels never mix the cells of different final uniform blocks, so
-        # they run group by group, each group small enough to stay in the core's cache.
-        group = max(cells // self.blocks, _GROUP_CELLS)
-        if group > cells:
-            r_left, r_below = np.tile(r_left, group // cells), np.tile(r_below, group // cells)
+        g = g.reshape(t, -1)[:, self.order].reshape(-1, self.unit)
+        per_group = self.group // self.unit
         parts = []
-        for s in range(0, t * cells, group):
-            o, gs = (s % cells if group <= cells else 0), g[s:s + group]
-            stored = _store_leaves(gs, r_left[o:o + gs.size], r_below[o:o + gs.size])
+        for u in range(0, g.shape[0], per_group):
+            o = u * self.unit % cells
+            stored = _lane_leaves(g[u:u + per_group], r_left[o:o + self.unit],
+                                  r_below[o:o + self.unit])
+            for lane_step in self.lanes:
+                stored = lane_step(stored)
+            # To one block per row, in tree order (a copy: the axes are reordered).
+            stored = stored.transpose(1, 2, 0).reshape(-1, stored.shape[0])
             for step in self.uniform:
                 stored = step(stored)
             parts.append(stored)

@@ -185,6 +185,23 @@ def test_stack_equals_tiles_one_at_a_time():
         np.testing.assert_allclose(stacked[idx], single, rtol=1e-12, atol=0)
 
 
+def test_every_tile_of_a_stack_of_uneven_groups_matches_nodal_solve():
+    """19 tiles of 32×32: the lowest levels run on groups of 8 whole tiles side by side
+    (the last group holds 3), blocks of different tiles interleaved; each tile must still
+    come out as its own circuit."""
+    rng = np.random.default_rng(9)
+    g = rng.uniform(0.0, 100e-6, (19, 32, 32))
+    g[5] = 0.0  # a tile with nothing programmed between two that are
+    v = rng.uniform(-1.0, 1.0, (32, 2))
+    g_eff = effective_conductance(g, 2.0, 10.0, 10.0)
+    for t in range(len(g)):
+        i_ref = reference_currents(g[t], v, 2.0, 10.0, 10.0)
+        if t == 5:
+            assert np.all(g_eff[t] == 0.0) and np.all(i_ref == 0.0)
+        else:
+            assert _rel_err(g_eff[t].T @ v, i_ref) < 1e-9, t
+
+
 @pytest.mark.parametrize("shape", [(9, 64, 64), (4, 128, 128)])
 def test_worker_threads_give_identical_results(monkeypatch, shape):
     """One worker runs the chunks inline, where BLAS could use threads of its own: OpenBLAS
