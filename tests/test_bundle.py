@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -15,6 +16,11 @@ from xbar.errors import BundleError
 @pytest.fixture(scope="module")
 def bundle(models_dir):
     return convert(models_dir / "cnn_bn.onnx")
+
+
+def _member_bytes(path, member):
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(member)
 
 
 def _rewrite(src, dst, edit):
@@ -69,6 +75,24 @@ def test_checksum_mismatch_is_detected(bundle, tmp_path):
 
     _rewrite(good, tmp_path / "t.xbar", flip)
     with pytest.raises(BundleError, match="checksum mismatch"):
+        load_bundle(tmp_path / "t.xbar")
+
+
+def test_checksum_mismatch_names_the_first_bad_member_in_manifest_order(bundle, tmp_path):
+    """Members are read largest first on worker threads; the error still names the first
+    corrupt member in the manifest's order, so the same bundle always gives the same message."""
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    order = [e["member"] for e in bundle.manifest["arrays"].values()]
+    small = next(m for m in order if np.load(io.BytesIO(_member_bytes(good, m))).size == 1)
+    large = max(order, key=lambda m: np.load(io.BytesIO(_member_bytes(good, m))).size)
+    assert order.index(small) != order.index(large)
+    first = min(small, large, key=order.index)
+
+    def flip(name, data):  # the last bit of the array data: still a valid .npy member
+        return data[:-1] + bytes([data[-1] ^ 1]) if name in (small, large) else data
+
+    _rewrite(good, tmp_path / "t.xbar", flip)
+    with pytest.raises(BundleError, match=f"checksum mismatch for {re.escape(first)};"):
         load_bundle(tmp_path / "t.xbar")
 
 
@@ -217,11 +241,11 @@ def test_fast_stored_member_path_reads_what_np_load_reads(bundle, tmp_path, monk
 
     path = save_bundle(bundle, tmp_path / "a.xbar")
     calls = []
-    real = bundle_module._read_stored_npy
-    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: calls.append(1) or real(*a))
+    real = bundle_module._stored_npy_data
+    monkeypatch.setattr(bundle_module, "_stored_npy_data", lambda *a: calls.append(1) or real(*a))
     fast = load_bundle(path)
     assert len(calls) == len(fast.arrays)
-    monkeypatch.setattr(bundle_module, "_read_stored_npy", lambda *a: None)
+    monkeypatch.setattr(bundle_module, "_stored_npy_data", lambda *a: None)
     general = load_bundle(path)
     for key, arr in general.arrays.items():
         got = fast.arrays[key]

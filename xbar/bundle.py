@@ -21,10 +21,10 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -135,8 +135,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def _check_member_path(name: str, path: Path) -> None:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or "\\" in name or name.startswith("/"):
+    if name.startswith("/") or "\\" in name or ".." in name.split("/"):
         raise BundleError(f"{path}: archive member {name!r} points outside the bundle; refusing to read it")
 
 
@@ -275,10 +274,12 @@ _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.err
                 ValueError, RuntimeError, IndexError, OverflowError, RecursionError)
 
 
-def _member_info(zf: zipfile.ZipFile, member: str, path: Path, low: int, high: int, expected: str) -> zipfile.ZipInfo:
+def _member_info(zf: zipfile.ZipFile, member: str, path: Path, low: int, high: int,
+                 expected: str | Callable[[], str]) -> zipfile.ZipInfo:
     """The ZipInfo of `member`, refused unless it is stored or deflated, unencrypted, and its
     declared uncompressed size lies in [low, high] (checked before anything is decompressed;
-    zipfile never inflates a member past its declared size)."""
+    zipfile never inflates a member past its declared size). `expected` says what the size
+    should be; a callable is only called to word a refusal (hundreds of members pass)."""
     try:
         info = zf.getinfo(member)
     except KeyError:
@@ -290,6 +291,7 @@ def _member_info(zf: zipfile.ZipFile, member: str, path: Path, low: int, high: i
     if info.flag_bits & 0x1:
         raise BundleError(f"{path}: member {member} is encrypted; xbar bundles are never encrypted")
     if not low <= info.file_size <= high:
+        expected = expected() if callable(expected) else expected
         raise BundleError(f"{path}: member {member} declares {info.file_size:,} bytes uncompressed, but {expected}; "
                           "the bundle is corrupt or was tampered with, so it is not read")
     return info
@@ -307,19 +309,14 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _NPY_PREFIX = 10  # magic (6), version (2), header length (2 in version 1.0)
 
 
-def _read_stored_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, shape: tuple[int, ...],
-                     dtype: np.dtype, dest: np.ndarray | None = None) -> tuple[np.ndarray, bytes, memoryview] | None:
+def _stored_npy_data(fp: BinaryIO, info: zipfile.ZipInfo, shape: tuple[int, ...], dtype: np.dtype) -> bytes | None:
     """Fast path for an uncompressed (stored) .npy member of the plain layout save_bundle
-    writes: its data is read from the file straight into the array's memory (one copy, no
-    zip CRC pass, no second copy through np.load) and checked against the manifest sha256.
-    Returns None for anything else (deflated, another .npy version, Fortran order, a header
-    that disagrees with the manifest), which the general path then reads and judges. The
-    caller checks the sha256 of the returned header bytes and data buffer. `dest`: uint8
-    memory of the array's size to read into (a slice of the bundle's arena), else a new array."""
-    if info.compress_type != zipfile.ZIP_STORED or dtype.hasobject:
-        return None
+    writes: its .npy header bytes (hashed with the data), with `fp` left at the start of its
+    array data, to be read straight into the array's memory (one copy, no zip CRC pass, no
+    second copy through np.load) and checked against the manifest sha256. Returns None for
+    anything else (another .npy version, Fortran order, a header that disagrees with the
+    manifest), which the general path then reads and judges."""
     try:
-        fp = zf.fp
         fp.seek(info.header_offset)
         head = fp.read(_LOCAL_HEADER.size)
         if len(head) != _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
@@ -341,13 +338,42 @@ def _read_stored_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, sha
             if (not isinstance(meta, dict) or meta.get("fortran_order") is not False
                     or tuple(meta.get("shape", ())) != shape or np.dtype(meta.get("descr")) != dtype):
                 return None
-        arr = np.empty(shape, dtype=dtype) if dest is None else dest.view(dtype).reshape(shape)
-        buf = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
-        if arr.size and fp.readinto(buf) != arr.nbytes:
-            return None
+        return prefix + header
     except (OSError, ValueError, SyntaxError, TypeError, struct.error, MemoryError, RecursionError):
         return None
-    return arr, prefix + header, buf
+
+
+def _fill(path: Path, tasks: list[tuple[zipfile.ZipInfo, np.ndarray]]) -> list[str | None]:
+    """Read stored members of `path` straight into their arrays (see _stored_npy_data) and
+    return the sha256 of each one's header + data, or None where the fast path declines or
+    cannot read (the file ended early, or cannot be opened again), for the general path to
+    read and judge. Runs on worker threads (file reads and hashlib release the GIL), each
+    with a file object of its own."""
+    try:
+        f = open(path, "rb")
+    except OSError:  # gone or unreadable since it was opened: the general path reads what it can
+        return [None] * len(tasks)
+    digests: list[str | None] = []
+    with f:
+        for info, arr in tasks:
+            header = _stored_npy_data(f, info, arr.shape, arr.dtype)
+            buf = memoryview(arr.reshape(-1).view(np.uint8))
+            got = 0 if header is not None else -1
+            try:
+                while 0 <= got < len(buf):
+                    n = f.readinto(buf[got:])
+                    if not n:
+                        break
+                    got += n
+            except OSError:
+                got = -1
+            if got < len(buf):
+                digests.append(None)
+                continue
+            h = hashlib.sha256(header)
+            h.update(buf)  # hashlib releases the GIL on large buffers
+            digests.append(h.hexdigest())
+    return digests
 
 
 @functools.lru_cache(maxsize=1024)  # many members share a shape (per-layer vectors, tiles)
@@ -387,17 +413,6 @@ def _read_general_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, me
         raise BundleError(f"{path}: array member {member} holds {found}, but the manifest says shape {shape}, "
                           f"dtype {dtype}; the bundle is corrupt or was edited by hand")
     return arr
-
-
-def _digest(parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part)  # hashlib releases the GIL on large buffers: members hash in parallel
-    return h.hexdigest()
-
-
-def _digests(members: list[tuple]) -> list[str]:
-    return [_digest(parts) for parts in members]
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -486,45 +501,54 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
         raise BundleError(f"{path}: {problem}; the bundle is corrupt or was edited by hand "
                           "(re-create it with `xbar convert`)")
     members = []  # every member's declared size is checked before any memory is taken
+    dtypes: dict[str, np.dtype] = {}  # a few dtypes name hundreds of arrays
     for key, entry in manifest["arrays"].items():
-        shape, dtype, member = tuple(entry["shape"]), np.dtype(entry["dtype"]), entry["member"]
+        shape, member = tuple(entry["shape"]), entry["member"]
+        dtype = dtypes.get(entry["dtype"]) or dtypes.setdefault(entry["dtype"], np.dtype(entry["dtype"]))
         nbytes = math.prod(shape) * dtype.itemsize
         info = _member_info(zf, member, path, nbytes + NPY_HEADER_MIN, nbytes + NPY_HEADER_SLACK,
-                            f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
-                            f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
+                            lambda shape=shape, dtype=dtype, nbytes=nbytes:
+                                f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
+                                f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
         members.append((key, entry["sha256"], shape, dtype, member, info))
     keep_freed_memory()  # before this loader's threads take malloc arenas of their own
     # Only stored members can be read in place; a deflated one has a slot of 0 bytes.
     slots = [math.prod(m[2]) * m[3].itemsize if m[5].compress_type == zipfile.ZIP_STORED else 0 for m in members]
     arena, offsets = _arena(slots, os.fstat(zf.fp.fileno()).st_size)
     arrays: dict[str, np.ndarray] = {}
-    # Members read by the fast path are hashed on worker threads while the next ones are
-    # read (hashlib and readinto both release the GIL), in batches of >= _BATCH_BYTES so that
-    # hundreds of small per-layer arrays do not cost a hand-off each; the last batch is
-    # hashed here. Checksums are compared once everything is read.
-    batches: list[tuple[list[tuple[str, str]], Any]] = []  # ((member, sha256) pairs, digests or their future)
-    batch: list[tuple[str, str, tuple]] = []
-    batch_bytes = 0
+    stored: list[tuple[tuple[str, str, str, tuple, np.dtype, zipfile.ZipInfo], np.ndarray]] = []
+    for (key, sha256, shape, dtype, member, info), start, size in zip(members, offsets, slots):
+        if info.compress_type != zipfile.ZIP_STORED or dtype.hasobject:
+            arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
+            continue
+        arr = (np.empty(shape, dtype) if arena is None or not size
+               else arena[start:start + size].view(dtype).reshape(shape))
+        arrays[key] = arr
+        stored.append(((key, member, sha256, shape, dtype, info), arr))
+    # Stored members are read and hashed on worker threads, one per core: the largest first,
+    # so that no thread is left with a large one at the end, and the small ones in batches of
+    # >= _BATCH_BYTES so that hundreds of per-layer vectors do not cost a hand-off each.
+    stored.sort(key=lambda item: -item[1].nbytes)
+    batches: list[tuple[list[tuple[str, str, str, tuple, np.dtype, zipfile.ZipInfo]], Future]] = []
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for (key, sha256, shape, dtype, member, info), start, size in zip(members, offsets, slots):
-            dest = arena[start:start + size] if arena is not None and size else None
-            fast = _read_stored_npy(zf, info, path, shape, dtype, dest)
-            if fast is None:
-                arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
-                continue
-            arrays[key] = fast[0]
-            batch.append((member, sha256, fast[1:]))
-            batch_bytes += fast[0].nbytes
-            if batch_bytes >= _BATCH_BYTES:
-                batches.append(([p[:2] for p in batch], pool.submit(_digests, [p[2] for p in batch])))
-                batch, batch_bytes = [], 0
-        if batch:
-            batches.append(([p[:2] for p in batch], _digests([p[2] for p in batch])))
-        for checked, digests in batches:
-            got = digests if isinstance(digests, list) else digests.result()
-            for (member, want), digest in zip(checked, got):
-                if digest != want:
-                    raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was "
-                                      "modified")
+        first = 0
+        while first < len(stored):
+            last, size = first, 0
+            while last < len(stored) and size < _BATCH_BYTES:
+                size += stored[last][1].nbytes
+                last += 1
+            part = stored[first:last]
+            batches.append(([m for m, _ in part], pool.submit(_fill, path, [(m[5], arr) for m, arr in part])))
+            first = last
+        digests = {m[0]: d for checked, future in batches for m, d in zip(checked, future.result())}
+    # Checksums are compared once all is read, in the manifest's order (the first bad member
+    # is the one named, whatever order the threads read them in).
+    for key, sha256, shape, dtype, member, info in members:
+        if key not in digests:  # read by the general path above
+            continue
+        if digests[key] is None:  # declined by the fast path, or the file ended early
+            arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
+        elif digests[key] != sha256:
+            raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified")
     return Bundle(manifest=manifest, arrays=arrays)
 

@@ -124,7 +124,10 @@ def _mismatch(value: Any, schema: Any) -> tuple[list[str], str] | None:
                 if optional:
                     continue
                 return [f".{key}"], "is missing"
-            found = _mismatch(value[key], sub.schema if optional else sub)
+            sub = sub.schema if optional else sub
+            if _plainly(value[key], sub):
+                continue
+            found = _mismatch(value[key], sub)
             if found:
                 found[0].append(f".{key}")
                 return found
@@ -144,10 +147,20 @@ def _mismatch(value: Any, schema: Any) -> tuple[list[str], str] | None:
     return None
 
 
+def _plainly(value: Any, schema: Any) -> bool:
+    """True if `value`'s exact type is the scalar type or one of the types `schema` names:
+    the common case, decided without a call of _mismatch per value (a manifest has
+    thousands). False means only that the full check must decide."""
+    kind = type(value)
+    return kind is schema or (type(schema) is tuple and kind in schema)
+
+
 def _first_mismatch(items, schema: Any, label: str) -> tuple[list[str], str] | None:
     """The first of (key, value) items that does not match `schema`, its key (formatted by
     `label`) on the path."""
     for key, v in items:
+        if _plainly(v, schema):
+            continue
         found = _mismatch(v, schema)
         if found:
             found[0].append(label.format(key))

@@ -42,8 +42,12 @@ def keep_freed_memory() -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:  # pragma: no cover - no loadable libc
-        return False
+        # glibc's soname on every Linux architecture; find_library would run ldconfig (ms).
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - an unusual layout
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        except OSError:
+            return False
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) or libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_CAP)
     return bool(ok and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) and libc.mallopt(M_ARENA_MAX, 1))
