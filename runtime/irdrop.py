@@ -187,6 +187,25 @@ def _one_minus_ab(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return s
 
 
+def _spans(shapes: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
+    """(start, end, shape) of sub-blocks of these shapes gathered one after the other."""
+    ends = np.cumsum([0] + [r * c for r, c in shapes]).tolist()
+    return [(lo, hi, shape) for lo, hi, shape in zip(ends, ends[1:], shapes)]
+
+
+def _sub_blocks(plan: _Plan, n_in_a: int, n_in_b: int) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """Flat positions, in A's and in B's stored hybrid matrix (rows of n_in_a, n_in_b
+    entries), of the sub-blocks a join reads, one after the other: A's (a, P, L_A, D_A) and
+    B's (b, Q, L_B, D_B), with the spans (`_spans`) that cut them apart again."""
+    def gather(parts, n_in):
+        idx = [(rows[:, None] * n_in + cols[None, :]).ravel() for rows, cols in parts]
+        return _cat(idx), _spans([(len(r), len(c)) for r, c in parts])
+
+    ia, sa = gather([(plan.xA, plan.zA), (plan.xA, plan.eA), (plan.oA, plan.zA), (plan.oA, plan.eA)], n_in_a)
+    ib, sb = gather([(plan.zB, plan.xB), (plan.zB, plan.eB), (plan.oB, plan.xB), (plan.oB, plan.eB)], n_in_b)
+    return ia, sa, ib, sb
+
+
 def _lane_mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Products of stacks laid out block-last: out[i, j, …] = Σ_l a[i, l, …] · b[l, j, …].
 
@@ -225,27 +244,17 @@ class _LaneLevel:
     """
 
     def __init__(self, plan: _Plan, n_in: int, a_first: bool):
-        def at(rows, cols):
-            return (rows[:, None] * n_in + cols[None, :]).ravel()
-
-        self._ia = _cat([at(plan.xA, plan.zA), at(plan.xA, plan.eA), at(plan.oA, plan.zA),
-                         at(plan.oA, plan.eA)])
-        self._ib = _cat([at(plan.zB, plan.xB), at(plan.zB, plan.eB), at(plan.oB, plan.xB),
-                         at(plan.oB, plan.eB)])
-        k, n_ea, n_eb = len(plan.xA), len(plan.eA), len(plan.eB)
-        n_oa, n_ob = len(plan.oA), len(plan.oB)
+        k = len(plan.xA)
         if k > 2:
             raise ValueError(f"lane levels join across 1 or 2 wires, not {k}")
-        self._sa = [(k, k), (k, n_ea), (n_oa, k), (n_oa, n_ea)]
-        self._sb = [(k, k), (k, n_eb), (n_ob, k), (n_ob, n_eb)]
-        self.a_first, self.k, self.n_ea, self.n_oa = a_first, k, n_ea, n_oa
-        self.m, self.n_o = n_ea + n_eb, n_oa + n_ob
+        self._ia, self._sa, self._ib, self._sb = _sub_blocks(plan, n_in, n_in)
+        self.a_first, self.k, self.n_ea, self.n_oa = a_first, k, len(plan.eA), len(plan.oA)
+        self.m, self.n_o = self.n_ea + len(plan.eB), self.n_oa + len(plan.oB)
 
     @staticmethod
-    def _blocks(half, index, shapes):
+    def _blocks(half, index, spans):
         g = np.take(half, index, axis=0)
-        ends = np.cumsum([r * c for r, c in shapes])
-        return [g[e - r * c:e].reshape((r, c) + g.shape[1:]) for e, (r, c) in zip(ends, shapes)]
+        return [g[lo:hi].reshape(shape + g.shape[1:]) for lo, hi, shape in spans]
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
         n = stored.shape[-1] // 2
@@ -292,8 +301,8 @@ class _UniformLevel:
                  at(off_a, plan.xA, plan.eA), at(off_b, plan.zB, plan.eB),
                  at(off_a, plan.oA, plan.zA), at(off_b, plan.oB, plan.xB),
                  at(off_a, plan.oA, plan.eA), at(off_b, plan.oB, plan.eB)]
-        self._shapes = [(k, k), (k, k), (k, n_ea), (k, n_eb), (n_oa, k), (n_ob, k),
-                        (n_oa, n_ea), (n_ob, n_eb)]
+        self._spans = _spans([(k, k), (k, k), (k, n_ea), (k, n_eb), (n_oa, k), (n_ob, k),
+                              (n_oa, n_ea), (n_ob, n_eb)])
         self._index = _cat(parts)
         self.k, self.n_ea, self.n_oa = k, n_ea, n_oa
         self.m, self.n_o = n_ea + n_eb, n_oa + n_ob
@@ -302,9 +311,7 @@ class _UniformLevel:
         n = stored.shape[0] // 2
         k, m, n_ea, n_oa = self.k, self.m, self.n_ea, self.n_oa
         gathered = np.take(stored.reshape(n, -1), self._index, axis=1)
-        ends = np.cumsum([r * c for r, c in self._shapes])
-        a, b, p, q, l_a, l_b, d_a, d_b = (gathered[:, e - r * c:e].reshape(n, r, c)
-                                          for e, (r, c) in zip(ends, self._shapes))
+        a, b, p, q, l_a, l_b, d_a, d_b = (gathered[:, lo:hi].reshape((n,) + shape) for lo, hi, shape in self._spans)
         rhs = np.empty((n, k, m))
         rhs[:, :, :n_ea] = p
         np.matmul(a, q, out=rhs[:, :, n_ea:])
@@ -327,22 +334,14 @@ class _Join:
     """
 
     def __init__(self, plan: _Plan, n_in_a: int, n_in_b: int):
-        def gather(parts, n_in):
-            idx = [(rows[:, None] * n_in + cols[None, :]).ravel() for rows, cols in parts]
-            return _cat(idx), [(len(r), len(c)) for r, c in parts]
-
-        self._ia, self._sa = gather([(plan.xA, plan.zA), (plan.xA, plan.eA), (plan.oA, plan.zA),
-                                     (plan.oA, plan.eA)], n_in_a)
-        self._ib, self._sb = gather([(plan.zB, plan.xB), (plan.zB, plan.eB), (plan.oB, plan.xB),
-                                     (plan.oB, plan.eB)], n_in_b)
+        self._ia, self._sa, self._ib, self._sb = _sub_blocks(plan, n_in_a, n_in_b)
         self.k, self.n_ea, self.n_oa = len(plan.xA), len(plan.eA), len(plan.oA)
         self.m, self.n_o = self.n_ea + len(plan.eB), self.n_oa + len(plan.oB)
 
     @staticmethod
-    def _blocks(flat, index, shapes):
+    def _blocks(flat, index, spans):
         g = np.take(flat, index, axis=1)
-        ends = np.cumsum([r * c for r, c in shapes])
-        return [g[:, e - r * c:e].reshape(g.shape[0], r, c) for e, (r, c) in zip(ends, shapes)]
+        return [g[:, lo:hi].reshape((g.shape[0],) + shape) for lo, hi, shape in spans]
 
     def __call__(self, flat_a: np.ndarray, flat_b: np.ndarray) -> np.ndarray:
         a, p, l_a, d_a = self._blocks(flat_a, self._ia, self._sa)
