@@ -160,31 +160,56 @@ def _plan(lay_a: _Layout, lay_b: _Layout, horizontal: bool) -> tuple[_Plan, _Lay
 
 
 def _interface_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve s·x = rhs for a stack of interface matrices s = I + Z·Y (eigenvalues real, >= 1).
-
-    k = 1 and k = 2, the most numerous joins, where LAPACK's per-matrix call overhead would
-    dominate, use the explicit inverse (adjugate over determinant): the determinant is the
-    product of the eigenvalues, >= 1, so it cannot cancel to zero.
-    """
-    k = s.shape[-1]
-    if k == 1:
-        return rhs / s
-    if k == 2:
-        inv = np.empty_like(s)
-        inv[:, 0, 0], inv[:, 1, 1] = s[:, 1, 1], s[:, 0, 0]
-        inv[:, 0, 1], inv[:, 1, 0] = -s[:, 0, 1], -s[:, 1, 0]
-        inv /= (s[:, 0, 0] * s[:, 1, 1] - s[:, 0, 1] * s[:, 1, 0])[:, None, None]
-        return inv @ rhs
+    """Solve s·x = rhs for a stack of interface matrices s = I + Z·Y (eigenvalues real, >= 1)."""
+    if s.shape[-1] <= 2:  # where LAPACK's per-matrix call overhead would dominate
+        return _cramer_solve(s, rhs)
     # inv then matmul: numpy's batched solve copies and transposes the many right-hand
     # sides per matrix and is 2-4x slower here; s is well conditioned, so no accuracy cost.
     return np.linalg.inv(s) @ rhs
 
 
-def _one_minus_ab(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    s = -np.matmul(a, b)
-    k = s.shape[-1]
+def _cramer_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """s⁻¹·rhs per block for k = 1 or 2 wires, in any layout indexed (…, rows, cols) (for
+    blocks stored last, views): elementwise over all blocks.
+
+    Cramer's rule: the determinant is the product of the eigenvalues, >= 1, so it cannot
+    cancel to zero.
+    """
+    if s.shape[-1] == 1:
+        return rhs / s
+    s00, s01, s10, s11 = (s[..., i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    det = s00 * s11 - s01 * s10
+    x = np.empty_like(rhs)
+    np.divide(s11 * rhs[..., 0, :] - s01 * rhs[..., 1, :], det, out=x[..., 0, :])
+    np.divide(s00 * rhs[..., 1, :] - s10 * rhs[..., 0, :], det, out=x[..., 1, :])
+    return x
+
+
+def _join(parts: list[np.ndarray], out: np.ndarray, product, solve, empty) -> np.ndarray:
+    """Join two blocks (module docstring): their sub-blocks `parts` = (a, P, L_A, D_A, b, Q,
+    L_B, D_B) → the union's hybrid matrix, written into `out` (…, n_o, m).
+
+    Every array is indexed (…, rows, columns), the leading axes running over blocks;
+    `product(x, y, out=None)` (x·y per block), `solve(s, rhs)` (s⁻¹·rhs per block) and
+    `empty(shape)` (…, *shape) bring the storage layout: one block per row for the levels
+    that use stacked matmuls, blocks last (as views) for the lane levels.
+    """
+    a, p, l_a, d_a, b, q, l_b, d_b = parts
+    k, n_ea, n_oa = a.shape[-1], p.shape[-1], l_a.shape[-2]
+    rhs = empty((k, n_ea + q.shape[-1]))
+    rhs[..., :n_ea] = p
+    product(a, q, out=rhs[..., n_ea:])
+    s = product(a, b)
+    np.negative(s, out=s)
     s[..., np.arange(k), np.arange(k)] += 1.0
-    return s
+    x = solve(s, rhs)
+    z = product(b, x)
+    z[..., n_ea:] += q
+    product(l_a, z, out=out[..., :n_oa, :])
+    product(l_b, x, out=out[..., n_oa:, :])
+    out[..., :n_oa, :n_ea] += d_a
+    out[..., n_oa:, n_ea:] += d_b
+    return out
 
 
 def _spans(shapes: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
@@ -207,30 +232,18 @@ def _sub_blocks(plan: _Plan, n_in_a: int, n_in_b: int) -> tuple[np.ndarray, list
 
 
 def _lane_mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Products of stacks laid out block-last: out[i, j, …] = Σ_l a[i, l, …] · b[l, j, …].
-
-    One elementwise pass over all blocks per term of the inner dimension: for the inner
-    dimensions of 1 and 2 of the lowest levels this beats thousands of tiny matmuls.
-    """
-    res = np.multiply(a[:, 0][:, None], b[0][None], out=out)
-    for l in range(1, a.shape[1]):
-        res += a[:, l][:, None] * b[l][None]
+    """a·b per block for blocks stored last (`a`, `b` are views indexed (…, rows, cols)):
+    one elementwise pass over all blocks per term of the inner dimension, which for inner
+    dimensions of 1 and 2 beats thousands of tiny matmuls."""
+    res = np.multiply(a[..., :, :1], b[..., :1, :], out=out)
+    for l in range(1, a.shape[-1]):
+        res += a[..., :, l:l + 1] * b[..., l:l + 1, :]
     return res
 
 
-def _lane_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """s·x = rhs block by block for k = 1 or 2, block-last: s (k, k, …), rhs (k, m, …).
-
-    Cramer's rule: the determinant is the product of the eigenvalues, >= 1, so it cannot
-    cancel to zero.
-    """
-    if s.shape[0] == 1:
-        return rhs / s[0, 0]
-    det = s[0, 0] * s[1, 1] - s[0, 1] * s[1, 0]
-    x = np.empty(rhs.shape)
-    np.divide(s[1, 1] * rhs[0] - s[0, 1] * rhs[1], det, out=x[0])
-    np.divide(s[0, 0] * rhs[1] - s[1, 0] * rhs[0], det, out=x[1])
-    return x
+def _rows_last(stored: np.ndarray) -> np.ndarray:
+    """A block-last array (rows, cols, …) as a view indexed (…, rows, cols)."""
+    return np.moveaxis(stored, (0, 1), (-2, -1))
 
 
 class _LaneLevel:
@@ -248,35 +261,22 @@ class _LaneLevel:
         if k > 2:
             raise ValueError(f"lane levels join across 1 or 2 wires, not {k}")
         self._ia, self._sa, self._ib, self._sb = _sub_blocks(plan, n_in, n_in)
-        self.a_first, self.k, self.n_ea, self.n_oa = a_first, k, len(plan.eA), len(plan.oA)
-        self.m, self.n_o = self.n_ea + len(plan.eB), self.n_oa + len(plan.oB)
+        self.a_first = a_first
+        self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
 
     @staticmethod
     def _blocks(half, index, spans):
         g = np.take(half, index, axis=0)
-        return [g[lo:hi].reshape(shape + g.shape[1:]) for lo, hi, shape in spans]
+        return [_rows_last(g[lo:hi].reshape(shape + g.shape[1:])) for lo, hi, shape in spans]
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
         n = stored.shape[-1] // 2
         first, second = stored[..., :n], stored[..., n:]
         half_a, half_b = (first, second) if self.a_first else (second, first)
-        a, p, l_a, d_a = self._blocks(half_a, self._ia, self._sa)
-        b, q, l_b, d_b = self._blocks(half_b, self._ib, self._sb)
-        k, n_ea, n_oa, lanes = self.k, self.n_ea, self.n_oa, p.shape[2:]
-        rhs = np.empty((k, self.m) + lanes)
-        rhs[:, :n_ea] = p
-        _lane_mm(a, q, out=rhs[:, n_ea:])
-        s = _lane_mm(a, b)
-        np.negative(s, out=s)
-        s[np.arange(k), np.arange(k)] += 1.0
-        x = _lane_solve(s, rhs)
-        z = _lane_mm(b, x)
-        z[:, n_ea:] += q
+        lanes = stored.shape[1:-1] + (n,)
         out = np.empty((self.n_o, self.m) + lanes)
-        _lane_mm(l_a, z, out=out[:n_oa])
-        _lane_mm(l_b, x, out=out[n_oa:])
-        out[:n_oa, :n_ea] += d_a
-        out[n_oa:, n_ea:] += d_b
+        _join(self._blocks(half_a, self._ia, self._sa) + self._blocks(half_b, self._ib, self._sb),
+              _rows_last(out), _lane_mm, _cramer_solve, lambda shape: _rows_last(np.empty(shape + lanes)))
         return out.reshape((-1,) + lanes)
 
 
@@ -291,38 +291,17 @@ class _UniformLevel:
     def __init__(self, plan: _Plan, n_out: int, n_in: int, a_first: bool):
         size = n_out * n_in
         off_a, off_b = (0, size) if a_first else (size, 0)
-        k, n_ea, n_eb = len(plan.xA), len(plan.eA), len(plan.eB)
-        n_oa, n_ob = len(plan.oA), len(plan.oB)
-
-        def at(off, rows, cols):
-            return (off + rows[:, None] * n_in + cols[None, :]).ravel()
-
-        parts = [at(off_a, plan.xA, plan.zA), at(off_b, plan.zB, plan.xB),
-                 at(off_a, plan.xA, plan.eA), at(off_b, plan.zB, plan.eB),
-                 at(off_a, plan.oA, plan.zA), at(off_b, plan.oB, plan.xB),
-                 at(off_a, plan.oA, plan.eA), at(off_b, plan.oB, plan.eB)]
-        self._spans = _spans([(k, k), (k, k), (k, n_ea), (k, n_eb), (n_oa, k), (n_ob, k),
-                              (n_oa, n_ea), (n_ob, n_eb)])
-        self._index = _cat(parts)
-        self.k, self.n_ea, self.n_oa = k, n_ea, n_oa
-        self.m, self.n_o = n_ea + n_eb, n_oa + n_ob
+        ia, sa, ib, sb = _sub_blocks(plan, n_in, n_in)
+        self._index = np.concatenate([ia + off_a, ib + off_b])
+        self._spans = sa + [(lo + ia.size, hi + ia.size, shape) for lo, hi, shape in sb]
+        self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
         n = stored.shape[0] // 2
-        k, m, n_ea, n_oa = self.k, self.m, self.n_ea, self.n_oa
         gathered = np.take(stored.reshape(n, -1), self._index, axis=1)
-        a, b, p, q, l_a, l_b, d_a, d_b = (gathered[:, lo:hi].reshape((n,) + shape) for lo, hi, shape in self._spans)
-        rhs = np.empty((n, k, m))
-        rhs[:, :, :n_ea] = p
-        np.matmul(a, q, out=rhs[:, :, n_ea:])
-        x = _interface_solve(_one_minus_ab(a, b), rhs)
-        z = b @ x
-        z[:, :, n_ea:] += q
-        out = np.empty((n, self.n_o, m))
-        np.matmul(l_a, z, out=out[:, :n_oa])
-        np.matmul(l_b, x, out=out[:, n_oa:])
-        out[:, :n_oa, :n_ea] += d_a
-        out[:, n_oa:, n_ea:] += d_b
+        out = np.empty((n, self.n_o, self.m))
+        _join([gathered[:, lo:hi].reshape((n,) + shape) for lo, hi, shape in self._spans], out,
+              np.matmul, _interface_solve, lambda shape: np.empty((n,) + shape))
         return out.reshape(n, -1)
 
 
@@ -335,8 +314,7 @@ class _Join:
 
     def __init__(self, plan: _Plan, n_in_a: int, n_in_b: int):
         self._ia, self._sa, self._ib, self._sb = _sub_blocks(plan, n_in_a, n_in_b)
-        self.k, self.n_ea, self.n_oa = len(plan.xA), len(plan.eA), len(plan.oA)
-        self.m, self.n_o = self.n_ea + len(plan.eB), self.n_oa + len(plan.oB)
+        self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
 
     @staticmethod
     def _blocks(flat, index, spans):
@@ -344,21 +322,11 @@ class _Join:
         return [g[:, lo:hi].reshape((g.shape[0],) + shape) for lo, hi, shape in spans]
 
     def __call__(self, flat_a: np.ndarray, flat_b: np.ndarray) -> np.ndarray:
-        a, p, l_a, d_a = self._blocks(flat_a, self._ia, self._sa)
-        b, q, l_b, d_b = self._blocks(flat_b, self._ib, self._sb)
-        n_ea, n_oa = self.n_ea, self.n_oa
-        rhs = np.empty((a.shape[0], self.k, self.m))
-        rhs[:, :, :n_ea] = p
-        np.matmul(a, q, out=rhs[:, :, n_ea:])
-        x = _interface_solve(_one_minus_ab(a, b), rhs)
-        z = b @ x
-        z[:, :, n_ea:] += q
-        out = np.empty((a.shape[0], self.n_o, self.m))
-        np.matmul(l_a, z, out=out[:, :n_oa])
-        np.matmul(l_b, x, out=out[:, n_oa:])
-        out[:, :n_oa, :n_ea] += d_a
-        out[:, n_oa:, n_ea:] += d_b
-        return out.reshape(a.shape[0], -1)
+        t = flat_a.shape[0]
+        out = np.empty((t, self.n_o, self.m))
+        _join(self._blocks(flat_a, self._ia, self._sa) + self._blocks(flat_b, self._ib, self._sb), out,
+              np.matmul, _interface_solve, lambda shape: np.empty((t,) + shape))
+        return out.reshape(t, -1)
 
 
 def _lane_leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.ndarray:
