@@ -308,7 +308,7 @@ class _UniformLevel:
 class _Join:
     """One join of two blocks with their own layouts (the pruned top levels), over tiles.
 
-    Blocks are passed flattened, (T, n_out·n_in [+1]); every sub-block comes out of one
+    Blocks are passed flattened, (T, n_out·n_in); every sub-block comes out of one
     gather per operand with precomputed flat indices (far faster than 2-D fancy indexing).
     """
 
