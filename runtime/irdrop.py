@@ -422,7 +422,7 @@ class _Schedule:
             n_out, n_in = step.n_o, step.m
             blocks //= 2
             level += 1
-        self.blocks, self.n_out, self.n_in = blocks, n_out, n_in
+        self.blocks = blocks
         # The uniform levels never mix the cells of different final uniform blocks, so they
         # run group by group, each group small enough to stay in the core's cache: whole
         # subtrees ("units") of one tile, or whole tiles.

@@ -516,31 +516,31 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     slots = [math.prod(m[2]) * m[3].itemsize if m[5].compress_type == zipfile.ZIP_STORED else 0 for m in members]
     arena, offsets = _arena(slots, os.fstat(zf.fp.fileno()).st_size)
     arrays: dict[str, np.ndarray] = {}
-    stored: list[tuple[tuple[str, str, str, tuple, np.dtype, zipfile.ZipInfo], np.ndarray]] = []
+    stored: list[tuple[str, zipfile.ZipInfo, np.ndarray]] = []  # (key, member info, its array)
     for (key, sha256, shape, dtype, member, info), start, size in zip(members, offsets, slots):
-        if info.compress_type != zipfile.ZIP_STORED or dtype.hasobject:
+        if info.compress_type != zipfile.ZIP_STORED:
             arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
             continue
         arr = (np.empty(shape, dtype) if arena is None or not size
                else arena[start:start + size].view(dtype).reshape(shape))
         arrays[key] = arr
-        stored.append(((key, member, sha256, shape, dtype, info), arr))
+        stored.append((key, info, arr))
     # Stored members are read and hashed on worker threads, one per core: the largest first,
     # so that no thread is left with a large one at the end, and the small ones in batches of
     # >= _BATCH_BYTES so that hundreds of per-layer vectors do not cost a hand-off each.
-    stored.sort(key=lambda item: -item[1].nbytes)
-    batches: list[tuple[list[tuple[str, str, str, tuple, np.dtype, zipfile.ZipInfo]], Future]] = []
+    stored.sort(key=lambda item: -item[2].nbytes)
+    batches: list[tuple[list[str], Future]] = []  # (keys, future of their digests)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         first = 0
         while first < len(stored):
             last, size = first, 0
             while last < len(stored) and size < _BATCH_BYTES:
-                size += stored[last][1].nbytes
+                size += stored[last][2].nbytes
                 last += 1
             part = stored[first:last]
-            batches.append(([m for m, _ in part], pool.submit(_fill, path, [(m[5], arr) for m, arr in part])))
+            batches.append(([key for key, _, _ in part], pool.submit(_fill, path, [(i, a) for _, i, a in part])))
             first = last
-        digests = {m[0]: d for checked, future in batches for m, d in zip(checked, future.result())}
+        digests = {key: d for keys, future in batches for key, d in zip(keys, future.result())}
     # Checksums are compared once all is read, in the manifest's order (the first bad member
     # is the one named, whatever order the threads read them in).
     for key, sha256, shape, dtype, member, info in members:
