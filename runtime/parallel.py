@@ -91,17 +91,28 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
     # round trip costs tens of µs and small layers have many small chunks, yet a worker
     # that falls behind (a busy core) still gets fewer of them.
     indices = itertools.count()  # next() on it is atomic under the GIL
+    # Set when a chunk fails or the caller stops waiting (Ctrl-C): the workers then take no
+    # further chunks, so neither the error nor the interrupt waits for the rest of the call.
+    stop = threading.Event()
 
     def drain() -> None:
-        for j in indices:
-            if j >= count:
-                return
-            fn(j)
+        try:
+            for j in indices:
+                if j >= count or stop.is_set():
+                    return
+                fn(j)
+        except BaseException:
+            stop.set()
+            raise
 
     with blas_one_thread():
         futures = [_pool(n).submit(drain) for _ in range(n)]
-        for f in futures:
-            f.result()
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            stop.set()
+            raise
 
 
 def as_done(fn: Callable[[int], _T], costs: Sequence[float],
@@ -138,16 +149,18 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
 
 @contextlib.contextmanager
 def blas_single_threaded(active: bool = True) -> Iterator[None]:
-    """Hold BLAS to one thread for a whole run of many map_chunks calls (if `active`).
+    """Hold BLAS to one thread for a whole run of many map_chunks calls if `active`, and
+    otherwise to at most `workers()` threads, so that XBAR_THREADS=N bounds every thread
+    of a run, BLAS's own included (N = 1: one thread in all).
 
     OpenBLAS's own threads keep spinning for a while after a multi-threaded call; a run
     that lets BLAS use them between its chunked layers pays for that spinning in every
     chunked layer that follows.
     """
-    if not active or workers() <= 1:
-        yield
-        return
-    with blas_one_thread():
+    blas = _blas_controller().select(user_api="blas")
+    # A cap, never a raise: a user's own lower setting (OPENBLAS_NUM_THREADS=1) stands.
+    now = min((lib["num_threads"] for lib in blas.info()), default=1)
+    with blas.limit(limits=1 if active else min(workers(), now)):
         yield
 
 

@@ -2,6 +2,9 @@
 abs-max. Each is checked against the plain computation it replaces."""
 
 import itertools
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -160,6 +163,70 @@ def test_map_chunks_runs_every_chunk_once_and_reraises(monkeypatch):
 
     with pytest.raises(ValueError, match="chunk 5"):
         parallel.map_chunks(bad, 9)
+
+
+def _ran_after_stop(monkeypatch, stop_at):
+    """How many of 400 chunks (1 ms each) map_chunks runs when chunk 3 calls `stop_at`, the
+    count read once the workers are idle again."""
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    ran = []
+
+    def fn(j):
+        if j == 3:
+            stop_at()
+        time.sleep(1e-3)
+        ran.append(j)
+
+    with pytest.raises((ValueError, KeyboardInterrupt)):
+        parallel.map_chunks(fn, 400)
+    settled = -1
+    while settled != len(ran):  # the other worker finishes the chunk it is in
+        settled = len(ran)
+        time.sleep(0.05)
+    return len(ran)
+
+
+def test_a_failing_chunk_stops_the_other_workers(monkeypatch):
+    """The error reaches the caller without waiting for the rest of the call: the other
+    workers take no chunk after it (each finishes at most the one it is in)."""
+    def fail():
+        raise ValueError("chunk 3")
+
+    assert _ran_after_stop(monkeypatch, fail) < 20
+
+
+def test_ctrl_c_stops_the_workers(monkeypatch):
+    """Ctrl-C reaches the waiting caller (the main thread) as KeyboardInterrupt; the workers
+    then take no further chunk, so the process can exit at once instead of finishing the
+    call in the background (as it did: worker threads are joined at exit)."""
+    main = threading.main_thread().ident
+    if threading.get_ident() != main:
+        pytest.skip("signals reach the main thread only")
+    assert _ran_after_stop(monkeypatch, lambda: signal.pthread_kill(main, signal.SIGINT)) < 20
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_xbar_threads_bounds_blas_threads_too(resnet, test_data, monkeypatch, threads):
+    """XBAR_THREADS=N bounds the threads of a run, BLAS's own included; with one sample
+    (one chunk per layer), BLAS may thread a product, but never beyond N."""
+    from threadpoolctl import threadpool_info
+
+    from xbar.runtime.layer import Layer
+
+    monkeypatch.setattr(parallel, "MAX_WORKERS", threads)
+    rt = Runtime(resnet)
+    seen = []
+    call = Layer.__call__
+
+    def spy(layer, x):
+        seen.append(max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"))
+        return call(layer, x)
+
+    monkeypatch.setattr(Layer, "__call__", spy)
+    rt(test_data[0][:1])
+    one = list(seen)
+    rt(test_data[0][:8 * threads])  # a batch that fills the workers: BLAS on one thread
+    assert one and max(one) <= threads and set(seen[len(one):]) == {1}
 
 
 def test_thread_count_from_the_environment(monkeypatch):
