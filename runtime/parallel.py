@@ -16,7 +16,7 @@ import functools
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -80,11 +80,16 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
     """Call fn(0) … fn(count − 1), each once, on worker threads; return when all are done.
 
     One chunk, `serial`, a single worker, or a call from inside a worker runs inline on the
-    calling thread with BLAS threading left as it is. The first exception is re-raised.
+    calling thread with BLAS threading left as it is. The first exception is re-raised; after
+    it (or Ctrl-C), no further chunk starts, here or in the tasks of the as_done call that
+    this one runs inside.
     """
     n = min(workers(), count)
     if serial or n <= 1 or getattr(_local, "worker", False):
+        stop = getattr(_local, "stop", None)  # the as_done call this runs in, if any
         for j in range(count):
+            if stop is not None and stop.is_set():
+                raise CancelledError("the tasks beside this one failed or were interrupted")
             fn(j)
         return
     # One task per worker, each taking the next chunk index until none is left: a pool
@@ -137,12 +142,22 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
     for i in alone:
         yield i, fn(i)
     rest = sorted(set(range(count)) - set(alone), key=lambda i: (-costs[i], i))
+    stop = threading.Event()
+
+    def run(i: int) -> _T:
+        _local.stop = stop  # read by map_chunks run inline inside the task
+        try:
+            return fn(i)
+        finally:
+            _local.stop = None
+
     with blas_one_thread():
-        futures = {_pool(n).submit(fn, i): i for i in rest}
+        futures = {_pool(n).submit(run, i): i for i in rest}
         try:
             for f in as_completed(futures):
                 yield futures[f], f.result()
-        finally:  # an error (or an abandoned caller): start nothing more
+        finally:  # an error, Ctrl-C or an abandoned caller: start nothing more, and the
+            stop.set()  # tasks already running stop before their next chunk
             for f in futures:
                 f.cancel()
 

@@ -205,6 +205,32 @@ def test_ctrl_c_stops_the_workers(monkeypatch):
     assert _ran_after_stop(monkeypatch, lambda: signal.pthread_kill(main, signal.SIGINT)) < 20
 
 
+def test_a_failing_task_stops_the_tasks_beside_it(monkeypatch):
+    """Tasks side by side (layers built by as_done) run their chunks inline; once one fails,
+    the others start no further chunk, so the error does not wait for them to finish."""
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    ran = []
+
+    def task(i):
+        def chunk(j):
+            if i == 0 and j == 3:
+                raise ValueError("task 0")
+            time.sleep(1e-3)
+            ran.append((i, j))
+
+        parallel.map_chunks(chunk, 400)
+        return i
+
+    with pytest.raises(ValueError, match="task 0"):
+        for _ in parallel.as_done(task, [1.0, 1.0, 1.0]):
+            pass
+    settled = -1
+    while settled != len(ran):
+        settled = len(ran)
+        time.sleep(0.05)
+    assert len(ran) < 40
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_xbar_threads_bounds_blas_threads_too(resnet, test_data, monkeypatch, threads):
     """XBAR_THREADS=N bounds the threads of a run, BLAS's own included; with one sample
