@@ -165,9 +165,17 @@ def test_map_chunks_runs_every_chunk_once_and_reraises(monkeypatch):
         parallel.map_chunks(bad, 9)
 
 
+def _when_idle(ran: list) -> int:
+    """len(ran) once the workers appending to it have stopped (each finishes the chunk it is in)."""
+    settled = -1
+    while settled != len(ran):
+        settled = len(ran)
+        time.sleep(0.05)
+    return settled
+
+
 def _ran_after_stop(monkeypatch, stop_at):
-    """How many of 400 chunks (1 ms each) map_chunks runs when chunk 3 calls `stop_at`, the
-    count read once the workers are idle again."""
+    """How many of 400 chunks (1 ms each) map_chunks runs when chunk 3 calls `stop_at`."""
     monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
     ran = []
 
@@ -179,11 +187,7 @@ def _ran_after_stop(monkeypatch, stop_at):
 
     with pytest.raises((ValueError, KeyboardInterrupt)):
         parallel.map_chunks(fn, 400)
-    settled = -1
-    while settled != len(ran):  # the other worker finishes the chunk it is in
-        settled = len(ran)
-        time.sleep(0.05)
-    return len(ran)
+    return _when_idle(ran)
 
 
 def test_a_failing_chunk_stops_the_other_workers(monkeypatch):
@@ -224,11 +228,7 @@ def test_a_failing_task_stops_the_tasks_beside_it(monkeypatch):
     with pytest.raises(ValueError, match="task 0"):
         for _ in parallel.as_done(task, [1.0, 1.0, 1.0]):
             pass
-    settled = -1
-    while settled != len(ran):
-        settled = len(ran)
-        time.sleep(0.05)
-    assert len(ran) < 40
+    assert _when_idle(ran) < 40
 
 
 @pytest.mark.parametrize("threads", [1, 2])
