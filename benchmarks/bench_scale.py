@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -275,11 +276,6 @@ def mib(kib: float | None) -> str:
     return "?" if kib is None else f"{kib / 1024:,.0f} MiB"
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
-
-
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
@@ -305,10 +301,11 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.mkdtemp(prefix="xbar-bench-scale-", dir=args.keep)
     kinds = args.models.split(",")
     conv: dict[str, dict] = {}
+    models = {kind: ensure(kind) for kind in kinds}
     runs: dict[str, list[tuple[dict, dict | None]]] = {kind: [] for kind in kinds}  # per round: (load, prep)
     try:
         for kind in kinds:
-            model = ensure(kind)
+            model = models[kind]
             out = str(Path(tmp) / f"{kind}.xbar")
             c = conv[kind] = _run_child("_convert", str(model), out, args.depthwise, "1" if args.pack_tiles else "0")
             print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
@@ -323,7 +320,7 @@ def main(argv: list[str]) -> int:
             for kind in kinds:
                 c, out = conv[kind], str(Path(tmp) / f"{kind}.xbar")
                 ld = _run_child("_load", out)
-                p = None if args.no_prep else _run_child("_prep", out, str(ensure(kind)), str(args.batch))
+                p = None if args.no_prep else _run_child("_prep", out, str(models[kind]), str(args.batch))
                 runs[kind].append((ld, p))
                 gb = c["bundle_bytes"] / 1e9
                 print(f"  {kind:16s} load {ld['load_s']:.2f} s = {ld['load_s'] / gb:.2f} s/GB (CPU {ld['load_cpu_s']:.2f} s, "
@@ -360,22 +357,22 @@ def _summary(args, kinds: list[str], conv: dict[str, dict], runs: dict[str, list
         load = [ld["load_s"] / gb for ld, _ in runs[kind]]
         met = f", {sum(v <= TARGET_LOAD_S_PER_GB for v in load)} of {n} rounds" if n > 1 else ""
         print(f"  {kind:16s} convert {c['convert_s']:6.1f} s / {mib(c['hwm_convert_kib']):>9s}; bundle "
-              f"{c['bundle_bytes'] / 1e6:7.1f} MB, load {_median(load):.2f} s/GB "
-              f"(<= {TARGET_LOAD_S_PER_GB}: {_verdict(_median(load) <= TARGET_LOAD_S_PER_GB)}{met})")
+              f"{c['bundle_bytes'] / 1e6:7.1f} MB, load {median(load):.2f} s/GB "
+              f"(<= {TARGET_LOAD_S_PER_GB}: {_verdict(median(load) <= TARGET_LOAD_S_PER_GB)}{met})")
         if args.no_prep:
             continue
         preps = [p for _, p in runs[kind]]
         times = [p["prep_s"] for p in preps]
-        prep, peak = _median(times), max(p["hwm_prep_kib"] for p in preps)
+        prep, peak = median(times), max(p["hwm_prep_kib"] for p in preps)
         rounds = "; rounds " + ", ".join(f"{t:.1f}" for t in times) + " s" if n > 1 else ""
-        print(f"  {'':16s} prep {prep:.1f} s (CPU {_median([p['prep_cpu_s'] for p in preps]):.1f} s), peak "
+        print(f"  {'':16s} prep {prep:.1f} s (CPU {median([p['prep_cpu_s'] for p in preps]):.1f} s), peak "
               f"{mib(peak)}{rounds}")
         if kind == "resnet50":
             met = f" ({sum(t <= TARGET_PREP_S for t in times)} of {n} rounds)" if n > 1 else ""
             print(f"  {'':16s} targets: prep <= {TARGET_PREP_S:.0f} s {_verdict(prep <= TARGET_PREP_S)}{met}; "
                   f"peak <= {TARGET_PREP_GB} GB {_verdict(peak / 1024 / 1024 <= TARGET_PREP_GB)}")
             if "chip_s" in preps[0]:
-                ratio = _median([p["chip_s"] / p["ort_s"] for p in preps])
+                ratio = median([p["chip_s"] / p["ort_s"] for p in preps])
                 print(f"  {'':16s} batch {args.batch} chip/onnxruntime {ratio:.1f}x (<= {TARGET_INFER_RATIO:.0f}x: "
                       f"{_verdict(ratio <= TARGET_INFER_RATIO)})")
         elif base is not None:
@@ -384,8 +381,8 @@ def _summary(args, kinds: list[str], conv: dict[str, dict], runs: dict[str, list
             wall = [a / b for a, b in zip(per_weight(kind, "prep_s"), per_weight(base, "prep_s"))]
             cpu = [a / b for a, b in zip(per_weight(kind, "prep_cpu_s"), per_weight(base, "prep_cpu_s"))]
             each = "; wall ratio per round " + ", ".join(f"{v:.2f}" for v in wall) if n > 1 else ""
-            print(f"  {'':16s} per analog weight against resnet50: wall {_median(wall):.2f}x, CPU {_median(cpu):.2f}x "
-                  f"(no worse, <= 1: {_verdict(_median(wall) <= 1)}{each})")
+            print(f"  {'':16s} per analog weight against resnet50: wall {median(wall):.2f}x, CPU {median(cpu):.2f}x "
+                  f"(no worse, <= 1: {_verdict(median(wall) <= 1)}{each})")
 
 
 if __name__ == "__main__":
