@@ -152,7 +152,8 @@ def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, c
     c = spec.circuit
     digest = hashlib.blake2b(np.ascontiguousarray(g0).view(np.uint8), digest_size=20)
     digest.update(np.ascontiguousarray(rows).view(np.uint8))
-    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense), PROBE_SOLVER)
+    key = (digest.hexdigest(), g0.shape, float(c.r_wire), float(c.r_driver), float(c.r_sense), c.solve_dtype,
+           PROBE_SOLVER)
     with _PROBE_LOCK:  # layers are built on several threads at once
         hit = _PROBE_CACHE.get(key)
         if hit is not None:
@@ -239,7 +240,7 @@ def circuit_of(spec: HardwareSpec):
         from xbar.runtime.irdrop import effective_conductance
 
         cc = spec.circuit
-        return effective_conductance(g, cc.r_wire, cc.r_driver, cc.r_sense)
+        return effective_conductance(g, cc.r_wire, cc.r_driver, cc.r_sense, cc.solve_dtype)
 
     return circuit
 

@@ -48,7 +48,7 @@ def reference_build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mappin
             return g
         out = g.copy()
         c = spec.circuit
-        out[tile_used] = effective_conductance(g[tile_used], c.r_wire, c.r_driver, c.r_sense)
+        out[tile_used] = effective_conductance(g[tile_used], c.r_wire, c.r_driver, c.r_sense, c.solve_dtype)
         return out
 
     g_eff = circuit(g_now)

@@ -65,7 +65,10 @@ def test_streamed_chip_equals_the_whole_layer_reference(name, encoding, chunk, s
         if solver == "exact":
             np.testing.assert_array_equal(new.comp[live], ref.comp[live])
         else:
-            np.testing.assert_allclose(new.comp[live], ref.comp[live], rtol=1e-7, atol=0)
+            # The reference probes with the chip's own solve: in float32 (the pcm and rram
+            # presets), whose column currents are exact to ~1e-5 (xbar.runtime.irdrop).
+            rtol = 1e-7 if spec.circuit.solve_dtype == "float64" else 1e-5
+            np.testing.assert_allclose(new.comp[live], ref.comp[live], rtol=rtol, atol=0)
         assert np.all(new.comp[~live] == 1)
 
 

@@ -131,6 +131,9 @@ def test_presets():
     assert pcm.device.t0 == 20.0 and pcm.device.t_read == 250e-9
     assert (pcm.device.pcm_prog_c0, pcm.device.pcm_prog_c1, pcm.device.pcm_prog_c2) == (0.26348, 1.9650, -1.1731)
     assert pcm.dac.bits == 8 and pcm.adc.bits == 8 and pcm.circuit.ir_drop
+    # Its noise floor (>= 1 % of g_max) dwarfs the float32 solve's 2e-5 (xbar.runtime.irdrop).
+    assert pcm.circuit.solve_dtype == "float32" and preset("rram").circuit.solve_dtype == "float32"
+    assert CircuitSpec().solve_dtype == "float64" and ideal.circuit.solve_dtype == "float64"
     assert pcm.faults == FaultSpec()
     assert set(pcm.active_nonidealities()) == {"programming", "drift", "read", "ir-drop", "dac", "adc"}
 
@@ -157,6 +160,16 @@ def test_describe_mentions_units():
     for part in ("50 µS", "5 µS", "8 bit", "Ω/segment", "0.2 V", "1 d", "stuck at G_min 1 %", "2 % of full scale"):
         assert part in text, part
     assert len(text.splitlines()) == 6
+    assert "solved in float32" in text
+    assert "solved in float64" in preset("pcm").override({"circuit.solve_dtype": "float64"}).describe()
+
+
+def test_a_spec_stored_before_solve_dtype_existed_keeps_the_exact_solve():
+    """Bundles written before the field existed hold circuit tables without it: they read
+    back as float64, the arithmetic their chips were built with."""
+    old = preset("pcm").to_dict()
+    del old["circuit"]["solve_dtype"]
+    assert HardwareSpec.from_dict(old).circuit.solve_dtype == "float64"
 
 
 # ----------------------------------------------------------------------------- override / dict / TOML
@@ -224,6 +237,7 @@ def test_override_unknown_keys(changes, words):
         ({"circuit.r_driver": float("inf")}, ["circuit.r_driver", ">= 0"]),
         ({"circuit.r_sense": "x"}, ["circuit.r_sense", "number"]),
         ({"circuit.ir_drop": 1}, ["circuit.ir_drop", "true or false"]),
+        ({"circuit.solve_dtype": "float16"}, ["circuit.solve_dtype", "float64, float32", "'float16'"]),
         ({"faults.p_stuck_at_gmin": 1.5}, ["faults.p_stuck_at_gmin", "[0, 1]"]),
         ({"faults.p_stuck_at_gmax": -0.1}, ["faults.p_stuck_at_gmax", "[0, 1]"]),
         ({"faults.p_stuck_at_gmin": 0.6, "faults.p_stuck_at_gmax": 0.5}, ["p_stuck_at_gmin + faults.p_stuck_at_gmax", "<= 1"]),

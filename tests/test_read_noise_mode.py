@@ -101,9 +101,9 @@ def test_the_circuit_and_the_probe_see_the_frozen_conductances():
     rng = np.random.default_rng(9)
     state = devices.program_devices(_in_device_window(m.conductance, cfg, dev), dev, spec.faults, rng)
     g_read = devices.read(devices.drift(state.g_prog, state.nu, t, dev.t0), t, dev, rng.spawn(1)[0], g_ref=state.g_prog)
-    g_eff = effective_conductance(g_read[0, 0], c.r_wire, c.r_driver, c.r_sense)
+    g_eff = effective_conductance(g_read[0, 0], c.r_wire, c.r_driver, c.r_sense, c.solve_dtype)
     w = (g_eff[:, 0::2] - g_eff[:, 1::2]) / (dev.g_max - dev.g_min)
-    probe = effective_conductance(state.g_prog[0, 0], c.r_wire, c.r_driver, c.r_sense).sum() / g_eff.sum()
+    probe = effective_conductance(state.g_prog[0, 0], c.r_wire, c.r_driver, c.r_sense, c.solve_dtype).sum() / g_eff.sum()
     # The tile stores float32 weights (|w| <= ~1) and factors (~1.1): rounding <= 1.2e-7.
     np.testing.assert_allclose(frozen.d[0], w, rtol=0, atol=1e-6)
     np.testing.assert_allclose(frozen.comp, probe, rtol=1e-6)
