@@ -7,6 +7,7 @@ VGG-19 and ConvNeXt-T (the last two not in the default set: --models vgg19,convn
     .venv/bin/python benchmarks/bench_scale.py --models mobilenet_v2,efficientnet_b0 --depthwise packed --batch 0
     .venv/bin/python benchmarks/bench_scale.py --depthwise digital --pack-tiles --batch 0   # partly used tiles shared
     .venv/bin/python benchmarks/bench_scale.py --depthwise digital --pack-tiles --batch 0 --repeat 3   # medians
+    .venv/bin/python benchmarks/bench_scale.py --models resnet50 --batch 0 --solve-dtype float64   # exact IR solve
 
 Each model is converted once; then every round (--repeat, default 1) loads and prepares
 the models in turn, so that over several rounds a noisy machine weighs on all of them alike,
@@ -15,7 +16,8 @@ measurement runs in its own fresh subprocess (peak memory is the child's VmHWM f
 /proc/self/status, which includes the interpreter and imports):
 1. convert(model, hardware=pcm, 128x128 tiles): wall time, peak RSS; save_bundle; bundle size.
 2. load_bundle in a fresh process: wall time (sha256 checks included), s per GB of bundle.
-3. chip preparation, as `xbar eval` builds a chip: Runtime(bundle, pcm at t = 1 d, seed=0):
+3. chip preparation, as `xbar eval` builds a chip: Runtime(bundle, pcm at t = 1 d, seed=0;
+   IR drop solved in the preset's float32 unless --solve-dtype says otherwise):
    wall time, CPU time, peak RSS before and after; then one timed chip inference of a
    batch of random 224x224 images and one onnxruntime call on the same batch in the same
    process (the ratio of the two).
@@ -190,10 +192,16 @@ def ensure(kind: str) -> Path:
 # --------------------------------------------------------------------------- children
 
 
+# The parent's --solve-dtype reaches the child processes through their environment.
+SOLVE_DTYPE_ENV = "XBAR_BENCH_SOLVE_DTYPE"
+
+
 def _spec():
     from xbar.hardware import preset
 
-    return preset("pcm").override(t_inference=T_INFERENCE)
+    spec = preset("pcm").override(t_inference=T_INFERENCE)
+    dtype = os.environ.get(SOLVE_DTYPE_ENV)
+    return spec.override({"circuit.solve_dtype": dtype}) if dtype else spec
 
 
 def _child_convert(model: str, out: str, depthwise: str, pack_tiles: str = "0") -> dict:
@@ -291,12 +299,17 @@ def main(argv: list[str]) -> int:
                     help="rounds of load + preparation (+ inference), the models alternating within each round, "
                          "so that a noisy machine weighs on all of them alike; the summary gives medians")
     ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
+    ap.add_argument("--solve-dtype", choices=("float32", "float64"), default=None,
+                    help="arithmetic of the IR-drop solve (circuit.solve_dtype; default: the pcm preset's)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
+    if args.solve_dtype:
+        os.environ[SOLVE_DTYPE_ENV] = args.solve_dtype
     for line in header(["benchmarks/bench_scale.py", *argv]):
         print(line)
-    print(f"hardware    : preset('pcm') at t = 1 d (IR drop on), 128x128 tiles; chip inference batch {args.batch}")
+    print(f"hardware    : preset('pcm') at t = 1 d (IR drop on, solved in {_spec().circuit.solve_dtype}), "
+          f"128x128 tiles; chip inference batch {args.batch}")
     t_all = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="xbar-bench-scale-", dir=args.keep)
     kinds = args.models.split(",")
