@@ -299,7 +299,9 @@ def main(argv: list[str]) -> int:
                     help="rounds of load + preparation (+ inference), the models alternating within each round, "
                          "so that a noisy machine weighs on all of them alike; the summary gives medians")
     ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
-    ap.add_argument("--solve-dtype", choices=("float32", "float64"), default=None,
+    from xbar.hardware import IR_SOLVE_DTYPES
+
+    ap.add_argument("--solve-dtype", choices=IR_SOLVE_DTYPES, default=None,
                     help="arithmetic of the IR-drop solve (circuit.solve_dtype; default: the pcm preset's)")
     args = ap.parse_args(argv)
     if args.repeat < 1:
