@@ -21,6 +21,9 @@ measurement runs in its own fresh subprocess (peak memory is the child's VmHWM f
    wall time, CPU time, peak RSS before and after; then one timed chip inference of a
    batch of random 224x224 images and one onnxruntime call on the same batch in the same
    process (the ratio of the two).
+A one-thread float64 IR-drop solve of 8 tiles is timed at the start and at the end (the
+"machine" lines): how fast this VM is in the minutes of the run, so that runs made on
+different VMs or in different spells of one can be compared.
 Models are pure-torch definitions with the torchvision layer shapes (torchvision is not
 installed here), seeded random weights, random BN statistics, exported by torch in a child
 process to benchmarks/.cache/ (opset 17, dynamic batch).
@@ -239,6 +242,37 @@ def _child_load(bundle: str) -> dict:
             "hwm_kib": _proc_status_kib("VmHWM")}
 
 
+# The machine-speed reference: tiles of 128x128 solved on one thread in float64, whatever
+# the run's --solve-dtype, so that runs on differently fast (or differently busy) VMs compare.
+SPEED_TILES, SPEED_REPS = 8, 5
+
+
+def _child_speed() -> dict:
+    import numpy as np
+
+    import xbar.runtime.parallel as parallel
+    from xbar.runtime.irdrop import effective_conductance
+
+    parallel.MAX_WORKERS = 1
+    g = np.random.default_rng(0).uniform(0.0, 25e-6, (SPEED_TILES, 128, 128))
+    effective_conductance(g[:1], 1.0)  # builds the cached schedule
+    times = []
+    for _ in range(SPEED_REPS):
+        t0 = time.perf_counter()
+        effective_conductance(g, 1.0)
+        times.append((time.perf_counter() - t0) / SPEED_TILES * 1e3)
+    return {"ms": times}
+
+
+def _speed_line(when: str) -> str:
+    from statistics import median
+
+    ms = _run_child("_speed")["ms"]
+    return (f"machine     : {when}, one thread solves a 128x128 IR-drop tile (float64) in {median(ms):.1f} ms "
+            f"(median of {SPEED_REPS} x {SPEED_TILES} tiles; {min(ms):.1f}-{max(ms):.1f}; load average "
+            f"{os.getloadavg()[0]:.1f})")
+
+
 def _child_prep(bundle: str, model: str, batch: int) -> dict:
     import numpy as np
 
@@ -312,6 +346,7 @@ def main(argv: list[str]) -> int:
         print(line)
     print(f"hardware    : preset('pcm') at t = 1 d (IR drop on, solved in {_spec().circuit.solve_dtype}), "
           f"128x128 tiles; chip inference batch {args.batch}")
+    print(_speed_line("at start"))
     t_all = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="xbar-bench-scale-", dir=args.keep)
     kinds = args.models.split(",")
@@ -352,6 +387,7 @@ def main(argv: list[str]) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
+    print(_speed_line("at end"))
     _summary(args, kinds, conv, runs)
     print(f"total wall time {time.perf_counter() - t_all:.0f} s")
     return 0
@@ -406,7 +442,7 @@ if __name__ == "__main__":
         if cmd == "_generate":
             _generate(rest[0], Path(rest[1]))
             sys.exit(0)
-        fn = {"_convert": _child_convert, "_load": _child_load, "_prep": _child_prep}[cmd]
+        fn = {"_convert": _child_convert, "_load": _child_load, "_prep": _child_prep, "_speed": _child_speed}[cmd]
         if cmd == "_prep":
             rest = [rest[0], rest[1], int(rest[2])]
         print("RESULT " + json.dumps(fn(*rest)))
