@@ -251,8 +251,10 @@ def _child_speed() -> dict:
     import numpy as np
 
     import xbar.runtime.parallel as parallel
+    from xbar.memory import keep_freed_memory
     from xbar.runtime.irdrop import effective_conductance
 
+    keep_freed_memory()  # as in a chip build: freed arrays reused, not faulted in afresh
     parallel.MAX_WORKERS = 1
     g = np.random.default_rng(0).uniform(0.0, 25e-6, (SPEED_TILES, 128, 128))
     effective_conductance(g[:1], 1.0)  # builds the cached schedule
