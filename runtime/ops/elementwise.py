@@ -98,11 +98,15 @@ def elu(inputs, attrs):
     return [np.where(x > 0, x, alpha * _neg_expm1(x))]
 
 
+def selu_params(attrs) -> tuple[float, float]:
+    """Selu's (alpha, gamma), the ONNX defaults unless given (also the torch executor's)."""
+    return float(attrs.get("alpha", 1.67326319217681884765625)), float(attrs.get("gamma", 1.05070102214813232421875))
+
+
 @register("Selu")
 def selu(inputs, attrs):
     x = inputs[0]
-    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
-    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    alpha, gamma = selu_params(attrs)
     return [gamma * np.where(x > 0, x, alpha * _neg_expm1(x))]
 
 

@@ -29,11 +29,21 @@ def batch_normalization(inputs, attrs):
 _STASH = {1: np.float32, 11: np.float64}
 
 
-def _stash(op: str, attrs) -> type:
+def stash_dtype(op: str, attrs) -> type:
+    """The NumPy float type of a node's stash_type (the torch executor maps it to its own)."""
     stash = int(attrs.get("stash_type", 1))
     if stash not in _STASH:
         raise unsupported(op, "stash_type", stash, sorted(_STASH))
     return _STASH[stash]
+
+
+def layer_norm_axes(ndim: int, attrs) -> tuple[int, ...]:
+    """LayerNormalization's normalised axes [axis, rank) (also the torch executor's)."""
+    axis = int(attrs.get("axis", -1))
+    axis = axis + ndim if axis < 0 else axis
+    if not 0 <= axis < ndim:
+        raise ValueError(f"LayerNormalization: axis {attrs.get('axis')} out of range for rank {ndim}")
+    return tuple(range(axis, ndim))
 
 
 @register("LayerNormalization")
@@ -45,13 +55,9 @@ def layer_normalization(inputs, attrs):
     """
     x, scale = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
-    axis = int(attrs.get("axis", -1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis < x.ndim:
-        raise ValueError(f"LayerNormalization: axis {attrs.get('axis')} out of range for rank {x.ndim}")
     eps = float(attrs.get("epsilon", 1e-5))
-    dtype = _stash("LayerNormalization", attrs)
-    axes = tuple(range(axis, x.ndim))
+    dtype = stash_dtype("LayerNormalization", attrs)
+    axes = layer_norm_axes(x.ndim, attrs)
     xs = x.astype(dtype, copy=False)
     mean = xs.mean(axis=axes, keepdims=True)
     d = xs - mean
@@ -104,7 +110,7 @@ def group_normalization(inputs, attrs):
     if groups <= 0 or c % groups:
         raise ValueError(f"GroupNormalization: {c} channels are not divisible into num_groups={groups}")
     eps = float(attrs.get("epsilon", 1e-5))
-    dtype = _stash("GroupNormalization", attrs)
+    dtype = stash_dtype("GroupNormalization", attrs)
     g = x.reshape(n, groups, -1)
     d = _instance_stats(g, (2,), eps, dtype).reshape(x.shape).astype(np.float64)
     scale = scale.astype(np.float64).reshape(-1)

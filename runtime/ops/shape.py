@@ -17,26 +17,35 @@ def identity(inputs, attrs):
     return [inputs[0]]
 
 
-@register("Reshape")
-def reshape(inputs, attrs):
-    x, shape = inputs[0], ints(inputs[1])
+def reshape_target(in_shape: tuple[int, ...], shape: list[int], attrs) -> list[int]:
+    """Reshape's target for an input of `in_shape` (also the torch executor's)."""
     if not int(attrs.get("allowzero", 0)):
         # 0 means "copy this dim from the input" unless allowzero is set.
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [x.reshape(shape)]
+        shape = [in_shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return list(shape)
+
+
+@register("Reshape")
+def reshape(inputs, attrs):
+    x = inputs[0]
+    return [x.reshape(reshape_target(x.shape, ints(inputs[1]), attrs))]
+
+
+def flatten_dims(in_shape: tuple[int, ...], attrs) -> tuple[int, int]:
+    """Flatten's (outer, inner) for an input of `in_shape` (also the torch executor's)."""
+    ndim = len(in_shape)
+    axis = int(attrs.get("axis", 1))
+    axis = axis + ndim if axis < 0 else axis
+    if not 0 <= axis <= ndim:
+        raise ValueError(f"Flatten: axis {attrs.get('axis')} out of range for rank {ndim}")
+    # Explicit products instead of -1, which is ambiguous for empty tensors.
+    return int(np.prod(in_shape[:axis], dtype=np.int64)), int(np.prod(in_shape[axis:], dtype=np.int64))
 
 
 @register("Flatten")
 def flatten(inputs, attrs):
     x = inputs[0]
-    axis = int(attrs.get("axis", 1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis <= x.ndim:
-        raise ValueError(f"Flatten: axis {attrs.get('axis')} out of range for rank {x.ndim}")
-    # Explicit products instead of -1, which is ambiguous for empty tensors.
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
-    return [x.reshape(outer, inner)]
+    return [x.reshape(*flatten_dims(x.shape, attrs))]
 
 
 @register("Transpose")

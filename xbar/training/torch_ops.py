@@ -37,7 +37,10 @@ import torch.nn.functional as F  # noqa: E402
 from xbar.ops import DIGITAL_OPS, LAYER_OP, RECURRENT_OP
 from xbar.runtime.ops import get_op
 from xbar.runtime.ops._registry import NUM_OUTPUTS, ints, norm_axis, num_outputs, opt_input, unsupported
+from xbar.runtime.ops.elementwise import selu_params
 from xbar.runtime.ops.indexing import _check_bounds, _element_index
+from xbar.runtime.ops.normalization import layer_norm_axes, stash_dtype
+from xbar.runtime.ops.shape import flatten_dims, reshape_target
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
 
 Value = Any  # torch.Tensor | np.ndarray | None
@@ -218,20 +221,14 @@ def trilu(inputs, attrs):
 
 @_register("Reshape")
 def reshape(inputs, attrs):
-    x, shape = inputs[0], ints(to_numpy(inputs[1]))
-    if not int(attrs.get("allowzero", 0)):
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [x.reshape(shape)]
+    x = inputs[0]
+    return [x.reshape(reshape_target(tuple(x.shape), ints(to_numpy(inputs[1])), attrs))]
 
 
 @_register("Flatten")
 def flatten(inputs, attrs):
     x = inputs[0]
-    axis = int(attrs.get("axis", 1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis <= x.ndim:
-        raise ValueError(f"Flatten: axis {attrs.get('axis')} out of range for rank {x.ndim}")
-    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
+    return [x.reshape(*flatten_dims(tuple(x.shape), attrs))]
 
 
 @_register("Transpose")
@@ -323,8 +320,7 @@ def elu(inputs, attrs):
 @_register("Selu")
 def selu(inputs, attrs):
     x = inputs[0]
-    alpha = float(attrs.get("alpha", 1.67326319217681884765625))
-    gamma = float(attrs.get("gamma", 1.05070102214813232421875))
+    alpha, gamma = selu_params(attrs)
     return [gamma * torch.where(x > 0, x, alpha * _neg_expm1(x))]
 
 
@@ -511,25 +507,18 @@ def batch_normalization(inputs, attrs):
     return [x * _channel(a.to(x.dtype), x.ndim) + _channel(b.to(x.dtype), x.ndim)]
 
 
-_STASH = {1: torch.float32, 11: torch.float64}
+_TORCH_FLOAT = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 def _stash(op: str, attrs) -> torch.dtype:
-    stash = int(attrs.get("stash_type", 1))
-    if stash not in _STASH:
-        raise unsupported(op, "stash_type", stash, sorted(_STASH))
-    return _STASH[stash]
+    return _TORCH_FLOAT[stash_dtype(op, attrs)]
 
 
 @_register("LayerNormalization")
 def layer_normalization(inputs, attrs):
     x, scale = inputs[0], to_tensor(inputs[1])
     bias = opt_input(inputs, 2)
-    axis = int(attrs.get("axis", -1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis < x.ndim:
-        raise ValueError(f"LayerNormalization: axis {attrs.get('axis')} out of range for rank {x.ndim}")
-    dims = tuple(range(axis, x.ndim))
+    dims = layer_norm_axes(x.ndim, attrs)
     xs = x.to(_stash("LayerNormalization", attrs))
     m = xs.mean(dim=dims, keepdim=True)
     d = xs - m
