@@ -973,6 +973,23 @@ def test_unsupported_attribute_values(op_type, inputs, attrs, needle):
     assert message.startswith(op_type) and needle in message, message
 
 
+@pytest.mark.parametrize(
+    ("op_type", "inputs", "attrs", "needle"),
+    [
+        ("GroupNormalization", [randn(2, 4, 3), randn(4), randn(4)], {}, "num_groups is required"),
+        ("GroupNormalization", [randn(2, 4, 3), randn(4), randn(4)], {"num_groups": 3}, "not divisible into num_groups=3"),
+        ("GroupNormalization", [randn(2, 4, 3), randn(3), randn(3)], {"num_groups": 2}, "3/3 values fit neither"),
+        ("LayerNormalization", [randn(2, 3), randn(3)], {"axis": 2}, "axis 2 out of range for rank 2"),
+        ("Flatten", [randn(2, 3)], {"axis": -4}, "axis -4 out of range for rank 2"),
+    ],
+)
+def test_invalid_attributes_are_named(op_type, inputs, attrs, needle):
+    """Through get_op, so that tests/test_torch_ops.py runs the torch forms against the same
+    messages: the checks live in one place and both backends use them."""
+    with pytest.raises(ValueError, match=needle):
+        get_op(op_type)(inputs, attrs)
+
+
 # -------------------------------------------------------------- performance
 
 

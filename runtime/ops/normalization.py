@@ -95,6 +95,27 @@ def instance_normalization(inputs, attrs):
     return [y.astype(x.dtype)]
 
 
+def group_count(shape: tuple[int, ...], attrs) -> int:
+    """GroupNormalization's num_groups, checked against the C of an input of `shape`."""
+    if "num_groups" not in attrs:
+        raise ValueError("GroupNormalization: attribute num_groups is required")
+    groups, c = int(attrs["num_groups"]), shape[1]
+    if groups <= 0 or c % groups:
+        raise ValueError(f"GroupNormalization: {c} channels are not divisible into num_groups={groups}")
+    return groups
+
+
+def per_group_params(n_scale: int, n_bias: int, groups: int, c: int) -> bool:
+    """Whether scale and bias are given per group (opset 18: True) or per channel (opset 21:
+    False), from their sizes; neither fitting is an error."""
+    if n_scale == groups and n_bias == groups and groups != c:
+        return True
+    if n_scale != c or n_bias != c:
+        raise ValueError(f"GroupNormalization: scale/bias of {n_scale}/{n_bias} values fit neither "
+                         f"num_groups={groups} (opset 18) nor C={c} (opset 21)")
+    return False
+
+
 @register("GroupNormalization")
 def group_normalization(inputs, attrs):
     """Statistics per sample and group of C/num_groups channels (and all spatial positions).
@@ -103,23 +124,16 @@ def group_normalization(inputs, attrs):
     values); the sizes tell the two forms apart (they coincide when num_groups = C).
     """
     x, scale, bias = inputs[:3]
-    if "num_groups" not in attrs:
-        raise ValueError("GroupNormalization: attribute num_groups is required")
-    groups = int(attrs["num_groups"])
+    groups = group_count(x.shape, attrs)
     n, c = x.shape[:2]
-    if groups <= 0 or c % groups:
-        raise ValueError(f"GroupNormalization: {c} channels are not divisible into num_groups={groups}")
     eps = float(attrs.get("epsilon", 1e-5))
     dtype = stash_dtype("GroupNormalization", attrs)
     g = x.reshape(n, groups, -1)
     d = _instance_stats(g, (2,), eps, dtype).reshape(x.shape).astype(np.float64)
     scale = scale.astype(np.float64).reshape(-1)
     bias = bias.astype(np.float64).reshape(-1)
-    if scale.size == groups and bias.size == groups and groups != c:
+    if per_group_params(scale.size, bias.size, groups, c):
         scale, bias = np.repeat(scale, c // groups), np.repeat(bias, c // groups)
-    if scale.size != c or bias.size != c:
-        raise ValueError(f"GroupNormalization: scale/bias of {scale.size}/{bias.size} values fit neither "
-                         f"num_groups={groups} (opset 18) nor C={c} (opset 21)")
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return [(d * scale.reshape(shape) + bias.reshape(shape)).astype(x.dtype)]
 

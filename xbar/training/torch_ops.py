@@ -39,7 +39,7 @@ from xbar.runtime.ops import get_op
 from xbar.runtime.ops._registry import NUM_OUTPUTS, ints, norm_axis, num_outputs, opt_input, unsupported
 from xbar.runtime.ops.elementwise import selu_params
 from xbar.runtime.ops.indexing import _check_bounds, _element_index
-from xbar.runtime.ops.normalization import layer_norm_axes, stash_dtype
+from xbar.runtime.ops.normalization import group_count, layer_norm_axes, per_group_params, stash_dtype
 from xbar.runtime.ops.shape import flatten_dims, reshape_target
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
 
@@ -548,21 +548,14 @@ def instance_normalization(inputs, attrs):
 @_register("GroupNormalization")
 def group_normalization(inputs, attrs):
     x = inputs[0]
-    if "num_groups" not in attrs:
-        raise ValueError("GroupNormalization: attribute num_groups is required")
-    groups = int(attrs["num_groups"])
+    groups = group_count(tuple(x.shape), attrs)
     n, c = x.shape[:2]
-    if groups <= 0 or c % groups:
-        raise ValueError(f"GroupNormalization: {c} channels are not divisible into num_groups={groups}")
     eps = float(attrs.get("epsilon", 1e-5))
     d = _instance_stats(x.reshape(n, groups, -1), (2,), eps, _stash("GroupNormalization", attrs))
     d = d.reshape(x.shape).to(torch.float64)
     scale, bias = (to_tensor(v).to(torch.float64).reshape(-1) for v in inputs[1:3])
-    if scale.numel() == groups and bias.numel() == groups and groups != c:  # opset 18: per group
+    if per_group_params(scale.numel(), bias.numel(), groups, c):
         scale, bias = scale.repeat_interleave(c // groups), bias.repeat_interleave(c // groups)
-    if scale.numel() != c or bias.numel() != c:
-        raise ValueError(f"GroupNormalization: scale/bias of {scale.numel()}/{bias.numel()} values fit neither "
-                         f"num_groups={groups} (opset 18) nor C={c} (opset 21)")
     return [(d * _channel(scale, x.ndim) + _channel(bias, x.ndim)).to(x.dtype)]
 
 
