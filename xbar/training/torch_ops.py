@@ -40,8 +40,8 @@ from xbar.runtime.ops._registry import NUM_OUTPUTS, ints, norm_axis, num_outputs
 from xbar.runtime.ops.elementwise import selu_params
 from xbar.runtime.ops.indexing import _check_bounds, _element_index
 from xbar.runtime.ops.normalization import group_count, layer_norm_axes, per_group_params, stash_dtype
-from xbar.runtime.ops.shape import flatten_dims, reshape_target
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
+from xbar.runtime.ops.shape import flatten_dims, reshape_target
 
 Value = Any  # torch.Tensor | np.ndarray | None
 TorchOp = Callable[[list[Value], dict[str, Any]], list[Value]]
