@@ -267,8 +267,6 @@ def _child_speed() -> dict:
 
 
 def _speed_line(when: str) -> str:
-    from statistics import median
-
     ms = _run_child("_speed")["ms"]
     return (f"machine     : {when}, one thread solves a 128x128 IR-drop tile (float64) in {median(ms):.1f} ms "
             f"(median of {SPEED_REPS} x {SPEED_TILES} tiles; {min(ms):.1f}-{max(ms):.1f}; load average "
@@ -325,6 +323,8 @@ def _verdict(ok: bool) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from xbar.hardware import IR_SOLVE_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS + EXTRA)}")
     ap.add_argument("--batch", type=int, default=32, help="chip inference batch (0: skip inference)")
@@ -335,8 +335,6 @@ def main(argv: list[str]) -> int:
                     help="rounds of load + preparation (+ inference), the models alternating within each round, "
                          "so that a noisy machine weighs on all of them alike; the summary gives medians")
     ap.add_argument("--keep", default=None, help="folder to keep the bundles in (default: a temp folder)")
-    from xbar.hardware import IR_SOLVE_DTYPES
-
     ap.add_argument("--solve-dtype", choices=IR_SOLVE_DTYPES, default=None,
                     help="arithmetic of the IR-drop solve (circuit.solve_dtype; default: the pcm preset's)")
     args = ap.parse_args(argv)

@@ -67,16 +67,17 @@ the open wire ends no current flows, so the padding changes nothing.
 Precision: the solve runs in float64 by default, or in float32 (`dtype`; the hardware
 spec's circuit.solve_dtype, which the pcm and rram presets set to float32), 1.3–1.7×
 faster per tile (benchmarks/bench_irdrop.py): half the bytes through the gathers and
-elementwise levels and single-precision products; the interface inverses cost the same. Measured against float64 (2026-12-01, tiles of
-64–512 cells a side, r_wire 0.01–10 Ω, r_driver and r_sense 0–1 kΩ, conductances uniform
-in [0, 25 µS] or [0, 100 µS], or differential pairs of Laplace-distributed weights with
-programming noise): every G_eff entry moved by at most 8.7e-6 of the tile's largest
-conductance (4.4e-6 for the weight-like tiles), every column's current by at most 1.1e-5
-of itself. The error grows slowly with the tile (at most 2.1e-6, 3.4e-6, 6.2e-6 and 8.7e-6
-at 64, 128, 256 and 512 cells a side); the stated bound is 2e-5 of the largest conductance
-(tests/test_irdrop.py, against the nodal solve). For scale: PCM
-programming noise is never below 0.26 µS (1 % of its 25 µS window), and an 8-bit ADC's
-step is 1/256 of full scale; float32 stays two to three orders of magnitude below both.
+elementwise levels and single-precision products; the interface inverses cost the same.
+Measured against float64 (2026-12-01, tiles of 64–512 cells a side, r_wire 0.01–10 Ω,
+r_driver and r_sense 0–1 kΩ, conductances uniform in [0, 25 µS] or [0, 100 µS], or
+differential pairs of Laplace-distributed weights with programming noise): every G_eff
+entry moved by at most 8.7e-6 of the tile's largest conductance (4.4e-6 for the
+weight-like tiles), every column's current by at most 1.1e-5 of itself. The error grows
+slowly with the tile (at most 2.1e-6, 3.4e-6, 6.2e-6 and 8.7e-6 at 64, 128, 256 and 512
+cells a side); the stated bound is 2e-5 of the largest conductance (tests/test_irdrop.py,
+against the nodal solve). For scale: PCM programming noise is never below 0.26 µS (1 % of
+its 25 µS window), and an 8-bit ADC's step is 1/256 of full scale; float32 stays two to
+three orders of magnitude below both.
 
 Threads: a stack of tiles is cut into chunks that run on one worker thread per core
 (xbar.runtime.parallel); meanwhile BLAS is limited to one thread process-wide, also when
