@@ -162,25 +162,29 @@ def depthwise_kernel(spec: LayerSpec) -> np.ndarray | None:
     return np.asarray(spec.weight[rows.ravel(), cols.ravel()]).reshape(rows.shape).astype(np.float32)
 
 
-def _steps_per_sample(graph: Any, node: Node, layout: int) -> int | None:
-    """Time steps of a recurrent node per sample (one input vector each for W and R), if known."""
+def _time_steps(graph: Any, node: Node, layout: int) -> dict[str, Any]:
+    """A recurrent node's time steps per sample (one input vector each for W and R): the
+    size if known, else the name of the symbolic dimension if it has one."""
     info = graph.info.get(node.inputs[0])
     if info is None or info.shape is None or len(info.shape) != 3:
-        return None
-    t = info.shape[1 if layout else 0]
-    return None if t is None else int(t)
+        return {"size": None, "name": None}
+    axis = 1 if layout else 0
+    t = info.shape[axis]
+    name = (_dim_names(info) or [None] * 3)[axis]
+    return {"size": None if t is None else int(t), "name": None if t is not None else name}
 
 
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
-           steps: int | None = 0, keep_digital: bool = False, packed: bool = False,
+           time_steps: dict[str, Any] | None = None, keep_digital: bool = False, packed: bool = False,
            stack: bool = False) -> dict[str, Any]:
-    """The manifest entry of one analog layer (its arrays go to `arrays`). `steps`: for a
-    recurrent layer, its input vectors per sample (None: unknown); 0 for other layers.
+    """The manifest entry of one analog layer (its arrays go to `arrays`). `time_steps`: for
+    a recurrent layer, its input vectors per sample (`_time_steps`); None for other layers.
     `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars;
     `packed` (--depthwise packed) packs its allocated tiles onto physical tiles (xbar.packing)."""
     placement = "digital" if spec.name in digital or keep_digital else "analog"
     k, n = spec.weight.shape
+    steps = 0 if time_steps is None else time_steps["size"]
     in_info = graph.info.get(spec.input)
     out_info = graph.info.get(spec.output)
     if spec.kind == "recurrent":  # one vector per sample and time step, in and out
@@ -202,6 +206,8 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
         "params": spec.params,
         "affine": {"source": spec.affine_source, "bn_node": spec.bn_node, "eps": spec.affine.eps},
     }
+    if time_steps is not None:
+        entry["time_steps"] = dict(time_steps)
     # A Conv/Gemm/MatMul weight is a float64 array extract_layer made for this layer alone,
     # unless it is (a view of) a float64 constant of the graph itself: then it is kept.
     # Recurrent layers cut W/R into several specs and are left alone.
@@ -349,7 +355,7 @@ def convert(
         if rec is not None:
             specs, attrs = rec
             base = len(layers)
-            steps = _steps_per_sample(graph, node, attrs["layout"])
+            steps = _time_steps(graph, node, attrs["layout"])
             for spec in specs:
                 found_names.append(spec.name)
                 layers.append(_entry(spec, len(layers), digital, graph, cfg, arrays, hardware, steps))

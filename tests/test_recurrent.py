@@ -338,6 +338,32 @@ def test_cli_convert_info_calibrate(tmp_path):
     assert "recurrent" in r.output
 
 
+@pytest.mark.parametrize("symbolic", [True, False], ids=["seq", "fixed"])
+def test_info_counts_vectors_per_time_step(tmp_path, symbolic):
+    """Recurrent products run once per time step: `info` says so by the time dimension's name
+    (or size), per layer and in the ADC total, rather than calling it the batch."""
+    model, _ = _onnx_rnn("LSTM", t=5, h=5)
+    if symbolic:  # X is (seq, batch, features), time-major; Y (seq, directions, batch, hidden)
+        for value in (model.graph.input[0], model.graph.output[0]):
+            value.type.tensor_type.shape.dim[0].dim_param = "seq"
+    src, bundle = tmp_path / "m.onnx", tmp_path / "m.xbar"
+    onnx.save(model, src)
+    run = CliRunner()
+    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"]).exit_code == 0
+    out = run.invoke(cli, ["info", str(bundle)], catch_exceptions=False).output
+    layers = [l for l in load_bundle(bundle).layers if l["placement"] == "analog"]
+    steps = "seq" if symbolic else "5"
+    for layer in layers:
+        apv = layer["tiles"]["adc_per_vector"]
+        row = next(line for line in out.splitlines() if line.startswith(layer["name"] + " "))
+        assert f"{steps}×{layer['N']}" in row, row
+        assert (f"{apv:,}×seq" if symbolic else f"{5 * apv:,}") in row.split(), row
+    per_step = sum(l["tiles"]["adc_per_vector"] for l in layers)
+    total = f"{per_step:,}×seq" if symbolic else f"{5 * per_step:,}"
+    assert f"{total} ADC conversions per sample" in out, out
+    assert "one input and one output vector per time step" in " ".join(out.split())
+
+
 @pytest.mark.parametrize("options", [
     dict(encoding="offset"),
     dict(afp_exponents=2),

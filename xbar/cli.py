@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -303,10 +304,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
           f"{s['digital_layers']} digital")
     _line("", f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
     if "physical_columns" in s:
-        adc = s.get("adc_per_sample")
-        _line("", f"{s['physical_columns']:,} physical columns, "
-              + ("ADC conversions per sample unknown (symbolic shapes)" if adc is None
-                 else f"{adc:,} ADC conversions per sample"))
+        _line("", f"{s['physical_columns']:,} physical columns, {_adc_total_text(m)}")
     from xbar.units import format_time
 
     for rec in m.get("calibration", []):
@@ -357,8 +355,6 @@ def _line(label: str, text: str) -> None:
         if len(line) <= INFO_WIDTH:
             click.echo(line)
         else:  # one clause longer than the line: break it between words
-            import textwrap
-
             click.echo(textwrap.fill(line.strip(), INFO_WIDTH, initial_indent=line[:len(line) - len(line.lstrip())],
                                      subsequent_indent=rest, break_long_words=False, break_on_hyphens=False))
 
@@ -399,13 +395,13 @@ def _layer_table(m: dict[str, Any]) -> str:
     for layer in m["layers"]:
         t = layer.get("tiles")
         cols = t.get("physical_columns", 2 * t["weight_cols_per_block"][0]) if t else None
-        adc = _adc_per_sample(t)
+        adc, steps = _adc_per_sample(t), _steps_text(layer)
         rows.append([
             layer["name"], layer["kind"], f"{layer['K']}×{layer['N']}",
-            _per_sample(layer["output_shape"], layer.get("output_dim_names"), lead),
+            f"{steps}×{layer['N']}" if steps else _per_sample(layer["output_shape"], layer.get("output_dim_names"), lead),
             _layer_tiles_text(t) if t else "digital",
             f"{cols:,}" if t else "-",
-            "-" if adc is None else f"{adc:,}",
+            f"{adc:,}" if adc is not None else f"{t['adc_per_vector']:,}×{steps}" if t and steps else "-",
             f"{100 * _utilisation(t):.1f}%" if t else "-",
             {"batchnorm": "BN", "calibrated": "cal."}.get(layer["affine"]["source"], "bias"),
         ])
@@ -419,10 +415,13 @@ def _layer_table(m: dict[str, Any]) -> str:
     if not rows:
         return "no layers"
     digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    if any(layer["kind"] == "recurrent" for layer in m["layers"]):
+        digital += "; recurrent: one input and one output vector per time step"
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
         digital += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
                     "input vector; util of the physical tiles")
-    return render(headers, rows, numeric=numeric) + f"\n(out/sample: output shape without the batch dimension{digital})"
+    note = textwrap.fill(f"(out/sample: output shape without the batch dimension{digital})", INFO_WIDTH)
+    return render(headers, rows, numeric=numeric) + "\n" + note
 
 
 def _utilisation(t: dict[str, Any]) -> float:
@@ -456,6 +455,38 @@ def _per_sample(shape: list[int | None] | None, names: list[str | None] | None, 
         if shape[0] == value and (first == name or value is not None):
             return _shape(shape[1:], (names or [None] * len(shape))[1:]) if len(shape) > 1 else "1"
     return _shape(shape, names)
+
+
+def _steps_text(layer: dict[str, Any]) -> str | None:
+    """A recurrent layer's time steps per sample: the size, else the symbolic dimension's
+    name, else T; None for other layers."""
+    if layer["kind"] != "recurrent":
+        return None
+    steps = layer.get("time_steps") or {}
+    size = steps.get("size") or (layer.get("tiles") or {}).get("vectors_per_sample")
+    return str(size) if size else steps.get("name") or "T"
+
+
+def _adc_total_text(m: dict[str, Any]) -> str:
+    """ADC conversions per sample over the analog layers; where only recurrent layers' time
+    steps are symbolic, as a sum with a term per step dimension (e.g. 120 + 2,048×seq)."""
+    total = m["summary"].get("adc_per_sample")
+    if total is not None:
+        return f"{total:,} ADC conversions per sample"
+    known, per_step = 0, {}
+    for layer in m["layers"]:
+        t = layer.get("tiles") if layer["placement"] == "analog" else None
+        if not t:
+            continue
+        adc, steps = _adc_per_sample(t), _steps_text(layer)
+        if adc is not None:
+            known += adc
+        elif steps:
+            per_step[steps] = per_step.get(steps, 0) + t["adc_per_vector"]
+        else:
+            return "ADC conversions per sample unknown (symbolic shapes)"
+    terms = ([f"{known:,}"] if known else []) + [f"{n:,}×{name}" for name, n in per_step.items()]
+    return " + ".join(terms) + " ADC conversions per sample"
 
 
 def _adc_per_sample(t: dict[str, Any] | None) -> int | None:
@@ -785,8 +816,6 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the vocabulary as one JSON object.")
 def ops_command(as_json: bool) -> None:
     """List the ONNX operators xbar converts: analog layers and digital ops."""
-    import textwrap
-
     import onnx
 
     from xbar.converter.load import MIN_NATIVE_OPSET, TARGET_OPSET
