@@ -209,3 +209,33 @@ def describe(batch: dict[str, Any] | None) -> str:
                 f"(analog layers still see whole batches){'; ' + b['reason'] if b.get('reason') else ''}")
     return "symbolic: " + (f"leading dimension {b['dim']!r}, " if b.get("dim") else "") + (
         b["reason"] if b.get("reason") else "any batch size runs")
+
+
+def vectors_at_fixed_batch(model: onnx.ModelProto, tensors: dict[str, int]) -> dict[str, int]:
+    """Vectors per sample of tensors (name → values per vector) whose shape stays symbolic
+    with a symbolic batch: an exporter's computed Reshape names dimensions `unk__7`, which
+    may hold the batch times windows or tokens. Shape inference runs with every input's
+    symbolic leading dimension set to 1 and then to 2; a tensor counts where both shapes are
+    all numbers and the second holds exactly twice the vectors of the first. The others
+    stay unknown (no entry)."""
+    from xbar.converter.load import skeleton
+
+    base = skeleton(model)
+    rows = []
+    for size in (1, 2):
+        m = onnx.ModelProto()
+        m.CopyFrom(base)
+        for vi in _inputs(m):
+            dims = vi.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].Clear()
+                dims[0].dim_value = size
+        del m.graph.value_info[:]
+        try:
+            shapes = _shapes(shape_inference.infer_shapes(m, data_prop=True))
+        except Exception:  # inference at a fixed batch is a refinement; without it the count stays unknown
+            return {}
+        rows.append({t: int(np.prod(s, dtype=np.int64)) // n for t, n in tensors.items()
+                     if (s := shapes.get(t)) is not None and all(isinstance(d, int) for d in s)})
+    one, two = rows
+    return {t: r for t, r in one.items() if r > 0 and two.get(t) == 2 * r}

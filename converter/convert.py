@@ -14,15 +14,16 @@ from xbar import __version__
 from xbar.affine import FIELDS as AFFINE_FIELDS
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
-from xbar.converter.batch import resolve_batch
+from xbar.converter.batch import resolve_batch, vectors_at_fixed_batch
 from xbar.converter.fold import build_graph
 from xbar.converter.ir import Node
 from xbar.converter.layers import LayerSpec, absorb_following, extract_layer
-from xbar.converter.load import default_opset, load_model
+from xbar.converter.load import default_opset, load_model, skeleton
 from xbar.converter.mapping import map_weights
 from xbar.converter.recurrent import extract_recurrent
 from xbar.converter.rewrite import einsum_to_matmul
 from xbar.converter.vocabulary import unsupported_message
+from xbar.dims import vectors_per_sample
 from xbar.errors import ConfigError, UnsupportedOpError
 from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP, RECURRENT_OP, RECURRENT_OPS
 
@@ -177,9 +178,10 @@ def _time_steps(graph: Any, node: Node, layout: int) -> dict[str, Any]:
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
            time_steps: dict[str, Any] | None = None, keep_digital: bool = False, packed: bool = False,
-           stack: bool = False) -> dict[str, Any]:
+           stack: bool = False, batch: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest entry of one analog layer (its arrays go to `arrays`). `time_steps`: for
     a recurrent layer, its input vectors per sample (`_time_steps`); None for other layers.
+    `batch`: the manifest's batch record, to find the batch in the output shape.
     `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars;
     `packed` (--depthwise packed) packs its allocated tiles onto physical tiles (xbar.packing)."""
     placement = "digital" if spec.name in digital or keep_digital else "analog"
@@ -218,12 +220,23 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]
-        known = out_shape is not None and all(d is not None for d in out_shape[1:])
         # One ADC conversion per position and row block for every input vector; a
         # sample brings one vector per output position (conv: per output pixel).
         t["adc_per_vector"] = adc_per_vector(t)
-        t["vectors_per_sample"] = (int(np.prod(out_shape[1:])) // int(n) if known else None) if steps == 0 else steps
+        t["vectors_per_sample"] = (vectors_per_sample(out_shape, entry["output_dim_names"], batch, n)
+                                   if time_steps is None else steps)
     return entry
+
+
+def _count_symbolic_vectors(layers: list[dict[str, Any]], model: onnx.ModelProto | None) -> None:
+    """Vectors per sample of the analog layers whose output shape names the batch in no
+    way `vectors_per_sample` can read, by shape inference at fixed batches."""
+    todo = {l["output"]: l for l in layers if l["placement"] == "analog" and "time_steps" not in l
+            and l["tiles"]["vectors_per_sample"] is None}
+    if not todo or model is None:
+        return
+    for tensor, count in vectors_at_fixed_batch(model, {t: l["N"] for t, l in todo.items()}).items():
+        todo[tensor]["tiles"]["vectors_per_sample"] = count
 
 
 def adc_per_vector(table: dict[str, Any]) -> int:
@@ -322,6 +335,8 @@ def convert(
     proto, label, original_opset = load_model(model)
     proto, batch = resolve_batch(proto)
     graph = build_graph(proto, label, default_opset(proto))
+    # Kept (without its weights) only to count layers' vectors per sample at a fixed batch.
+    shapes_only = skeleton(proto) if batch["mode"] != "fixed" else None
     producer = f"{proto.producer_name} {proto.producer_version}".strip()
     # The graph holds every constant as an array of its own: the protobuf's copy of the
     # weights would only double them at the mapping peak (575 MB for VGG-19).
@@ -358,7 +373,7 @@ def convert(
             steps = _time_steps(graph, node, attrs["layout"])
             for spec in specs:
                 found_names.append(spec.name)
-                layers.append(_entry(spec, len(layers), digital, graph, cfg, arrays, hardware, steps))
+                layers.append(_entry(spec, len(layers), digital, graph, cfg, arrays, hardware, steps, batch=batch))
             attrs["layers"] = [[base + i if i >= 0 else -1 for i in idx] for idx in attrs["layers"]]
             ins = [node.inputs[i] if i < len(node.inputs) else "" for i in (0, 4, 5, 6)]
             new_nodes.append(Node(name=node.name, op=RECURRENT_OP, inputs=ins, outputs=list(node.outputs), attrs=attrs))
@@ -378,7 +393,7 @@ def convert(
         n_depthwise += is_depthwise(spec)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
                              keep_digital=depthwise == "digital" and is_depthwise(spec),
-                             packed=depthwise == "packed" and is_depthwise(spec), stack=pack_tiles))
+                             packed=depthwise == "packed" and is_depthwise(spec), stack=pack_tiles, batch=batch))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]
@@ -389,6 +404,7 @@ def convert(
         )
     graph.nodes = new_nodes
     graph.prune()
+    _count_symbolic_vectors(layers, shapes_only)
 
     nodes_json = []
     for i, node in enumerate(graph.nodes):

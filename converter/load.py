@@ -60,9 +60,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
         # their upgrade, which renames some ops).
         check_vocabulary(model, label, f"opset {opset}")
     _check_large_initializers(model, label)
-    skeleton = _skeleton(model)
+    sk = skeleton(model)
     try:
-        onnx.checker.check_model(_checkable(skeleton))
+        onnx.checker.check_model(_checkable(sk))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label} fails the ONNX checker: {first}. Fix or re-export the model.") from None
@@ -78,12 +78,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
                 f"({type(exc).__name__}: {exc}); re-export it at opset {MIN_NATIVE_OPSET} or newer."
             ) from None
         check_vocabulary(model, label, f"opset {opset}, upgraded to {TARGET_OPSET}")
-        skeleton = _skeleton(model)  # the upgrade made a new model
+        sk = skeleton(model)  # the upgrade made a new model
     try:
-        inferred = shape_inference.infer_shapes(skeleton, data_prop=True)
+        inferred = shape_inference.infer_shapes(sk, data_prop=True)
     except Exception as exc:
         raise ModelError(f"{label}: ONNX shape inference failed ({exc}); the model is inconsistent.") from None
-    if skeleton is model:
+    if sk is model:
         return inferred, label, opset
     # The model keeps its initializers; it takes the shapes and types inference found.
     del model.graph.value_info[:]
@@ -105,7 +105,7 @@ _FOUR_BIT = {getattr(onnx.TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1
 
 
 def _check_large_initializers(model: onnx.ModelProto, label: str) -> None:
-    """What the checker would say of the initializers `_skeleton` keeps from it: each holds
+    """What the checker would say of the initializers `skeleton` keeps from it: each holds
     exactly the values its shape and type declare."""
     for init in model.graph.initializer:
         if init.ByteSize() <= SKELETON_BYTES or init.data_location == onnx.TensorProto.EXTERNAL:
@@ -125,7 +125,7 @@ def _check_large_initializers(model: onnx.ModelProto, label: str) -> None:
                              f"but its shape {list(init.dims)} and type need {want}. Fix or re-export the model.")
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every large initializer turned into a graph input of the same name,
     type and shape (its data left out); the model itself if it has none."""
     big = {init.name for init in model.graph.initializer if init.ByteSize() > SKELETON_BYTES}

@@ -157,6 +157,41 @@ def test_transformer_zoo_matches_onnxruntime(name, exporter, opset, exported):
         assert_close(got, ref, f"{name} {exporter} opset {opset} batch {batch}")
 
 
+# Layers whose vectors per sample no shape inference can tell (torchscript's Swin windows:
+# the leading `unk__` dimension holds batch × windows even at a fixed batch).
+UNCOUNTED = {("swin_block", "torchscript"): {"/attn/qkv/MatMul", "/attn/proj/MatMul"}}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", list(TZOO))
+def test_vectors_per_sample_are_what_runs(name, exporter, exported, monkeypatch):
+    """`info`'s ADC conversions per sample rest on each analog layer's vectors per sample:
+    attention projections run over (seq, batch, d) or (batch·seq, d) rows, and the exporters
+    name such dimensions `16*batch` or `unk__7`. The manifest's count must equal the rows
+    the runtime puts through the layer per sample, or be unknown where listed."""
+    from xbar.runtime.layer import Layer
+
+    path = exported(name, exporter, 18)
+    bundle = convert(path)
+    ran: dict[str, int] = {}
+    call = Layer.__call__
+
+    def counting(self, x):
+        y = call(self, x)
+        ran[self.name] = ran.get(self.name, 0) + y.size // self.n
+        return y
+
+    monkeypatch.setattr(Layer, "__call__", counting)
+    batch = 3
+    Runtime(bundle).run({"input": example_input(TZOO[name], batch, seed=1).numpy()})
+    uncounted = UNCOUNTED.get((name, exporter), set())
+    for layer in bundle.layers:
+        if layer["placement"] != "analog":
+            continue
+        want = None if layer["name"] in uncounted else ran[layer["name"]] / batch
+        assert layer["tiles"]["vectors_per_sample"] == want, (layer["name"], layer["output_shape"])
+
+
 @pytest.mark.parametrize("name", list(TZOO))
 def test_transformer_zoo_on_small_tiles_through_the_chip_path(name, exported):
     """Small tiles (several row and column blocks per layer), both encodings, and the

@@ -192,7 +192,7 @@ def _(k: Kit) -> Case:
 @case("onnx-short-weight")
 def _(k: Kit) -> Case:
     # A weight large enough that the checker and shape inference see only its shape
-    # (converter/load.py::_skeleton): its data is checked by xbar itself.
+    # (converter/load.py::skeleton): its data is checked by xbar itself.
     w = numpy_helper.from_array(np.ones((300, 300), np.float32), "big_w")
     w.raw_data = w.raw_data[:100000]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 300])

@@ -154,11 +154,11 @@ def test_shapes_inferred_without_the_weights_equal_inference_on_the_whole_model(
     path = _depthwise_model(tmp_path / "m.onnx")
     full = shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
     original = onnx.load(str(path))
-    assert load._skeleton(original) is original  # nothing here is over the default threshold
+    assert load.skeleton(original) is original  # nothing here is over the default threshold
     old = load.SKELETON_BYTES
     try:
         load.SKELETON_BYTES = 1000  # the 96x96 pointwise and 3x3 weights become inputs
-        assert len(load._skeleton(original).graph.initializer) < len(original.graph.initializer)
+        assert len(load.skeleton(original).graph.initializer) < len(original.graph.initializer)
         model, _, _ = load.load_model(path)
     finally:
         load.SKELETON_BYTES = old

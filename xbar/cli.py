@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from xbar import __version__
+from xbar.dims import per_sample
 from xbar.errors import XbarError
 
 
@@ -390,7 +391,7 @@ def _layer_table(m: dict[str, Any]) -> str:
     """Per-layer rows fitted to INFO_WIDTH: shapes per sample, the layer name gets what is left."""
     from xbar.table import render
 
-    lead = _batch_dim(m)
+    batch = _batch_record(m)
     rows = []
     for layer in m["layers"]:
         t = layer.get("tiles")
@@ -398,7 +399,7 @@ def _layer_table(m: dict[str, Any]) -> str:
         adc, steps = _adc_per_sample(t), _steps_text(layer)
         rows.append([
             layer["name"], layer["kind"], f"{layer['K']}×{layer['N']}",
-            f"{steps}×{layer['N']}" if steps else _per_sample(layer["output_shape"], layer.get("output_dim_names"), lead),
+            f"{steps}×{layer['N']}" if steps else _per_sample(layer["output_shape"], layer.get("output_dim_names"), batch),
             _layer_tiles_text(t) if t else "digital",
             f"{cols:,}" if t else "-",
             f"{adc:,}" if adc is not None else f"{t['adc_per_vector']:,}×{steps}" if t and steps else "-",
@@ -439,22 +440,24 @@ def _layer_tiles_text(t: dict[str, Any]) -> str:
     return f"{pk['physical_tiles']:,}/{t['tiles_used']:,}×{pk['max_passes_per_tile']}"
 
 
-def _batch_dim(m: dict[str, Any]) -> tuple[Any, str | None] | None:
-    """The leading dim of the first graph input (value, name): the batch the layer shapes share."""
+def _batch_record(m: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's batch record; for a bundle written before it had one, what the first
+    graph input's leading dimension says."""
+    if m.get("batch"):
+        return m["batch"]
     ins = m["graph"]["inputs"]
     if not ins or not ins[0]["shape"]:
-        return None
-    names = ins[0].get("dim_names") or [None]
-    return ins[0]["shape"][0], names[0]
+        return {"mode": "symbolic", "size": None, "dim": None}
+    value, name = ins[0]["shape"][0], (ins[0].get("dim_names") or [None])[0]
+    return {"mode": "symbolic", "size": None, "dim": name} if value is None else {"mode": "fixed", "size": value}
 
 
-def _per_sample(shape: list[int | None] | None, names: list[str | None] | None, lead) -> str:
-    if shape and lead is not None:
-        value, name = lead
-        first = (names or [None])[0]
-        if shape[0] == value and (first == name or value is not None):
-            return _shape(shape[1:], (names or [None] * len(shape))[1:]) if len(shape) > 1 else "1"
-    return _shape(shape, names)
+def _per_sample(shape: list[int | None] | None, names: list[str | None] | None, batch: dict[str, Any]) -> str:
+    """A layer's output shape without the batch, wherever it is; the whole shape if not found."""
+    rest = per_sample(shape, names, batch)
+    if rest is None:
+        return _shape(shape, names)
+    return _shape(*rest) if rest[0] else "1"
 
 
 def _steps_text(layer: dict[str, Any]) -> str | None:
