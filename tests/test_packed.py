@@ -287,7 +287,7 @@ def test_cli_convert_packed_and_info(model, tmp_path):
     assert f"on {s['physical_tiles']} physical tiles ({s['tiles_used']} logical tiles" in res.output
     text = runner.invoke(cli, ["info", str(out), "--layers"], catch_exceptions=False).output
     pk = b.layers[1]["tiles"]["packing"]
-    assert "depthwise convolutions packed (1 layers)" in text
+    assert "1 depthwise convolution packed densely onto shared tiles (--depthwise packed)" in " ".join(text.split())
     t = b.layers[1]["tiles"]
     row = next(line for line in text.splitlines() if line.startswith(b.layers[1]["name"]))
     assert f"{pk['physical_tiles']}/{t['tiles_used']}×{pk['max_passes_per_tile']}" in row

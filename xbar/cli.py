@@ -337,7 +337,10 @@ def _depthwise_text(summary: dict[str, Any]) -> str:
     if "depthwise" not in summary or summary.get("depthwise_layers", 1) == 0:
         return ""
     n = summary.get("depthwise_layers")
-    return f"; depthwise convolutions {summary['depthwise']}" + ("" if n is None else f" ({n} layers)")
+    how = {"tiles": "on block-diagonal tiles", "digital": "kept digital", "packed": "packed densely onto shared tiles"}
+    count = "" if n is None else f"{n} "
+    return (f"; {count}depthwise convolution{'' if n == 1 else 's'} {how.get(summary['depthwise'], summary['depthwise'])}"
+            f" (--depthwise {summary['depthwise']})")
 
 
 def _line(label: str, text: str) -> None:
