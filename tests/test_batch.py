@@ -236,6 +236,26 @@ def test_info_layers_table_fits_and_shortens_names(deep_bundle):
     assert js["layers"][0]["output_dim_names"] == ["batch", None, None, None]
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_info_follows_the_terminal_width(deep_bundle, monkeypatch, width):
+    """On a terminal, info fills its width held to 80-120 columns; at 80 the layer table
+    leaves out its physical columns (and if need be the affine's source), and says so."""
+    import os
+
+    monkeypatch.setattr(os, "isatty", lambda fd: fd == 1)
+    monkeypatch.setenv("COLUMNS", str(width))
+    r = run("info", deep_bundle, "--layers")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert max(len(line) for line in lines) <= width, max(lines, key=len)
+    header = next(line for line in lines if line.startswith("layer "))
+    narrow = width == 80
+    assert ("columns" in header.split()) is not narrow
+    assert ("left out at this width" in " ".join(r.output.split())) is narrow
+    if not narrow:  # the names get the room: no middle ellipsis at 120 where 100 needs one
+        assert max(len(line) for line in lines) > 100
+
+
 def test_info_names_symbolic_dimensions(tmp_path):
     w = _init("w", np.ones((8, 3), dtype=np.float32))
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")

@@ -235,7 +235,20 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     click.echo(f"batch: {describe_batch(bundle.manifest.get('batch'))}")
 
 
-INFO_WIDTH = 100  # the text output fits a terminal this wide
+INFO_WIDTH = 100  # the text output fits a terminal this wide, when it is not a terminal
+INFO_WIDTHS = (80, 120)  # on a terminal, its width held to these bounds
+
+
+def _info_width() -> int:
+    """Columns `info` fills: the terminal's width within INFO_WIDTHS, or INFO_WIDTH when
+    the output is not a terminal (a pipe, a file: the same text whatever the window)."""
+    import os
+    import shutil
+
+    if not os.isatty(1):
+        return INFO_WIDTH
+
+    return max(INFO_WIDTHS[0], min(INFO_WIDTHS[1], shutil.get_terminal_size((INFO_WIDTH, 24)).columns))
 AUTO_TABLE_LAYERS = 30  # up to this many layers the per-layer table follows the summary by default
 
 
@@ -344,11 +357,12 @@ def _depthwise_text(summary: dict[str, Any]) -> str:
 
 
 def _line(label: str, text: str) -> None:
-    """One summary field, `label` in a 9-wide margin, wrapped to INFO_WIDTH between clauses."""
+    """One summary field, `label` in a 9-wide margin, wrapped to the width between clauses."""
+    width = _info_width()
     first, rest = (f"{label:<8} " if label else " " * 9), " " * 11
     lines, current, filled = [], first, False
     for clause in _clauses(text):
-        if filled and len(current) + len(clause) > INFO_WIDTH:
+        if filled and len(current) + len(clause) > width:
             lines.append(current.rstrip())
             current = rest + clause.lstrip()
         else:
@@ -356,10 +370,10 @@ def _line(label: str, text: str) -> None:
         filled = True
     lines.append(current.rstrip())
     for line in lines:
-        if len(line) <= INFO_WIDTH:
+        if len(line) <= width:
             click.echo(line)
         else:  # one clause longer than the line: break it between words
-            click.echo(textwrap.fill(line.strip(), INFO_WIDTH, initial_indent=line[:len(line) - len(line.lstrip())],
+            click.echo(textwrap.fill(line.strip(), width, initial_indent=line[:len(line) - len(line.lstrip())],
                                      subsequent_indent=rest, break_long_words=False, break_on_hyphens=False))
 
 
@@ -390,8 +404,14 @@ def _ellipsis(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
+# Columns of the layer table left out, in this order, while it does not fit the width.
+_NARROW_DROPS = ("columns", "affine")
+_NAME_WIDTHS = (16, 48)  # the layer name column: at least, at most
+
+
 def _layer_table(m: dict[str, Any]) -> str:
-    """Per-layer rows fitted to INFO_WIDTH: shapes per sample, the layer name gets what is left."""
+    """Per-layer rows fitted to the width: shapes per sample, the layer name gets what is
+    left; on a narrow terminal the physical columns and the affine's source are left out."""
     from xbar.table import render
 
     batch = _batch_record(m)
@@ -409,22 +429,34 @@ def _layer_table(m: dict[str, Any]) -> str:
             f"{100 * _utilisation(t):.1f}%" if t else "-",
             {"batchnorm": "BN", "calibrated": "cal."}.get(layer["affine"]["source"], "bias"),
         ])
-    headers = ["layer", "kind", "K×N", "out/sample", "tiles", "columns", "ADC/sample", "util", "affine"]
-    numeric = [False, False, True, False, True, True, True, True, False]
-    others = sum(max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-                 for i, h in enumerate(headers) if i) + 2 * (len(headers) - 1)
-    name_width = max(16, min(48, INFO_WIDTH - others))
-    for r in rows:
-        r[0] = _ellipsis(r[0], name_width)
     if not rows:
         return "no layers"
+    headers = ["layer", "kind", "K×N", "out/sample", "tiles", "columns", "ADC/sample", "util", "affine"]
+    numeric = [False, False, True, False, True, True, True, True, False]
+    width, dropped = _info_width(), []
+
+    def others() -> int:
+        return sum(max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers) if i) + 2 * (len(headers) - 1)
+
+    for column in _NARROW_DROPS:
+        if _NAME_WIDTHS[0] + others() <= width:
+            break
+        i = headers.index(column)
+        for seq in (headers, numeric, *rows):
+            del seq[i]
+        dropped.append(column)
+    name_width = max(_NAME_WIDTHS[0], min(_NAME_WIDTHS[1], width - others()))
+    for r in rows:
+        r[0] = _ellipsis(r[0], name_width)
     digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    if dropped:
+        digital += f"; {' and '.join(dropped)} left out at this width (a wider terminal or --json has them)"
     if any(layer["kind"] == "recurrent" for layer in m["layers"]):
         digital += "; recurrent: one input and one output vector per time step"
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
         digital += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
                     "input vector; util of the physical tiles")
-    note = textwrap.fill(f"(out/sample: output shape without the batch dimension{digital})", INFO_WIDTH)
+    note = textwrap.fill(f"(out/sample: output shape without the batch dimension{digital})", width)
     return render(headers, rows, numeric=numeric) + "\n" + note
 
 
