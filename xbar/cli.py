@@ -356,10 +356,10 @@ def _depthwise_text(summary: dict[str, Any]) -> str:
             f" (--depthwise {summary['depthwise']})")
 
 
-def _line(label: str, text: str) -> None:
+def _line(label: str, text: str, indent: str = "") -> None:
     """One summary field, `label` in a 9-wide margin, wrapped to the width between clauses."""
     width = _info_width()
-    first, rest = (f"{label:<8} " if label else " " * 9), " " * 11
+    first, rest = indent + (f"{label:<8} " if label else " " * 9), indent + " " * 11
     lines, current, filled = [], first, False
     for clause in _clauses(text):
         if filled and len(current) + len(clause) > width:
@@ -375,6 +375,17 @@ def _line(label: str, text: str) -> None:
         else:  # one clause longer than the line: break it between words
             click.echo(textwrap.fill(line.strip(), width, initial_indent=line[:len(line) - len(line.lstrip())],
                                      subsequent_indent=rest, break_long_words=False, break_on_hyphens=False))
+
+
+def _hardware_block(described: str, notes: list[str]) -> None:
+    """`eval`'s and `calibrate`'s hardware paragraph: the spec's lines, each wrapped like
+    `info`'s, then the notes."""
+    click.echo("\nhardware")
+    for line in described.splitlines():
+        label, _, text = line.partition(" ")
+        _line(label, text.lstrip(), indent="  ")
+    for note in notes:
+        _line("note:", note, indent="  ")
 
 
 def _clauses(text: str) -> list[str]:
@@ -651,9 +662,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
         losses = r["loss_per_epoch"]
         click.echo(f"  sgd: {r['epochs']} epochs, {r['steps']} steps of {r['batch_size']} samples, lr {r['lr']:g}, "
                    f"loss {r['loss']} {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)})")
-    click.echo("\nhardware\n" + "\n".join("  " + line for line in ran.describe().splitlines()))
-    for note in rec.get("notes", []):
-        click.echo(f"  note: {note}")
+    _hardware_block(ran.describe(), rec.get("notes", []))
     if "accuracy_before" in rec:
         click.echo(f"\n  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
                    f"{100 * rec['accuracy_after']:.2f}% after (ideal hardware {100 * rec['accuracy_ideal']:.2f}%)")
@@ -815,9 +824,7 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         click.echo("\nhardware: ideal" + ("" if result["asked_ideal"] else
                                            " (the bundle has no hardware target; --hardware pcm samples chip instances)"))
         return
-    click.echo("\nhardware\n" + "\n".join("  " + line for line in spec.describe(times).splitlines()))
-    for note in result["hardware_notes"]:
-        click.echo(f"  note: {note}")
+    _hardware_block(spec.describe(times), result["hardware_notes"])
     seeds = result["seeds"]
     n = len(seeds)
     what = "accuracy" if result["labels"] else "top-1 agreement with ideal hardware"
@@ -830,8 +837,9 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         table.append([r["time"], f"{100 * main['mean']:.2f}{spread}%", ci,
                       _pct(main["min"]), _pct(main["max"]), _pct(g["mean"])])
     if n > 1:
-        click.echo(f"\n{what} over {n} chip instances (seeds {format_seeds(seeds)}): "
-                   "mean ± sample std, 95% confidence interval of the mean, worst and best chip")
+        click.echo("\n" + textwrap.fill(f"{what} over {n} chip instances (seeds {format_seeds(seeds)}): mean ± "
+                                        "sample std, 95% confidence interval of the mean, worst and best chip",
+                                        _info_width(), break_long_words=False))
     else:
         click.echo(f"\n{what} of one chip instance (seed {seeds[0]})")
     click.echo(render(["time", what.split()[0] if result["labels"] else "agreement", "95% CI", "worst chip",
