@@ -192,6 +192,31 @@ def test_vectors_per_sample_are_what_runs(name, exporter, exported, monkeypatch)
         assert layer["tiles"]["vectors_per_sample"] == want, (layer["name"], layer["output_shape"])
 
 
+@pytest.mark.parametrize("name", ["vit_tiny", "swin_block"])
+def test_info_shows_vectors_per_sample_or_marks_the_whole_shape(name, exported, tmp_path):
+    """Where an unk__ dimension hides the batch, info shows the counted vectors × N, or,
+    where nothing could count them, the whole shape marked with * and explained."""
+    from click.testing import CliRunner
+
+    from xbar.bundle import save_bundle
+    from xbar.cli import cli
+
+    bundle = convert(exported(name, "torchscript", 17))
+    path = save_bundle(bundle, tmp_path / "m.xbar")
+    out = CliRunner().invoke(cli, ["info", str(path), "--layers"], catch_exceptions=False).output
+    uncounted = UNCOUNTED.get((name, "torchscript"), set())
+    for layer in bundle.layers:
+        row = next(line for line in out.splitlines() if line.startswith(layer["name"] + " "))
+        cell = row.split()[3]
+        if layer["name"] in uncounted:
+            assert cell.endswith("*") and "unk__" in cell, row
+        else:
+            assert "unk__" not in cell and "*" not in cell, row
+    assert ("*: the whole output shape" in " ".join(out.split())) is bool(uncounted)
+    if name == "vit_tiny":  # the attention output projection's Gemm runs over batch·17 rows
+        assert any(line.startswith("/attn/Gemm ") and " 17×16 " in line for line in out.splitlines()), out
+
+
 @pytest.mark.parametrize("name", list(TZOO))
 def test_transformer_zoo_on_small_tiles_through_the_chip_path(name, exported):
     """Small tiles (several row and column blocks per layer), both encodings, and the

@@ -433,7 +433,7 @@ def _layer_table(m: dict[str, Any]) -> str:
         adc, steps = _adc_per_sample(t), _steps_text(layer)
         rows.append([
             layer["name"], layer["kind"], f"{layer['K']}×{layer['N']}",
-            f"{steps}×{layer['N']}" if steps else _per_sample(layer["output_shape"], layer.get("output_dim_names"), batch),
+            f"{steps}×{layer['N']}" if steps else _per_sample(layer, batch),
             _layer_tiles_text(t) if t else "digital",
             f"{cols:,}" if t else "-",
             f"{adc:,}" if adc is not None else f"{t['adc_per_vector']:,}×{steps}" if t and steps else "-",
@@ -460,6 +460,8 @@ def _layer_table(m: dict[str, Any]) -> str:
     for r in rows:
         r[0] = _ellipsis(r[0], name_width)
     digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    if any(r[3].endswith(_WHOLE_SHAPE) for r in rows):
+        digital += f"; {_WHOLE_SHAPE}: the whole output shape, as no shape inference tells where in it the batch is"
     if dropped:
         digital += f"; {' and '.join(dropped)} left out at this width (a wider terminal or --json has them)"
     if any(layer["kind"] == "recurrent" for layer in m["layers"]):
@@ -498,12 +500,19 @@ def _batch_record(m: dict[str, Any]) -> dict[str, Any]:
     return {"mode": "symbolic", "size": None, "dim": name} if value is None else {"mode": "fixed", "size": value}
 
 
-def _per_sample(shape: list[int | None] | None, names: list[str | None] | None, batch: dict[str, Any]) -> str:
-    """A layer's output shape without the batch, wherever it is; the whole shape if not found."""
+_WHOLE_SHAPE = "*"  # marks an out/sample that is the whole shape, the batch somewhere inside
+
+
+def _per_sample(layer: dict[str, Any], batch: dict[str, Any]) -> str:
+    """A layer's output shape without the batch, wherever it is; where the shape hides it
+    (an exporter's unk__ dimension) but its vectors per sample are known, as vectors × N;
+    else the whole shape."""
+    shape, names = layer["output_shape"], layer.get("output_dim_names")
     rest = per_sample(shape, names, batch)
-    if rest is None:
-        return _shape(shape, names)
-    return _shape(*rest) if rest[0] else "1"
+    if rest is not None:
+        return _shape(*rest) if rest[0] else "1"
+    vectors = (layer.get("tiles") or {}).get("vectors_per_sample")
+    return f"{vectors}×{layer['N']}" if vectors else _shape(shape, names) + _WHOLE_SHAPE
 
 
 def _steps_text(layer: dict[str, Any]) -> str | None:
