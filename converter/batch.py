@@ -199,6 +199,21 @@ def resolve_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, An
 def describe(batch: dict[str, Any] | None) -> str:
     """One line on how the model batches, for `xbar convert` and `xbar info`."""
     b = batch or {"mode": "symbolic"}
+    return _describe_mode(b) + _describe_time_major(b.get("time_major"))
+
+
+def _describe_time_major(moved: dict[str, Any] | None) -> str:
+    if not moved:
+        return ""
+    names = ", ".join(repr(n) for n in moved["inputs"])
+    outs = ", ".join(repr(n) for n in moved["outputs"])
+    return (f"; time-major input{'s' if len(moved['inputs']) > 1 else ''} {names} taken batch-first "
+            f"(axes 0 and 1 swapped; transposed back for recurrent node{'s' if len(moved['nodes']) > 1 else ''} "
+            f"{', '.join(repr(n) for n in moved['nodes'])})"
+            + (f", output{'s' if len(moved['outputs']) > 1 else ''} {outs} given batch-first" if outs else ""))
+
+
+def _describe_mode(b: dict[str, Any]) -> str:
     if b["mode"] == "relaxed":
         fix = (f"; rewrote Reshape {', '.join(b['rewritten'][:3])}{' …' if len(b['rewritten']) > 3 else ''} "
                "from leading 1 to 0") if b.get("rewritten") else ""

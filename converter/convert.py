@@ -22,6 +22,7 @@ from xbar.converter.load import default_opset, load_model, skeleton
 from xbar.converter.mapping import map_weights
 from xbar.converter.recurrent import extract_recurrent
 from xbar.converter.rewrite import einsum_to_matmul
+from xbar.converter.time_major import batch_first
 from xbar.converter.vocabulary import unsupported_message
 from xbar.dims import vectors_per_sample
 from xbar.errors import ConfigError, UnsupportedOpError
@@ -333,7 +334,12 @@ def convert(
 
             check_circuit(policy, circuit, option)
     proto, label, original_opset = load_model(model)
+    proto, time_major = batch_first(proto)
+    if time_major is not None:  # new nodes and shapes: checked and inferred again
+        proto = load_model(proto)[0]
     proto, batch = resolve_batch(proto)
+    if time_major is not None:
+        batch["time_major"] = time_major
     graph = build_graph(proto, label, default_opset(proto))
     # Kept (without its weights) only to count layers' vectors per sample at a fixed batch.
     shapes_only = skeleton(proto) if batch["mode"] != "fixed" else None

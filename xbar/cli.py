@@ -739,7 +739,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
     n_classes = classes_of(b.graph["outputs"][0], b.manifest.get("batch"))
     check_labels(ds, n_classes)
-    ref_fn = onnxruntime_fn(reference, ds.x, str(data)) if reference is not None else None
+    ref_fn = (onnxruntime_fn(reference, ds.x, str(data), (b.manifest.get("batch") or {}).get("time_major"))
+              if reference is not None else None)
     show = not as_json and sys.stderr.isatty()
     warnings = []
     # "Ideal" is the network as converted, also for a calibrated bundle: its chip-fitted

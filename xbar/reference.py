@@ -21,11 +21,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
-                   data_label: str = "the data") -> Callable[[np.ndarray], np.ndarray]:
+                   data_label: str = "the data", time_major: dict | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """First output of the model at `path` for a single input, via onnxruntime.
 
     With `x`, its shape is checked against the model's declared input first, so a
     mismatch is one clear error before any work rather than onnxruntime's mid-run failure.
+    `time_major` is the bundle's batch record of inputs it takes batch-first
+    (converter/time_major.py): the source model gets them time-major again, and its output
+    comes back batch-first, so both run on the same samples.
     """
     import onnxruntime as ort
 
@@ -37,6 +40,10 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
     except Exception as exc:
         raise ModelError(f"{path}: onnxruntime cannot load the reference model ({exc})") from None
     meta = session.get_inputs()[0]
+    swap = bool(time_major) and meta.name in time_major["inputs"]
+    out_axis = (time_major or {}).get("outputs", {}).get(session.get_outputs()[0].name)
+    if swap and x is not None:
+        x = np.swapaxes(x, 0, 1)
     declared = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in meta.shape) + ")"
     # A model that fixes its batch (e.g. [1, 3, 224, 224]) runs in chunks of that size:
     # sample by sample for batch 1, which is the ground truth a relaxed batch must match.
@@ -54,6 +61,12 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
                             "converted from, or data that fits it.")
 
     def run(batch: np.ndarray) -> np.ndarray:
+        if swap:
+            batch = np.ascontiguousarray(np.swapaxes(batch, 0, 1))
+        out = _run(batch)
+        return np.moveaxis(out, out_axis, 0) if out_axis else out
+
+    def _run(batch: np.ndarray) -> np.ndarray:
         try:
             if fixed and len(batch) != fixed:
                 parts = [session.run(None, {meta.name: batch[j:j + fixed]})[0] for j in range(0, len(batch), fixed)]

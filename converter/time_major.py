@@ -1,0 +1,108 @@
+"""Time-major recurrent inputs taken batch-first, so that data files can be cut into batches.
+
+ONNX recurrent nodes read [seq, batch, features] by default (layout 0; torch's
+batch_first=False), and a graph input that feeds one, directly or through ops such as an
+embedding's Gather, then holds time on axis 0. Data files hold one sample per index of
+axis 0, and eval, calibrate and --calib-data cut them into batches along it, which would
+cut the sequences apart. Where the shapes name both axes (`seq`, `batch`), the bundle takes
+such an input batch-first instead: a Transpose at the start of the graph swaps the first
+two axes back for the nodes that read it, and an output that carries the batch on another
+axis is transposed to lead with it. The network computes exactly what it did; only the
+layout of those inputs and outputs at the bundle's boundary changes, and the manifest's
+batch record says which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from xbar.converter.batch import _dims, _inputs, _shapes
+from xbar.ops import RECURRENT_OPS
+
+
+def _time_and_batch(model: onnx.ModelProto, shapes: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(node, time dim name, batch dim name) of every layout-0 recurrent node whose input
+    shape names both axes."""
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if any(a.name == "layout" and a.i for a in node.attribute):
+            continue
+        dims = shapes.get(node.input[0]) or []
+        if len(dims) == 3 and all(isinstance(d, str) for d in dims[:2]) and dims[0] != dims[1]:
+            found.append((node.name, dims[0], dims[1]))
+    return found
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
+    """The model with its time-major inputs (and outputs) batch-first, and a record of what
+    moved: {"nodes": recurrent nodes, "inputs": inputs whose axes 0 and 1 were swapped,
+    "outputs": {output: the axis its batch came from}}; the model itself and None if
+    nothing is."""
+    shapes = _shapes(model)
+    recurrent = _time_and_batch(model, shapes)
+    if not recurrent:
+        return model, None
+    pairs = {(t, b) for _, t, b in recurrent}
+    moved_in = [vi.name for vi in _inputs(model)
+                if len(d := _dims(vi) or []) >= 2 and (d[0], d[1]) in pairs]
+    if not moved_in:
+        return model, None
+    batch_names = {b for t, b in pairs}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    taken = {n for node in g.node for n in list(node.input) + list(node.output)} | {vi.name for vi in g.input}
+    front, moved_out = [], {}
+    for vi in g.input:
+        if vi.name not in moved_in:
+            continue
+        rank = len(vi.type.tensor_type.shape.dim)
+        inner = _unique(f"{vi.name}.time_major", taken)
+        for node in g.node:
+            node.input[:] = [inner if i == vi.name else i for i in node.input]
+        perm = [1, 0] + list(range(2, rank))
+        front.append(helper.make_node("Transpose", [vi.name], [inner], name=_unique(f"{vi.name}.to_time_major", taken),
+                                      perm=perm))
+        dims = vi.type.tensor_type.shape.dim
+        a, b = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+        a.CopyFrom(dims[1])
+        b.CopyFrom(dims[0])
+        dims[0].CopyFrom(a)
+        dims[1].CopyFrom(b)
+    back = []
+    for vo in g.output:
+        d = _dims(vo) or []
+        axis = next((k for k, x in enumerate(d) if x in batch_names), None)
+        if not axis:  # None (no batch named) or 0 (already leading)
+            continue
+        inner = _unique(f"{vo.name}.time_major", taken)
+        for node in g.node:
+            node.input[:] = [inner if i == vo.name else i for i in node.input]
+            node.output[:] = [inner if o == vo.name else o for o in node.output]
+        perm = [axis] + [k for k in range(len(d)) if k != axis]
+        back.append(helper.make_node("Transpose", [inner], [vo.name], name=_unique(f"{vo.name}.to_batch_first", taken),
+                                     perm=perm))
+        dims = list(vo.type.tensor_type.shape.dim)
+        copies = [onnx.TensorShapeProto.Dimension() for _ in dims]
+        for c, k in zip(copies, perm):
+            c.CopyFrom(dims[k])
+        for dst, src in zip(vo.type.tensor_type.shape.dim, copies):
+            dst.CopyFrom(src)
+        moved_out[vo.name] = axis
+    nodes = front + list(g.node) + back
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]  # stale where names moved; the caller infers shapes again
+    return m, {"nodes": sorted({n for n, _, _ in recurrent}), "inputs": moved_in, "outputs": moved_out}

@@ -1,0 +1,121 @@
+"""Time-major recurrent inputs (ONNX layout 0, torch's default batch_first=False) taken
+batch-first by the converter (converter/time_major.py), checked against onnxruntime on the
+source model with the axes swapped back, and through the CLI on data files that hold one
+sample per index of axis 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.conftest import close
+from xbar.cli import cli
+from xbar.converter.convert import convert
+from xbar.runtime.executor import Runtime
+
+T, B, F, H, C, VOCAB = 6, 5, 4, 7, 3, 11
+
+
+def _model(embed: bool, classifier: bool) -> onnx.ModelProto:
+    """tokens (seq, batch) -> Gather -> or x (seq, batch, F) -> bidirectional LSTM (layout 0)
+    -> Y (seq, 2, batch, H), Y_h (2, batch, H) [-> logits (batch, C) from the forward Y_h]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (2, 4 * H, F)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (2, 4 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (2, 8 * H)).astype(np.float32), "Bias")]
+    nodes = []
+    if embed:
+        inits.append(numpy_helper.from_array(rng.normal(0, 1, (VOCAB, F)).astype(np.float32), "table"))
+        inputs = [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["seq", "batch"])]
+        nodes.append(helper.make_node("Gather", ["table", "tokens"], ["x"], name="embed"))
+    else:
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", "batch", F])]
+    nodes.append(helper.make_node("LSTM", ["x", "W", "R", "Bias"], ["Y", "Y_h"], name="rec", hidden_size=H,
+                                  direction="bidirectional"))
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["seq", 2, "batch", H]),
+               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [2, "batch", H])]
+    if classifier:
+        inits += [numpy_helper.from_array(np.array([0], np.int64), "first"),
+                  numpy_helper.from_array(rng.normal(0, 1, (H, C)).astype(np.float32), "head")]
+        nodes += [helper.make_node("Gather", ["Y_h", "first"], ["h1"], name="forward_h", axis=0),
+                  helper.make_node("Squeeze", ["h1", "first"], ["h"], name="squeeze"),
+                  helper.make_node("MatMul", ["h", "head"], ["logits"], name="head_mm")]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _samples(embed: bool, n: int, seed: int = 1) -> np.ndarray:
+    """n samples, one per index of axis 0: (n, seq) tokens or (n, seq, F) vectors."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, VOCAB, (n, T)) if embed else rng.normal(0, 1, (n, T, F)).astype(np.float32)
+
+
+def _ort(model: onnx.ModelProto, name: str, samples: np.ndarray) -> list[np.ndarray]:
+    """The source model on its own layout: time on axis 0."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {name: np.ascontiguousarray(np.swapaxes(samples, 0, 1))})
+
+
+@pytest.mark.parametrize("embed", [False, True], ids=["direct", "through-embedding"])
+def test_inputs_and_outputs_become_batch_first_and_the_network_is_exact(embed):
+    model = _model(embed, classifier=False)
+    bundle = convert(model, crossbar=(8, 8))
+    name = "tokens" if embed else "x"
+    moved = bundle.manifest["batch"]["time_major"]
+    assert moved == {"nodes": ["rec"], "inputs": [name], "outputs": {"Y": 2, "Y_h": 1}}
+    assert bundle.manifest["batch"]["dim"] == "batch"
+    io = {i["name"]: i for i in bundle.graph["inputs"] + bundle.graph["outputs"]}
+    assert io[name]["shape"][:2] == [None, None] and io[name]["dim_names"][:2] == ["batch", "seq"]
+    assert io["Y"]["dim_names"] == ["batch", "seq", None, None] and io["Y_h"]["dim_names"] == ["batch", None, None]
+    x = _samples(embed, B)
+    y, y_h = _ort(model, name, x)
+    got = Runtime(bundle).run({name: x})
+    # Y was (seq, 2, batch, H): its batch axis leads, the rest keep their order.
+    assert close(got["Y"], np.moveaxis(y, 2, 0)) and close(got["Y_h"], np.moveaxis(y_h, 1, 0))
+    # Samples are independent: any split of the batch gives the same rows.
+    parts = [Runtime(bundle).run({name: x[s]})["Y"] for s in (slice(0, 2), slice(2, B))]
+    assert close(np.concatenate(parts), got["Y"])
+
+
+def test_eval_and_calibrate_run_samples_first_data_with_the_reference(tmp_path):
+    model = _model(embed=True, classifier=True)
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    x = _samples(True, 40)
+    logits = _ort(model, "tokens", x)[0]
+    np.savez(data, x=x, y=logits.argmax(1))
+    run = CliRunner()
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8", "--hardware", "pcm",
+                         "--calib-data", str(data)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "time-major input 'tokens' taken batch-first" in " ".join(r.output.split()), r.output
+    r = run.invoke(cli, ["eval", str(bundle), "--data", str(data), "--reference", str(src), "--seeds", "0",
+                         "--batch-size", "7", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["ideal_accuracy"] == 1.0, res  # the labels are the source model's own
+    assert res["reference"]["agreement"] == 1.0 and res["reference"]["max_rel_diff"] < 1e-5, res["reference"]
+    r = run.invoke(cli, ["calibrate", str(bundle), "--data", str(data), "--drift", "1d", "-o",
+                         str(tmp_path / "c.xbar")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    info = run.invoke(cli, ["info", str(bundle)], catch_exceptions=False).output
+    assert "tokens batch×seq -> logits batch×3" in info, info
+
+
+def test_unnamed_axes_are_left_alone():
+    """Without names for both axes xbar cannot tell time from batch along a path of ops:
+    nothing is moved (and a direct read is refused for data files, as before)."""
+    model = _model(embed=False, classifier=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value, dims[1].dim_value = T, B
+    bundle = convert(model, crossbar=(8, 8))
+    assert "time_major" not in bundle.manifest["batch"]
