@@ -7,6 +7,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from xbar.data import Dataset
+from xbar.errors import DataError
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
@@ -29,7 +30,15 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
     if progress is not None:
         chunks = progress(chunks)
     for sl in chunks:
-        parts.append(np.asarray(fn(x[sl])))
+        out = np.asarray(fn(x[sl]))
+        n = sl.stop - sl.start
+        if out.ndim == 0 or out.shape[0] != n and not (getattr(fn, "fixed_batch", None) and out.shape[0] * fn.fixed_batch == n):
+            raise DataError(
+                f"the model's first output has shape {list(out.shape)} for a batch of {n} samples: it does not "
+                "hold one row per sample along axis 0 (the axis data files are batched along), so it cannot be "
+                "scored per sample. A recurrent model read time-major needs its sequence and batch axes named "
+                "(torch: dynamic_axes={'x': {0: 'seq', 1: 'batch'}}) or batch_first=True.")
+        parts.append(out)
     return np.concatenate(parts, axis=0)
 
 

@@ -119,3 +119,22 @@ def test_unnamed_axes_are_left_alone():
     dims[0].dim_value, dims[1].dim_value = T, B
     bundle = convert(model, crossbar=(8, 8))
     assert "time_major" not in bundle.manifest["batch"]
+
+
+def test_an_output_without_a_row_per_sample_is_an_error_not_a_traceback(tmp_path):
+    """Unnamed axes through an embedding: nothing tells time from batch, so nothing is
+    moved, and eval's batches of samples reach the graph as [time, batch]. The output then
+    has no row per sample; eval says so instead of failing inside the scoring."""
+    model = _model(embed=True, classifier=True)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].Clear()
+    model.graph.input[0].type.tensor_type.shape.dim[1].Clear()
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    x = _samples(True, 40)
+    np.savez(data, x=x, y=_ort(model, "tokens", x)[0].argmax(1))
+    run = CliRunner()
+    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle)]).exit_code == 0
+    r = run.invoke(cli, ["eval", str(bundle), "--data", str(data)], catch_exceptions=False)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert f"has shape [{T}, {C}] for a batch of 40 samples" in r.output and "dynamic_axes" in r.output, r.output
