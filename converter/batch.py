@@ -26,17 +26,19 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from xbar.converter.load import skeleton
+
 BATCH = "batch"
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list[Any] | None:
+def value_dims(vi: onnx.ValueInfoProto) -> list[Any] | None:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return None
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
-def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     inits = {i.name for i in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in inits]
 
@@ -45,8 +47,8 @@ def batch_of(model: onnx.ModelProto) -> dict[str, Any]:
     """What the model declares: symbolic leading dims, or one fixed leading size for all inputs."""
     sizes = set()
     names = set()
-    for vi in _inputs(model):
-        dims = _dims(vi)
+    for vi in graph_inputs(model):
+        dims = value_dims(vi)
         if not dims:
             return {"mode": "symbolic", "size": None, "dim": None}
         if isinstance(dims[0], int):
@@ -72,9 +74,9 @@ def _constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[Any] | None]:
+def value_shapes(model: onnx.ModelProto) -> dict[str, list[Any] | None]:
     g = model.graph
-    return {vi.name: _dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    return {vi.name: value_dims(vi) for vi in list(g.input) + list(g.value_info) + list(g.output)}
 
 
 def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], str | None]:
@@ -86,9 +88,9 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     name = BATCH
     while name in used:
         name += "_"
-    for vi in _inputs(m):
+    for vi in graph_inputs(m):
         _set_leading(vi, name)
-    leading_one = [vi.name for vi in g.output if (_dims(vi) or [None])[0] == 1]
+    leading_one = [vi.name for vi in g.output if (value_dims(vi) or [None])[0] == 1]
     for vi in g.output:
         if vi.name in leading_one:
             _set_leading(vi, name)
@@ -100,7 +102,7 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
             inferred = shape_inference.infer_shapes(m, data_prop=True)
         except Exception as exc:
             return None, [], f"not relaxed: shape inference fails with a symbolic batch ({_first_line(exc)})"
-        shapes = _shapes(inferred)
+        shapes = value_shapes(inferred)
         changed = False
         for k, node in enumerate(g.node):
             if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
@@ -126,7 +128,7 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     except Exception as exc:
         return None, [], f"not relaxed: strict shape inference rejects a symbolic batch ({_first_line(exc)})"
     for vi in inferred.graph.output:
-        dims = _dims(vi)
+        dims = value_dims(vi)
         if vi.name in leading_one and (not dims or dims[0] != name):
             return None, [], (f"not relaxed: output {vi.name!r} keeps leading dimension {dims[0] if dims else '?'} "
                               "with a symbolic input batch, so the graph hard-codes batch 1")
@@ -143,7 +145,7 @@ def _first_line(exc: Exception) -> str:
 
 def _example(vi: onnx.ValueInfoProto, rng: np.random.Generator, n: int) -> np.ndarray:
     dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-    dims = _dims(vi) or []
+    dims = value_dims(vi) or []
     shape = [n] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
@@ -162,7 +164,7 @@ def _compare(original: onnx.ModelProto, relaxed: onnx.ModelProto) -> str | None:
     except Exception as exc:
         return f"not relaxed: onnxruntime cannot load the graph to check a symbolic batch ({_first_line(exc)})"
     rng = np.random.default_rng(0)
-    feeds = {vi.name: _example(vi, rng, 2) for vi in _inputs(original)}
+    feeds = {vi.name: _example(vi, rng, 2) for vi in graph_inputs(original)}
     try:
         together = after.run(None, feeds)
         alone = [before.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
@@ -192,7 +194,7 @@ def resolve_batch(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, An
     relaxed, rewritten, why = relax(model)
     if relaxed is None:
         return model, dict(declared, reason=why)
-    return relaxed, {"mode": "relaxed", "size": None, "dim": _dims(_inputs(relaxed)[0])[0],
+    return relaxed, {"mode": "relaxed", "size": None, "dim": value_dims(graph_inputs(relaxed)[0])[0],
                      "declared": 1, "rewritten": rewritten}
 
 
@@ -233,21 +235,19 @@ def vectors_at_fixed_batch(model: onnx.ModelProto, tensors: dict[str, int]) -> d
     symbolic leading dimension set to 1 and then to 2; a tensor counts where both shapes are
     all numbers and the second holds exactly twice the vectors of the first. The others
     stay unknown (no entry)."""
-    from xbar.converter.load import skeleton
-
     base = skeleton(model)
     rows = []
     for size in (1, 2):
         m = onnx.ModelProto()
         m.CopyFrom(base)
-        for vi in _inputs(m):
+        for vi in graph_inputs(m):
             dims = vi.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value"):
                 dims[0].Clear()
                 dims[0].dim_value = size
         del m.graph.value_info[:]
         try:
-            shapes = _shapes(shape_inference.infer_shapes(m, data_prop=True))
+            shapes = value_shapes(shape_inference.infer_shapes(m, data_prop=True))
         except Exception:  # inference at a fixed batch is a refinement; without it the count stays unknown
             return {}
         rows.append({t: int(np.prod(s, dtype=np.int64)) // n for t, n in tensors.items()

@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from xbar.converter.batch import _dims, _inputs, _shapes
+from xbar.converter.batch import graph_inputs, value_dims, value_shapes
 from xbar.ops import RECURRENT_OPS
 
 
@@ -50,13 +50,13 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     moved: {"nodes": recurrent nodes, "inputs": inputs whose axes 0 and 1 were swapped,
     "outputs": {output: the axis its batch came from}}; the model itself and None if
     nothing is."""
-    shapes = _shapes(model)
+    shapes = value_shapes(model)
     recurrent = _time_and_batch(model, shapes)
     if not recurrent:
         return model, None
     pairs = {(t, b) for _, t, b in recurrent}
-    moved_in = [vi.name for vi in _inputs(model)
-                if len(d := _dims(vi) or []) >= 2 and (d[0], d[1]) in pairs]
+    moved_in = [vi.name for vi in graph_inputs(model)
+                if len(d := value_dims(vi) or []) >= 2 and (d[0], d[1]) in pairs]
     if not moved_in:
         return model, None
     batch_names = {b for t, b in pairs}
@@ -83,7 +83,7 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
         dims[1].CopyFrom(b)
     back = []
     for vo in g.output:
-        d = _dims(vo) or []
+        d = value_dims(vo) or []
         axis = next((k for k, x in enumerate(d) if x in batch_names), None)
         if not axis:  # None (no batch named) or 0 (already leading)
             continue
