@@ -138,3 +138,40 @@ def test_an_output_without_a_row_per_sample_is_an_error_not_a_traceback(tmp_path
     r = run.invoke(cli, ["eval", str(bundle), "--data", str(data)], catch_exceptions=False)
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert f"has shape [{T}, {C}] for a batch of 40 samples" in r.output and "dynamic_axes" in r.output, r.output
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_torch_default_layout_exports(tmp_path, cell, exporter):
+    """torch's default recurrent layers (batch_first=False) exported with named dynamic axes,
+    by both exporters: the bundle takes samples first and matches onnxruntime's time-major run."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, cell)(F, H, num_layers=2, bidirectional=True)
+            self.fc = torch.nn.Linear(2 * H, C)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][-1])
+
+    path = tmp_path / "m.onnx"
+    x = torch.randn(T, 2, F)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(Net().eval(), (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y"], dynamic_axes={"x": {0: "seq", 1: "batch"}, "y": {0: "batch"}})
+        else:
+            torch.onnx.export(Net().eval(), (x,), str(path), dynamo=True, opset_version=18, input_names=["x"],
+                              output_names=["y"], verbose=False,
+                              dynamic_shapes={"x": {0: torch.export.Dim("seq"), 1: torch.export.Dim("batch")}})
+    model = onnx.load(str(path))
+    bundle = convert(model)
+    assert bundle.manifest["batch"]["time_major"]["inputs"] == ["x"]
+    samples = _samples(False, B)
+    assert close(Runtime(bundle).run({"x": samples})["y"], _ort(model, "x", samples)[0])
