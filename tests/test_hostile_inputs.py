@@ -374,6 +374,28 @@ def _bundle_dangling_array(k: Kit):
     return k.edit_manifest("dangling.xbar", change), ("dangling.xbar", "'nowhere'")
 
 
+def _bundle_bad_info_fields(k: Kit):
+    """Fields only `info` reads, edited to the wrong types: refused on load like the rest."""
+    def change(m):
+        m["layers"][0]["time_steps"] = 12
+
+    return k.edit_manifest("infofields.xbar", change), ("infofields.xbar", "manifest.layers[0].time_steps")
+
+
+def _bundle_bad_dim_names(k: Kit):
+    def change(m):
+        m["layers"][0]["output_dim_names"] = [5, None, None, None]
+
+    return k.edit_manifest("dimnames.xbar", change), ("dimnames.xbar", "output_dim_names holds [5")
+
+
+def _bundle_bad_time_major(k: Kit):
+    def change(m):
+        m["batch"]["time_major"] = {"nodes": ["rec"], "inputs": "x", "outputs": {}}
+
+    return k.edit_manifest("timemajor.xbar", change), ("timemajor.xbar", "manifest.batch.time_major.inputs")
+
+
 def _bundle_directory(k: Kit):
     (k.dir / "dir.xbar").mkdir()
     return "dir.xbar", ("dir.xbar", "directory")
@@ -388,6 +410,8 @@ BUNDLE_CASES = {
     "shape-inconsistent": _bundle_shape_inconsistent, "dtype-mismatch": _bundle_dtype_mismatch,
     "node-reads-unknown-tensor": _bundle_node_reads_nothing, "duplicate-member": _bundle_duplicate_member,
     "bzip2-members": _bundle_bzip2, "dangling-array-ref": _bundle_dangling_array, "directory": _bundle_directory,
+    "bad-info-fields": _bundle_bad_info_fields, "bad-time-major": _bundle_bad_time_major,
+    "bad-dim-names": _bundle_bad_dim_names,
 }
 
 for _name, _spoil in BUNDLE_CASES.items():

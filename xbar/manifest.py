@@ -47,14 +47,20 @@ class _Optional:
 # allowed; _Optional marks one that may be absent), a one-item list for a JSON array of such
 # items, or _Map(schema) for an object with free keys.
 _NUMBER = (int, float)
-_SHAPE = (list, type(None))
+_NONE = type(None)
+_SHAPE = (list, _NONE)
 _IO = {"name": str, "shape": _SHAPE, "dtype": str}
 _NODE = {"name": str, "op": str, "inputs": [str], "outputs": [str], "attrs": dict}
-_TILES = {"n_row_blocks": int, "n_col_blocks": int, "tiles_used": int, "utilisation": _NUMBER}
+_TILES = {"n_row_blocks": int, "n_col_blocks": int, "tiles_used": int, "utilisation": _NUMBER,
+          "adc_per_vector": _Optional(int), "vectors_per_sample": _Optional((int, _NONE))}
+# Dimension names: a list of names (None for a number or an unnamed one), or None.
+_DIM_NAMES = _Optional((list, _NONE))
 _RANGES = {"input": _NUMBER, "adc": str, "adc_absmax": str}
 _LAYER = {"name": str, "kind": str, "placement": str, "input": str, "output": str, "K": int, "N": int,
           "weights": int, "params": dict, "affine": {"source": str, "eps": _NUMBER}, "arrays": _Map(str),
-          "input_shape": _SHAPE, "output_shape": _SHAPE, "tiles": _Optional(_TILES), "ranges": _Optional(_RANGES)}
+          "input_shape": _SHAPE, "output_shape": _SHAPE, "tiles": _Optional(_TILES), "ranges": _Optional(_RANGES),
+          "input_dim_names": _DIM_NAMES, "output_dim_names": _DIM_NAMES,
+          "time_steps": _Optional({"size": (int, _NONE), "name": (str, _NONE)})}
 _ARRAY = {"member": str, "sha256": str, "shape": [int], "dtype": str}
 _CALIBRATION = {"method": str, "samples": int, "seed": int, "t_inference": _NUMBER, "date": str,
                 "hardware": {"device": {"model": str}}, "agreement_with_ideal_before": _NUMBER,
@@ -71,7 +77,7 @@ _MANIFEST_SCHEMA = {
                 "parameters": int},
     "arrays": _Map(_ARRAY),
     "hardware": _Optional(dict),
-    "batch": _Optional({"mode": str}),
+    "batch": _Optional({"mode": str, "time_major": _Optional({"nodes": [str], "inputs": [str], "outputs": _Map(int)})}),
     "calibration": _Optional([_CALIBRATION]),
 }
 
@@ -238,6 +244,10 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                         f"and pads >= 0; got {params}")
         if k < 1 or n < 1:
             return f"{where}: K = {k}, N = {n}; both must be at least 1"
+        for key in ("input_dim_names", "output_dim_names"):
+            names = layer.get(key)
+            if names is not None and not all(v is None or isinstance(v, str) for v in names):
+                return f"{where}: {key} holds {names!r}; names are strings or null"
         version = m["format_version"]
         packed = placement == "analog" and version >= 4 and "pack_map" in layer["arrays"]
         tile_arrays = _PACKED_ARRAYS if packed else (_TILE_ARRAY[version],)
