@@ -237,6 +237,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
 
 INFO_WIDTH = 100  # the text output fits a terminal this wide, when it is not a terminal
 INFO_WIDTHS = (80, 120)  # on a terminal, its width held to these bounds
+AUTO_TABLE_LAYERS = 30  # up to this many layers the per-layer table follows the summary by default
 
 
 def _info_width() -> int:
@@ -247,9 +248,7 @@ def _info_width() -> int:
 
     if not os.isatty(1):
         return INFO_WIDTH
-
     return max(INFO_WIDTHS[0], min(INFO_WIDTHS[1], shutil.get_terminal_size((INFO_WIDTH, 24)).columns))
-AUTO_TABLE_LAYERS = 30  # up to this many layers the per-layer table follows the summary by default
 
 
 @cli.command()
@@ -459,17 +458,17 @@ def _layer_table(m: dict[str, Any]) -> str:
     name_width = max(_NAME_WIDTHS[0], min(_NAME_WIDTHS[1], width - others()))
     for r in rows:
         r[0] = _ellipsis(r[0], name_width)
-    digital = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
+    notes = "; digital: runs off the crossbars" if any(r[4] == "digital" for r in rows) else ""
     if any(r[3].endswith(_WHOLE_SHAPE) for r in rows):
-        digital += f"; {_WHOLE_SHAPE}: the whole output shape, as no shape inference tells where in it the batch is"
+        notes += f"; {_WHOLE_SHAPE}: the whole output shape, as no shape inference tells where in it the batch is"
     if dropped:
-        digital += f"; {' and '.join(dropped)} left out at this width (a wider terminal or --json has them)"
+        notes += f"; {' and '.join(dropped)} left out at this width (a wider terminal or --json has them)"
     if any(layer["kind"] == "recurrent" for layer in m["layers"]):
-        digital += "; recurrent: one input and one output vector per time step"
+        notes += "; recurrent: one input and one output vector per time step"
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
-        digital += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
+        notes += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
                     "input vector; util of the physical tiles")
-    note = textwrap.fill(f"(out/sample: output shape without the batch dimension{digital})", width)
+    note = textwrap.fill(f"(out/sample: output shape without the batch dimension{notes})", width)
     return render(headers, rows, numeric=numeric) + "\n" + note
 
 
