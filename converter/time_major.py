@@ -38,6 +38,16 @@ def _time_and_batch(model: onnx.ModelProto, shapes: dict[str, Any]) -> list[tupl
     return found
 
 
+def _permute(vi: onnx.ValueInfoProto, perm: list[int]) -> None:
+    """Declare `vi` with its dimensions in the order `perm` (as a Transpose with it makes them)."""
+    dims = vi.type.tensor_type.shape.dim
+    old = [onnx.TensorShapeProto.Dimension() for _ in dims]
+    for copy, dim in zip(old, dims):
+        copy.CopyFrom(dim)
+    for dim, k in zip(dims, perm):
+        dim.CopyFrom(old[k])
+
+
 def _unique(name: str, taken: set[str]) -> str:
     while name in taken:
         name += "_"
@@ -75,12 +85,7 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
         perm = [1, 0] + list(range(2, rank))
         front.append(helper.make_node("Transpose", [vi.name], [inner], name=_unique(f"{vi.name}.to_time_major", taken),
                                       perm=perm))
-        dims = vi.type.tensor_type.shape.dim
-        a, b = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
-        a.CopyFrom(dims[1])
-        b.CopyFrom(dims[0])
-        dims[0].CopyFrom(a)
-        dims[1].CopyFrom(b)
+        _permute(vi, perm)
     back = []
     for vo in g.output:
         d = value_dims(vo) or []
@@ -94,12 +99,7 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
         perm = [axis] + [k for k in range(len(d)) if k != axis]
         back.append(helper.make_node("Transpose", [inner], [vo.name], name=_unique(f"{vo.name}.to_batch_first", taken),
                                      perm=perm))
-        dims = list(vo.type.tensor_type.shape.dim)
-        copies = [onnx.TensorShapeProto.Dimension() for _ in dims]
-        for c, k in zip(copies, perm):
-            c.CopyFrom(dims[k])
-        for dst, src in zip(vo.type.tensor_type.shape.dim, copies):
-            dst.CopyFrom(src)
+        _permute(vo, perm)
         moved_out[vo.name] = axis
     nodes = front + list(g.node) + back
     del g.node[:]
