@@ -18,6 +18,7 @@ import numpy as np
 from xbar.columns import ColumnMap
 from xbar.hardware import HardwareSpec
 from xbar.runtime import devices
+from xbar.runtime.parallel import map_chunks, workers
 from xbar.runtime.span_store import SpanStore
 
 
@@ -290,6 +291,47 @@ def sample_stack(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     return Sampled(w, s2, before, after)
 
 
+def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.ndarray, mapping: dict[str, Any],
+                 spec: HardwareSpec, circuit, compensate: bool) -> Sampled:
+    """`sample_stack` over the stack cut into one part per worker, run side by side.
+
+    A layer too big to be built beside others has only its circuit solve spread over the
+    workers by `effective_conductance`; its device formulas and drift-compensation probe
+    would run on one thread while the others wait. Every step works tile by tile except the
+    probe's iteration, which runs PROBE_TILES tiles together (they share its stopping
+    test), so parts start at multiples of PROBE_TILES: the result is the one call's, bit
+    for bit. The parts read views of `drawn`, which therefore stays alive until all are done
+    (one call frees it once the devices are programmed)."""
+    t = stored.shape[0]
+    per = -(-t // workers())
+    per = -(-per // PROBE_TILES) * PROBE_TILES
+    if per >= t:
+        return sample_stack(stored, drawn, rows, mapping, spec, circuit, compensate)
+    starts = list(range(0, t, per))
+    draws = [[None if a is None else a[s:s + per] for a in drawn] for s in starts]
+    drawn.clear()
+    parts: list[Sampled | None] = [None] * len(starts)
+
+    def run(j: int) -> None:
+        s = starts[j]
+        parts[j] = sample_stack(stored[s:s + per], draws[j], rows[s:s + per], mapping, spec, circuit, compensate)
+        draws[j] = []
+
+    map_chunks(run, len(starts))
+    done: list[Sampled] = parts  # type: ignore[assignment]
+    noisy = [p.s2 for p in done if p.s2 is not None]
+
+    def joined(field: str) -> np.ndarray | None:
+        got = [getattr(p, field) for p in done]
+        return None if got[0] is None else np.concatenate(got)
+
+    s2 = None
+    if noisy:  # a part whose cells all read noiselessly left s2 at None: zeros there
+        s2 = np.concatenate([p.s2 if p.s2 is not None else np.zeros(p.w.shape[:2] + (noisy[0].shape[2],), noisy[0].dtype)
+                             for p in done])
+    return Sampled(np.concatenate([p.w for p in done]), s2, joined("before"), joined("after"))
+
+
 def compensation_factors(before: np.ndarray, after: np.ndarray, read_cols: np.ndarray, mode: str, enc: str,
                          cw: int) -> np.ndarray:
     """(T, Cw) float32 drift-compensation factors from the probe currents (T, C): one ratio
@@ -365,7 +407,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
         # Only the cells the layer uses take part in the probe: rows past K are never driven
         # and padding columns have no ADC, and their devices (at G_min, where PCM drifts
         # fastest) would bias it.
-        smp = sample_stack(conductance[first[b0]:first[b1]], drawn, rows_all[bb], mapping, spec, circuit, compensate)
+        smp = sample_parts(conductance[first[b0]:first[b1]], drawn, rows_all[bb], mapping, spec, circuit, compensate)
         del drawn
         for j in range(len(bi)):
             lo = ci[j] * cw

@@ -109,3 +109,64 @@ def test_iterative_probe_declines_what_it_cannot_bound():
     g = np.full((1, 8, 8), 25e-6)
     assert probe_currents(g, np.ones((1, 8)), 0.0, 0.0, 0.0) is None  # shorted wires: exact path
     assert probe_currents(g, np.ones((1, 8)), 1.0, 0.0, 0.0, max_sweeps=1) is None
+
+
+@pytest.mark.parametrize("name", ["pcm", "frozen", "faults", "rram"])
+def test_a_layer_sampled_in_parts_is_the_reference_bit_for_bit(name, monkeypatch):
+    """A layer too big to be built beside others is sampled in one part per worker
+    (chip.sample_parts). With one probe group per tile and two workers, every layer here
+    is cut, and must still be the whole-layer reference, bit for bit."""
+    from xbar.runtime import parallel
+
+    monkeypatch.setattr(chip, "PROBE_SOLVER", "exact")
+    monkeypatch.setattr(chip, "PROBE_TILES", 1)
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    cut = []
+    stack = chip.sample_stack
+    monkeypatch.setattr(chip, "sample_stack", lambda stored, *a: cut.append(len(stored)) or stack(stored, *a))
+    rng = np.random.default_rng(4)
+    m, cfg, k, n = _grouped(rng, groups=9)
+    spec = preset("rram") if SPECS[name] is None else preset("pcm").override({"t_inference": 86400.0, **SPECS[name]})
+    chip._PROBE_CACHE.clear()
+    new = build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(0), k, n)
+    assert len(cut) == 2 and sum(cut) == int(m.tile_used.sum()), cut  # two parts, every tile once
+    ref = reference_build_tiles(m.conductance, m.tile_used, cfg.to_dict(), spec, np.random.default_rng(0), k, n)
+    for field in ("d", "var", "ref_var", "i_max"):
+        a, b = getattr(new, field), getattr(ref, field)
+        assert (a is None) == (b is None), field
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=field)
+    live = np.repeat(m.tile_used, m.table["weight_cols_per_tile"], axis=1)[:, :n]  # as above: allocated tiles
+    np.testing.assert_array_equal(new.comp[live], ref.comp[live])
+
+
+def test_parts_keep_the_iterative_probe_groups(monkeypatch):
+    """The iterative probe stops when its whole group of PROBE_TILES tiles has converged, so
+    parts start on group boundaries: the same currents as one call, bit for bit; and a part
+    whose cells all read without noise (here: no programming noise, conductance 0) gets zero
+    variance beside the others' rather than none."""
+    from xbar.hardware import ablate
+    from xbar.runtime import parallel
+
+    monkeypatch.setattr(chip, "PROBE_TILES", 2)
+    monkeypatch.setattr(parallel, "MAX_WORKERS", 2)
+    rng = np.random.default_rng(6)
+    t, r, c = 7, 16, 8
+    cfg = MappingConfig(rows=r, cols=c).to_dict()
+    stored = rng.uniform(cfg["g_min"], cfg["g_max"], (t, r, c))
+    stored[4:] = cfg["g_min"]  # the second part (tiles 4-6): nothing programmed, G = 0
+    rows = np.ones((t, r), dtype=bool)
+    quiet = ablate(preset("pcm"), only="read,drift,ir-drop").override(t_inference=3600.0)
+    for spec in (preset("pcm").override(t_inference=3600.0), quiet):
+        draws = chip.draws_of(spec, np.random.default_rng(1))((t, r, c))
+        circuit = chip.circuit_of(spec)
+        chip._PROBE_CACHE.clear()
+        one = chip.sample_stack(stored, list(draws), rows, cfg, spec, circuit, True)
+        chip._PROBE_CACHE.clear()
+        parts = chip.sample_parts(stored, list(draws), rows, cfg, spec, circuit, True)
+        for field in ("w", "s2", "before", "after"):
+            np.testing.assert_array_equal(getattr(parts, field), getattr(one, field), err_msg=field)
+    # The quiet chip's second part on its own reads without noise: s2 None there.
+    part = chip.sample_stack(stored[4:], [None if a is None else a[4:] for a in draws], rows[4:], cfg, quiet,
+                             circuit, True)
+    assert part.s2 is None and one.s2 is not None and not one.s2[4:].any()
