@@ -18,7 +18,7 @@ import numpy as np
 from xbar.columns import ColumnMap
 from xbar.hardware import HardwareSpec
 from xbar.runtime import devices
-from xbar.runtime.parallel import map_chunks, workers
+from xbar.runtime.parallel import in_worker, map_chunks, workers
 from xbar.runtime.span_store import SpanStore
 
 
@@ -301,11 +301,12 @@ def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     probe's iteration, which runs PROBE_TILES tiles together (they share its stopping
     test), so parts start at multiples of PROBE_TILES: the result is the one call's, bit
     for bit. The parts read views of `drawn`, which therefore stays alive until all are done
-    (one call frees it once the devices are programmed)."""
+    (one call frees it once the devices are programmed). On a worker thread (a layer built
+    beside others) the stack is not cut."""
     t = stored.shape[0]
     per = -(-t // workers())
     per = -(-per // PROBE_TILES) * PROBE_TILES
-    if per >= t:
+    if per >= t or in_worker():  # on a worker the parts would only run one after the other
         return sample_stack(stored, drawn, rows, mapping, spec, circuit, compensate)
     starts = list(range(0, t, per))
     draws = [[None if a is None else a[s:s + per] for a in drawn] for s in starts]
@@ -315,7 +316,6 @@ def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     def run(j: int) -> None:
         s = starts[j]
         parts[j] = sample_stack(stored[s:s + per], draws[j], rows[s:s + per], mapping, spec, circuit, compensate)
-        draws[j] = []
 
     map_chunks(run, len(starts))
     done: list[Sampled] = parts  # type: ignore[assignment]

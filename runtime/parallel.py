@@ -61,6 +61,11 @@ def _mark_worker() -> None:
     _local.worker = True
 
 
+def in_worker() -> bool:
+    """True on one of map_chunks' worker threads, where a nested map_chunks runs inline."""
+    return getattr(_local, "worker", False)
+
+
 # A forked child inherits the pool object but not its threads: work submitted there would
 # wait forever, so the child starts with no pool and makes its own on first use.
 if hasattr(os, "register_at_fork"):
@@ -85,7 +90,7 @@ def map_chunks(fn: Callable[[int], None], count: int, serial: bool = False) -> N
     this one runs inside.
     """
     n = min(workers(), count)
-    if serial or n <= 1 or getattr(_local, "worker", False):
+    if serial or n <= 1 or in_worker():
         stop = getattr(_local, "stop", None)  # the as_done call this runs in, if any
         for j in range(count):
             if stop is not None and stop.is_set():
@@ -133,7 +138,7 @@ def as_done(fn: Callable[[int], _T], costs: Sequence[float],
     Results never depend on the order: each task must draw only from its own streams.
     """
     count, n = len(costs), workers()
-    if n <= 1 or count <= 1 or getattr(_local, "worker", False):
+    if n <= 1 or count <= 1 or in_worker():
         for i in range(count):
             yield i, fn(i)
         return
