@@ -42,6 +42,7 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
     meta = session.get_inputs()[0]
     swap = bool(time_major) and meta.name in time_major["inputs"]
     out_axis = (time_major or {}).get("outputs", {}).get(session.get_outputs()[0].name)
+    given = None if x is None else tuple(x.shape)  # as the data file holds it, for the message
     if swap and x is not None:
         x = np.swapaxes(x, 0, 1)
     declared = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in meta.shape) + ")"
@@ -56,7 +57,7 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
             raise DataError(f"{data_label}: x holds {len(x)} samples, but the reference model {path} fixes its "
                             f"batch at {fixed}; give a multiple of {fixed} samples")
         if not fits:
-            raise DataError(f"{data_label}: x has shape {tuple(x.shape)}, but the reference model {path} expects "
+            raise DataError(f"{data_label}: x has shape {given}, but the reference model {path} expects "
                             f"input {meta.name!r} of shape {declared}; give the reference this bundle was "
                             "converted from, or data that fits it.")
 
