@@ -26,12 +26,10 @@ def _factors(name: str) -> list[str] | None:
     return [f.strip() for f in name.split("*")] if _PRODUCT.fullmatch(name) else None
 
 
-def _without(name: str, batch: str) -> tuple[int | None, str | None] | None:
-    """A dimension named `name` with one factor `batch` divided out: (value, name) of the
-    rest, (1, None) if nothing is left; None if `batch` is not a factor."""
-    factors = _factors(name)
-    if factors is None or batch not in factors:
-        return None
+def _without(name: str, batch: str) -> tuple[int | None, str | None]:
+    """A dimension named `name`, which has `batch` as a factor, with one such factor divided
+    out: (value, name) of the rest, (1, None) if nothing is left."""
+    factors = _factors(name) or []
     factors.remove(batch)
     numbers = [int(f) for f in factors if f.isdigit()]
     symbols = [f for f in factors if not f.isdigit()]
@@ -56,12 +54,14 @@ def per_sample(shape: Shape | None, names: Names | None, batch: dict[str, Any] |
     names = list(names or [None] * len(shape))
     batch = batch or {}
     dim = batch.get("dim")
-    if batch.get("mode") in ("symbolic", "relaxed") and dim and any(dim in (_factors(n) or []) for n in names if n):
-        hits = [(i, rest) for i, n in enumerate(names) if n and (rest := _without(n, dim)) is not None]
-        if len(hits) != 1 or (_factors(names[hits[0][0]]) or []).count(dim) != 1:
+    symbolic = batch.get("mode") in ("symbolic", "relaxed") and dim
+    hits = [i for i, n in enumerate(names) if symbolic and n and dim in (_factors(n) or [])]
+    if hits:
+        if len(hits) != 1 or _factors(names[hits[0]]).count(dim) != 1:
             return None  # the batch twice: not a per-sample quantity
-        i, (value, name) = hits[0]
-        dims, names = list(shape), names
+        i = hits[0]
+        value, name = _without(names[i], dim)
+        dims = list(shape)
         if value == 1 and name is None:
             return dims[:i] + dims[i + 1:], names[:i] + names[i + 1:]
         return dims[:i] + [value] + dims[i + 1:], names[:i] + [name] + names[i + 1:]
