@@ -18,19 +18,20 @@ import math
 import os
 import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from xbar import __version__
 from xbar.errors import BundleError
-from xbar.manifest import ARRAY_KINDS, manifest_problem, member_name, type_name
+from xbar.manifest import ARRAY_KINDS, ARRAYS_DIR, manifest_problem, member_name, type_name
 from xbar.memory import keep_freed_memory
 
 FORMAT_NAME = "xbar-bundle"
@@ -235,7 +236,7 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
             with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
                 zf.writestr(MANIFEST, manifest_bytes, compress_type=zipfile.ZIP_DEFLATED)
                 for member, data in payloads.items():
-                    zf.writestr(member, data)
+                    zf.writestr(_aligned_member(member, fh.tell(), len(data)), data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -248,6 +249,30 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
         raise
     bundle.manifest = manifest
     return path
+
+
+#: Array data starts on a 64-byte boundary in the file, so that the loader can use the arrays
+#: where it read them (np.save pads its .npy header to a multiple of 64 bytes, so aligning
+#: a member's content aligns its data). The padding is a zip extra field with the id
+#: zipalign (Android) uses for the same purpose; zip readers skip extra fields they do not
+#: know, so older xbar releases read these bundles unchanged.
+DATA_ALIGN = 64
+_ALIGN_EXTRA = struct.Struct("<3H")  # header id, data size, alignment; zero padding follows
+_ALIGN_EXTRA_ID = 0xD935
+
+
+def _aligned_member(name: str, offset: int, size: int) -> zipfile.ZipInfo:
+    """The ZipInfo writestr would make for `name`, with an extra field that puts its
+    content, whose local header starts at `offset`, on a DATA_ALIGN boundary."""
+    info = zipfile.ZipInfo(name, date_time=time.localtime(time.time())[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o600 << 16  # what writestr gives a file member
+    # zipfile adds a 20-byte zip64 field after ours to a member it deems large (this test).
+    zip64 = 20 if size * 1.05 > zipfile.ZIP64_LIMIT else 0
+    used = offset + _LOCAL_HEADER.size + len(name.encode()) + _ALIGN_EXTRA.size + zip64
+    pad = -used % DATA_ALIGN
+    info.extra = _ALIGN_EXTRA.pack(_ALIGN_EXTRA_ID, 2 + pad, DATA_ALIGN) + bytes(pad)
+    return info
 
 
 def _remove(tmp: str | None) -> None:
@@ -309,71 +334,76 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, 30 bytes
 _NPY_PREFIX = 10  # magic (6), version (2), header length (2 in version 1.0)
 
 
-def _stored_npy_data(fp: BinaryIO, info: zipfile.ZipInfo, shape: tuple[int, ...], dtype: np.dtype) -> bytes | None:
-    """Fast path for an uncompressed (stored) .npy member of the plain layout save_bundle
-    writes: its .npy header bytes (hashed with the data), with `fp` left at the start of its
-    array data, to be read straight into the array's memory (one copy, no zip CRC pass, no
-    second copy through np.load) and checked against the manifest sha256. Returns None for
-    anything else (another .npy version, Fortran order, a header that disagrees with the
-    manifest), which the general path then reads and judges."""
-    try:
-        fp.seek(info.header_offset)
-        head = fp.read(_LOCAL_HEADER.size)
-        if len(head) != _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
-            return None
-        fields = _LOCAL_HEADER.unpack(head)
-        fp.seek(fields[-2] + fields[-1], os.SEEK_CUR)  # file name, extra field
-        prefix = fp.read(_NPY_PREFIX)
-        if len(prefix) != _NPY_PREFIX or prefix[:8] != b"\x93NUMPY\x01\x00":
-            return None
-        hlen = struct.unpack("<H", prefix[8:10])[0]
-        header = fp.read(hlen)
-        if _NPY_PREFIX + hlen + math.prod(shape) * dtype.itemsize != info.file_size:
-            return None
-        if prefix + header != _npy_header(shape, dtype):
-            # Not the header np.save writes for this shape and dtype: parse it (slower).
-            import ast
+def _member_content(image: np.ndarray, info: zipfile.ZipInfo, end: int) -> int | None:
+    """Where `info`'s content starts in `image` (the file's bytes), from its local header;
+    None if there is no local header there, or the content would run past `end`."""
+    start = info.header_offset
+    if start < 0 or start + _LOCAL_HEADER.size > end:
+        return None
+    fields = _LOCAL_HEADER.unpack_from(image, start)
+    if fields[0] != b"PK\x03\x04":
+        return None
+    start += _LOCAL_HEADER.size + fields[-2] + fields[-1]  # file name, extra field
+    return start if start + info.file_size <= end else None
 
+
+def _stored_npy_data(image: np.ndarray, start: int, info: zipfile.ZipInfo, shape: tuple[int, ...],
+                     dtype: np.dtype) -> int | None:
+    """Fast path for a stored (uncompressed) .npy member, content at `start` of `image`, of
+    the plain layout save_bundle writes: where its array data starts, to be used in place.
+    None for anything else (another .npy version, Fortran order, a header that disagrees
+    with the manifest), which the general path then reads and judges."""
+    prefix = image[start:start + _NPY_PREFIX].tobytes()
+    if len(prefix) != _NPY_PREFIX or prefix[:8] != b"\x93NUMPY\x01\x00":
+        return None
+    hlen = int.from_bytes(prefix[8:10], "little")
+    data = start + _NPY_PREFIX + hlen
+    if data + math.prod(shape) * dtype.itemsize != start + info.file_size:
+        return None
+    header = image[start + _NPY_PREFIX:data].tobytes()
+    if prefix + header != _npy_header(shape, dtype):
+        # Not the header np.save writes for this shape and dtype: parse it (slower).
+        import ast
+
+        try:
             meta = ast.literal_eval(header.decode("latin1"))
             if (not isinstance(meta, dict) or meta.get("fortran_order") is not False
                     or tuple(meta.get("shape", ())) != shape or np.dtype(meta.get("descr")) != dtype):
                 return None
-        return prefix + header
-    except (OSError, ValueError, SyntaxError, TypeError, struct.error, MemoryError, RecursionError):
-        return None
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+    return data
 
 
-def _fill(path: Path, tasks: list[tuple[zipfile.ZipInfo, np.ndarray]]) -> list[str | None]:
-    """Read stored members of `path` straight into their arrays (see _stored_npy_data) and
-    return the sha256 of each one's header + data, or None where the fast path declines or
-    cannot read (the file ended early, or cannot be opened again), for the general path to
-    read and judge. Runs on worker threads (file reads and hashlib release the GIL), each
-    with a file object of its own."""
+def _read_and_hash(fd: int, image: np.ndarray, lo: int, hi: int,
+                   infos: list[zipfile.ZipInfo]) -> list[tuple[int, str] | None]:
+    """Read bytes [lo, hi) of the open file `fd` into the same bytes of `image`, then give
+    each member of `infos` (their local headers lie in that range) as its content start and
+    sha256; None for a member the range does not hold whole, or for all of them if the file
+    ends early or cannot be read (the general path then reads and judges them). Positioned
+    reads leave the descriptor's offset to zipfile, and read the very file zipfile opened
+    (not whatever the path names by now); file reads and hashlib release the GIL."""
+    view = memoryview(image)[lo:hi]
+    got = 0
     try:
-        f = open(path, "rb")
-    except OSError:  # gone or unreadable since it was opened: the general path reads what it can
-        return [None] * len(tasks)
-    digests: list[str | None] = []
-    with f:
-        for info, arr in tasks:
-            header = _stored_npy_data(f, info, arr.shape, arr.dtype)
-            buf = memoryview(arr.reshape(-1).view(np.uint8))
-            got = 0 if header is not None else -1
-            try:
-                while 0 <= got < len(buf):
-                    n = f.readinto(buf[got:])
-                    if not n:
-                        break
-                    got += n
-            except OSError:
-                got = -1
-            if got < len(buf):
-                digests.append(None)
-                continue
-            h = hashlib.sha256(header)
-            h.update(buf)  # hashlib releases the GIL on large buffers
-            digests.append(h.hexdigest())
-    return digests
+        while got < len(view):
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [view[got:]], lo + got)
+            else:  # pragma: no cover - Windows: one more copy
+                chunk = os.pread(fd, min(len(view) - got, 1 << 24), lo + got)
+                n = len(chunk)
+                view[got:got + n] = chunk
+            if n <= 0:
+                return [None] * len(infos)
+            got += n
+    except OSError:
+        return [None] * len(infos)
+    out: list[tuple[int, str] | None] = []
+    for info in infos:
+        start = _member_content(image, info, hi)
+        out.append(None if start is None else
+                   (start, hashlib.sha256(image[start:start + info.file_size]).hexdigest()))
+    return out
 
 
 @functools.lru_cache(maxsize=1024)  # many members share a shape (per-layer vectors, tiles)
@@ -386,7 +416,7 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return buf.getvalue()
 
 
-# Bytes of fast-path members hashed per hand-off to a worker thread.
+# Bytes of the archive read and hashed per hand-off to a worker thread.
 _BATCH_BYTES = 1 << 20
 
 
@@ -442,28 +472,44 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         return _load(zf, path)
 
 
-_ARENA_ALIGN = 64  # bytes: every array starts on a cache line
+def _start_reading(zf: zipfile.ZipFile, pool: ThreadPoolExecutor) -> tuple[np.ndarray | None, list]:
+    """Read the archive into one buffer and hash its stored array members on `pool`, while
+    the caller parses and checks the manifest: neither needs the other until the arrays
+    are made. Returns the buffer and the pieces read, each as (names of the members in it,
+    future of their _read_and_hash results); no buffer if the archive is mostly not stored
+    arrays (a tampered one padded with junk is then not read whole into memory).
 
-
-def _arena(sizes: list[int], limit: int) -> tuple[np.ndarray | None, list[int]]:
-    """One uint8 buffer for arrays of `sizes` bytes and each one's offset in it, or None if
-    they add up to more than `limit` (the archive's size: stored data cannot exceed it, so
-    only a corrupt archive asks for more, and its members then fail their own checks).
-
-    Read into arrays of their own, a bundle's hundreds of per-layer arrays each take fresh
-    4 KiB pages from the kernel, one page fault apiece (about half of loading a 50 MB bundle
-    on a VM). One buffer of the total size is a single allocation, which NumPy asks the
-    kernel to back with 2 MiB pages. The arrays are views of it, so it lives as long as any
-    of them does."""
-    offsets, total = [], 0
-    for nbytes in sizes:
-        offsets.append(total)
-        total += -(-nbytes // _ARENA_ALIGN) * _ARENA_ALIGN
-    if total > limit:
-        return None, offsets
-    raw = np.empty(total + _ARENA_ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % _ARENA_ALIGN
-    return raw[skip:skip + total], offsets
+    save_bundle puts every array's data on a 64-byte boundary of the file (_aligned_member),
+    so in this buffer, itself 64-byte aligned, the arrays are used where they were read: one
+    allocation for all of them instead of hundreds (each fresh 4 KiB page costs a fault on
+    first touch, about half of loading a 50 MB bundle on a VM), and no second copy."""
+    infos = sorted(zf.infolist(), key=lambda info: info.header_offset)
+    wanted = [info.compress_type == zipfile.ZIP_STORED and info.filename.startswith(ARRAYS_DIR) for info in infos]
+    size = os.fstat(zf.fp.fileno()).st_size
+    if not any(wanted) or size > 2 * sum(i.compress_size for i, w in zip(infos, wanted) if w) + (1 << 20):
+        return None, []
+    raw = np.empty(size + DATA_ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % DATA_ALIGN
+    image = raw[skip:skip + size]
+    # Pieces of >= _BATCH_BYTES that start and end on members' local headers: hundreds of
+    # per-layer vectors do not cost a hand-off each, and a piece is hashed right after it is
+    # read. The largest go first, so that no thread is left with a large one at the end.
+    pieces: list[tuple[int, int, list[zipfile.ZipInfo]]] = []
+    first = 0
+    while first < len(infos):
+        last = first + 1
+        while last < len(infos) and infos[last].header_offset - infos[first].header_offset < _BATCH_BYTES:
+            last += 1
+        # Offsets come from the archive's directory; a lying one reads nothing, or less, and
+        # its members then fail their own checks on the general path.
+        lo = min(max(infos[first].header_offset, 0), size)
+        hi = min(max(infos[last].header_offset if last < len(infos) else size, lo), size)
+        pieces.append((lo, hi, [i for i, w in zip(infos[first:last], wanted[first:last]) if w]))
+        first = last
+    pieces.sort(key=lambda piece: piece[0] - piece[1])
+    fd = zf.fp.fileno()
+    return image, [([info.filename for info in part], pool.submit(_read_and_hash, fd, image, lo, hi, part))
+                   for lo, hi, part in pieces]
 
 
 def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
@@ -476,6 +522,17 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
                           "tampered with, so it is not read")
     if MANIFEST not in names:
         raise BundleError(f"{path} has no {MANIFEST}; it is not an xbar bundle")
+    keep_freed_memory()  # before this loader's threads take malloc arenas of their own
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    try:
+        image, batches = _start_reading(zf, pool)
+        manifest = _checked_manifest(zf, path)
+        return Bundle(manifest=manifest, arrays=_arrays(zf, path, manifest, image, batches))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _checked_manifest(zf: zipfile.ZipFile, path: Path) -> dict:
     info = _member_info(zf, MANIFEST, path, 0, MAX_MANIFEST_BYTES,
                         f"a manifest is at most {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
@@ -500,7 +557,14 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
     if problem:
         raise BundleError(f"{path}: {problem}; the bundle is corrupt or was edited by hand "
                           "(re-create it with `xbar convert`)")
-    members = []  # every member's declared size is checked before any memory is taken
+    return manifest
+
+
+def _arrays(zf: zipfile.ZipFile, path: Path, manifest: dict, image: np.ndarray | None,
+            batches: list[tuple[list[str], Future]]) -> dict[str, np.ndarray]:
+    """The manifest's arrays: stored members as views of `image` where _start_reading
+    hashed them, anything else through the general path, all checked against the manifest."""
+    members = []  # every member's declared size is checked before any member is used
     dtypes: dict[str, np.dtype] = {}  # a few dtypes name hundreds of arrays
     for key, entry in manifest["arrays"].items():
         shape, member = tuple(entry["shape"]), entry["member"]
@@ -511,44 +575,27 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Bundle:
                                 f"its manifest shape {shape} and dtype {dtype} imply {nbytes:,} bytes of data "
                                 f"plus an .npy header of {NPY_HEADER_MIN} to {NPY_HEADER_SLACK} bytes")
         members.append((key, entry["sha256"], shape, dtype, member, info))
-    keep_freed_memory()  # before this loader's threads take malloc arenas of their own
-    # Only stored members can be read in place; a deflated one has a slot of 0 bytes.
-    slots = [math.prod(m[2]) * m[3].itemsize if m[5].compress_type == zipfile.ZIP_STORED else 0 for m in members]
-    arena, offsets = _arena(slots, os.fstat(zf.fp.fileno()).st_size)
+    hashed: dict[str, tuple[int, str] | None] = {}
+    for names, batch in batches:
+        hashed.update(zip(names, batch.result()))
     arrays: dict[str, np.ndarray] = {}
-    stored: list[tuple[str, zipfile.ZipInfo, np.ndarray]] = []  # (key, member info, its array)
-    for (key, sha256, shape, dtype, member, info), start, size in zip(members, offsets, slots):
-        if info.compress_type != zipfile.ZIP_STORED:
-            arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
-            continue
-        arr = (np.empty(shape, dtype) if arena is None or not size
-               else arena[start:start + size].view(dtype).reshape(shape))
-        arrays[key] = arr
-        stored.append((key, info, arr))
-    # Stored members are read and hashed on worker threads, one per core: the largest first,
-    # so that no thread is left with a large one at the end, and the small ones in batches of
-    # >= _BATCH_BYTES so that hundreds of per-layer vectors do not cost a hand-off each.
-    stored.sort(key=lambda item: -item[2].nbytes)
-    batches: list[tuple[list[str], Future]] = []  # (keys, future of their digests)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        first = 0
-        while first < len(stored):
-            last, size = first, 0
-            while last < len(stored) and size < _BATCH_BYTES:
-                size += stored[last][2].nbytes
-                last += 1
-            part = stored[first:last]
-            batches.append(([key for key, _, _ in part], pool.submit(_fill, path, [(i, a) for _, i, a in part])))
-            first = last
-        digests = {key: d for keys, future in batches for key, d in zip(keys, future.result())}
-    # Checksums are compared once all is read, in the manifest's order (the first bad member
-    # is the one named, whatever order the threads read them in).
+    in_image: list[str] = []
+    in_place = True  # every array's data on a DATA_ALIGN boundary of the image
+    # In the manifest's order, so that the first bad member is the one named.
     for key, sha256, shape, dtype, member, info in members:
-        if key not in digests:  # read by the general path above
-            continue
-        if digests[key] is None:  # declined by the fast path, or the file ended early
-            arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
-        elif digests[key] != sha256:
+        got = hashed.get(member) if info.compress_type == zipfile.ZIP_STORED else None
+        if got is not None and got[1] != sha256:
             raise BundleError(f"{path}: checksum mismatch for {member}; the bundle is corrupt or was modified")
-    return Bundle(manifest=manifest, arrays=arrays)
-
+        data = None if got is None else _stored_npy_data(image, got[0], info, shape, dtype)
+        if data is None:  # not hashed in the image, or declined by the fast path
+            arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
+            continue
+        arrays[key] = image[data:data + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+        in_image.append(key)
+        in_place &= data % DATA_ALIGN == 0
+    if not in_place:
+        # A bundle written before its data was aligned: its arrays are copied out, all of
+        # them, so that the image is freed rather than held by a few aligned by chance.
+        for key in in_image:
+            arrays[key] = arrays[key].copy()
+    return arrays

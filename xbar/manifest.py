@@ -23,9 +23,12 @@ from xbar.ops import LAYER_OP, RECURRENT_OP
 ARRAY_KINDS = "biufcSU"
 
 
+ARRAYS_DIR = "arrays/"  # the archive folder holding every array member
+
+
 def member_name(key: str) -> str:
     """The archive member that holds array `key`."""
-    return f"arrays/{key}.npy"
+    return f"{ARRAYS_DIR}{key}.npy"
 
 
 class _Map:
