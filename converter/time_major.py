@@ -4,12 +4,17 @@ ONNX recurrent nodes read [seq, batch, features] by default (layout 0; torch's
 batch_first=False), and a graph input that feeds one, directly or through ops such as an
 embedding's Gather, then holds time on axis 0. Data files hold one sample per index of
 axis 0, and eval, calibrate and --calib-data cut them into batches along it, which would
-cut the sequences apart. Where the shapes name both axes (`seq`, `batch`), the bundle takes
-such an input batch-first instead: a Transpose at the start of the graph swaps the first
+cut the sequences apart. Where both axes can be followed from the graph input to the
+recurrent node, the bundle takes such an input batch-first instead: a Transpose at the start of the graph swaps the first
 two axes back for the nodes that read it, and an output that carries the batch on another
 axis is transposed to lead with it. The network computes exactly what it did; only the
 layout of those inputs and outputs at the bundle's boundary changes, and the manifest's
 batch record says which.
+
+The axes are followed by the names of their dimensions through shape inference. A graph
+input whose dynamic axes have no names (exported without names for them) gets provisional
+ones for that inference only: the recurrent node's layout then says which of them is the
+batch. Fixed sizes cannot be followed (a 5 is any 5) and are left alone.
 """
 
 from __future__ import annotations
@@ -17,21 +22,48 @@ from __future__ import annotations
 from typing import Any
 
 import onnx
-from onnx import helper
+from onnx import helper, shape_inference
 
 from xbar.converter.batch import graph_inputs, value_dims, value_shapes
+from xbar.converter.load import skeleton
 from xbar.ops import RECURRENT_OPS
 
 
-def _time_and_batch(model: onnx.ModelProto, shapes: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(node, time dim name, batch dim name) of every layout-0 recurrent node whose input
-    shape names both axes."""
+def _time_major_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The recurrent nodes that read [seq, batch, features] (layout 0, the default)."""
+    return [node for node in model.graph.node
+            if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx")
+            and not any(a.name == "layout" and a.i for a in node.attribute)]
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, Any]:
+    """Every value's dimensions, with the graph inputs' unnamed dynamic dimensions given
+    names of their own (on a weightless copy, inferred again) so that they can be followed."""
+    shapes = value_shapes(model)
+    unnamed = [(vi.name, k) for vi in graph_inputs(model) for k, d in enumerate(value_dims(vi) or []) if d is None]
+    if not unnamed:
+        return shapes
+    sk = onnx.ModelProto()
+    sk.CopyFrom(skeleton(model))
+    used = {d.dim_param for vi in list(sk.graph.input) + list(sk.graph.output) + list(sk.graph.value_info)
+            for d in vi.type.tensor_type.shape.dim if d.dim_param}
+    declared = {vi.name: vi for vi in sk.graph.input}
+    for name, k in unnamed:
+        declared[name].type.tensor_type.shape.dim[k].dim_param = _unique(f"{name}.axis{k}", used)
+    del sk.graph.value_info[:]
+    for vo in sk.graph.output:  # as loaded they hold inference's own names (unk__…) for these axes
+        vo.type.tensor_type.ClearField("shape")
+    try:
+        return value_shapes(shape_inference.infer_shapes(sk, data_prop=True))
+    except Exception:  # inference already passed on the model as loaded; without names, as before
+        return shapes
+
+
+def _time_and_batch(nodes: list[onnx.NodeProto], shapes: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(node, time dim name, batch dim name) of every one of `nodes` whose input shape names
+    both axes."""
     found = []
-    for node in model.graph.node:
-        if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
-            continue
-        if any(a.name == "layout" and a.i for a in node.attribute):
-            continue
+    for node in nodes:
         dims = shapes.get(node.input[0]) or []
         if len(dims) == 3 and all(isinstance(d, str) for d in dims[:2]) and dims[0] != dims[1]:
             found.append((node.name, dims[0], dims[1]))
@@ -60,13 +92,16 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     moved: {"nodes": recurrent nodes, "inputs": inputs whose axes 0 and 1 were swapped,
     "outputs": {output: the axis its batch came from}}; the model itself and None if
     nothing is."""
-    shapes = value_shapes(model)
-    recurrent = _time_and_batch(model, shapes)
+    nodes = _time_major_nodes(model)
+    if not nodes:
+        return model, None
+    shapes = _shapes(model)
+    recurrent = _time_and_batch(nodes, shapes)
     if not recurrent:
         return model, None
     pairs = {(t, b) for _, t, b in recurrent}
     moved_in = [vi.name for vi in graph_inputs(model)
-                if len(d := value_dims(vi) or []) >= 2 and (d[0], d[1]) in pairs]
+                if len(d := shapes.get(vi.name) or []) >= 2 and (d[0], d[1]) in pairs]
     if not moved_in:
         return model, None
     batch_names = {b for t, b in pairs}
@@ -88,7 +123,7 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
         _permute(vi, perm)
     back = []
     for vo in g.output:
-        d = value_dims(vo) or []
+        d = shapes.get(vo.name) or value_dims(vo) or []
         axis = next((k for k, x in enumerate(d) if x in batch_names), None)
         if not axis:  # None (no batch named) or 0 (already leading)
             continue

@@ -32,12 +32,17 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
     for sl in chunks:
         out = np.asarray(fn(x[sl]))
         n = sl.stop - sl.start
-        if out.ndim == 0 or out.shape[0] != n and not (getattr(fn, "fixed_batch", None) and out.shape[0] * fn.fixed_batch == n):
+        # A fixed-batch graph whose output does not declare that batch returns one part per
+        # chunk of `fixed` samples, stacked: rows per sample only if each part holds `fixed`.
+        fixed = getattr(fn, "fixed_batch", None)
+        stacked = bool(fixed) and out.ndim >= 2 and out.shape[0] * fixed == n and out.shape[1] == fixed
+        if out.ndim == 0 or out.shape[0] != n and not stacked:
             raise DataError(
                 f"the model's first output has shape {list(out.shape)} for a batch of {n} samples: it does not "
                 "hold one row per sample along axis 0 (the axis data files are batched along), so it cannot be "
-                "scored per sample. A recurrent model read time-major needs its sequence and batch axes named "
-                "(torch: dynamic_axes={'x': {0: 'seq', 1: 'batch'}}) or batch_first=True.")
+                "scored per sample. A recurrent model read time-major with fixed sequence and batch sizes needs "
+                "them exported as dynamic axes (torch: dynamic_axes={'x': {0: 'seq', 1: 'batch'}}), or "
+                "batch_first=True.")
         parts.append(out)
     return np.concatenate(parts, axis=0)
 

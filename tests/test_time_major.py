@@ -111,9 +111,9 @@ def test_eval_and_calibrate_run_samples_first_data_with_the_reference(tmp_path):
     assert "tokens batch×seq -> logits batch×3" in info, info
 
 
-def test_unnamed_axes_are_left_alone():
-    """Without names for both axes xbar cannot tell time from batch along a path of ops:
-    nothing is moved (and a direct read is refused for data files, as before)."""
+def test_fixed_sizes_are_left_alone():
+    """Fixed sizes cannot be followed through the graph (a 5 is any 5): nothing is moved
+    (and a direct read is refused for data files, as before)."""
     model = _model(embed=False, classifier=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[0].dim_value, dims[1].dim_value = T, B
@@ -121,23 +121,74 @@ def test_unnamed_axes_are_left_alone():
     assert "time_major" not in bundle.manifest["batch"]
 
 
-def test_an_output_without_a_row_per_sample_is_an_error_not_a_traceback(tmp_path):
-    """Unnamed axes through an embedding: nothing tells time from batch, so nothing is
-    moved, and eval's batches of samples reach the graph as [time, batch]. The output then
-    has no row per sample; eval says so instead of failing inside the scoring."""
-    model = _model(embed=True, classifier=True)
-    for value in (model.graph.input[0], model.graph.output[0]):
-        value.type.tensor_type.shape.dim[0].Clear()
-    model.graph.input[0].type.tensor_type.shape.dim[1].Clear()
+def _unnamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every dynamic axis of its inputs and outputs left unnamed, as an export
+    without names for them leaves it."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.Clear()
+    return model
+
+
+@pytest.mark.parametrize("embed", [False, True], ids=["direct", "through-embedding"])
+def test_unnamed_dynamic_axes_are_followed_by_provisional_names(embed):
+    """Unnamed dynamic axes get names for shape inference only: the recurrent node's layout
+    says which one is the batch, and the input and outputs are moved as with named axes.
+    The bundle declares them unnamed, as the source did."""
+    model = _unnamed(_model(embed, classifier=False))
+    name = "tokens" if embed else "x"
+    bundle = convert(model, crossbar=(8, 8))
+    assert bundle.manifest["batch"]["time_major"] == {"nodes": ["rec"], "inputs": [name], "outputs": {"Y": 2, "Y_h": 1}}
+    io = {i["name"]: i for i in bundle.graph["inputs"]}
+    assert not any(io[name].get("dim_names") or [])
+    x = _samples(embed, B)
+    y, y_h = _ort(model, name, x)
+    got = Runtime(bundle).run({name: x})
+    assert close(got["Y"], np.moveaxis(y, 2, 0)) and close(got["Y_h"], np.moveaxis(y_h, 1, 0))
+
+
+def test_unnamed_axes_through_an_embedding_evaluate_per_sample(tmp_path):
+    """The case that was scored wrongly before: with the sequence length equal to the batch
+    size nothing in the shapes told time from batch, and eval's batches of samples reached
+    the graph as [time, batch] without an error."""
+    model = _unnamed(_model(embed=True, classifier=True))
     src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
     onnx.save(model, src)
-    x = _samples(True, 40)
+    x = _samples(True, 4 * T)
     np.savez(data, x=x, y=_ort(model, "tokens", x)[0].argmax(1))
+    run = CliRunner()
+    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"]).exit_code == 0
+    r = run.invoke(cli, ["eval", str(bundle), "--data", str(data), "--reference", str(src), "--batch-size", str(T),
+                         "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["ideal_accuracy"] == 1.0 and res["reference"]["agreement"] == 1.0, res
+    # Shape inference's own names (unk__3) name nothing the user wrote; info does not show them.
+    info = " ".join(run.invoke(cli, ["info", str(bundle)], catch_exceptions=False).output.split())
+    assert "tokens N×? -> logits N×3" in info and "×T ADC conversions per sample" in info, info
+    assert "unk__" not in info, info
+
+
+def test_an_output_without_a_row_per_sample_is_an_error_not_a_traceback(tmp_path):
+    """Fixed sizes through an embedding: nothing tells time from batch, so nothing is moved,
+    and eval's batches of samples reach the graph as [time, batch]. The output then has no
+    row per sample; eval says so instead of failing inside the scoring."""
+    model = _model(embed=True, classifier=True)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value, dims[1].dim_value = T, B
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = B
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    x = _samples(True, 5 * T)[:, :B]
+    np.savez(data, x=x, y=np.zeros(len(x), np.int64))
     run = CliRunner()
     assert run.invoke(cli, ["convert", str(src), "-o", str(bundle)]).exit_code == 0
     r = run.invoke(cli, ["eval", str(bundle), "--data", str(data)], catch_exceptions=False)
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-    assert f"has shape [{T}, {C}] for a batch of 40 samples" in r.output and "dynamic_axes" in r.output, r.output
+    # One [B, C] part per chunk of T samples, stacked: B rows for T samples, not one per sample.
+    assert f"has shape [{len(x) // T}, {B}, {C}] for a batch of {len(x)} samples" in " ".join(r.output.split()), r.output
+    assert "dynamic axes" in r.output, r.output
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)])

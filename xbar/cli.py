@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -137,6 +138,12 @@ _ONLY_HELP = f"Keep only these non-idealities ({_NAMES}); repeat the option or g
 _WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option or give a comma list."
 
 
+def _shown_name(name: str | None) -> str | None:
+    """A dimension's name as worth showing: None for ONNX shape inference's own `unk__7`,
+    which names nothing the user wrote."""
+    return None if name is None or re.fullmatch(r"unk__\d+", name) else name
+
+
 def _shape(shape: list[int | None] | None, names: list[str | None] | None = None) -> str:
     """batch×3×224×224: symbolic dims by their names; an unnamed one is N if leading, else ?."""
     if shape is None:
@@ -144,7 +151,7 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
     if not shape:
         return "scalar"
     names = names or [None] * len(shape)
-    return "×".join(str(d) if d is not None else (n or ("N" if k == 0 else "?"))
+    return "×".join(str(d) if d is not None else (_shown_name(n) or ("N" if k == 0 else "?"))
                     for k, (d, n) in enumerate(zip(shape, names)))
 
 
@@ -521,7 +528,7 @@ def _steps_text(layer: dict[str, Any]) -> str | None:
         return None
     steps = layer.get("time_steps") or {}
     size = steps.get("size") or (layer.get("tiles") or {}).get("vectors_per_sample")
-    return str(size) if size else steps.get("name") or "T"
+    return str(size) if size else _shown_name(steps.get("name")) or "T"
 
 
 def _adc_total_text(m: dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ def check_sample_axis(graph: dict[str, Any], label: str) -> None:
             f"{label}: recurrent node {node!r} reads graph input {x!r} time-major "
             "([sequence, batch, features], ONNX layout 0), but data files hold one sample per index of "
             "axis 0 and are batched along it, which would cut the sequences apart. Export it with both "
-            "axes named (torch: dynamic_axes={'" + x + "': {0: 'seq', 1: 'batch'}}), and xbar takes the input "
+            "axes dynamic (torch: dynamic_axes={'" + x + "': {0: 'seq', 1: 'batch'}}), and xbar takes the input "
             "batch-first; or re-export it batch-first (torch: batch_first=True), or run it through the Python "
             "API on whole arrays.")
 
