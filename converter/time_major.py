@@ -5,9 +5,9 @@ batch_first=False), and a graph input that feeds one, directly or through ops su
 embedding's Gather, then holds time on axis 0. Data files hold one sample per index of
 axis 0, and eval, calibrate and --calib-data cut them into batches along it, which would
 cut the sequences apart. Where both axes can be followed from the graph input to the
-recurrent node, the bundle takes such an input batch-first instead: a Transpose at the start of the graph swaps the first
-two axes back for the nodes that read it, and an output that carries the batch on another
-axis is transposed to lead with it. The network computes exactly what it did; only the
+recurrent node, the bundle takes such an input batch-first instead: a Transpose at the
+start of the graph swaps the first two axes back for the nodes that read it, and an output
+that carries the batch on another axis is transposed to lead with it. The network computes exactly what it did; only the
 layout of those inputs and outputs at the bundle's boundary changes, and the manifest's
 batch record says which.
 
