@@ -355,35 +355,10 @@ def test_unaligned_bundle_is_copied_out_and_equal(bundle, tmp_path):
         assert got.base is None or got.nbytes == 0
 
 
-def test_archive_mostly_not_arrays_is_not_read_whole(bundle, tmp_path, monkeypatch):
-    """An archive padded with junk far beyond its members (here 3 MB prepended, which
-    zipfile accepts) is not read into memory whole: every member goes the general path,
-    and still loads equal."""
+def _loads_through_zipfile_only(path, bundle, monkeypatch):
+    """`path` loads equal to `bundle` with every array read by the general path (zipfile)."""
     import xbar.bundle as bundle_module
 
-    good = save_bundle(bundle, tmp_path / "a.xbar")
-    padded = tmp_path / "padded.xbar"
-    padded.write_bytes(bytes(3 << 20) + good.read_bytes())
-    general = []
-    real = bundle_module._read_general_npy
-    monkeypatch.setattr(bundle_module, "_read_general_npy", lambda *a: general.append(1) or real(*a))
-    back = load_bundle(padded)
-    assert len(general) == len(bundle.arrays)
-    for key, arr in bundle.arrays.items():
-        np.testing.assert_array_equal(back.arrays[key], arr)
-
-
-def test_failed_reads_fall_back_to_the_general_path(bundle, tmp_path, monkeypatch):
-    """If the worker threads cannot read the file (an I/O error, or it ends early), every
-    array is read and checked through zipfile instead; nothing is lost or half-read."""
-    import xbar.bundle as bundle_module
-
-    path = save_bundle(bundle, tmp_path / "a.xbar")
-
-    def failing(*a, **k):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(bundle_module.os, "preadv", failing)
     general = []
     real = bundle_module._read_general_npy
     monkeypatch.setattr(bundle_module, "_read_general_npy", lambda *a: general.append(1) or real(*a))
@@ -391,3 +366,25 @@ def test_failed_reads_fall_back_to_the_general_path(bundle, tmp_path, monkeypatc
     assert len(general) == len(bundle.arrays)
     for key, arr in bundle.arrays.items():
         np.testing.assert_array_equal(back.arrays[key], arr)
+
+
+def test_archive_mostly_not_arrays_is_not_read_whole(bundle, tmp_path, monkeypatch):
+    """An archive padded with junk far beyond its members (here 3 MB prepended, which
+    zipfile accepts) is not read into memory whole: every member goes the general path,
+    and still loads equal."""
+    good = save_bundle(bundle, tmp_path / "a.xbar")
+    padded = tmp_path / "padded.xbar"
+    padded.write_bytes(bytes(3 << 20) + good.read_bytes())
+    _loads_through_zipfile_only(padded, bundle, monkeypatch)
+
+
+def test_failed_reads_fall_back_to_the_general_path(bundle, tmp_path, monkeypatch):
+    """If the worker threads cannot read the file (an I/O error, or it ends early), every
+    array is read and checked through zipfile instead; nothing is lost or half-read."""
+    import xbar.bundle as bundle_module
+
+    def failing(*a, **k):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(bundle_module.os, "preadv", failing)
+    _loads_through_zipfile_only(save_bundle(bundle, tmp_path / "a.xbar"), bundle, monkeypatch)
