@@ -340,13 +340,26 @@ def test_saved_array_data_starts_on_64_byte_boundaries_and_loads_in_place(bundle
         np.testing.assert_array_equal(back.arrays[key], arr)
 
 
-def test_unaligned_bundle_is_copied_out_and_equal(bundle, tmp_path):
-    """A bundle whose array data is not aligned (as written before the padding, or by any
-    zip tool) loads equal, every array copied out on its own, aligned memory."""
+def test_unaligned_bundle_is_read_through_zipfile(bundle, tmp_path, monkeypatch):
+    """A bundle whose array data is not aligned (written before the padding, or by any zip
+    tool) loads equal through zipfile, member by member: using it in place would need a
+    second copy of every array, twice the memory."""
     good = save_bundle(bundle, tmp_path / "a.xbar")
     plain = tmp_path / "plain.xbar"
     _rewrite(good, plain, lambda name, raw: raw)  # zipfile's writestr: no padding
     assert any(off % 64 for off in _data_offsets(plain).values())
+    _loads_through_zipfile_only(plain, bundle, monkeypatch)
+
+
+def test_unaligned_data_past_the_first_members_is_copied_out(bundle, tmp_path, monkeypatch):
+    """Only the first members' alignment is looked at before reading; where a later one
+    turns out unaligned, every array is copied out of the buffer (so that it is freed),
+    each on aligned memory of its own, and equal."""
+    import xbar.bundle as bundle_module
+
+    plain = tmp_path / "plain.xbar"
+    _rewrite(save_bundle(bundle, tmp_path / "a.xbar"), plain, lambda name, raw: raw)
+    monkeypatch.setattr(bundle_module, "_data_aligned", lambda fd, infos: True)
     back = load_bundle(plain)
     for key, arr in bundle.arrays.items():
         got = back.arrays[key]
@@ -388,3 +401,50 @@ def test_failed_reads_fall_back_to_the_general_path(bundle, tmp_path, monkeypatc
 
     monkeypatch.setattr(bundle_module.os, "preadv", failing)
     _loads_through_zipfile_only(save_bundle(bundle, tmp_path / "a.xbar"), bundle, monkeypatch)
+
+
+def test_no_positioned_reads_means_zipfile(bundle, tmp_path, monkeypatch):
+    """Where the system has no os.preadv (Windows), bundles load through zipfile."""
+    import xbar.bundle as bundle_module
+
+    monkeypatch.delattr(bundle_module.os, "preadv")
+    _loads_through_zipfile_only(save_bundle(bundle, tmp_path / "a.xbar"), bundle, monkeypatch)
+
+
+def test_directory_entries_sharing_a_member_are_not_hashed_again(bundle, tmp_path, monkeypatch):
+    """Extra directory entries that all point at the largest member's bytes (names of their
+    own, so zipfile itself never opens them) are not hashed again and again: every byte of
+    the file is hashed at most once, and the bundle still loads equal."""
+    import hashlib
+    import struct
+
+    import xbar.bundle as bundle_module
+
+    path = save_bundle(bundle, tmp_path / "a.xbar")
+    decoys = [f"arrays/decoy{k}.npy" for k in range(8)]
+    with zipfile.ZipFile(path, "a") as zf:
+        for name in decoys:
+            zf.writestr(name, b"x")
+        target = max(zf.infolist(), key=lambda info: info.file_size)
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(b"PK\x01\x02")
+    while pos != -1:  # central directory records: sizes at 20, name length at 28, offset at 42
+        n, e, c = struct.unpack_from("<3H", raw, pos + 28)
+        if raw[pos + 46:pos + 46 + n].decode() in decoys:
+            struct.pack_into("<2L", raw, pos + 20, target.compress_size, target.file_size)
+            struct.pack_into("<L", raw, pos + 42, target.header_offset)
+        pos = raw.find(b"PK\x01\x02", pos + 46 + n + e + c)
+    path.write_bytes(raw)
+    hashed = []
+
+    class Counting:
+        @staticmethod
+        def sha256(data=b""):
+            hashed.append(memoryview(data).nbytes)
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(bundle_module, "hashlib", Counting)
+    back = load_bundle(path)
+    assert sum(hashed) <= len(raw), (sum(hashed), len(raw))
+    for key, arr in bundle.arrays.items():
+        np.testing.assert_array_equal(back.arrays[key], arr)

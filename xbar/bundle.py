@@ -326,7 +326,8 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
     try:
         return zf.read(info)
     except _READ_ERRORS as exc:
-        raise BundleError(f"{path}: member {info.filename} is corrupt ({exc}); re-create the bundle "
+        why = str(exc) or ("it ends early" if isinstance(exc, EOFError) else type(exc).__name__)
+        raise BundleError(f"{path}: member {info.filename} is corrupt ({why}); re-create the bundle "
                           "with `xbar convert`") from None
 
 
@@ -336,15 +337,22 @@ _NPY_PREFIX = 10  # magic (6), version (2), header length (2 in version 1.0)
 
 def _member_content(image: np.ndarray, info: zipfile.ZipInfo, end: int) -> int | None:
     """Where `info`'s content starts in `image` (the file's bytes), from its local header;
-    None if there is no local header there, or the content would run past `end`."""
+    None unless that header is there and names the member (as zipfile demands on opening
+    one) and the content ends by `end` (the next member's header): a crafted directory
+    whose entries share or nest in one member's bytes then has each byte hashed once."""
     start = info.header_offset
     if start < 0 or start + _LOCAL_HEADER.size > end:
         return None
     fields = _LOCAL_HEADER.unpack_from(image, start)
-    if fields[0] != b"PK\x03\x04":
+    name_start = start + _LOCAL_HEADER.size
+    start = name_start + fields[-2] + fields[-1]  # file name, extra field
+    if fields[0] != b"PK\x03\x04" or start + info.file_size > end:
         return None
-    start += _LOCAL_HEADER.size + fields[-2] + fields[-1]  # file name, extra field
-    return start if start + info.file_size <= end else None
+    try:
+        name = image[name_start:name_start + fields[-2]].tobytes().decode("utf-8" if fields[3] & 0x800 else "cp437")
+    except UnicodeDecodeError:
+        return None
+    return start if name == info.orig_filename else None
 
 
 def _stored_npy_data(image: np.ndarray, start: int, info: zipfile.ZipInfo, shape: tuple[int, ...],
@@ -376,31 +384,27 @@ def _stored_npy_data(image: np.ndarray, start: int, info: zipfile.ZipInfo, shape
 
 
 def _read_and_hash(fd: int, image: np.ndarray, lo: int, hi: int,
-                   infos: list[zipfile.ZipInfo]) -> list[tuple[int, str] | None]:
+                   members: list[tuple[zipfile.ZipInfo, int]]) -> list[tuple[int, str] | None]:
     """Read bytes [lo, hi) of the open file `fd` into the same bytes of `image`, then give
-    each member of `infos` (their local headers lie in that range) as its content start and
-    sha256; None for a member the range does not hold whole, or for all of them if the file
-    ends early or cannot be read (the general path then reads and judges them). Positioned
-    reads leave the descriptor's offset to zipfile, and read the very file zipfile opened
-    (not whatever the path names by now); file reads and hashlib release the GIL."""
+    each of `members` (info, where the next member's header starts; their local headers lie
+    in [lo, hi)) as its content start and sha256; None for a member not held whole before
+    that limit (see _member_content), or for all of them if the file ends early or cannot
+    be read (the general path then reads and judges them). Positioned reads leave the
+    descriptor's offset to zipfile, and read the very file zipfile opened (not whatever the
+    path names by now); file reads and hashlib release the GIL."""
     view = memoryview(image)[lo:hi]
     got = 0
     try:
         while got < len(view):
-            if hasattr(os, "preadv"):
-                n = os.preadv(fd, [view[got:]], lo + got)
-            else:  # pragma: no cover - Windows: one more copy
-                chunk = os.pread(fd, min(len(view) - got, 1 << 24), lo + got)
-                n = len(chunk)
-                view[got:got + n] = chunk
+            n = os.preadv(fd, [view[got:]], lo + got)
             if n <= 0:
-                return [None] * len(infos)
+                return [None] * len(members)
             got += n
     except OSError:
-        return [None] * len(infos)
+        return [None] * len(members)
     out: list[tuple[int, str] | None] = []
-    for info in infos:
-        start = _member_content(image, info, hi)
+    for info, limit in members:
+        start = _member_content(image, info, min(limit, hi))
         out.append(None if start is None else
                    (start, hashlib.sha256(image[start:start + info.file_size]).hexdigest()))
     return out
@@ -472,43 +476,70 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         return _load(zf, path)
 
 
-def _start_reading(zf: zipfile.ZipFile, pool: ThreadPoolExecutor) -> tuple[np.ndarray | None, list]:
+def _data_aligned(fd: int, infos: list[zipfile.ZipInfo]) -> bool:
+    """Whether the array data of the first few of `infos` starts on DATA_ALIGN boundaries of
+    the file, read from their headers: false for bundles written before save_bundle padded
+    them (and for most other zip tools' output)."""
+    try:
+        for info in infos[:3]:
+            head = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+            fields = _LOCAL_HEADER.unpack(head)
+            start = info.header_offset + _LOCAL_HEADER.size + fields[-2] + fields[-1]
+            prefix = os.pread(fd, _NPY_PREFIX, start)
+            if (len(prefix) != _NPY_PREFIX
+                    or (start + _NPY_PREFIX + int.from_bytes(prefix[8:10], "little")) % DATA_ALIGN):
+                return False
+    except (OSError, struct.error, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _start_reading(zf: zipfile.ZipFile, pool: ThreadPoolExecutor
+                   ) -> tuple[np.ndarray | None, list[tuple[list[str], Future]]]:
     """Read the archive into one buffer and hash its stored array members on `pool`, while
     the caller parses and checks the manifest: neither needs the other until the arrays
     are made. Returns the buffer and the pieces read, each as (names of the members in it,
-    future of their _read_and_hash results); no buffer if the archive is mostly not stored
-    arrays (a tampered one padded with junk is then not read whole into memory).
+    future of their _read_and_hash results).
 
     save_bundle puts every array's data on a 64-byte boundary of the file (_aligned_member),
     so in this buffer, itself 64-byte aligned, the arrays are used where they were read: one
     allocation for all of them instead of hundreds (each fresh 4 KiB page costs a fault on
-    first touch, about half of loading a 50 MB bundle on a VM), and no second copy."""
+    first touch, about half of loading a 50 MB bundle on a VM), and no second copy.
+
+    No buffer (every member then goes the general path, through zipfile) where that does not
+    hold: a bundle written before the padding (its arrays would need a second copy, twice the
+    memory), an archive that is mostly not stored arrays (a tampered one padded with junk is
+    not read whole into memory), or a system without positioned reads (Windows)."""
     infos = sorted(zf.infolist(), key=lambda info: info.header_offset)
     wanted = [info.compress_type == zipfile.ZIP_STORED and info.filename.startswith(ARRAYS_DIR) for info in infos]
     size = os.fstat(zf.fp.fileno()).st_size
-    if not any(wanted) or size > 2 * sum(i.compress_size for i, w in zip(infos, wanted) if w) + (1 << 20):
+    fd = zf.fp.fileno()
+    if (not hasattr(os, "preadv") or not any(wanted)
+            or size > 2 * sum(i.compress_size for i, w in zip(infos, wanted) if w) + (1 << 20)
+            or not _data_aligned(fd, [i for i, w in zip(infos, wanted) if w])):
         return None, []
     raw = np.empty(size + DATA_ALIGN, dtype=np.uint8)
     skip = -raw.ctypes.data % DATA_ALIGN
     image = raw[skip:skip + size]
-    # Pieces of >= _BATCH_BYTES that start and end on members' local headers: hundreds of
-    # per-layer vectors do not cost a hand-off each, and a piece is hashed right after it is
-    # read. The largest go first, so that no thread is left with a large one at the end.
-    pieces: list[tuple[int, int, list[zipfile.ZipInfo]]] = []
+    # Offsets come from the archive's directory, clipped to the file: a lying one reads
+    # nothing, or less, and its members then fail their own checks on the general path. No
+    # member's content may reach past the next one's header.
+    starts = [min(max(info.header_offset, 0), size) for info in infos] + [size]
+    # Pieces of at least _BATCH_BYTES (a large member is a piece of its own) that start and
+    # end on members' local headers: hundreds of per-layer vectors do not cost a hand-off
+    # each, and a piece is hashed right after it is read. The largest go first, so that no
+    # thread is left with a large one at the end.
+    pieces: list[tuple[int, int, list[tuple[zipfile.ZipInfo, int]]]] = []
     first = 0
     while first < len(infos):
         last = first + 1
-        while last < len(infos) and infos[last].header_offset - infos[first].header_offset < _BATCH_BYTES:
+        while last < len(infos) and starts[last] - starts[first] < _BATCH_BYTES:
             last += 1
-        # Offsets come from the archive's directory; a lying one reads nothing, or less, and
-        # its members then fail their own checks on the general path.
-        lo = min(max(infos[first].header_offset, 0), size)
-        hi = min(max(infos[last].header_offset if last < len(infos) else size, lo), size)
-        pieces.append((lo, hi, [i for i, w in zip(infos[first:last], wanted[first:last]) if w]))
+        part = [(infos[i], starts[i + 1]) for i in range(first, last) if wanted[i]]
+        pieces.append((starts[first], starts[last], part))
         first = last
     pieces.sort(key=lambda piece: piece[0] - piece[1])
-    fd = zf.fp.fileno()
-    return image, [([info.filename for info in part], pool.submit(_read_and_hash, fd, image, lo, hi, part))
+    return image, [([info.filename for info, _ in part], pool.submit(_read_and_hash, fd, image, lo, hi, part))
                    for lo, hi, part in pieces]
 
 
@@ -590,12 +621,17 @@ def _arrays(zf: zipfile.ZipFile, path: Path, manifest: dict, image: np.ndarray |
         if data is None:  # not hashed in the image, or declined by the fast path
             arrays[key] = _read_general_npy(zf, info, path, member, sha256, shape, dtype)
             continue
-        arrays[key] = image[data:data + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not nbytes:  # nothing to view (and a zero-size dtype such as S0 has no view at all)
+            arrays[key] = np.empty(shape, dtype)
+            continue
+        arrays[key] = image[data:data + nbytes].view(dtype).reshape(shape)
         in_image.append(key)
         in_place &= data % DATA_ALIGN == 0
     if not in_place:
-        # A bundle written before its data was aligned: its arrays are copied out, all of
-        # them, so that the image is freed rather than held by a few aligned by chance.
+        # Unaligned data past the members _data_aligned looked at (another writer's archive):
+        # the arrays are copied out, all of them, so that the image is freed rather than
+        # held by the few that are aligned.
         for key in in_image:
             arrays[key] = arrays[key].copy()
     return arrays
