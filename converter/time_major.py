@@ -11,10 +11,12 @@ that carries the batch on another axis is transposed to lead with it. The networ
 layout of those inputs and outputs at the bundle's boundary changes, and the manifest's
 batch record says which.
 
-The axes are followed by the names of their dimensions through shape inference. A graph
-input whose dynamic axes have no names (exported without names for them) gets provisional
-ones for that inference only: the recurrent node's layout then says which of them is the
-batch. Fixed sizes cannot be followed (a 5 is any 5) and are left alone.
+The axes are followed by the names of their dimensions through shape inference. Where a
+graph input's first two axes have no names (dynamic axes exported without names, or fixed
+sizes, where a 5 is any 5), they get provisional names for that inference only, and the
+recurrent node's layout then says which of them is the batch. A path that turns them into
+numbers (a Reshape to a constant shape, say) cannot be followed; such an input is left as
+it is.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ def _time_major_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, Any]:
-    """Every value's dimensions, with the graph inputs' unnamed dynamic dimensions given
-    names of their own (on a weightless copy, inferred again) so that they can be followed."""
+    """Every value's dimensions, with the graph inputs' first two axes given names of their
+    own where they have none (on a weightless copy, inferred again) so that they can be
+    followed."""
     shapes = value_shapes(model)
-    unnamed = [(vi.name, k) for vi in graph_inputs(model) for k, d in enumerate(value_dims(vi) or []) if d is None]
+    unnamed = [(vi.name, k) for vi in graph_inputs(model)
+               for k, d in enumerate((value_dims(vi) or [])[:2]) if not isinstance(d, str)]
     if not unnamed:
         return shapes
     sk = onnx.ModelProto()
@@ -49,7 +53,9 @@ def _shapes(model: onnx.ModelProto) -> dict[str, Any]:
             for d in vi.type.tensor_type.shape.dim if d.dim_param}
     declared = {vi.name: vi for vi in sk.graph.input}
     for name, k in unnamed:
-        declared[name].type.tensor_type.shape.dim[k].dim_param = _unique(f"{name}.axis{k}", used)
+        dim = declared[name].type.tensor_type.shape.dim[k]
+        dim.Clear()
+        dim.dim_param = _unique(f"{name}.axis{k}", used)
     del sk.graph.value_info[:]
     for vo in sk.graph.output:  # as loaded they hold inference's own names (unk__…) for these axes
         vo.type.tensor_type.ClearField("shape")

@@ -35,14 +35,16 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
         # A fixed-batch graph whose output does not declare that batch returns one part per
         # chunk of `fixed` samples, stacked: rows per sample only if each part holds `fixed`.
         fixed = getattr(fn, "fixed_batch", None)
-        stacked = bool(fixed) and out.ndim >= 2 and out.shape[0] * fixed == n and out.shape[1] == fixed
+        stacked = (bool(fixed) and out.ndim >= 2 and out.shape[0] != n and out.shape[0] * fixed == n
+                   and out.shape[1] == fixed)
         if out.ndim == 0 or out.shape[0] != n and not stacked:
             raise DataError(
                 f"the model's first output has shape {list(out.shape)} for a batch of {n} samples: it does not "
                 "hold one row per sample along axis 0 (the axis data files are batched along), so it cannot be "
-                "scored per sample. A recurrent model read time-major with fixed sequence and batch sizes needs "
-                "them exported as dynamic axes (torch: dynamic_axes={'x': {0: 'seq', 1: 'batch'}}), or "
-                "batch_first=True.")
+                "scored per sample. If it is a recurrent model read time-major whose axes the converter could not "
+                "follow, re-export it batch-first (torch: batch_first=True).")
+        if stacked:  # (chunks, fixed, ...) -> one row per sample, as a joined output has them
+            out = out.reshape((n,) + out.shape[2:])
         parts.append(out)
     return np.concatenate(parts, axis=0)
 

@@ -359,3 +359,46 @@ def test_fixed_batch_model_without_batch_axis_in_its_output(tmp_path, data):
     r = run("eval", out, "--data", path, "--reference", src, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["reference"]["agreement"] == 1.0
+
+
+def test_fixed_batch_output_without_a_row_per_sample_is_an_error(tmp_path):
+    """A graph fixed at batch 4 whose output keeps only 2 of its rows: each chunk of 4
+    samples gives 2 rows, not one per sample, so eval says so (with the shape) instead of
+    scoring misaligned rows or failing inside the scoring."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])
+    w = _init("w", np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Slice", ["h", "s0", "s1", "ax"], ["y"], name="first_two")]
+    inits = [w, _init("s0", np.array([0], np.int64)), _init("s1", np.array([2], np.int64)),
+             _init("ax", np.array([0], np.int64))]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    src, out, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    np.savez(data, x=np.ones((8, 3), np.float32), y=np.zeros(8, np.int64))
+    assert run("convert", src, "-o", out).exit_code == 0
+    r = run("eval", out, "--data", data)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "has shape [2, 2, 5] for a batch of 8 samples" in " ".join(r.output.split()), r.output
+
+
+def test_stacked_fixed_batch_parts_become_one_row_per_sample():
+    """A fixed-batch graph whose output does not declare its batch comes back as one part per
+    chunk, stacked (chunks, F, C): predict makes it (N, C), the rows a joined output (and
+    the onnxruntime reference, which joins) has; a part that is not F rows is refused."""
+    from xbar.errors import DataError
+    from xbar.runtime.evaluate import predict
+
+    f, x = 2, np.arange(24, dtype=np.float32).reshape(8, 3)
+    w = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+
+    def chunked(part):
+        def fn(batch):
+            return np.stack([part(batch[j:j + f]) for j in range(0, len(batch), f)])
+        fn.fixed_batch = f
+        return fn
+
+    np.testing.assert_allclose(predict(chunked(lambda c: c @ w), x, 4), x @ w, rtol=1e-6)
+    with pytest.raises(DataError, match=r"has shape \[2, 1, 10\] for a batch of 4 samples"):
+        predict(chunked(lambda c: (c @ w).reshape(1, -1)), x, 4)

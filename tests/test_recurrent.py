@@ -34,6 +34,21 @@ def _ort(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def _feeds_for(bundle, feeds: dict) -> dict:
+    """The source model's feeds as the bundle takes them: the converter takes time-major
+    graph inputs batch-first (converter/time_major.py), here every fixed [seq, batch, ...] X."""
+    moved = (bundle.manifest["batch"].get("time_major") or {}).get("inputs", [])
+    return {k: np.ascontiguousarray(np.swapaxes(v, 0, 1)) if k in moved else v for k, v in feeds.items()}
+
+
+def _run(bundle, feeds: dict, *args, **kwargs) -> dict:
+    """Runtime(bundle, ...).run on the source model's feeds, its outputs in the source model's
+    layout (the batch axis moved back where the source model has it)."""
+    axes = (bundle.manifest["batch"].get("time_major") or {}).get("outputs", {})
+    out = Runtime(bundle, *args, **kwargs).run(_feeds_for(bundle, feeds))
+    return {k: np.moveaxis(v, 0, axes[k]) if k in axes else v for k, v in out.items()}
+
+
 def _batch_first(model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
     """The same recurrent node with layout=1: inputs and states batch-first."""
     m = onnx.ModelProto()
@@ -68,7 +83,7 @@ def _check_ideal(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], batch_fir
         assert bundle.manifest["summary"]["analog_layers"] >= 2
         if crossbar == (4, 6):
             assert all(e["tiles"]["tiles_used"] > 1 for e in bundle.layers)
-        out = Runtime(bundle).run(feeds)
+        out = _run(bundle, feeds)
         for name, ref in zip(names, refs):
             assert out[name].shape == ref.shape, (name, crossbar)
             assert close(out[name], ref), (name, crossbar, float(np.abs(out[name] - ref).max()))
@@ -224,7 +239,7 @@ def test_chip_path_is_the_onnx_loop_over_the_chips_own_layers():
     bundle = convert(model, crossbar=(4, 8))
     spec = ablate(preset("pcm"), without="read")
     rt = Runtime(bundle, spec, seed=3)
-    out = rt.run(feeds)
+    out = _run(bundle, feeds, spec, seed=3)
     x, lens, h0, c0 = feeds["X"], feeds["L"], feeds["H0"], feeds["C0"]
     t_len, batch, hs = x.shape[0], x.shape[1], 5
     by_name = {layer.name: layer for layer in rt.layers}
@@ -243,17 +258,17 @@ def test_chip_path_is_the_onnx_loop_over_the_chips_own_layers():
             np.testing.assert_allclose(out["Y_h"][d, n], h[0], atol=1e-5)
             np.testing.assert_allclose(out["Y_c"][d, n], c[0], atol=1e-5)
     np.testing.assert_allclose(out["Y"], y, atol=1e-5)
-    ideal = Runtime(bundle).run(feeds)["Y"]
+    ideal = _run(bundle, feeds)["Y"]
     assert 1e-4 < np.abs(out["Y"] - ideal).max() < 0.5  # the chip's error is really there
 
 
 def test_chip_noise_is_seeded_and_plausible():
     model, feeds = _onnx_rnn("GRU", direction="bidirectional", t=6)
     bundle = convert(model, crossbar=(8, 8))
-    ideal = Runtime(bundle).run(feeds)["Y"]
-    exact_tiles = Runtime(bundle, preset("ideal"), seed=0).run(feeds)["Y"]  # the full per-tile path
+    ideal = _run(bundle, feeds)["Y"]
+    exact_tiles = _run(bundle, feeds, preset("ideal"), seed=0)["Y"]  # the full per-tile path
     assert close(exact_tiles, ideal)
-    a, b, other = (Runtime(bundle, preset("pcm"), seed=s).run(feeds)["Y"] for s in (1, 1, 2))
+    a, b, other = (_run(bundle, feeds, preset("pcm"), seed=s)["Y"] for s in (1, 1, 2))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, other)
     err = np.abs(a - ideal).mean() / np.abs(ideal).mean()
@@ -264,12 +279,12 @@ def test_ranges_of_recurrent_layers():
     model, feeds = _onnx_rnn("LSTM", b=32, t=4)
     bundle = convert(model, crossbar=(8, 8))
     spec = preset("pcm")
-    find_ranges(bundle, feeds["X"], spec)
+    find_ranges(bundle, _feeds_for(bundle, feeds)["X"], spec)
     ranges = {e["params"]["matrix"]: e["ranges"]["input"] for e in bundle.layers}
     assert set(ranges) == {"W", "R"}
     assert 0 < ranges["R"] < 1 < ranges["W"]  # h = o·tanh(c) is in (−1, 1); x is N(0, 1)
-    calibrated = Runtime(bundle, spec.override({"dac.range": "calibrated"}), seed=0).run(feeds)["Y"]
-    assert np.abs(calibrated - Runtime(bundle).run(feeds)["Y"]).max() < 0.5
+    calibrated = _run(bundle, feeds, spec.override({"dac.range": "calibrated"}), seed=0)["Y"]
+    assert np.abs(calibrated - _run(bundle, feeds)["Y"]).max() < 0.5
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -279,11 +294,11 @@ def test_calibration_refits_the_gate_affines(cell):
     model, feeds = _onnx_rnn(cell, direction="bidirectional", b=64, t=5, h=8)
     bundle = convert(model, crossbar=(8, 8))
     spec = preset("pcm").override({"drift_compensation": "off", "t_inference": 86400.0})
-    out, record = calibrate(bundle, feeds["X"], spec, seed=0, method="affine")
+    out, record = calibrate(bundle, _feeds_for(bundle, feeds)["X"], spec, seed=0, method="affine")
     assert sorted(record["layers"]) == sorted(e["name"] for e in bundle.layers)
-    ideal = Runtime(bundle).run(feeds)["Y"]
-    before = np.abs(Runtime(bundle, spec, seed=0).run(feeds)["Y"] - ideal).mean()
-    after = np.abs(Runtime(out, spec, seed=0).run(feeds)["Y"] - ideal).mean()
+    ideal = _run(bundle, feeds)["Y"]
+    before = np.abs(_run(bundle, feeds, spec, seed=0)["Y"] - ideal).mean()
+    after = np.abs(_run(out, feeds, spec, seed=0)["Y"] - ideal).mean()
     assert after < 0.5 * before, (before, after)
 
 
@@ -327,7 +342,7 @@ def test_cli_convert_info_calibrate(tmp_path):
     model, feeds = _onnx_rnn("GRU", direction="bidirectional", b=32, t=4)
     src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
     onnx.save(model, src)
-    np.savez(data, x=feeds["X"])
+    np.savez(data, x=np.swapaxes(feeds["X"], 0, 1))  # one sample per index of axis 0
     run = CliRunner()
     r = run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -376,7 +391,7 @@ def test_convert_options_keep_the_network_exact(options):
     bundle = convert(model, crossbar=(4, 8), **options)
     placements = [e["placement"] for e in bundle.layers]
     assert placements.count("digital") == len(options.get("digital", []))
-    for out, ref in zip(Runtime(bundle).run(feeds).values(), refs):
+    for out, ref in zip(_run(bundle, feeds).values(), refs):
         assert close(out, ref)
 
 
@@ -385,10 +400,10 @@ def test_rearranged_columns_run_on_a_chip():
     spec = preset("pcm")
     plain = convert(model, crossbar=(8, 8), hardware=spec)
     moved = convert(model, crossbar=(8, 8), hardware=spec, rearrange="ir-drop", rearrange_rows="ir-drop")
-    ideal = Runtime(plain).run(feeds)["Y"]
-    assert close(Runtime(moved).run(feeds)["Y"], ideal)  # placement is undone exactly
+    ideal = _run(plain, feeds)["Y"]
+    assert close(_run(moved, feeds)["Y"], ideal)  # placement is undone exactly
     for b in (plain, moved):
-        y = Runtime(b, spec, seed=0).run(feeds)["Y"]
+        y = _run(b, feeds, spec, seed=0)["Y"]
         assert np.abs(y - ideal).max() < 0.5
 
 
@@ -400,13 +415,18 @@ def test_bundle_round_trip_keeps_the_recurrent_node(tmp_path):
     path = save_bundle(convert(model, crossbar=(4, 8), digital=["rec/reverse/R"]), tmp_path / "m.xbar")
     loaded = load_bundle(path)  # validates the manifest
     refs = _ort(model, feeds)
-    for out, ref in zip(Runtime(loaded).run(feeds).values(), refs):
+    for out, ref in zip(_run(loaded, feeds).values(), refs):
         assert close(out, ref)
 
 
-def test_time_major_graph_input_is_refused_for_data_files(tmp_path):
+def test_time_major_graph_input_left_time_major_is_refused_for_data_files(tmp_path, monkeypatch):
     """Data files are batched along axis 0; a layout-0 recurrent node fed by a graph input
-    has time there, so eval, calibrate and --calib-data refuse instead of cutting sequences."""
+    has time there. The converter takes such inputs batch-first (tests/test_time_major.py);
+    where it could not (here it is switched off), eval, calibrate and --calib-data refuse
+    instead of cutting sequences."""
+    import sys
+
+    monkeypatch.setattr(sys.modules["xbar.converter.convert"], "batch_first", lambda proto: (proto, None))
     model, feeds = _onnx_rnn("LSTM", t=5, b=4)
     src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
     onnx.save(model, src)

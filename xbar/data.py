@@ -52,10 +52,9 @@ def check_sample_axis(graph: dict[str, Any], label: str) -> None:
         raise DataError(
             f"{label}: recurrent node {node!r} reads graph input {x!r} time-major "
             "([sequence, batch, features], ONNX layout 0), but data files hold one sample per index of "
-            "axis 0 and are batched along it, which would cut the sequences apart. Export it with both "
-            "axes dynamic (torch: dynamic_axes={'" + x + "': {0: 'seq', 1: 'batch'}}), and xbar takes the input "
-            "batch-first; or re-export it batch-first (torch: batch_first=True), or run it through the Python "
-            "API on whole arrays.")
+            "axis 0 and are batched along it, which would cut the sequences apart, and the converter could not "
+            "take it batch-first. Re-export it batch-first (torch: batch_first=True), or run it through the "
+            "Python API on whole arrays.")
 
 
 def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = None,

@@ -42,43 +42,45 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
     meta = session.get_inputs()[0]
     swap = bool(time_major) and meta.name in time_major["inputs"]
     out_axis = (time_major or {}).get("outputs", {}).get(session.get_outputs()[0].name)
-    given = None if x is None else tuple(x.shape)  # as the data file holds it, for the message
-    if swap and x is not None:
-        x = np.swapaxes(x, 0, 1)
     declared = "(" + ", ".join(d if isinstance(d, str) else "?" if d is None else str(d) for d in meta.shape) + ")"
+    # The source's input as the bundle and the data file hold it: samples on axis 0.
+    shape = list(meta.shape)
+    if swap:
+        shape[:2] = shape[1::-1]
+        declared += ", time-major: samples on axis 1"
     # A model that fixes its batch (e.g. [1, 3, 224, 224]) runs in chunks of that size:
     # sample by sample for batch 1, which is the ground truth a relaxed batch must match.
-    fixed = meta.shape[0] if meta.shape and isinstance(meta.shape[0], int) and meta.shape[0] > 0 else None
+    fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     if x is not None:
-        fits = len(meta.shape) == x.ndim and all(not isinstance(d, int) or d == s
-                                                 for d, s in zip(meta.shape[1:] if fixed else meta.shape,
-                                                                 x.shape[1:] if fixed else x.shape))
+        fits = len(shape) == x.ndim and all(not isinstance(d, int) or d == s
+                                            for d, s in zip(shape[1:] if fixed else shape,
+                                                            x.shape[1:] if fixed else x.shape))
         if fits and fixed and len(x) % fixed:
             raise DataError(f"{data_label}: x holds {len(x)} samples, but the reference model {path} fixes its "
                             f"batch at {fixed}; give a multiple of {fixed} samples")
         if not fits:
-            raise DataError(f"{data_label}: x has shape {given}, but the reference model {path} expects "
+            raise DataError(f"{data_label}: x has shape {tuple(x.shape)}, but the reference model {path} expects "
                             f"input {meta.name!r} of shape {declared}; give the reference this bundle was "
                             "converted from, or data that fits it.")
 
     def run(batch: np.ndarray) -> np.ndarray:
-        if swap:
-            batch = np.ascontiguousarray(np.swapaxes(batch, 0, 1))
-        out = _run(batch)
-        return np.moveaxis(out, out_axis, 0) if out_axis else out
+        if not fixed or len(batch) == fixed:
+            return _run(batch)
+        parts = [_run(batch[j:j + fixed]) for j in range(0, len(batch), fixed)]
+        # Outputs that lead with the batch join along it; others (batch squeezed away) stack.
+        joins = all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
+        return np.concatenate(parts, axis=0) if joins else np.stack(parts)
 
     def _run(batch: np.ndarray) -> np.ndarray:
+        """One call of the source model on `batch` (samples on axis 0), its output likewise."""
+        feed = np.ascontiguousarray(np.swapaxes(batch, 0, 1)) if swap else batch
         try:
-            if fixed and len(batch) != fixed:
-                parts = [session.run(None, {meta.name: batch[j:j + fixed]})[0] for j in range(0, len(batch), fixed)]
-                # Outputs that lead with the batch join along it; others (batch squeezed away) stack.
-                joins = all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
-                return np.concatenate(parts, axis=0) if joins else np.stack(parts)
-            return session.run(None, {meta.name: batch})[0]
+            out = session.run(None, {meta.name: feed})[0]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"the reference model {path} (input {meta.name!r} of shape {declared}) fails on a batch "
-                            f"of shape {tuple(batch.shape)} from {data_label}: {first}") from None
+                            f"of shape {tuple(feed.shape)} from {data_label}: {first}") from None
+        return np.moveaxis(out, out_axis, 0) if out_axis else out
 
     run.fixed_batch = fixed  # type: ignore[attr-defined]  # predict() sends multiples of it
     return run
