@@ -518,7 +518,10 @@ def _start_reading(zf: zipfile.ZipFile, pool: ThreadPoolExecutor
             or size > 2 * sum(i.compress_size for i, w in zip(infos, wanted) if w) + (1 << 20)
             or not _data_aligned(fd, [i for i, w in zip(infos, wanted) if w])):
         return None, []
-    raw = np.empty(size + DATA_ALIGN, dtype=np.uint8)
+    try:
+        raw = np.empty(size + DATA_ALIGN, dtype=np.uint8)
+    except MemoryError:  # the general path holds one member at a time
+        return None, []
     skip = -raw.ctypes.data % DATA_ALIGN
     image = raw[skip:skip + size]
     # Offsets come from the archive's directory, clipped to the file: a lying one reads
