@@ -151,8 +151,16 @@ def _shape(shape: list[int | None] | None, names: list[str | None] | None = None
     if not shape:
         return "scalar"
     names = names or [None] * len(shape)
-    return "×".join(str(d) if d is not None else (_shown_name(n) or ("N" if k == 0 else "?"))
+    return "×".join(str(d) if d is not None else (n or ("N" if k == 0 else "?"))
                     for k, (d, n) in enumerate(zip(shape, names)))
+
+
+def _io_shape(value: dict[str, Any]) -> str:
+    """A graph input's or output's shape, without shape inference's own names: there the
+    batch is the leading axis, N, and the rest as the model declares them. (A layer's
+    whole shape keeps them: there an unk__ may hold the batch times something else.)"""
+    names = [_shown_name(n) for n in value.get("dim_names") or []] or None
+    return _shape(value["shape"], names)
 
 
 @cli.command()
@@ -291,8 +299,8 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     _line("bundle", f"{bundle}  ({_bytes(size)}; format {m['format_version']}, written by xbar {m['xbar_version']})")
     _line("model", f"{src['source']}  sha256 {src['sha256'][:16]}…  opset {src['opset']}"
           + (f" (upgraded from {src['original_opset']})" if src["original_opset"] != src["opset"] else ""))
-    ins = ", ".join(f"{i['name']} {_shape(i['shape'], i.get('dim_names'))}" for i in m["graph"]["inputs"])
-    outs = ", ".join(f"{o['name']} {_shape(o['shape'], o.get('dim_names'))}" for o in m["graph"]["outputs"])
+    ins = ", ".join(f"{i['name']} {_io_shape(i)}" for i in m["graph"]["inputs"])
+    outs = ", ".join(f"{o['name']} {_io_shape(o)}" for o in m["graph"]["outputs"])
     _line("io", f"{ins} -> {outs}")
     _line("batch", describe_batch(m.get("batch")))
     bits = f"{mp['weight_bits']}-bit weights" if mp["weight_bits"] else "unquantised weights"
