@@ -209,9 +209,11 @@ def _describe_time_major(moved: dict[str, Any] | None) -> str:
         return ""
     names = ", ".join(repr(n) for n in moved["inputs"])
     outs = ", ".join(repr(n) for n in moved["outputs"])
+    nodes = moved["nodes"]
+    back = (f"transposed back for recurrent node{'s' if len(nodes) > 1 else ''} {', '.join(repr(n) for n in nodes)}"
+            if nodes else "its batch was on axis 1; transposed back at the start of the graph")
     return (f"; time-major input{'s' if len(moved['inputs']) > 1 else ''} {names} taken batch-first "
-            f"(axes 0 and 1 swapped; transposed back for recurrent node{'s' if len(moved['nodes']) > 1 else ''} "
-            f"{', '.join(repr(n) for n in moved['nodes'])})"
+            f"(axes 0 and 1 swapped; {back})"
             + (f", output{'s' if len(moved['outputs']) > 1 else ''} {outs} given batch-first" if outs else ""))
 
 

@@ -76,6 +76,28 @@ def _time_and_batch(nodes: list[onnx.NodeProto], shapes: dict[str, Any]) -> list
     return found
 
 
+def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tuple[str, str]]:
+    """(axis-0 name, axis-1 name) of graph inputs that hold their batch on axis 1 without a
+    recurrent node to say so: a time-major transformer (torch's batch_first=False attention)
+    whose first output leads with the input's axis 1, or whose input names only axis 1 as
+    dynamic (axis 0 a fixed sequence length) and carries that name into the first output."""
+    if not model.graph.output:
+        return set()
+    first = shapes.get(model.graph.output[0].name) or []
+    declared = {vi.name: value_dims(vi) or [] for vi in graph_inputs(model)}
+    found = set()
+    for name, own in declared.items():
+        d = shapes.get(name) or []
+        if len(d) < 2 or not isinstance(d[0], str) or not isinstance(d[1], str) or d[0] == d[1]:
+            continue
+        leads = bool(first) and first[0] == d[1]
+        named_only_there = (len(own) >= 2 and isinstance(own[0], int) and isinstance(own[1], str)
+                            and own[1] in first)
+        if leads or named_only_there:
+            found.add((d[0], d[1]))
+    return found
+
+
 def _permute(vi: onnx.ValueInfoProto, perm: list[int]) -> None:
     """Declare `vi` with its dimensions in the order `perm` (as a Transpose with it makes them)."""
     dims = vi.type.tensor_type.shape.dim
@@ -95,17 +117,13 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any] | None]:
     """The model with its time-major inputs (and outputs) batch-first, and a record of what
-    moved: {"nodes": recurrent nodes, "inputs": inputs whose axes 0 and 1 were swapped,
+    moved: {"nodes": recurrent nodes (none where the batch's place came from the outputs),
+    "inputs": inputs whose axes 0 and 1 were swapped,
     "outputs": {output: the axis its batch came from}}; the model itself and None if
     nothing is."""
-    nodes = _time_major_nodes(model)
-    if not nodes:
-        return model, None
     shapes = _shapes(model)
-    recurrent = _time_and_batch(nodes, shapes)
-    if not recurrent:
-        return model, None
-    pairs = {(t, b) for _, t, b in recurrent}
+    recurrent = _time_and_batch(_time_major_nodes(model), shapes)
+    pairs = {(t, b) for _, t, b in recurrent} | _batch_on_axis_1(model, shapes)
     moved_in = [vi.name for vi in graph_inputs(model)
                 if len(d := shapes.get(vi.name) or []) >= 2 and (d[0], d[1]) in pairs]
     if not moved_in:

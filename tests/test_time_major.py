@@ -223,3 +223,42 @@ def test_torch_default_layout_exports(tmp_path, cell, exporter):
     assert bundle.manifest["batch"]["time_major"]["inputs"] == ["x"]
     samples = _samples(False, B)
     assert close(Runtime(bundle).run({"x": samples})["y"], _ort(model, "x", samples)[0])
+
+
+def _pooled_over_time(axis1) -> onnx.ModelProto:
+    """x [seq, batch, F] (a time-major transformer's layout, no recurrent node) -> mean over
+    time -> MatMul head -> y [batch, C]; the batch axis declared as `axis1`."""
+    rng = np.random.default_rng(2)
+    head = numpy_helper.from_array(rng.normal(0, 1, (F, C)).astype(np.float32), "head")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "time")
+    nodes = [helper.make_node("ReduceMean", ["x", "time"], ["pooled"], name="pool", keepdims=0),
+             helper.make_node("MatMul", ["pooled", "head"], ["y"], name="head_mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, axis1, F])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [axis1, C])], [head, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("axis1", ["batch", None, B], ids=["named", "unnamed", "fixed"])
+def test_batch_on_axis_1_without_a_recurrent_node(tmp_path, axis1):
+    """A time-major model without a recurrent node (torch's batch_first=False attention,
+    pooled over time): its first output leads with the input's axis 1, so that axis is the
+    batch, and the input is taken batch-first; data files of samples evaluate exactly."""
+    model = _pooled_over_time(axis1)
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    onnx.save(model, src)
+    x = _samples(False, 4 * B)
+    logits = np.concatenate([_ort(model, "x", x[k:k + B])[0] for k in range(0, len(x), B)])
+    np.savez(data, x=x, y=logits.argmax(1))
+    run = CliRunner()
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "its batch was on axis 1" in " ".join(r.output.split()), r.output
+    moved = json.loads(run.invoke(cli, ["info", str(bundle), "--json"]).output)["batch"]["time_major"]
+    assert moved == {"nodes": [], "inputs": ["x"], "outputs": {}}, moved
+    r = run.invoke(cli, ["eval", str(bundle), "--data", str(data), "--reference", str(src), "--json"],
+                   catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["ideal_accuracy"] == 1.0 and res["reference"]["agreement"] == 1.0, res

@@ -97,7 +97,9 @@ def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
         raise DataError(f"{path}: x contains {bad} NaN/Inf values; clean the data first")
     if y is not None:
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise DataError(f"{path}: y has shape {list(y.shape)}; expected one label per sample, i.e. ({x.shape[0]},)")
+            raise DataError(f"{path}: y has shape {list(y.shape)}; expected one label per sample, i.e. ({x.shape[0]},), "
+                            f"as x {list(x.shape)} holds {x.shape[0]} samples along axis 0 (data files hold one sample "
+                            "per index of axis 0, also for time-major models, which bundles take batch-first)")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
     return Dataset(x=x, y=y, path=str(path))
