@@ -41,11 +41,19 @@ def time_major_input(graph: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def check_sample_axis(graph: dict[str, Any], label: str) -> None:
-    """Refuse data files for a model whose recurrent layer reads a graph input time-major.
+    """Refuse data files for a model they cannot feed: one with several graph inputs (a data
+    file holds one array, x), or whose recurrent layer reads a graph input time-major.
 
     Data files hold one sample per index of axis 0, and eval, calibrate and --calib-data cut
     them into batches along it; with time on axis 0 every batch would be a slice of time
     steps: wrong results, silently."""
+    names = [i["name"] for i in graph["inputs"]]
+    if len(names) > 1:
+        raise DataError(
+            f"{label}: the model takes {len(names)} inputs ({', '.join(names)}), but a data file holds one "
+            f"array, x, for its first input {names[0]!r}. Feed the others through the Python API "
+            "(Runtime(bundle).run({name: array, ...})), or export the model with them inside (a recurrent "
+            "layer's initial states left out are zeros).")
     found = time_major_input(graph)
     if found is not None:
         node, x = found
