@@ -114,6 +114,28 @@ def test_einsum_rewrite_keeps_the_bias_add_and_digital_pinning():
         np.testing.assert_allclose(Runtime(bundle)(x), _ref(m, x), rtol=1e-4, atol=1e-5)
 
 
+def test_convert_says_which_einsums_with_a_weight_stay_digital(tmp_path):
+    """An Einsum with a constant weight that is not a plain product (here its output axes
+    are permuted) runs digitally; convert says so, naming the node and its equation, and
+    one that maps says nothing."""
+    from click.testing import CliRunner
+
+    from xbar.cli import cli
+
+    w = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    for equation, out_shape, digital in (("btd,de->bet", ("N", 5, 3), True), ("btd,de->bte", ("N", 3, 5), False)):
+        m = _model([helper.make_node("Einsum", ["x", "w"], ["y"], name="ein", equation=equation)], {"w": w},
+                   in_shape=("N", 3, 4), out_shape=out_shape)
+        src = tmp_path / "m.onnx"
+        onnx.save(m, src)
+        r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "m.xbar"), "--force"],
+                               catch_exceptions=False)
+        flat = " ".join(r.output.split())
+        assert r.exit_code == 0, r.output
+        assert (f"1 Einsum node with a constant weight runs digitally, not on the chip: 'ein' ('{equation}')"
+                in flat) is digital, r.output
+
+
 # ------------------------------------------------------------------------ If
 
 

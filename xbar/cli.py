@@ -138,6 +138,22 @@ _ONLY_HELP = f"Keep only these non-idealities ({_NAMES}); repeat the option or g
 _WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option or give a comma list."
 
 
+def _digital_weight_notes(bundle: Any) -> list[str]:
+    """Einsums that multiply by a constant weight but stay digital ops, off the chip: only a
+    plain product (the weight contracts the activation's last axis, the output keeps the
+    other axes in order) becomes a MatMul and so an analog layer."""
+    constants = bundle.graph["constants"]
+    found = [(n["name"], n["attrs"].get("equation")) for n in bundle.graph["nodes"]
+             if n["op"] == "Einsum" and any(i in constants for i in n["inputs"])]
+    if not found:
+        return []
+    listed = ", ".join(f"{name!r} ({eq!r})" for name, eq in found[:3]) + (" …" if len(found) > 3 else "")
+    return [f"{len(found)} Einsum node{'s' if len(found) > 1 else ''} with a constant weight "
+            f"run{'' if len(found) > 1 else 's'} digitally, not on the chip: {listed}. Only a product over "
+            "the activation's last axis, its other axes kept in order (e.g. 'bhwc,co->bhwo'), becomes an "
+            "analog layer; re-export the product in that form (or as a MatMul or Conv) to map it."]
+
+
 def _shown_name(name: str | None) -> str | None:
     """A dimension's name as worth showing: None for ONNX shape inference's own `unk__7`,
     which names nothing the user wrote."""
@@ -239,7 +255,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
-    for note in effective_spec(bundle, spec)[1]:
+    for note in effective_spec(bundle, spec)[1] + _digital_weight_notes(bundle):
         click.echo(f"note: {note}", err=True)
     save_bundle(bundle, output, force=force)
     s = bundle.manifest["summary"]
@@ -900,7 +916,8 @@ def ops_command(as_json: bool) -> None:
         return
     wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
     click.echo(f"analog (on crossbars): {', '.join(sorted(ANALOG_OPS))} with a constant weight operand; "
-               "Einsum of a constant 2-D matrix is rewritten to MatMul")
+               "an Einsum that is a plain product with a constant 2-D matrix (over the activation's last "
+               "axis, e.g. 'btd,de->bte') is rewritten to MatMul; other Einsums stay digital")
     click.echo(f"recurrent (W and R on crossbars, gates and state digital): {', '.join(sorted(RECURRENT_OPS))}")
     click.echo(f"digital (NumPy, {len(DIGITAL_OPS)} ops):")
     click.echo(wrap(", ".join(sorted(DIGITAL_OPS))))
