@@ -38,3 +38,14 @@ def test_vectors_per_sample():
     assert vectors_per_sample([None, 32], ["16*batch", None], SYMBOLIC, 32) == 16
     assert vectors_per_sample([None, 32], ["batch*seq", None], SYMBOLIC, 32) is None
     assert vectors_per_sample([None, 32], ["unk__3", None], SYMBOLIC, 32) is None
+
+
+def test_a_fixed_batch_divides_the_whole_tensor_wherever_it_is():
+    """A fixed batch of 4 running a time-major attention's [seq, batch, d] = [10, 4, 96]
+    output: each call runs 4 samples through all 10×4 vectors, so 10 per sample, although
+    the batch is not the leading dimension; a count the batch does not divide is unknown."""
+    fixed = {"mode": "fixed", "size": 4}
+    assert vectors_per_sample([10, 4, 96], None, fixed, 96) == 10
+    assert vectors_per_sample([4, 10, 96], None, fixed, 96) == 10  # leading: per_sample's own way
+    assert vectors_per_sample([10, 3, 96], None, fixed, 96) is None
+    assert vectors_per_sample([10, None, 96], None, fixed, 96) is None

@@ -75,6 +75,14 @@ def vectors_per_sample(shape: Shape | None, names: Names | None, batch: dict[str
     """Output vectors of n values a layer produces per sample (conv: per output pixel), if the
     shape per sample is all numbers."""
     rest = per_sample(shape, names, batch)
-    if rest is None or any(d is None for d in rest[0]):
+    if rest is None:
+        # A fixed batch: each call runs `size` samples through the whole tensor, wherever in
+        # its shape they are (a time-major attention's [seq, batch, d], say).
+        b = batch or {}
+        size = b.get("size") if b.get("mode") == "fixed" else None
+        if size and shape and all(isinstance(d, int) for d in shape) and math.prod(shape) % (n * size) == 0:
+            return math.prod(shape) // (n * size)
+        return None
+    if any(d is None for d in rest[0]):
         return None
     return math.prod(rest[0]) // n
