@@ -574,7 +574,8 @@ def _adc_total_text(m: dict[str, Any]) -> str:
         else:
             return "ADC conversions per sample unknown (symbolic shapes)"
     terms = ([f"{known:,}"] if known else []) + [f"{n:,}×{name}" for name, n in per_step.items()]
-    return " + ".join(terms) + " ADC conversions per sample"
+    unnamed = " (T: the number of time steps, unnamed in the model)" if "T" in per_step else ""
+    return " + ".join(terms) + " ADC conversions per sample" + unnamed
 
 
 def _adc_per_sample(t: dict[str, Any] | None) -> int | None:
