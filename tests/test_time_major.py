@@ -184,7 +184,8 @@ def test_unnamed_axes_through_an_embedding_evaluate_per_sample(tmp_path):
     assert res["ideal_accuracy"] == 1.0 and res["reference"]["agreement"] == 1.0, res
     # Shape inference's own names (unk__3) name nothing the user wrote; info does not show them.
     info = " ".join(run.invoke(cli, ["info", str(bundle)], catch_exceptions=False).output.split())
-    assert "tokens N×? -> logits N×3" in info and "×T ADC conversions per sample (T: the number of time steps" in info, info
+    assert "tokens N×? -> logits N×3" in info, info
+    assert "×T ADC conversions per sample (T: the number of time steps" in info, info
     assert "unk__" not in info, info
 
 
