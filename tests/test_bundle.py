@@ -462,3 +462,19 @@ def test_alignment_holds_where_zipfile_adds_zip64_fields(bundle, tmp_path, monke
     back = load_bundle(path)
     for key, arr in bundle.arrays.items():
         np.testing.assert_array_equal(back.arrays[key], arr)
+
+
+def test_non_ascii_array_names_are_read_in_place(bundle, tmp_path, monkeypatch):
+    """zipfile marks a non-ASCII member name as UTF-8 (flag bit 11); the fast path decodes
+    the local header's name by that flag, so such a member is used in place like any other."""
+    import xbar.bundle as bundle_module
+
+    b = Bundle(manifest=dict(bundle.manifest), arrays=dict(bundle.arrays))
+    b.arrays["größe/ü"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path = save_bundle(b, tmp_path / "a.xbar")
+    general = []
+    real = bundle_module._read_general_npy
+    monkeypatch.setattr(bundle_module, "_read_general_npy", lambda *a: general.append(a[3]) or real(*a))
+    back = load_bundle(path)
+    assert general == []
+    np.testing.assert_array_equal(back.arrays["größe/ü"], b.arrays["größe/ü"])

@@ -349,7 +349,7 @@ def _member_content(image: np.ndarray, info: zipfile.ZipInfo, end: int) -> int |
     if fields[0] != b"PK\x03\x04" or start + info.file_size > end:
         return None
     try:
-        name = image[name_start:name_start + fields[-2]].tobytes().decode("utf-8" if fields[3] & 0x800 else "cp437")
+        name = image[name_start:name_start + fields[-2]].tobytes().decode("utf-8" if fields[2] & 0x800 else "cp437")
     except UnicodeDecodeError:
         return None
     return start if name == info.orig_filename else None
