@@ -1,24 +1,26 @@
-"""Time-major recurrent inputs taken batch-first, so that data files can be cut into batches.
+"""Time-major inputs taken batch-first, so that data files can be cut into batches.
 
 ONNX recurrent nodes read [seq, batch, features] by default (layout 0; torch's
 batch_first=False), and a graph input that feeds one, directly or through ops such as an
-embedding's Gather, then holds time on axis 0. Data files hold one sample per index of
-axis 0, and eval, calibrate and --calib-data cut them into batches along it, which would
-cut the sequences apart. Where both axes can be followed from the graph input to the
-recurrent node, the bundle takes such an input batch-first instead: a Transpose at the
-start of the graph swaps the first two axes back for the nodes that read it, and an output
-that carries the batch on another axis is transposed to lead with it. The network computes exactly what it did; only the
-layout of those inputs and outputs at the bundle's boundary changes, and the manifest's
-batch record says which.
+embedding's Gather, then holds time on axis 0; so does the input of a time-major
+transformer (torch's attention with batch_first=False). Data files hold one sample per
+index of axis 0, and eval, calibrate and --calib-data cut them into batches along it, which
+would cut the sequences apart. Where the batch can be followed to axis 1 of the graph
+input, the bundle takes such an input batch-first instead: a Transpose at the start of the
+graph swaps the first two axes back for the nodes that read it, and an output that carries
+the batch on another axis is transposed to lead with it. The network computes exactly what
+it did; only the layout of those inputs and outputs at the bundle's boundary changes, and
+the manifest's batch record says which.
 
 The axes are followed by the names of their dimensions through shape inference. Where a
 graph input's first two axes have no names (dynamic axes exported without names, or fixed
-sizes, where a 5 is any 5), they get provisional names for that inference only, and the
-recurrent node's layout then says which of them is the batch. A path that turns them into
+sizes, where a 5 is any 5), they get provisional names for that inference only. The batch
+is then axis 1 where a recurrent node's layout says so, or where the first output leads
+with axis 1 and axis 0 is gone from it (pooled over time); a batch-first input whose
+output is time-major keeps both and is left alone. A path that turns the axes into
 numbers (a Reshape to a constant shape, say) cannot be followed; such an input is left as
 it is.
 """
-
 from __future__ import annotations
 
 from typing import Any
@@ -79,8 +81,10 @@ def _time_and_batch(nodes: list[onnx.NodeProto], shapes: dict[str, Any]) -> list
 def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tuple[str, str]]:
     """(axis-0 name, axis-1 name) of graph inputs that hold their batch on axis 1 without a
     recurrent node to say so: a time-major transformer (torch's batch_first=False attention)
-    whose first output leads with the input's axis 1, or whose input names only axis 1 as
-    dynamic (axis 0 a fixed sequence length) and carries that name into the first output."""
+    whose first output leads with the input's axis 1 and has lost its axis 0 (pooled over
+    time), or whose input names only axis 1 as dynamic (axis 0 a fixed sequence length) and
+    carries that name into the first output. An output that leads with axis 1 but keeps
+    axis 0 too may as well be a batch-first model's time-major output: left alone."""
     if not model.graph.output:
         return set()
     first = shapes.get(model.graph.output[0].name) or []
@@ -90,7 +94,7 @@ def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tupl
         d = shapes.get(name) or []
         if len(d) < 2 or not isinstance(d[0], str) or not isinstance(d[1], str) or d[0] == d[1]:
             continue
-        leads = bool(first) and first[0] == d[1]
+        leads = bool(first) and first[0] == d[1] and d[0] not in first
         named_only_there = (len(own) >= 2 and isinstance(own[0], int) and isinstance(own[1], str)
                             and own[1] in first)
         if leads or named_only_there:

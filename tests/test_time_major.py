@@ -263,3 +263,20 @@ def test_batch_on_axis_1_without_a_recurrent_node(tmp_path, axis1):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert res["ideal_accuracy"] == 1.0 and res["reference"]["agreement"] == 1.0, res
+
+
+def test_a_batch_first_input_with_a_time_major_output_is_left_alone():
+    """tokens [batch, seq] -> embedding -> transposed to [seq, batch, F] as the output: the
+    output leads with the input's axis 1, but axis 0 is still in it, so nothing says axis 1
+    is the batch (it is not): with unnamed and with fixed sizes, nothing is moved."""
+    rng = np.random.default_rng(4)
+    table = numpy_helper.from_array(rng.normal(0, 1, (VOCAB, F)).astype(np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "tokens"], ["e"], name="embed"),
+             helper.make_node("Transpose", ["e"], ["y"], name="to_time_major", perm=[1, 0, 2])]
+    for dims in ([None, None], [B, T]):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("tokens", TensorProto.INT64, dims)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dims[1], dims[0], F])],
+                                  [table])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        assert "time_major" not in convert(model, crossbar=(8, 8)).manifest["batch"]
