@@ -140,8 +140,8 @@ _WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option
 
 def _digital_weight_notes(bundle: Any) -> list[str]:
     """Einsums that multiply by a constant weight but stay digital ops, off the chip: only a
-    plain product (the weight contracts the activation's last axis, the output keeps the
-    other axes in order) becomes a MatMul and so an analog layer."""
+    product over one activation axis becomes a MatMul (converter/rewrite.py) and so an
+    analog layer."""
     constants = bundle.graph["constants"]
     found = [(n["name"], n["attrs"].get("equation")) for n in bundle.graph["nodes"]
              if n["op"] == "Einsum" and any(i in constants for i in n["inputs"])]
@@ -149,9 +149,9 @@ def _digital_weight_notes(bundle: Any) -> list[str]:
         return []
     listed = ", ".join(f"{name!r} ({eq!r})" for name, eq in found[:3]) + (" …" if len(found) > 3 else "")
     return [f"{len(found)} Einsum node{'s' if len(found) > 1 else ''} with a constant weight "
-            f"run{'' if len(found) > 1 else 's'} digitally, not on the chip: {listed}. Only a product over "
-            "the activation's last axis, its other axes kept in order (e.g. 'bhwc,co->bhwo'), becomes an "
-            "analog layer; re-export the product in that form (or as a MatMul or Conv) to map it."]
+            f"run{'' if len(found) > 1 else 's'} digitally, not on the chip: {listed}. Only a product that "
+            "sums one activation axis against the weight (e.g. 'bchw,oc->bohw', without '...' where axes "
+            "move) becomes an analog layer; re-export it in that form (or as a MatMul or Conv) to map it."]
 
 
 def _shown_name(name: str | None) -> str | None:
@@ -917,8 +917,9 @@ def ops_command(as_json: bool) -> None:
         return
     wrap = functools.partial(textwrap.fill, width=100, initial_indent="  ", subsequent_indent="  ")
     click.echo(f"analog (on crossbars): {', '.join(sorted(ANALOG_OPS))} with a constant weight operand; "
-               "an Einsum that is a plain product with a constant 2-D matrix (over the activation's last "
-               "axis, e.g. 'btd,de->bte') is rewritten to MatMul; other Einsums stay digital")
+               "an Einsum that is a product with a constant 2-D matrix over one activation axis (e.g. "
+               "'btd,de->bte', 'bchw,oc->bohw') is rewritten to MatMul (with Transposes where axes move); "
+               "other Einsums stay digital")
     click.echo(f"recurrent (W and R on crossbars, gates and state digital): {', '.join(sorted(RECURRENT_OPS))}")
     click.echo(f"digital (NumPy, {len(DIGITAL_OPS)} ops):")
     click.echo(wrap(", ".join(sorted(DIGITAL_OPS))))
