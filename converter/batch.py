@@ -20,7 +20,6 @@ reason for a fallback, is recorded in the bundle manifest under "batch".
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from xbar.converter.load import skeleton
+from xbar.errors import brief
 
 BATCH = "batch"
 
@@ -102,7 +102,7 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
         try:
             inferred = shape_inference.infer_shapes(m, data_prop=True)
         except Exception as exc:
-            return None, [], f"not relaxed: shape inference fails with a symbolic batch ({_brief(exc)})"
+            return None, [], f"not relaxed: shape inference fails with a symbolic batch ({brief(exc)})"
         shapes = value_shapes(inferred)
         changed = False
         for k, node in enumerate(g.node):
@@ -127,7 +127,7 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     try:
         inferred = shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
-        return None, [], f"not relaxed: strict shape inference rejects a symbolic batch ({_brief(exc)})"
+        return None, [], f"not relaxed: strict shape inference rejects a symbolic batch ({brief(exc)})"
     for vi in inferred.graph.output:
         dims = value_dims(vi)
         if vi.name in leading_one and (not dims or dims[0] != name):
@@ -137,15 +137,6 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     if problem:
         return None, [], problem
     return inferred, rewritten, None
-
-
-def _brief(exc: Exception) -> str:
-    """An onnx or onnxruntime error in one line, without onnxruntime's source paths and C++
-    signatures (which left the reason itself past the cut, and no room to wrap)."""
-    text = " ".join(str(exc).split())
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"\S*onnxruntime_src/\S*\s+(?:onnxruntime::\S*\([^)]*\)\s*)?", "", text)
-    return text[:300] if text else type(exc).__name__
 
 
 def _example(vi: onnx.ValueInfoProto, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -167,14 +158,14 @@ def _compare(original: onnx.ModelProto, relaxed: onnx.ModelProto) -> str | None:
         before = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         after = ort.InferenceSession(relaxed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        return f"not relaxed: onnxruntime cannot load the graph to check a symbolic batch ({_brief(exc)})"
+        return f"not relaxed: onnxruntime cannot load the graph to check a symbolic batch ({brief(exc)})"
     rng = np.random.default_rng(0)
     feeds = {vi.name: _example(vi, rng, 2) for vi in graph_inputs(original)}
     try:
         together = after.run(None, feeds)
         alone = [before.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]
     except Exception as exc:
-        return f"not relaxed: the graph fails on a batch of 2 with a symbolic batch ({_brief(exc)})"
+        return f"not relaxed: the graph fails on a batch of 2 with a symbolic batch ({brief(exc)})"
     for j, out in enumerate(together):
         want = np.concatenate([np.asarray(a[j]) for a in alone], axis=0) if np.ndim(alone[0][j]) else None
         got = np.asarray(out)

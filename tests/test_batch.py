@@ -407,7 +407,7 @@ def test_stacked_fixed_batch_parts_become_one_row_per_sample():
 def test_relax_reasons_keep_onnxruntimes_message_not_its_source_paths():
     """onnxruntime's errors carry a source path and a C++ signature before the reason; the
     recorded reason keeps the reason (cut at 200 characters before, it ended at the path)."""
-    from xbar.converter.batch import _brief
+    from xbar.errors import brief
 
     exc = RuntimeError(
         "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape node. "
@@ -415,8 +415,8 @@ def test_relax_reasons_keep_onnxruntimes_message_not_its_source_paths():
         "reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, "
         "onnxruntime::TensorShapeVector&, bool) input_shape_size == requested_shape_size was false. The input "
         "tensor cannot be reshaped to the requested shape. Input shape:{2,8,12,12}, requested shape:{1,8,12,12}\n")
-    assert _brief(exc) == (
+    assert brief(exc) == (
         "Non-zero status code returned while running Reshape node. Name:'/lrn/Reshape_3' Status Message: "
         "input_shape_size == requested_shape_size was false. The input tensor cannot be reshaped to the requested "
         "shape. Input shape:{2,8,12,12}, requested shape:{1,8,12,12}")
-    assert _brief(ValueError()) == "ValueError"
+    assert brief(ValueError()) == "ValueError"

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from xbar.errors import DataError, ModelError
+from xbar.errors import DataError, ModelError, brief
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -77,9 +77,8 @@ def onnxruntime_fn(path: str | os.PathLike, x: np.ndarray | None = None,
         try:
             out = session.run(None, {meta.name: feed})[0]
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"the reference model {path} (input {meta.name!r} of shape {declared}) fails on a batch "
-                            f"of shape {tuple(feed.shape)} from {data_label}: {first}") from None
+                            f"of shape {tuple(feed.shape)} from {data_label}: {brief(exc)}") from None
         return np.moveaxis(out, out_axis, 0) if out_axis else out
 
     run.fixed_batch = fixed  # type: ignore[attr-defined]  # predict() sends multiples of it
