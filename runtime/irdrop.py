@@ -32,7 +32,7 @@ ever multiply currents in this form, so r = 0 needs no special case and small r 
 precision (the admittance form would carry 1/r_w ≈ 1 S next to device conductances of
 ≈ 1e-5 S and cancel digits away).
 
-A single cell has a closed-form H (`_lane_leaves`). Two neighbouring blocks A, B are
+A single cell has a closed-form H (`_leaves`). Two neighbouring blocks A, B are
 joined across the k wires of their common side: there the voltages x and currents z are
 unknown, A gives x = a·z + P·e_A and B gives z = b·x + Q·e_B (e: the remaining inputs), hence
 (I − a·b)·x = P·e_A + a·Q·e_B, one k×k linear solve, after which every remaining output is a
@@ -41,10 +41,10 @@ passivity a and b are, up to sign, a symmetric positive semi-definite resistance
 admittance matrix, so I − a·b = I + Z·Y has real eigenvalues ≥ 1: the solve never fails and
 is well conditioned for realistic tiles. The tile is halved recursively (along its longer
 side) down to single cells; the joins are done bottom-up, level by level, vectorised over
-all blocks of a level (and over tiles). The lowest levels (joins across one or two wires,
-thousands of blocks of a few ports) store the blocks last, so that every step is one
-elementwise pass over all blocks; the levels above store one block per row and use
-stacked matmuls. At the tile boundary the open wire ends give IR = 0
+all blocks of a level (and over tiles). The lowest levels (joins across at most 8 wires,
+thousands of blocks of a few ports per tile) run compiled (runtime/irdrop_kernel.py), 128
+blocks at a time with the blocks innermost; the levels above store one block per row and
+use stacked matmuls. At the tile boundary the open wire ends give IR = 0
 and IT = 0 and the virtual ground gives VB = 0, and IL, VR, VT are not needed; the top
 levels, where blocks are large, drop those ports before joining. The last join leaves
 IB = H·VL, i.e. I = H·v and G_eff = Hᵀ.
@@ -93,6 +93,7 @@ from typing import NamedTuple
 import numpy as np
 
 from xbar.hardware import IR_SOLVE_DTYPES
+from xbar.runtime.irdrop_kernel import join_level
 from xbar.runtime.parallel import blas_one_thread, map_chunks
 
 __all__ = ["effective_conductance"]
@@ -118,10 +119,10 @@ _CHUNK_CELLS = 1 << 14
 # Cells per group of the uniform levels: a group's working set (~150 bytes per cell) stays
 # in a core's L2 cache; a whole 128×128 tile at once runs 2x slower.
 _GROUP_CELLS = 1 << 13
-# Levels whose joins cross at most this many wires run block-last (_LaneLevel): there a
-# product costs one elementwise pass per wire, against a matmul call per block; from 4 wires
-# on, the stacked matmul is faster (measured on 128×128 tiles).
-_LANE_MAX_K = 2
+# Levels whose joins cross at most this many wires run compiled (irdrop_kernel), the blocks
+# innermost; from 16 wires on, stacked BLAS matmuls are faster than the compiled loops
+# (measured on 128×128 tiles, benchmarks/RESULTS.md).
+_COMPILED_MAX_K = 8
 
 _Layout = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
@@ -177,28 +178,9 @@ def _plan(lay_a: _Layout, lay_b: _Layout, horizontal: bool) -> tuple[_Plan, _Lay
 
 def _interface_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Solve s·x = rhs for a stack of interface matrices s = I + Z·Y (eigenvalues real, >= 1)."""
-    if s.shape[-1] <= 2:  # where LAPACK's per-matrix call overhead would dominate
-        return _cramer_solve(s, rhs)
     # inv then matmul: numpy's batched solve copies and transposes the many right-hand
     # sides per matrix and is 2-4x slower here; s is well conditioned, so no accuracy cost.
     return np.linalg.inv(s) @ rhs
-
-
-def _cramer_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """s⁻¹·rhs per block for k = 1 or 2 wires, in any layout indexed (…, rows, cols) (for
-    blocks stored last, views): elementwise over all blocks.
-
-    Cramer's rule: the determinant is the product of the eigenvalues, >= 1, so it cannot
-    cancel to zero.
-    """
-    if s.shape[-1] == 1:
-        return rhs / s
-    s00, s01, s10, s11 = (s[..., i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
-    det = s00 * s11 - s01 * s10
-    x = np.empty_like(rhs)
-    np.divide(s11 * rhs[..., 0, :] - s01 * rhs[..., 1, :], det, out=x[..., 0, :])
-    np.divide(s00 * rhs[..., 1, :] - s10 * rhs[..., 0, :], det, out=x[..., 1, :])
-    return x
 
 
 def _join(parts: list[np.ndarray], out: np.ndarray, product, solve, empty) -> np.ndarray:
@@ -247,59 +229,6 @@ def _sub_blocks(plan: _Plan, n_in_a: int, n_in_b: int) -> tuple[np.ndarray, list
     return ia, sa, ib, sb
 
 
-def _lane_mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """a·b per block for blocks stored last (`a`, `b` are views indexed (…, rows, cols)):
-    one elementwise pass over all blocks per term of the inner dimension, which for inner
-    dimensions of 1 and 2 beats thousands of tiny matmuls."""
-    res = np.multiply(a[..., :, :1], b[..., :1, :], out=out)
-    for l in range(1, a.shape[-1]):
-        res += a[..., :, l:l + 1] * b[..., l:l + 1, :]
-    return res
-
-
-def _rows_last(stored: np.ndarray) -> np.ndarray:
-    """A block-last array (rows, cols, …) as a view indexed (…, rows, cols)."""
-    # np.moveaxis's own axis checks cost more than the transpose (~190 k calls per ResNet-50).
-    return stored.transpose(_ROWS_LAST[stored.ndim])
-
-
-_ROWS_LAST = {n: (*range(2, n), 0, 1) for n in range(2, 8)}
-
-
-class _LaneLevel:
-    """One level of joins over blocks stored block-last, (n_out·n_in, units, blocks), so
-    that every operation is elementwise over all blocks (the lowest levels: many tiny
-    blocks, joined across one or two wires).
-
-    Within a unit (a subtree of the halving tree), positions are ordered so that the two
-    blocks of join i are i and i + blocks/2 (see `_Schedule`): A and B are the two halves
-    of the last axis, and the union of join i is block i of the next level.
-    """
-
-    def __init__(self, plan: _Plan, n_in: int, a_first: bool):
-        k = len(plan.xA)
-        if k > 2:
-            raise ValueError(f"lane levels join across 1 or 2 wires, not {k}")
-        self._ia, self._sa, self._ib, self._sb = _sub_blocks(plan, n_in, n_in)
-        self.a_first = a_first
-        self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
-
-    @staticmethod
-    def _blocks(half, index, spans):
-        g = np.take(half, index, axis=0)
-        return [_rows_last(g[lo:hi].reshape(shape + g.shape[1:])) for lo, hi, shape in spans]
-
-    def __call__(self, stored: np.ndarray) -> np.ndarray:
-        n = stored.shape[-1] // 2
-        first, second = stored[..., :n], stored[..., n:]
-        half_a, half_b = (first, second) if self.a_first else (second, first)
-        lanes, dt = stored.shape[1:-1] + (n,), stored.dtype
-        out = np.empty((self.n_o, self.m) + lanes, dt)
-        _join(self._blocks(half_a, self._ia, self._sa) + self._blocks(half_b, self._ib, self._sb),
-              _rows_last(out), _lane_mm, _cramer_solve, lambda shape: _rows_last(np.empty(shape + lanes, dt)))
-        return out.reshape((-1,) + lanes)
-
-
 class _UniformLevel:
     """One level of joins over a stack of identical-layout blocks stored flat, in pairs.
 
@@ -312,9 +241,19 @@ class _UniformLevel:
         size = n_out * n_in
         off_a, off_b = (0, size) if a_first else (size, 0)
         ia, sa, ib, sb = _sub_blocks(plan, n_in, n_in)
-        self._index = np.concatenate([ia + off_a, ib + off_b])
+        self._index = np.concatenate([ia + off_a, ib + off_b]).astype(np.int64)
         self._spans = sa + [(lo + ia.size, hi + ia.size, shape) for lo, hi, shape in sb]
         self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
+        self._shapes = np.array([shape for _, _, shape in self._spans], np.int64)
+
+    def block_last(self, stored: np.ndarray) -> np.ndarray:
+        """The same joins over blocks stored block-last, (entries, blocks), compiled
+        (runtime/irdrop_kernel.py); a level where the kernel would need another pivot than
+        partial pivoting's runs in its pivoted NumPy form instead."""
+        out, refused = join_level(stored, self._index, self._shapes, self.n_o * self.m)
+        if refused:
+            out = np.ascontiguousarray(self(np.ascontiguousarray(stored.T)).T)
+        return out
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
         n = stored.shape[0] // 2
@@ -350,7 +289,7 @@ class _Join:
         return out.reshape(t, -1)
 
 
-def _lane_leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.ndarray:
+def _leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.ndarray:
     """Hybrid matrices of single cells, block-last: (16, …) from g, r_left, r_below of one
     broadcast shape (…).
 
@@ -367,15 +306,6 @@ def _lane_leaves(g: np.ndarray, r_left: np.ndarray, r_below: np.ndarray) -> np.n
                      1.0 - cl, r_left * (cl - 1.0), r_left * cb, cl,
                      cb, -r_below * cl, r_below * (1.0 - cb), 1.0 - cb,
                      c, -cl, 1.0 - cb, -c])
-
-
-def _bit_reversal(n: int) -> np.ndarray:
-    """Position → index with the log2(n) bits reversed (n a power of two)."""
-    bits, idx = n.bit_length() - 1, np.arange(n)
-    rev = np.zeros(n, np.intp)
-    for b in range(bits):
-        rev |= ((idx >> b) & 1) << (bits - 1 - b)
-    return rev
 
 
 def _split_order(rows: int, cols: int) -> list[bool]:
@@ -427,18 +357,17 @@ class _Schedule:
         one = tuple(np.array([q]) for q in range(4))
         lay: _Layout = (one, one)
         levels = splits[::-1]
-        self.lanes, self.uniform = [], []
+        self.compiled, self.uniform = [], []
         n_out = n_in = 4
         blocks, level = rows * cols, 0
         while level < len(levels) and blocks > _PRUNE_BELOW:
             horizontal = levels[level]
             plan, lay = _plan(lay, lay, horizontal)
             # Siblings in tree order are (left, right) and (top, bottom); A is left or bottom.
-            if len(plan.xA) <= _LANE_MAX_K and not self.uniform:
-                step = _LaneLevel(plan, n_in, a_first=horizontal)
-                self.lanes.append(step)
+            step = _UniformLevel(plan, n_out, n_in, a_first=horizontal)
+            if len(plan.xA) <= _COMPILED_MAX_K and not self.uniform:
+                self.compiled.append(step)
             else:
-                step = _UniformLevel(plan, n_out, n_in, a_first=horizontal)
                 self.uniform.append(step)
             n_out, n_in = step.n_o, step.m
             blocks //= 2
@@ -450,14 +379,6 @@ class _Schedule:
         cells = rows * cols
         self.group = max(cells // blocks, _GROUP_CELLS)
         self.unit = min(self.group, cells)
-        # Lane order within a unit: the cell of tree rank hi·2^L + rev(lo) sits at position
-        # lo·(unit / 2^L) + hi, L the number of lane levels. The sibling bit of each lane
-        # level is then the leading bit of the position, and after the L levels the blocks
-        # are in tree order.
-        n_lanes = len(self.lanes)
-        per, pos = self.unit >> n_lanes, np.arange(self.unit)
-        rank = (pos % per) << n_lanes | _bit_reversal(1 << n_lanes)[pos // per]
-        self.order = self.order.reshape(-1, self.unit)[:, rank].ravel()
         r_idx, c_idx = np.divmod(self.order, cols)
         self.is_left = c_idx == 0  # cells whose row segment is the driver resistance
         self.is_bottom = r_idx == rows - 1  # cells whose column segment is the sense resistance
@@ -496,12 +417,11 @@ class _Schedule:
         parts = []
         for u in range(0, g.shape[0], per_group):
             o = u * self.unit % cells
-            stored = _lane_leaves(g[u:u + per_group], r_left[o:o + self.unit],
-                                  r_below[o:o + self.unit])
-            for lane_step in self.lanes:
-                stored = lane_step(stored)
-            # To one block per row, in tree order (a copy: the axes are reordered).
-            stored = stored.transpose(1, 2, 0).reshape(-1, stored.shape[0])
+            stored = _leaves(g[u:u + per_group], r_left[o:o + self.unit], r_below[o:o + self.unit])
+            stored = stored.reshape(stored.shape[0], -1)  # block-last, blocks in tree order
+            for step in self.compiled:
+                stored = step.block_last(stored)
+            stored = np.ascontiguousarray(stored.T)  # to one block per row
             for step in self.uniform:
                 stored = step(stored)
             parts.append(stored)

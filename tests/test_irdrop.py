@@ -283,3 +283,58 @@ def test_rejects_an_unknown_solve_dtype():
 def test_rejects_invalid_input(args):
     with pytest.raises(ValueError):
         effective_conductance(*args)
+
+
+# ----------------------------------------------------------------- compiled lowest levels
+
+
+def _lowest_levels_input(rows, cols, scale, r_w, dtype=np.float64, seed=0):
+    """A 128-cell-or-more schedule's leaves for random conductances, block-last."""
+    from xbar.runtime import irdrop
+
+    sched = irdrop._Schedule(rows, cols)
+    g = np.random.default_rng(seed).uniform(0.0, scale, (1, rows * cols))[:, sched.order].astype(dtype)
+    r_left = np.where(sched.is_left, 0.0, r_w).astype(dtype)
+    r_below = np.where(sched.is_bottom, 0.0, r_w).astype(dtype)
+    return sched, irdrop._leaves(g, r_left, r_below).reshape(16, -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("scale,r_w", [(25e-6, 1.0), (1e-4, 10.0), (1.0, 1e5)])
+def test_compiled_levels_equal_their_numpy_form(dtype, scale, r_w):
+    """Every compiled level (joins across 1-8 wires) against the same joins in NumPy
+    (stacked matmuls, LAPACK's pivoted inverse), fed the same blocks: equal to rounding.
+    Physical tiles, even with r_w·G far beyond any real crossbar, never need a pivot other
+    than the diagonal. Tolerance: elimination and LAPACK round differently, a few ulps per
+    level over seven levels."""
+    from xbar.runtime.irdrop_kernel import join_level
+
+    sched, stored = _lowest_levels_input(64, 64, scale, r_w, dtype)
+    assert [int(s._shapes[0, 0]) for s in sched.compiled] == [1, 2, 2, 4, 4, 8, 8]
+    for step in sched.compiled:
+        compiled, refused = join_level(stored, step._index, step._shapes, step.n_o * step.m)
+        assert refused == 0
+        numpy_form = step(np.ascontiguousarray(stored.T)).T
+        scale_out = np.abs(numpy_form).max(axis=1, keepdims=True) + np.finfo(dtype).tiny
+        assert np.max(np.abs(compiled - numpy_form) / scale_out) < (1e-12 if dtype == np.float64 else 1e-4)
+        stored = compiled
+
+
+def test_a_join_that_needs_another_pivot_is_done_pivoted():
+    """Hybrid matrices no circuit has (random entries of order 1): the interface system
+    I − a·b then often needs a row exchange, which the kernel does not make. It says so, and
+    the level is computed in its pivoted NumPy form instead, exactly."""
+    from xbar.runtime.irdrop_kernel import join_level
+
+    sched, _ = _lowest_levels_input(64, 64, 25e-6, 1.0)
+    before, step = sched.compiled[3:5]  # step joins across 4 wires
+    entries = before.n_o * before.m  # of each block step joins
+    stored = np.random.default_rng(3).standard_normal((entries, 512))
+    _, refused = join_level(stored, step._index, step._shapes, step.n_o * step.m)
+    assert refused > 0
+    np.testing.assert_array_equal(step.block_last(stored), step(np.ascontiguousarray(stored.T)).T)
+    # A stack whose every join is diagonally dominant is not refused, and agrees.
+    calm = stored * 0.05
+    out, refused = join_level(calm, step._index, step._shapes, step.n_o * step.m)
+    assert refused == 0
+    np.testing.assert_allclose(out, step(np.ascontiguousarray(calm.T)).T, rtol=1e-10, atol=1e-13)
