@@ -246,13 +246,15 @@ class _UniformLevel:
         self.m, self.n_o = len(plan.eA) + len(plan.eB), len(plan.oA) + len(plan.oB)
         self._shapes = np.array([shape for _, _, shape in self._spans], np.int64)
 
-    def block_last(self, stored: np.ndarray) -> np.ndarray:
+    def block_last(self, stored: np.ndarray, rows_out: bool = False) -> np.ndarray:
         """The same joins over blocks stored block-last, (entries, blocks), compiled
         (runtime/irdrop_kernel.py); a level where the kernel would need another pivot than
-        partial pivoting's runs in its pivoted NumPy form instead."""
-        out, refused = join_level(stored, self._index, self._shapes, self.n_o * self.m)
+        partial pivoting's runs in its pivoted NumPy form instead. The unions come out
+        block-last, or with `rows_out` one block per row."""
+        out, refused = join_level(stored, self._index, self._shapes, self.n_o * self.m, rows_out)
         if refused:
-            out = np.ascontiguousarray(self(np.ascontiguousarray(stored.T)).T)
+            out = self(np.ascontiguousarray(stored.T))
+            out = out if rows_out else np.ascontiguousarray(out.T)
         return out
 
     def __call__(self, stored: np.ndarray) -> np.ndarray:
@@ -419,9 +421,10 @@ class _Schedule:
             o = u * self.unit % cells
             stored = _leaves(g[u:u + per_group], r_left[o:o + self.unit], r_below[o:o + self.unit])
             stored = stored.reshape(stored.shape[0], -1)  # block-last, blocks in tree order
-            for step in self.compiled:
-                stored = step.block_last(stored)
-            stored = np.ascontiguousarray(stored.T)  # to one block per row
+            for i, step in enumerate(self.compiled):  # the last one hands on one block per row
+                stored = step.block_last(stored, rows_out=i == len(self.compiled) - 1)
+            if not self.compiled:
+                stored = np.ascontiguousarray(stored.T)
             for step in self.uniform:
                 stored = step(stored)
             parts.append(stored)

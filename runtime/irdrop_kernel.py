@@ -42,19 +42,26 @@ def _compiled():
     return njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)(_join_level)
 
 
-def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out: int) -> tuple[np.ndarray, int]:
+def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out: int,
+               rows_out: bool = False) -> tuple[np.ndarray, int]:
     """One level of joins over blocks stored block-last, two blocks a join side by side.
 
     stored: (entries, 2·n) hybrid matrices, block j in column j; the two blocks of join p
     are columns 2p and 2p + 1. index: positions, in the concatenated entries of a join's
     first and second block (second block: offset by `entries`), of the sub-blocks it reads,
     one after the other (a, P, L_A, D_A, b, Q, L_B, D_B of `_join`); shapes: (8, 2) their
-    shapes. Returns the (n_out, n) hybrid matrices of the unions, block-last, and how many
-    joins needed a pivot other than the diagonal (their columns are then not valid).
+    shapes. Returns the (n_out, n) hybrid matrices of the unions, block-last (or with
+    `rows_out` one block per row, (n, n_out), as the levels above store them: written so
+    directly, through a transposed view, it saves a transposing copy), and how many joins
+    needed a pivot other than the diagonal (their results are then not valid).
     """
     n = stored.shape[1] // 2
-    out = np.empty((n_out, n), stored.dtype)
-    refused = _compiled()(stored, index, shapes, out)
+    if rows_out:
+        out = np.empty((n, n_out), stored.dtype)
+        refused = _compiled()(stored, index, shapes, out.T)
+    else:
+        out = np.empty((n_out, n), stored.dtype)
+        refused = _compiled()(stored, index, shapes, out)
     return out, int(refused)
 
 
