@@ -6,7 +6,7 @@ stacked matmul per block, and their memory traffic was about half of a 128×128 
 Compiled, a level works on 128 blocks at a time with every intermediate in L1 and the blocks
 innermost (so each step is one vector instruction over 4–8 blocks): measured 1.3–1.5× per
 tile for the whole solve (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled").
-Numba is the compiler; see pyproject.toml.
+Numba is the compiler (runtime/compiled.py).
 
 The arithmetic is the join of runtime/irdrop.py (`_join`, read with its docstring), with
 the k×k interface system solved by Gauss–Jordan elimination. Pivoting: the kernel takes
@@ -23,23 +23,13 @@ off), so a chip stays the same bit for bit on any number of threads.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from xbar.runtime.compiled import compiled
 
 # Blocks per pass: the scratch of a pass (gathered sub-blocks, right-hand sides, interface
 # matrix; ≤ ~600 entries per block at 8 wires) stays within a core's L1/L2.
 _LANES = 128
-
-
-@functools.cache
-def _compiled():
-    # Imported on first use: numba's import costs ~0.3 s that commands without IR drop
-    # should not pay; compiled functions are cached on disk (`cache=True`), so the ~5 s
-    # compile per dtype happens once per installation.
-    from numba import njit
-
-    return njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)(_join_level)
 
 
 def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out: int,
@@ -58,14 +48,15 @@ def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out:
     n = stored.shape[1] // 2
     if rows_out:
         out = np.empty((n, n_out), stored.dtype)
-        refused = _compiled()(stored, index, shapes, out.T)
+        refused = _join_level(stored, index, shapes, out.T)
     else:
         out = np.empty((n_out, n), stored.dtype)
-        refused = _compiled()(stored, index, shapes, out)
+        refused = _join_level(stored, index, shapes, out)
     return out, int(refused)
 
 
-def _join_level(st, index, sh, out):  # pragma: no cover - compiled; covered through join_level
+@compiled
+def _join_level(st, index, sh, out):
     n = st.shape[1] // 2
     size = st.shape[0]
     k, n_ea, n_oa, n_eb, n_ob = sh[0, 0], sh[1, 1], sh[2, 0], sh[5, 1], sh[6, 0]

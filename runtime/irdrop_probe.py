@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xbar.runtime.compiled import compiled
 
 
 def _wire_line(g_line: np.ndarray, gw: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,34 +36,49 @@ def _wire_line(g_line: np.ndarray, gw: float) -> tuple[np.ndarray, np.ndarray, n
     diag[:-1] += gw
     lower = np.full(n, -gw)
     lower[0] = 0.0
-    upper = np.full((n, 1, 1), -gw)
+    upper = np.full(n, -gw)
     upper[-1] = 0.0
     return diag, lower, upper
 
-def _thomas_factor(lower: float, diag: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tridiagonal LU along axis 0 of diag (n, …): constant sub-diagonal `lower` (per step
-    an array broadcastable to diag[0], via upper/lower handled by the caller). Returns
-    (inverse pivots, c') for the forward/backward substitution."""
-    n = diag.shape[0]
+
+# The two Thomas sweeps run compiled (runtime/compiled.py): a line of 128 nodes is 128
+# dependent steps, each over every line of every tile at once, which as NumPy calls costs
+# more in call overhead than in arithmetic. The operations are NumPy's, in NumPy's order.
+@compiled
+def _thomas_factor(lower, diag, upper):
+    """Tridiagonal LU along axis 0 of diag (n, a, b) with sub- and super-diagonals lower
+    and upper (n,): (inverse pivots, c') for `_thomas_solve`."""
+    n, p, q = diag.shape
     inv = np.empty_like(diag)
     cp = np.empty_like(diag)
-    inv[0] = 1.0 / diag[0]
-    cp[0] = upper[0] * inv[0]
+    for i in range(p):
+        for k in range(q):
+            inv[0, i, k] = 1.0 / diag[0, i, k]
+            cp[0, i, k] = upper[0] * inv[0, i, k]
     for j in range(1, n):
-        m = diag[j] - lower[j] * cp[j - 1]
-        inv[j] = 1.0 / m
-        cp[j] = upper[j] * inv[j]
+        for i in range(p):
+            for k in range(q):
+                inv[j, i, k] = 1.0 / (diag[j, i, k] - lower[j] * cp[j - 1, i, k])
+                cp[j, i, k] = upper[j] * inv[j, i, k]
     return inv, cp
 
 
-def _thomas_solve(lower: np.ndarray, inv: np.ndarray, cp: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    n = rhs.shape[0]
+@compiled
+def _thomas_solve(lower, inv, cp, rhs):
+    """x with T·x = rhs along axis 0, T factored by `_thomas_factor`."""
+    n, p, q = rhs.shape
     d = np.empty_like(rhs)
-    d[0] = rhs[0] * inv[0]
+    for i in range(p):
+        for k in range(q):
+            d[0, i, k] = rhs[0, i, k] * inv[0, i, k]
     for j in range(1, n):
-        d[j] = (rhs[j] - lower[j] * d[j - 1]) * inv[j]
+        for i in range(p):
+            for k in range(q):
+                d[j, i, k] = (rhs[j, i, k] - lower[j] * d[j - 1, i, k]) * inv[j, i, k]
     for j in range(n - 2, -1, -1):
-        d[j] -= cp[j] * d[j + 1]
+        for i in range(p):
+            for k in range(q):
+                d[j, i, k] -= cp[j, i, k] * d[j + 1, i, k]
     return d
 
 
@@ -93,7 +109,7 @@ def probe_currents(g: np.ndarray, v: np.ndarray, r_wire: float, r_driver: float,
         diag_r[0] = 1.0
         upper_r[0] = 0.0
         drive = vt
-    inv_r, cp_r = _thomas_factor(lower_r, diag_r, np.broadcast_to(upper_r, diag_r.shape))
+    inv_r, cp_r = _thomas_factor(lower_r, diag_r, upper_r)
     # Column line j, node i (0 = top, open): (G + wires [+ 1/r_sense at the bottom])·y_i − gw·y_{i±1} = G·x_i.
     diag_c, lower_c, upper_c = _wire_line(gc, gw)
     if r_sense > 0:
@@ -101,7 +117,7 @@ def probe_currents(g: np.ndarray, v: np.ndarray, r_wire: float, r_driver: float,
     else:  # bottom node at 0 V
         diag_c[-1] = 1.0
         lower_c[-1] = 0.0
-    inv_c, cp_c = _thomas_factor(lower_c, diag_c, np.broadcast_to(upper_c, diag_c.shape))
+    inv_c, cp_c = _thomas_factor(lower_c, diag_c, upper_c)
     if r_driver == 0:
         gr[0] = 0.0  # the Dirichlet equation takes no device current
     g_bottom = gc[-1].copy()  # (C, T) devices of the last row, for the current at r_sense = 0

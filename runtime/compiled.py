@@ -1,0 +1,28 @@
+"""Functions compiled with Numba on first call, cached on disk: the solver loops NumPy
+cannot vectorise (see pyproject.toml for why Numba)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+
+def compiled(fn: Callable) -> Callable:
+    """`fn` compiled on its first call, with the GIL released (so that xbar's worker threads
+    run it side by side), IEEE arithmetic as written (no fused or reordered operations, so
+    results are bit-identical to the same operations in NumPy), and no exception on a
+    division by zero (NumPy's inf/nan instead)."""
+
+    @functools.cache
+    def build():
+        # Imported here: numba's import costs ~0.3 s that commands without IR drop should
+        # not pay; the ~5 s compile per argument type happens once per installation.
+        from numba import njit
+
+        return njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)(fn)
+
+    @functools.wraps(fn)
+    def call(*args):
+        return build()(*args)
+
+    return call
