@@ -183,28 +183,26 @@ def _interface_solve(s: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return np.linalg.inv(s) @ rhs
 
 
-def _join(parts: list[np.ndarray], out: np.ndarray, product, solve, empty) -> np.ndarray:
+def _join(parts: list[np.ndarray], out: np.ndarray) -> np.ndarray:
     """Join two blocks (module docstring): their sub-blocks `parts` = (a, P, L_A, D_A, b, Q,
     L_B, D_B) → the union's hybrid matrix, written into `out` (…, n_o, m).
 
-    Every array is indexed (…, rows, columns), the leading axes running over blocks;
-    `product(x, y, out=None)` (x·y per block), `solve(s, rhs)` (s⁻¹·rhs per block) and
-    `empty(shape)` (…, *shape) bring the storage layout: one block per row for the levels
-    that use stacked matmuls, blocks last (as views) for the lane levels.
+    Every array is indexed (…, rows, columns), the leading axes running over blocks (stacked
+    matmuls). The same arithmetic, compiled, is irdrop_kernel's for the lowest levels.
     """
     a, p, l_a, d_a, b, q, l_b, d_b = parts
     k, n_ea, n_oa = a.shape[-1], p.shape[-1], l_a.shape[-2]
-    rhs = empty((k, n_ea + q.shape[-1]))
+    rhs = np.empty(out.shape[:-2] + (k, n_ea + q.shape[-1]), out.dtype)
     rhs[..., :n_ea] = p
-    product(a, q, out=rhs[..., n_ea:])
-    s = product(a, b)
+    np.matmul(a, q, out=rhs[..., n_ea:])
+    s = a @ b
     np.negative(s, out=s)
     s[..., np.arange(k), np.arange(k)] += 1.0
-    x = solve(s, rhs)
-    z = product(b, x)
+    x = _interface_solve(s, rhs)
+    z = b @ x
     z[..., n_ea:] += q
-    product(l_a, z, out=out[..., :n_oa, :])
-    product(l_b, x, out=out[..., n_oa:, :])
+    np.matmul(l_a, z, out=out[..., :n_oa, :])
+    np.matmul(l_b, x, out=out[..., n_oa:, :])
     out[..., :n_oa, :n_ea] += d_a
     out[..., n_oa:, n_ea:] += d_b
     return out
@@ -262,8 +260,7 @@ class _UniformLevel:
         gathered = np.take(stored.reshape(n, -1), self._index, axis=1)
         dt = stored.dtype
         out = np.empty((n, self.n_o, self.m), dt)
-        _join([gathered[:, lo:hi].reshape((n,) + shape) for lo, hi, shape in self._spans], out,
-              np.matmul, _interface_solve, lambda shape: np.empty((n,) + shape, dt))
+        _join([gathered[:, lo:hi].reshape((n,) + shape) for lo, hi, shape in self._spans], out)
         return out.reshape(n, -1)
 
 
@@ -286,8 +283,7 @@ class _Join:
     def __call__(self, flat_a: np.ndarray, flat_b: np.ndarray) -> np.ndarray:
         t, dt = flat_a.shape[0], flat_a.dtype
         out = np.empty((t, self.n_o, self.m), dt)
-        _join(self._blocks(flat_a, self._ia, self._sa) + self._blocks(flat_b, self._ib, self._sb), out,
-              np.matmul, _interface_solve, lambda shape: np.empty((t,) + shape, dt))
+        _join(self._blocks(flat_a, self._ia, self._sa) + self._blocks(flat_b, self._ib, self._sb), out)
         return out.reshape(t, -1)
 
 
