@@ -3,8 +3,8 @@
 These levels hold thousands of tiny blocks per tile (single cells joined into 2×1, 2×2, …
 8×8 blocks), so in NumPy every step is either a pass over all blocks' memory per term or a
 stacked matmul per block, and their memory traffic was about half of a 128×128 tile's solve.
-Compiled, a level works on 128 blocks at a time with every intermediate in L1 and the blocks
-innermost (so each step is one vector instruction over 4–8 blocks): measured 1.3–1.5× per
+Compiled, a level works on up to 128 blocks at a time with every intermediate in cache and
+the blocks innermost (so each step is one vector instruction over 4–8 blocks): measured 1.3–1.5× per
 tile for the whole solve (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled").
 Numba is the compiler (runtime/compiled.py).
 
@@ -27,9 +27,12 @@ import numpy as np
 
 from xbar.runtime.compiled import compiled
 
-# Blocks per pass: the scratch of a pass (gathered sub-blocks, right-hand sides, interface
-# matrix; ≤ ~600 entries per block at 8 wires) stays within a core's L1/L2.
-_LANES = 128
+# Blocks per pass: at most 128 (vectors of 4-8 blocks, loop overhead amortised), and fewer
+# where a pass's scratch (gathered sub-blocks, right-hand sides, interface matrix) would
+# exceed 1 MiB: the 8-wire level's second half ran 1.4x faster at 64 blocks than at 128 in
+# float32 (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled").
+_MAX_LANES = 128
+_SCRATCH_BYTES = 1 << 20
 
 
 def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out: int,
@@ -46,17 +49,22 @@ def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out:
     needed a pivot other than the diagonal (their results are then not valid).
     """
     n = stored.shape[1] // 2
+    k, m = int(shapes[0, 0]), int(shapes[1, 1] + shapes[5, 1])
+    per_block = (index.size + 2 * k * m + k * k) * stored.itemsize
+    lanes = _MAX_LANES
+    while lanes > 8 and lanes * per_block > _SCRATCH_BYTES:
+        lanes //= 2
     if rows_out:
         out = np.empty((n, n_out), stored.dtype)
-        refused = _join_level(stored, index, shapes, out.T)
+        refused = _join_level(stored, index, shapes, out.T, lanes)
     else:
         out = np.empty((n_out, n), stored.dtype)
-        refused = _join_level(stored, index, shapes, out)
+        refused = _join_level(stored, index, shapes, out, lanes)
     return out, int(refused)
 
 
 @compiled
-def _join_level(st, index, sh, out):
+def _join_level(st, index, sh, out, lanes):
     n = st.shape[1] // 2
     size = st.shape[0]
     k, n_ea, n_oa, n_eb, n_ob = sh[0, 0], sh[1, 1], sh[2, 0], sh[5, 1], sh[6, 0]
@@ -71,16 +79,16 @@ def _join_level(st, index, sh, out):
     o_db = o_lb + n_ob * k
     dt = st.dtype
     n_idx = index.shape[0]
-    g = np.empty((n_idx, _LANES), dt)
-    x = np.empty((k * m, _LANES), dt)
-    s = np.empty((k * k, _LANES), dt)
-    z = np.empty((k * m, _LANES), dt)
-    acc = np.empty(_LANES, dt)
-    f = np.empty(_LANES, dt)
+    g = np.empty((n_idx, lanes), dt)
+    x = np.empty((k * m, lanes), dt)
+    s = np.empty((k * k, lanes), dt)
+    z = np.empty((k * m, lanes), dt)
+    acc = np.empty(lanes, dt)
+    f = np.empty(lanes, dt)
     one = dt.type(1.0)
     refused = 0
-    for c0 in range(0, n, _LANES):
-        w = min(_LANES, n - c0)
+    for c0 in range(0, n, lanes):
+        w = min(lanes, n - c0)
         for t in range(n_idx):
             j = index[t]
             second = 1 if j >= size else 0

@@ -338,3 +338,16 @@ def test_a_join_that_needs_another_pivot_is_done_pivoted():
     out, refused = join_level(calm, step._index, step._shapes, step.n_o * step.m)
     assert refused == 0
     np.testing.assert_allclose(out, step(np.ascontiguousarray(calm.T)).T, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_blocks_per_compiled_pass_do_not_change_the_result(monkeypatch, dtype):
+    """The kernel takes fewer blocks per pass where their scratch is large; each block's
+    arithmetic is the same whichever pass holds it, so the chip is the same bit for bit."""
+    from xbar.runtime import irdrop_kernel
+
+    g = np.random.default_rng(9).uniform(0.0, 25e-6, (2, 128, 128))
+    want = effective_conductance(g, 1.0, 10.0, 10.0, dtype=dtype)
+    for budget in (1 << 40, 1 << 14):  # 128 blocks in every pass; 8 in most
+        monkeypatch.setattr(irdrop_kernel, "_SCRATCH_BYTES", budget)
+        np.testing.assert_array_equal(effective_conductance(g, 1.0, 10.0, 10.0, dtype=dtype), want)
