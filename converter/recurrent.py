@@ -52,8 +52,11 @@ from xbar.ops import RECURRENT_OPS
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 # Activations the runtime implements with their ONNX default parameters (runtime/recurrent.py).
-ACTIVATIONS = ("Sigmoid", "Tanh", "Relu", "HardSigmoid", "LeakyRelu", "ThresholdedRelu", "Elu", "Softsign",
-               "Softplus")
+ACTIVATIONS = ("Sigmoid", "Tanh", "Relu", "HardSigmoid", "LeakyRelu", "Elu", "Softsign", "Softplus")
+# ThresholdedRelu is not among them: with its default parameter the ONNX specification
+# (alpha = 1, "x if x >= alpha") and onnxruntime (which keeps every positive value) disagree,
+# and activation_alpha is not supported, so a model using it has no one meaning to be exact to.
+_AMBIGUOUS = {"thresholdedrelu": "ThresholdedRelu"}
 DIRECTIONS = ("forward", "reverse")
 
 
@@ -138,6 +141,12 @@ def extract_recurrent(graph: Graph, node: Node, label: str) -> tuple[list[LayerS
     # ONNX activation names are case-sensitive but exporters vary; match case-insensitively.
     canon = {x.lower(): x for x in ACTIVATIONS}
     for x in acts:
+        if x.lower() in _AMBIGUOUS:
+            raise UnsupportedOpError(
+                f"{label}: {cell} node {node.name!r} uses activation {x!r} with its default threshold, on which "
+                "the ONNX specification (alpha = 1: x if x >= 1, else 0) and onnxruntime (every positive value "
+                "kept) disagree; xbar refuses it rather than pick one. Export the cell with Relu if onnxruntime's "
+                "behaviour is what the model was trained with.")
         if x.lower() not in canon:
             raise _refuse(label, node, f"activation {x!r}")
     acts = [canon[x.lower()] for x in acts]

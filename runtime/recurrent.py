@@ -36,7 +36,6 @@ ACTIVATION_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Relu": lambda x: np.maximum(x, 0),
     "HardSigmoid": lambda x: np.clip(np.float32(0.2) * x + np.float32(0.5), 0, 1),
     "LeakyRelu": lambda x: np.where(x >= 0, x, np.float32(0.01) * x),
-    "ThresholdedRelu": lambda x: np.where(x > 1, x, 0).astype(x.dtype),
     "Elu": lambda x: np.where(x >= 0, x, np.expm1(np.minimum(x, 0))),
     "Softsign": lambda x: x / (1 + np.abs(x)),
     "Softplus": _softplus,

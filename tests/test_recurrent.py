@@ -323,6 +323,7 @@ def test_peepholes_clip_input_forget(cell, kwargs):
     (dict(attrs={"activations": ["Sigmoid", "Tanh", "Affine"], "activation_alpha": [0.5],
                  "activation_beta": [0.1]}), "activation_alpha"),
     (dict(attrs={"activations": ["Sigmoid", "Tanh", "ScaledTanh"]}), "ScaledTanh"),
+    (dict(attrs={"activations": ["Sigmoid", "ThresholdedRelu", "Tanh"]}), "disagree"),
 ])
 def test_refusals_through_the_cli(tmp_path, kwargs, needle):
     model, _ = _onnx_rnn("LSTM", **kwargs)
