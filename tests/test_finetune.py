@@ -168,3 +168,44 @@ def test_training_threads_follow_the_environment(monkeypatch):
     with pytest.raises(XbarError, match="XBAR_TORCH_THREADS='two'"):
         with training_threads():
             pass
+
+
+@pytest.mark.parametrize("method", ["noise", "hessian"])
+def test_finetune_grouped_and_depthwise_convolutions(tmp_path, method):
+    """The torch layer multiplies by a grouped convolution's whole block-diagonal matrix, so
+    its structural zeros get gradients (and the hessian method's penalty); they must stay 0,
+    or the weights cannot be written back to the layer's groups. Trained, written and read
+    back through the CLI; the zeros are exactly 0 and the real weights moved."""
+    import torch
+    import torch.nn as nn
+
+    from xbar.converter.layers import conv_structure
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4))
+    net.eval()
+    src = tmp_path / "g.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 6, 6),), str(src), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    x = np.random.default_rng(0).standard_normal((64, 1, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        y = net(torch.from_numpy(x)).argmax(1).numpy()
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x, y=y)
+    runner = CliRunner()
+    b, ft = tmp_path / "g.xbar", tmp_path / "g.ft.xbar"
+    assert runner.invoke(cli, ["convert", str(src), "-o", str(b), "--hardware", "pcm"]).exit_code == 0
+    r = runner.invoke(cli, ["finetune", str(b), "--data", str(data), "--drift", "1d", "--epochs", "2",
+                            "--method", method, "-o", str(ft)])
+    assert r.exit_code == 0, r.output
+    before, after = Runtime(load_bundle(b)), Runtime(load_bundle(ft))
+    grouped = 0
+    for entry, l0, l1 in zip(load_bundle(b).layers, before.layers, after.layers):
+        mask = conv_structure(entry["params"], l0.n) if entry["kind"] == "conv" else None
+        w0, w1 = l0.matrix * l0.col_scale, l1.matrix * l1.col_scale
+        if mask is not None:
+            grouped += 1
+            assert np.all(w1[~mask] == 0) and np.all(w0[~mask] == 0), entry["name"]
+        assert np.abs(w1 - w0).max() > 0, entry["name"]  # trained
+    assert grouped == 2

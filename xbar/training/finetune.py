@@ -103,11 +103,15 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
 
     trt = TorchRuntime(bundle, None, seed, train_weights=True, perturb=perturb)
     layers = [layer for layer in trt.torch_layers() if layer.analog]
-    # Grouped convolutions: only their real weights are on the chip (and trained: a
-    # structural zero has no gradient through the conv and draws no device noise).
+    # Grouped convolutions: only their real weights are on the chip, draw device noise and
+    # are trained. The torch layer multiplies by the whole block-diagonal K×N matrix, so its
+    # structural zeros do get gradients (and a curvature penalty): those are masked before
+    # every step, or the zeros would move off the diagonal blocks and the weights could not
+    # be written back.
     entries = {e["name"]: e for e in bundle.layers}
     valid = {layer.name: conv_structure(entries[layer.name]["params"], layer.n) if layer.kind == "conv" else None
              for layer in layers}
+    masks = {name: torch.from_numpy(v.astype(np.float32)) for name, v in valid.items() if v is not None}
     name_in, name_out = trt.input_names[0], trt.output_names[0]
     xt = torch.from_numpy(np.ascontiguousarray(x))
     if options.loss == "distill":
@@ -153,13 +157,16 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
         draw()
         noise_on["value"] = True
 
-    def penalty() -> None:
+    def after_backward() -> None:
         noise_on["value"] = False
-        if options.method != "hessian":
-            return
+        if options.method == "hessian":
+            for layer in layers:
+                slope = _variance_slope(layer.weight.detach().double().numpy(), cfg, spec)
+                layer.weight.grad += torch.from_numpy((options.penalty * curvature[layer.name] * slope)
+                                                      .astype(np.float32))
         for layer in layers:
-            slope = _variance_slope(layer.weight.detach().double().numpy(), cfg, spec)
-            layer.weight.grad += torch.from_numpy((options.penalty * curvature[layer.name] * slope).astype(np.float32))
+            if layer.name in masks:
+                layer.weight.grad.mul_(masks[layer.name])
 
     losses: list[float] = []
     steps = 0
@@ -170,7 +177,7 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
             if options.method == "hessian" and epoch % options.hessian_every == 0:
                 estimate_curvature()
             steps += run_epoch(trt, opt, loss_of, xt, target, len(x), bs, order, name_in, name_out, losses,
-                               before=noisy, after_backward=penalty)
+                               before=noisy, after_backward=after_backward)
     weights = {layer.name: (layer.weight.detach().double() * layer.col_scale).numpy() for layer in layers}
     affines = {layer.name: layer.affine() for layer in trt.torch_layers()}
     record = {"method": options.method, "epochs": options.epochs, "lr": options.lr, "loss": options.loss,
