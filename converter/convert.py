@@ -410,6 +410,12 @@ def convert(
         )
     graph.nodes = new_nodes
     graph.prune()
+    for node in graph.nodes:
+        if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+            raise UnsupportedOpError(
+                f"{label}: MaxPool node {node.name!r}: its Indices output {node.outputs[1]!r} is read by the "
+                "model, and xbar's MaxPool computes the pooled values only. Export the model without using the "
+                "indices (e.g. return_indices=False in torch).")
     _count_symbolic_vectors(layers, shapes_only)
 
     nodes_json = []

@@ -9,6 +9,12 @@ import networkx as nx
 import numpy as np
 
 
+# Ops whose outputs after the first few are optional (ONNX: an omitted output is "" or
+# absent), by how many come first: those nobody reads are dropped, so that the runtime does
+# not compute, or refuse, what no one uses.
+_OPTIONAL_AFTER = {"MaxPool": 1, "Dropout": 1, "LayerNormalization": 1}
+
+
 @dataclass
 class Node:
     name: str
@@ -68,11 +74,16 @@ class Graph:
         self.nodes = [by_name[name] for name in names]
 
     def prune(self) -> None:
-        """Drop nodes whose outputs nothing needs, and constants nobody reads."""
+        """Drop nodes whose outputs nothing needs, optional outputs nobody reads (e.g. a
+        MaxPool's Indices, which xbar does not compute), and constants nobody reads."""
         needed = set(self.outputs)
         kept: list[Node] = []
         for n in reversed(self.nodes):
             if any(o in needed for o in n.outputs):
+                if n.op in _OPTIONAL_AFTER and not n.domain:
+                    last = max(k for k, o in enumerate(n.outputs) if o in needed)
+                    n.outputs = [o if o in needed or k < _OPTIONAL_AFTER[n.op] else ""
+                                 for k, o in enumerate(n.outputs[:max(last + 1, _OPTIONAL_AFTER[n.op])])]
                 kept.append(n)
                 needed.update(i for i in n.inputs if i)
         self.nodes = kept[::-1]

@@ -182,3 +182,25 @@ def test_group_normalization_18_passes_the_checker():
                in_shape=("N", 6, 5), out_shape=["N", 6, 5], opset=18)
     x = rng.normal(size=(2, 6, 5)).astype(np.float32)
     np.testing.assert_allclose(Runtime(convert(m))(x), _ref(m, x), rtol=1e-4, atol=1e-5)
+
+
+def test_optional_outputs_nobody_reads_are_dropped_and_a_read_maxpool_index_is_refused():
+    """A MaxPool's Indices (which xbar does not compute) and a LayerNormalization's Mean and
+    InvStdDev, declared but read by nothing: dropped at conversion, the model runs and
+    equals onnxruntime. An Indices output the model does return: refused at conversion,
+    naming the node, not at every run."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "idx"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             helper.make_node("LayerNormalization", ["p", "s"], ["y", "mean", "istd"], axis=-1, name="ln")]
+    inits = [numpy_helper.from_array(np.linspace(0.5, 1.5, 3).astype(np.float32), "s")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    bundle = convert(model)
+    ops = {n["op"]: n["outputs"] for n in bundle.manifest["graph"]["nodes"]}
+    assert ops["MaxPool"] == ["p"] and ops["LayerNormalization"] == ["y"]
+    x = np.random.default_rng(0).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(Runtime(bundle)(x), _ref(model, x), rtol=1e-5, atol=1e-6)
+
+    graph.output.append(helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 2, 3, 3]))
+    with pytest.raises(UnsupportedOpError, match="MaxPool node 'pool': its Indices output 'idx'"):
+        convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
