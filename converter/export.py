@@ -18,7 +18,6 @@ Inputs, outputs, their dimension names and the opset are the bundle's.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from xbar.bundle import Bundle, check_output
+from xbar.bundle import Bundle, check_output, write_atomically
 from xbar.errors import BundleError
 from xbar.ops import LAYER_OP, RECURRENT_OP
 
@@ -69,23 +68,7 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     """Write `to_onnx(bundle)` to `path` atomically; refuse to replace a file unless `force`."""
     path = check_output(path, force)
     data = to_onnx(bundle).SerializeToString()
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise BundleError(f"could not write {path}: {exc.strerror or exc}; nothing was written "
-                          "(free some disk space or choose another output path)") from None
-    except BaseException:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, lambda fh: fh.write(data))
     return path
 
 

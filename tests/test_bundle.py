@@ -52,6 +52,27 @@ def test_no_overwrite_without_force(bundle, tmp_path):
     load_bundle(path)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_mode_the_umask_gives(bundle, tmp_path, umask):
+    """Written through a private temporary file, a bundle or exported ONNX file still gets
+    0666 less the umask, as any file the user creates; replacing one with force too."""
+    import os
+    import stat
+
+    from xbar.converter.export import export_onnx
+
+    old = os.umask(umask)
+    try:
+        paths = [save_bundle(bundle, tmp_path / "a.xbar"), export_onnx(bundle, tmp_path / "a.onnx")]
+        for p in paths:
+            assert stat.S_IMODE(os.stat(p).st_mode) == 0o666 & ~umask, p
+        os.chmod(paths[0], 0o600)
+        save_bundle(bundle, paths[0], force=True)
+        assert stat.S_IMODE(os.stat(paths[0]).st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(old)
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     bad = Bundle(manifest={"graph": {}, "layers": []}, arrays={"x": np.array([object()], dtype=object)})
     with pytest.raises(BundleError, match="pickle"):

@@ -226,27 +226,15 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
         index[key] = {"member": member, "sha256": _sha256(data), "shape": list(arr.shape), "dtype": str(arr.dtype)}
     manifest["arrays"] = index
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=False).encode()
-    tmp = None
-    try:
-        # A short prefix: the temporary name must fit NAME_MAX even for a long output name.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            # Arrays are mostly float32 noise-like data that deflate poorly; storing them
-            # uncompressed keeps save/load fast.
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                zf.writestr(MANIFEST, manifest_bytes, compress_type=zipfile.ZIP_DEFLATED)
-                for member, data in payloads.items():
-                    zf.writestr(_aligned_member(member, fh.tell(), len(data)), data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise BundleError(f"could not write {path}: {exc.strerror or exc}; nothing was written "
-                          "(free some disk space or choose another output path)") from None
-    except BaseException:
-        _remove(tmp)
-        raise
+    def write(fh) -> None:
+        # Arrays are mostly float32 noise-like data that deflate poorly; storing them
+        # uncompressed keeps save/load fast.
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            zf.writestr(MANIFEST, manifest_bytes, compress_type=zipfile.ZIP_DEFLATED)
+            for member, data in payloads.items():
+                zf.writestr(_aligned_member(member, fh.tell(), len(data)), data)
+
+    write_atomically(path, write)
     bundle.manifest = manifest
     return path
 
@@ -273,6 +261,44 @@ def _aligned_member(name: str, offset: int, size: int) -> zipfile.ZipInfo:
     pad = -used % DATA_ALIGN
     info.extra = _ALIGN_EXTRA.pack(_ALIGN_EXTRA_ID, 2 + pad, DATA_ALIGN) + bytes(pad)
     return info
+
+
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file through `write(fh)` into a temporary file beside `path`, then rename it
+    over `path`: readers see the old file or the whole new one, and an error (or Ctrl-C)
+    leaves nothing behind. The file gets the mode a plain open() would give it (0666 less
+    the umask), not the temporary file's private 0600."""
+    tmp = None
+    try:
+        # A short prefix: the temporary name must fit NAME_MAX even for a long output name.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise BundleError(f"could not write {path}: {exc.strerror or exc}; nothing was written "
+                          "(free some disk space or choose another output path)") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    # Linux reports it without changing it; elsewhere it can only be read by setting it.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _remove(tmp: str | None) -> None:
