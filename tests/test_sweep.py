@@ -337,6 +337,16 @@ def test_plot_table_and_figure(tmp_path):
     assert [ln[:3] for ln in r.output.splitlines()[3:5]] == ["1 s", "1 y"]  # times in time order
     r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "colour"])
     assert r.exit_code == 1 and "not a column" in r.output
+    # A cell pools chips only: settings that neither --x nor --hue separates are refused.
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "hardware.adc.bits"])
+    assert r.exit_code == 0, r.output  # --hue left out: every other setting, time included
+    assert all(" n=3" in ln for ln in r.output.splitlines()[3:] if "±" in ln)
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "hardware.adc.bits", "--hue", ""])
+    assert r.exit_code == 1 and "also differ in time (2 values)" in r.output and "--hue time" in r.output
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "--x", "time", "--hue", "time"])
+    assert r.exit_code == 1 and "also the x axis" in r.output
+    r = CliRunner().invoke(cli, ["plot", str(tmp_path / "res"), "-o", str(tmp_path / "fig.jpg")])
+    assert r.exit_code == 1 and ".png, .svg or .pdf" in r.output and "±" not in r.output  # refused before the table
     r = CliRunner().invoke(cli, ["plot", str(tmp_path)])
     assert r.exit_code == 1 and "not a sweep results folder" in r.output
 

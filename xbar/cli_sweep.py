@@ -117,8 +117,10 @@ def sweep(spec: Path, out: Path, scheduler: str | None, workers: int | None, for
 def plot(results: Path, x: str | None, hue: str | None, metric: str, out: Path | None) -> None:
     """Summarise a sweep's rows over chips: a text table, and with -o a figure (mean ± std band
     per configuration, worst chip dotted, ideal dashed)."""
-    from xbar.sweep.plot import figure, summarise, text_table, title_of
+    from xbar.sweep.plot import check_figure_path, figure, summarise, text_table, title_of
 
+    if out is not None:
+        check_figure_path(out)  # before the table is printed, not after
     hues = [h.strip() for h in hue.split(",") if h.strip()] if hue is not None else None
     s = summarise(results, x=x, hue=hues, metric=metric)
     click.echo(text_table(s))

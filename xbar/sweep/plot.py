@@ -87,10 +87,13 @@ def summarise(root: str | Path, x: str | None = None, hue: list[str] | None = No
     table = read_rows(root)
     rows = table.to_pylist()
     fields = settings(rows)
-    varying = [c for c in fields if c not in ("seed", "time")
-               and len({json.dumps(r[c], sort_keys=True) for r in rows}) > 1]
+    def values(c: str) -> set[str]:
+        return {json.dumps(r["time_s" if c == "time" else c], sort_keys=True) for r in rows}
+
+    # Every setting that differs between rows, time included; chips (seeds) are what a cell pools.
+    varying = [c for c in fields if c != "seed" and len(values(c)) > 1]
     if x is None:
-        x = "time" if len({r["time_s"] for r in rows}) > 1 else (varying[0] if varying else "time")
+        x = "time" if "time" in varying else (varying[0] if varying else "time")
     if x not in fields:
         raise ConfigError(f"--x {x!r} is not a column of {root}; choose one of {', '.join(fields)}")
     if hue is None:
@@ -98,6 +101,15 @@ def summarise(root: str | Path, x: str | None = None, hue: list[str] | None = No
     for h in hue:
         if h not in fields:
             raise ConfigError(f"--hue {h!r} is not a column of {root}; choose from {', '.join(fields)}")
+    if x in hue:
+        raise ConfigError(f"--hue {x!r} is also the x axis (--x); give it once")
+    pooled = [c for c in varying if c != x and c not in hue]
+    if pooled:
+        # A cell would mix chips of different settings, and its n would count rows, not chips.
+        shown = "; ".join(f"{c} ({len(values(c))} values)" for c in pooled)
+        raise ConfigError(f"the rows of {root} also differ in {shown}, which neither --x nor --hue separates: "
+                          f"each cell would pool them. Give --hue {','.join(hue + pooled)} (or leave --hue out "
+                          "to separate every setting)")
     if metric == "accuracy" and all(r["accuracy"] is None for r in rows):
         raise ConfigError(f"{root}: the test data has no labels, so rows carry no accuracy; use --metric agreement")
     xkey = "time_s" if x == "time" else x
@@ -116,6 +128,14 @@ def summarise(root: str | Path, x: str | None = None, hue: list[str] | None = No
     cells = [groups[h][xv] for h in hues for xv in x_values if xv in groups[h] and groups[h][xv].values]
     return Summary(x=x, hue=hue, metric=metric, cells=cells, x_values=x_values, hues=hues, x_labels=labels,
                    rows=len(rows))
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """The figure file `path`, refused unless matplotlib can write its format."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ConfigError(f"-o {path}: give a .png, .svg or .pdf file")
+    return path
 
 
 def _order(v: Any) -> tuple:
@@ -162,9 +182,7 @@ def figure(s: Summary, path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ConfigError(f"-o {path}: give a .png, .svg or .pdf file")
+    path = check_figure_path(path)
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in s.x_values)
     pos = {x: (float(x) if numeric else i) for i, x in enumerate(s.x_values)}
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=130)
