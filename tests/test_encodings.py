@@ -147,6 +147,7 @@ def test_info_counts_columns_and_conversions(models_dir, tmp_path):
     (("--bit-slices", "3", "--bits-per-cell", "6"), ["S·b <= 16"]),
     (("--afp-exponents", "9"), ["--afp-exponents"]),
     (("--afp-exponents", "4", "--afp-step", "9"), ["--afp-step 9"]),
+    (("--afp-step", "3"), ["--afp-exponents 2 or more"]),  # was ignored and written to the manifest
 ])
 def test_encoding_options_that_cannot_combine(models_dir, tmp_path, args, needles):
     out = tmp_path / "e.xbar"

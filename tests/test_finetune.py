@@ -129,6 +129,7 @@ def test_cli_finetune_writes_bundle_and_onnx(models_dir, tmp_path):
     r = runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "ranges measured again on 96 samples" in r.output
+    assert "(epoch 1) ->" not in r.output and "(epoch 1);" in r.output  # one epoch: one loss, no trend
     ft = load_bundle(out)
     assert ft.manifest["finetune"]["method"] == "noise"
     assert [e["tiles"] for e in ft.layers] == [e["tiles"] for e in load_bundle(src).layers]
@@ -144,6 +145,9 @@ def test_cli_finetune_writes_bundle_and_onnx(models_dir, tmp_path):
     r = runner.invoke(cli, args)
     assert r.exit_code == 1 and "--force" in r.output
     other = tmp_path / "other.xbar"
+    r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "--drift", "1d", "-o", str(other),
+                            "--export-onnx", str(other)])
+    assert r.exit_code == 2 and "both name" in r.output and not other.exists()
     r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "-o", str(other)])
     assert r.exit_code == 2 and "--drift" in r.output and not other.exists()
     np.savez(data, x=d["x"][:96])

@@ -145,7 +145,7 @@ def _check_member_path(name: str, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)  # also catches hard links
@@ -169,7 +169,7 @@ def check_output(path: str | os.PathLike, force: bool, inputs: Iterable[str | os
             raise BundleError(f"{path} is a directory; give a file name for the output bundle, "
                               f"e.g. {path / ('model' + SUFFIX)}")
         for source in inputs:
-            if _same_file(path, Path(source)):
+            if same_file(path, Path(source)):
                 raise BundleError(f"output {path} is the input {source}; writing it would destroy the input, "
                                   "so choose another output path (-o)")
         if path.exists() or path.is_symlink():

@@ -194,8 +194,9 @@ def _io_shape(value: dict[str, Any]) -> str:
 @click.option("--afp-exponents", type=click.IntRange(min=1), default=1, show_default=True, metavar="E",
               help="Analog floating point: each weight gets one of E exponents, its own column group per output "
                    "with digital gain 2^(-k·e); 1 = fixed point.")
-@click.option("--afp-step", type=click.IntRange(min=1), default=2, show_default=True, metavar="k",
-              help="Exponent step k of analog floating point (gains 1, 2^-k, 2^-2k, ...).")
+@click.option("--afp-step", type=click.IntRange(min=1), default=None, metavar="k",
+              help="Exponent step k of analog floating point (gains 1, 2^-k, 2^-2k, ...) [default: 2]; needs "
+                   "--afp-exponents 2 or more.")
 @click.option("--bit-slices", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
               help="Bit slicing: the weight magnitude as S digits of --bits-per-cell bits, one column group each.")
 @click.option("--bits-per-cell", type=click.IntRange(min=1), default=None, metavar="b",
@@ -228,7 +229,7 @@ def _io_shape(value: dict[str, Any]) -> str:
               help=".npz with inputs 'x': find DAC input ranges and ADC full scales from them.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
-            weight_clip: float | None, afp_exponents: int, afp_step: int, bit_slices: int, bits_per_cell: int | None,
+            weight_clip: float | None, afp_exponents: int, afp_step: int | None, bit_slices: int, bits_per_cell: int | None,
             replicas: int, rearrange: str, rearrange_rows: str, depthwise: str, pack_tiles: bool,
             digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...], calib_data: Path | None,
             force: bool) -> None:
@@ -237,12 +238,15 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     from xbar.converter import convert as do_convert
     from xbar.runtime.ranges import effective_spec
 
+    if afp_step is not None and afp_exponents == 1:
+        raise click.UsageError("--afp-step sets the exponent step of analog floating point; it needs "
+                               "--afp-exponents 2 or more (with one exponent, fixed point, there is no step)")
     output = output or model.with_suffix(".xbar")
     check_output(output, force, inputs=[model] + ([calib_data] if calib_data else []))
     spec = _resolve_hardware(None, hardware, sets)
     bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
-                        afp_step=afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
+                        afp_step=2 if afp_step is None else afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
                         rearrange=rearrange, rearrange_rows=rearrange_rows, depthwise=depthwise,
                         pack_tiles=pack_tiles, hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()

@@ -46,7 +46,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     """
     import time
 
-    from xbar.bundle import check_output, load_bundle, save_bundle
+    from xbar.bundle import check_output, load_bundle, same_file, save_bundle
     from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
     from xbar.errors import ConfigError
     from xbar.training import require_torch
@@ -66,7 +66,10 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     inputs = [bundle, data] + ([calib_data] if calib_data else [])
     check_output(output, force, inputs=inputs)
     if export_onnx is not None:
-        check_output(export_onnx, force, inputs=inputs + [output])
+        if same_file(Path(export_onnx), Path(output)):
+            raise click.UsageError(f"-o and --export-onnx both name {output}; the bundle and the ONNX model need two "
+                                   "files")
+        check_output(export_onnx, force, inputs=inputs)
     b = load_bundle(bundle)
     spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets)
     if spec.is_ideal:
@@ -96,7 +99,8 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     click.echo(f"fine-tuned {len(weights)} analog layers of {bundle} with '{method}' for {epochs} epochs "
                f"({rec['steps']} steps of {rec['batch_size']} samples from {data}), target t = "
                f"{format_time(spec.t_inference)} -> {output}")
-    click.echo(f"  loss {loss} {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)}); took {took:.1f} s "
+    trend = f"{losses[0]:.4g}" if len(losses) == 1 else f"{losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g}"
+    click.echo(f"  loss {loss} {trend} (epoch {len(losses)}); took {took:.1f} s "
                "wall-clock (training, mapping" + (", ranges" if ranged else "") + ")"
                + (f", of which {rec['hessian_seconds']:.1f} s curvature estimates" if method == "hessian" else ""))
     if ranged:
