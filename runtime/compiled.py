@@ -4,7 +4,12 @@ cannot vectorise (see pyproject.toml for why Numba)."""
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable
+
+# One build at a time: worker threads may ask for a function at once, and two dispatchers
+# would each load (or compile) the machine code.
+_lock = threading.Lock()
 
 
 def compiled(fn: Callable) -> Callable:
@@ -21,8 +26,13 @@ def compiled(fn: Callable) -> Callable:
 
         return njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)(fn)
 
+    def built():
+        with _lock:
+            return build()
+
     @functools.wraps(fn)
     def call(*args):
-        return build()(*args)
+        return built()(*args)
 
     return call
+
