@@ -59,15 +59,18 @@ joins are k = N solves with O(N) right-hand sides), against O(N⁴) for a column
 elimination (one dense N×N factorisation per column, ≈ 0.7 Gflop at 128) and, for a
 relaxation method (alternating tridiagonal solves along rows and columns), N right-hand
 sides × a number of sweeps that grows with r_w·G and is unbounded for strong IR drop.
-Measured (benchmarks/bench_irdrop.py, one core of an AMD EPYC, numpy + OpenBLAS): ≈ 4 ms
-per 64×64 tile, ≈ 20 ms per 128×128, ≈ 105 ms per 256×256. Tiles whose sides are not
+Measured (benchmarks/bench_irdrop.py, one core of an AMD EPYC, numpy + OpenBLAS, float64,
+quiet machine): ≈ 4 ms per 64×64 tile, ≈ 20 ms per 128×128, ≈ 105 ms per 256×256 before
+the lowest levels were compiled, which took the medians of a slow spell from 47 to 37 ms
+(float64) and from 31 to 18 ms (float32) per 128×128 tile. Tiles whose sides are not
 powers of two are padded (rows above row 0, columns right of column C−1, G = 0): beyond
 the open wire ends no current flows, so the padding changes nothing.
 
 Precision: the solve runs in float64 by default, or in float32 (`dtype`; the hardware
-spec's circuit.solve_dtype, which the pcm and rram presets set to float32), 1.3–1.7×
-faster per tile (benchmarks/bench_irdrop.py): half the bytes through the gathers and
-elementwise levels and single-precision products; the interface inverses cost the same.
+spec's circuit.solve_dtype, which the pcm and rram presets set to float32), 1.5–2×
+faster per tile (benchmarks/bench_irdrop.py): half the bytes through the gathers and the
+compiled levels, twice the blocks per vector instruction, single-precision products; the
+interface inverses cost the same.
 Measured against float64 (2026-12-01, tiles of 64–512 cells a side, r_wire 0.01–10 Ω,
 r_driver and r_sense 0–1 kΩ, conductances uniform in [0, 25 µS] or [0, 100 µS], or
 differential pairs of Laplace-distributed weights with programming noise): every G_eff
@@ -446,7 +449,7 @@ def effective_conductance(g: np.ndarray, r_wire: float, r_driver: float = 0.0,
     tiles. r_wire: resistance of every row-wire and column-wire segment between neighbouring
     cells; r_driver: between each input's ideal source and its row wire; r_sense: between
     each column's bottom and the virtual ground (all in ohms, >= 0, zero allowed).
-    dtype: arithmetic of the solve, "float64" or "float32" (1.3–1.7× faster per tile; error
+    dtype: arithmetic of the solve, "float64" or "float32" (1.5–2× faster per tile; error
     bound in the module docstring, "Precision").
 
     Returns float64 G_eff of g's shape with I[..., j] = Σ_i G_eff[..., i, j] · v[..., i].

@@ -334,7 +334,7 @@ class CircuitSpec:
     A resistance of 0 means an ideal connection (no drop).
 
     solve_dtype: arithmetic of the exact IR-drop solve. "float64" agrees with an independent
-    nodal solve to 1e-11; "float32" is 1.3–1.7x faster per tile and moves each effective
+    nodal solve to 1e-11; "float32" is 1.5-2x faster per tile and moves each effective
     conductance by at most 2e-5 of the tile's largest conductance (measured: at most 8.7e-6
     over tiles of 64–512 cells a side, r_wire 0.01–10 ohm; xbar.runtime.irdrop, "Precision").
     The pcm and rram presets use float32: their smallest programming noise (0.26 uS at 25 uS,
