@@ -4,17 +4,18 @@ These levels hold thousands of tiny blocks per tile (single cells joined into 2�
 8×8 blocks), so in NumPy every step is either a pass over all blocks' memory per term or a
 stacked matmul per block, and their memory traffic was about half of a 128×128 tile's solve.
 Compiled, a level works on up to 128 blocks at a time with every intermediate in cache and
-the blocks innermost (so each step is one vector instruction over 4–8 blocks): measured 1.3–1.5× per
-tile for the whole solve (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled").
-Numba is the compiler (runtime/compiled.py).
+the blocks innermost (each step one vector instruction over 4–8 blocks): 1.3–1.7× per tile
+for the whole solve (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled"). Numba
+is the compiler (runtime/compiled.py).
 
 The arithmetic is the join of runtime/irdrop.py (`_join`, read with its docstring), with
-the k×k interface system solved by Gauss–Jordan elimination. Pivoting: the kernel takes
-the diagonal as pivot only where partial pivoting would take it too (no entry below it in
-its column is larger in magnitude), which for real tiles, where I + Z·Y is within ~1e-3 of
-the identity, is always. Where it is not, the kernel reports it and the caller redoes the
-level with LAPACK's pivoted inverse, so no block is solved with a pivot partial pivoting
-would have refused.
+the k×k interface system solved by Gauss–Jordan elimination: the same G_eff up to rounding
+(1e-13 relative in float64). Pivoting: the kernel takes the diagonal as pivot only where
+partial pivoting would take it too (no entry below it in its column is larger in
+magnitude). For real tiles, where I + Z·Y is close to the identity, that is always so; no
+physical tile tried needed another pivot, even at r_w = 100 kΩ with G up to 1 S. Where it
+is not so, the kernel reports it and the caller redoes the level with LAPACK's pivoted
+inverse, so no block is solved with a pivot partial pivoting would have refused.
 
 Results do not depend on how many blocks a pass holds: each block's arithmetic runs on its
 own lane in the same order, and nothing is contracted into fused multiply-adds (fastmath
@@ -29,7 +30,7 @@ from xbar.runtime.compiled import compiled
 
 # Blocks per pass: at most 128 (vectors of 4-8 blocks, loop overhead amortised), and fewer
 # where a pass's scratch (gathered sub-blocks, right-hand sides, interface matrix) would
-# exceed 1 MiB: the 8-wire level's second half ran 1.4x faster at 64 blocks than at 128 in
+# exceed 1 MiB: the second 8-wire level ran 1.4x faster at 64 blocks than at 128 in
 # float32 (benchmarks/RESULTS.md, "the lowest IR-drop levels compiled").
 _MAX_LANES = 128
 _SCRATCH_BYTES = 1 << 20
