@@ -46,8 +46,8 @@ def join_level(stored: np.ndarray, index: np.ndarray, shapes: np.ndarray, n_out:
     one after the other (a, P, L_A, D_A, b, Q, L_B, D_B of `_join`); shapes: (8, 2) their
     shapes. Returns the (n_out, n) hybrid matrices of the unions, block-last (or with
     `rows_out` one block per row, (n, n_out), as the levels above store them: written so
-    directly, through a transposed view, it saves a transposing copy), and how many joins
-    needed a pivot other than the diagonal (their results are then not valid).
+    directly, through a transposed view, it saves a transposing copy), and how many pivots
+    were refused (0: every join is valid; otherwise some are not).
     """
     n = stored.shape[1] // 2
     k, m = int(shapes[0, 0]), int(shapes[1, 1] + shapes[5, 1])
