@@ -117,8 +117,9 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
         if x_max <= 0:
             x_max = float(np.abs(cols).max()) or 1.0
         d = _ideal_tiles(bundle, entry)
-        if routes_inputs(entry):
-            cols = cols[:, bundle.array(entry["arrays"]["row_order"])]
+        order = entry["arrays"].get("row_order")
+        if routes_inputs(entry) and order is not None:  # --pack-tiles alone keeps the rows in order
+            cols = cols[:, bundle.array(order)]
         positions = int(entry["tiles"].get("positions", entry["N"]))  # format 1: one per output
         fixed = np.clip(cols / x_max, -1, 1)
         rowmax = np.abs(cols).max(axis=1, keepdims=True)

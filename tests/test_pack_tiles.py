@@ -215,3 +215,23 @@ def test_cli_convert_pack_tiles_and_info(model, tmp_path):
     text = runner.invoke(cli, ["info", str(out)], catch_exceptions=False).output
     assert "partly used tiles packed (--pack-tiles)" in text
     assert json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)["summary"]["pack_tiles"] is True
+
+
+def test_ranges_and_calibration_of_a_packed_bundle(model, pair):
+    """--pack-tiles keeps a plain layer's rows in order (no row_order): range finding read
+    one anyway and failed with a KeyError, so --calib-data and calibrate did too. The
+    ranges are the unpacked bundle's, and the calibration runs on the packed chip."""
+    import copy
+
+    from xbar.runtime.calibrate import calibrate
+    from xbar.runtime.ranges import find_ranges
+
+    spec = preset("pcm").override(t_inference=86400.0)
+    x = _x(64)
+    plain, packed = (find_ranges(copy.deepcopy(b), x, spec) for b in pair)
+    assert any("pack_map" in e["arrays"] and "row_order" not in e["arrays"] for e in packed.layers)
+    for a, b in zip(plain.layers, packed.layers):
+        assert a["ranges"]["input"] == b["ranges"]["input"]
+        np.testing.assert_array_equal(plain.array(a["ranges"]["adc"]), packed.array(b["ranges"]["adc"]))
+    out, record = calibrate(copy.deepcopy(packed), x, spec, method="affine", seed=0)
+    assert out.manifest["calibration"][-1] == record and record["method"] == "affine"
