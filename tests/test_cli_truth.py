@@ -114,6 +114,15 @@ def test_calibrated_bundle_agreement_is_with_the_converted_network(bundles, mode
     assert res["ideal_accuracy"] == float((ideal_src == data["y"]).mean())
 
 
+def test_a_calibrated_bundle_is_evaluated_at_the_time_asked_for(bundles, models_dir):
+    """Without options, at its calibration's time; `--set t_inference=1y` (as on any bundle)
+    or `--drift` move it. The --set was ignored: the table said 1 d, and nothing else did."""
+    data = models_dir / "digits_test.npz"
+    for args, t in (((), 86400.0), (("--set", "t_inference=1y"), 365.25 * 86400), (("--drift", "1h"), 3600.0)):
+        res = json.loads(run("eval", bundles["cal"], "--data", data, "--json", *args).output)
+        assert [row["t"] for row in res["rows"]] == [t], args
+
+
 def test_calibrate_records_the_effective_hardware(bundles):
     rec = load_bundle(bundles["cal"]).manifest["calibration"][-1]
     assert rec["t_inference"] == 86400.0 and rec["hardware"]["t_inference"] == 86400.0

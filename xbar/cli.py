@@ -763,11 +763,12 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         raise ConfigError(f"--seeds, --drift and --per-layer are about chip instances, but {given}; pass "
                           "--hardware pcm (or a TOML file) to sample chips")
     seed_list = seeds if seeds is not None else [record["seed"] if record else 0]
+    time_set = any(s.split("=", 1)[0].strip() == "t_inference" for s in sets)
     if drift is not None:
         times = drift
-    elif record and hardware is None:
+    elif record and hardware is None and not time_set:
         times = [record["t_inference"]]
-    else:
+    else:  # the target's time, or the one --set gives
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
     check_sample_axis(b.graph, str(bundle))
