@@ -35,6 +35,8 @@ def bundles(tmp_path_factory, models_dir):
     assert r.exit_code == 0, r.output
     r = run("calibrate", out["pcm"], "--data", models_dir / "digits_calib.npz", "--drift", "1d", "-o", out["cal"])
     assert r.exit_code == 0, r.output
+    # Its 'before' is not the input bundle's physical ranges: calibrate says it measured its own.
+    assert "had no measured DAC/ADC ranges: they were measured on these 512 samples first" in r.output, r.output
     return out
 
 

@@ -707,6 +707,10 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
         click.echo(f"  sgd: {r['epochs']} epochs, {r['steps']} steps of {r['batch_size']} samples, lr {r['lr']:g}, "
                    f"loss {r['loss']} {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)})")
     _hardware_block(ran.describe(), rec.get("notes", []))
+    if rec.get("ranges_from_calibration_data"):
+        click.echo(f"  {bundle} had no measured DAC/ADC ranges: they were measured on these {rec['samples']} "
+                   "samples first and are stored in the output, so 'before' below already runs with them, "
+                   "not with the input bundle's physical ranges")
     if "accuracy_before" in rec:
         click.echo(f"\n  accuracy on the calibration data: {100 * rec['accuracy_before']:.2f}% before, "
                    f"{100 * rec['accuracy_after']:.2f}% after (ideal hardware {100 * rec['accuracy_ideal']:.2f}%)")
