@@ -129,3 +129,15 @@ def test_calibrate_records_the_effective_hardware(bundles):
     rec = load_bundle(bundles["cal"]).manifest["calibration"][-1]
     assert rec["t_inference"] == 86400.0 and rec["hardware"]["t_inference"] == 86400.0
     assert rec["ranges_from_calibration_data"] and rec["hardware"]["adc"]["range"] == "percentile"
+
+
+def test_info_shows_the_targets_drift_compensation_and_default_time(tmp_path, models_dir):
+    """info dropped the target's whole time line, and with it the drift compensation (which
+    eval does not choose: off, the network collapses within an hour)."""
+    out = tmp_path / "c.xbar"
+    r = run("convert", models_dir / "cnn_bn.onnx", "-o", out, "--hardware", "pcm",
+            "--set", "drift_compensation=off", "--set", "t_inference=1d")
+    assert r.exit_code == 0, r.output
+    text = run("info", out).output
+    assert "time     eval at 1 d unless --drift; drift compensation off" in text, text
+    assert max(len(line) for line in text.splitlines()[:20]) <= 100

@@ -296,6 +296,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     """Show a bundle's summary (model, batch, target, totals), then its layers, shapes, tiles and utilisation."""
     from xbar.bundle import load_bundle
     from xbar.converter.batch import describe as describe_batch
+    from xbar.units import format_time
 
     b = load_bundle(bundle)
     m = b.manifest
@@ -341,7 +342,11 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:
-        lines = target.describe().splitlines()[:-1]  # the time line: eval and calibrate choose it
+        lines = target.describe().splitlines()
+        # The time is eval's default only (--drift and calibrate choose their own); the drift
+        # compensation is the chip's, whatever the time.
+        lines[-1] = (f"{'time':<8} eval at {format_time(target.t_inference)} unless --drift; drift compensation "
+                     f"{target.drift_compensation}")
         _line("target", lines[0])
         for line in lines[1:]:
             _line("", line)
@@ -353,8 +358,6 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     _line("", f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
     if "physical_columns" in s:
         _line("", f"{s['physical_columns']:,} physical columns, {_adc_total_text(m)}")
-    from xbar.units import format_time
-
     for rec in m.get("calibration", []):
         acc = (f"; accuracy on calibration data {100 * rec['accuracy_before']:.2f}% -> {100 * rec['accuracy_after']:.2f}%"
                if "accuracy_before" in rec else "")
