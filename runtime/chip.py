@@ -79,7 +79,10 @@ class TileState:
         self.ref_var = ref_var  # (nrb, R, ncb) float32 offset encoding: reference column variance
         self.block_of = block_of  # (N,) column block of each tile position (whose reference it shares)
         self.comp = comp  # (nrb, N) float32 digital drift-compensation factor (1 = none)
-        self.i_max = i_max  # (nrb, N) float32 largest possible |current| (all inputs at ±1)
+        # (nrb, N) float32 largest |current| of each column as programmed (all inputs at ±1,
+        # signed as its weights; before drift, wire losses and read noise): the physical ADC's
+        # full scale, fixed when the chip is programmed, so drift lowers the currents, not it.
+        self.i_max = i_max
         self.k = k  # rows in use (the layer's K)
         # Per row block (in weight order), the (lo, hi) position ranges whose tiles hold a weight;
         # outside them d, var and ref_var are 0 in the rows in use, so the product skips them.
@@ -251,6 +254,7 @@ class Sampled:
     """One stack of physical tiles as sampled and solved (`sample_stack`)."""
 
     w: np.ndarray  # (T, R, Cw) effective normalised weights
+    w0: np.ndarray  # (T, R, Cw) float32 |normalised weights| as programmed (no drift, wires or read noise)
     s2: np.ndarray | None  # (T, R, C) read-noise variance per cell in normalised units; None: no read noise
     before: np.ndarray | None  # (T, C) drift-compensation probe right after programming (if compensating)
     after: np.ndarray | None  # (T, C) the same probe at t_inference
@@ -278,6 +282,8 @@ def sample_stack(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     sigma = None if frozen else devices.read_sigma(g_now, t, dev, g_ref=state.g_prog)
     g_eff = circuit(g_now)
     w, _ = _pair_difference(g_eff, enc, dg)  # (T, R, cw)
+    g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+    w0 = np.abs(_pair_difference(g0, enc, dg)[0]).astype(np.float32)
     s2 = None
     if sigma is not None and np.any(sigma):
         s2 = sigma ** 2 / (dg if enc == "differential" else dg / 2) ** 2
@@ -285,10 +291,9 @@ def sample_stack(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     if compensate:
         # A fixed probe read right after programming and again at time t; the ratio of the
         # summed currents of the columns that are read out is stored digitally.
-        g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
         before = _probe_as_programmed(g0[:, None], rows, spec, circuit)[:, 0]  # (T, C)
         after = _probe(g_eff[:, None], rows)[:, 0]
-    return Sampled(w, s2, before, after)
+    return Sampled(w, w0, s2, before, after)
 
 
 def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.ndarray, mapping: dict[str, Any],
@@ -329,7 +334,8 @@ def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
     if noisy:  # a part whose cells all read noiselessly left s2 at None: zeros there
         s2 = np.concatenate([p.s2 if p.s2 is not None else np.zeros(p.w.shape[:2] + (noisy[0].shape[2],), noisy[0].dtype)
                              for p in done])
-    return Sampled(np.concatenate([p.w for p in done]), s2, joined("before"), joined("after"))
+    return Sampled(np.concatenate([p.w for p in done]), np.concatenate([p.w0 for p in done]), s2, joined("before"),
+                   joined("after"))
 
 
 def compensation_factors(before: np.ndarray, after: np.ndarray, read_cols: np.ndarray, mode: str, enc: str,
@@ -381,6 +387,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     compensate = spec.drift_compensation != "off" and dev.model != "ideal" and dev.drift
 
     d = np.zeros((nrb, r, n), dtype=np.float32)
+    d0 = np.zeros((nrb, r, n), dtype=np.float32)  # |d| as programmed: the physical ADC's full scale
     var: np.ndarray | None = None
     ref_var: np.ndarray | None = None
     comp = np.ones((nrb, n), dtype=np.float32)
@@ -414,6 +421,7 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
             hi = min(lo + cw, n)
             if hi > lo:
                 d[bb[j], :, lo:hi] = smp.w[j, :, :hi - lo]
+                d0[bb[j], :, lo:hi] = smp.w0[j, :, :hi - lo]
         if smp.s2 is not None:
             s2 = smp.s2
             if var is None:
@@ -439,9 +447,8 @@ def build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mapping: dict[st
     d = weight_rows(d, row_order)
     var = None if var is None else weight_rows(var, row_order)
     ref_var = None if ref_var is None else weight_rows(ref_var, row_order)
-    i_max = np.abs(d).sum(axis=1)
     return TileState(d=d, var=var, ref_var=ref_var, block_of=np.arange(n) // cw, comp=comp,
-                     i_max=i_max.astype(np.float32), k=k,
+                     i_max=weight_rows(d0, row_order).sum(axis=1), k=k,
                      spans=live_spans(tile_used, r, cw, k, n, row_order))
 
 

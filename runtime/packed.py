@@ -62,6 +62,7 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
         read_cols[j, 2 * off[j]:2 * (off[j] + hi[j] - lo[j])] = True
 
     d = np.zeros((nrb, r, n), dtype=np.float32)
+    d0 = np.zeros((nrb, r, n), dtype=np.float32)  # |d| as programmed: the physical ADC's full scale
     var: np.ndarray | None = None
     comp = np.ones((nrb, n), dtype=np.float32)
     step = max(1, CHUNK_CELLS // (r * c))
@@ -80,6 +81,7 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
             b, q0, s = bi[j], ci[j] * cw + lo[j], off[j]  # row block, first position, first slot
             h, p0 = copy[j], row0[j]  # the pass's rows: physical p0.. p0 + h, its row block's 0..h
             d[b, :h, q0:q0 + width] = smp.w[local[i], p0:p0 + h, s:s + width]
+            d0[b, :h, q0:q0 + width] = smp.w0[local[i], p0:p0 + h, s:s + width]
             if smp.s2 is not None:
                 cells = smp.s2[local[i], p0:p0 + h, 2 * s:2 * (s + width)]
                 var[b, :h, q0:q0 + width] = cells[:, 0::2] + cells[:, 1::2]
@@ -87,5 +89,5 @@ def build_packed_tiles(physical: np.ndarray, pack_map: np.ndarray, tile_used: np
                 comp[b, q0:q0 + width] = per_slot[i, s:s + width]
         del smp
     return TileState(d=d, var=var, ref_var=None, block_of=np.arange(n) // cw, comp=comp,
-                     i_max=np.abs(d).sum(axis=1).astype(np.float32), k=k,
+                     i_max=d0.sum(axis=1), k=k,
                      spans=live_spans(tile_used, r, cw, k, n, None))

@@ -163,7 +163,7 @@ def effective_spec(bundle: Bundle, spec: HardwareSpec) -> tuple[HardwareSpec, li
         if spec.adc.range == "percentile" and (spec.adc.bits is not None or spec.adc.noise > 0):
             changes["adc.range"] = "physical"
             notes.append("the bundle has no measured ADC full scales (convert with --calib-data): "
-                         "each is the largest current its column can carry (adc.range = physical)")
+                         "each is the largest current its column can carry as programmed (adc.range = physical)")
     elif len(ranged) < len(analog):
         missing = ", ".join(e["name"] for e in analog if "ranges" not in e)
         raise BundleError(f"the bundle has measured ranges for some analog layers but not for {missing}; "

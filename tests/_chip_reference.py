@@ -53,6 +53,9 @@ def reference_build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mappin
 
     g_eff = circuit(g_now)
     w, _ = _pair_difference(g_eff, mapping["encoding"], dg)
+    # The physical ADC's full scale: each column's largest |current| as programmed.
+    g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
+    w0 = np.abs(_pair_difference(g0, mapping["encoding"], dg)[0])
     nrb, ncb = conductance.shape[:2]
     var = ref_var = None
     if sigma is not None and np.any(sigma):
@@ -64,6 +67,7 @@ def reference_build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mappin
             var = _stack(s2[..., :cw], tile_used)
             ref_var = np.ascontiguousarray((s2[..., cw] * tile_used[:, :, None]).transpose(0, 2, 1)).astype(np.float32)
     d = _stack(w, tile_used)
+    d0 = _stack(w0, tile_used)
     cw = w.shape[-1]
     comp = np.ones((nrb, ncb * cw), dtype=np.float32)
     if spec.drift_compensation != "off" and drifting:
@@ -81,7 +85,6 @@ def reference_build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mappin
         else:
             read_cols = np.concatenate([read, read.any(axis=1, keepdims=True)], axis=1)  # + reference
         read_cols = np.pad(read_cols, ((0, 0), (0, conductance.shape[3] - read_cols.shape[1])))
-        g0 = devices.apply_faults(state.g_prog, state.stuck_min, state.stuck_max, dev.g_min, dev.g_max)
         before = _probe_as_programmed(g0, tile_used, spec, circuit, rows)
         after = _probe(g_eff, rows)  # (nrb, ncb, C) column currents for the probe
         if spec.drift_compensation == "tile":
@@ -97,12 +100,12 @@ def reference_build_tiles(conductance: np.ndarray, tile_used: np.ndarray, mappin
     k = nrb * conductance.shape[2] if k is None else k
     n = ncb * cw if n is None else n
     d, comp = np.ascontiguousarray(d[:, :, :n]), np.ascontiguousarray(comp[:, :n])
+    d0 = np.ascontiguousarray(d0[:, :, :n])
     if var is not None:
         var = np.ascontiguousarray(var[:, :, :n])
     # The circuit was solved where rows physically sit; inference feeds inputs in weight order.
     d = weight_rows(d, row_order)
     var = None if var is None else weight_rows(var, row_order)
     ref_var = None if ref_var is None else weight_rows(ref_var, row_order)
-    i_max = np.abs(d).sum(axis=1)
     return TileState(d=d, var=var, ref_var=ref_var, block_of=np.arange(n) // cw, comp=comp,
-                     i_max=i_max.astype(np.float32), k=k)
+                     i_max=weight_rows(d0, row_order).sum(axis=1), k=k)

@@ -117,6 +117,23 @@ def test_same_seed_same_chip_bit_for_bit(resnet, test_data):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("ir_drop", [False, True])
+def test_physical_adc_full_scale_is_set_when_the_chip_is_programmed(resnet, ir_drop):
+    """adc.range = physical: each column's largest |current| as programmed. It followed the
+    chip at time t, shrinking with drift (and wire losses), which made the ADC re-range
+    itself as the chip aged. Now the same at every time, equal to the programmed devices'
+    sums, and above what the drifted columns can reach."""
+    spec = ablate(preset("pcm"), without=[] if ir_drop else ["ir-drop"]).override({"adc.range": "physical"})
+    chips = [Runtime(resnet, spec.override(t_inference=t), seed=3) for t in (1.0, 3.15e7)]
+    no_drift = Runtime(resnet, ablate(spec, without=["drift", "ir-drop", "read"]).override(t_inference=1.0), seed=3)
+    for early, late, programmed in zip(*(rt.layers for rt in chips), no_drift.layers):
+        a, b = early.chip.tiles.i_max, late.chip.tiles.i_max
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, np.abs(programmed.chip.tiles.d).sum(axis=1), rtol=1e-6)
+        reach = np.abs(late.chip.tiles.d).sum(axis=1)
+        assert np.all(reach <= a * 1.0001) and reach.sum() < 0.9 * a.sum()  # a year of PCM drift
+
+
 def test_chip_is_sampled_once_not_per_inference(resnet, test_data):
     x, _ = test_data
     spec = ablate(preset("pcm"), only=["programming", "drift"]).override(t_inference=3600.0)

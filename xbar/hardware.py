@@ -301,8 +301,9 @@ class ADCSpec:
     bits None = ideal: no quantisation and no clipping. Otherwise outputs are clipped to the
     full scale [-F, F] and quantised with `bits` bits, where F is set by `range`:
     'percentile' = the `percentile`-th percentile of |column output| over calibration data;
-    'physical' = the largest current a column can carry (all rows at full input, all devices
-    at g_max). Output noise is additive Gaussian with sigma = noise * F (F from the same
+    'physical' = the largest |current| the column's devices can carry as programmed (every row
+    at full input, signed as its weights; before drift, wire losses and read noise), fixed
+    when the chip is programmed: drift lowers the currents, not the full scale. Output noise is additive Gaussian with sigma = noise * F (F from the same
     policy), applied even when bits is None.
     """
 
