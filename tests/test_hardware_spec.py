@@ -94,6 +94,8 @@ def test_format_time_rejects():
 def test_parse_time_list():
     assert parse_time_list("1s,1h,1d,1y") == [1.0, 3600.0, 86400.0, YEAR]
     assert parse_time_list(" 1 s , 20s ") == [1.0, 20.0]
+    with pytest.raises(ConfigError, match="gives 1 d twice"):
+        parse_time_list("1d,24h")  # two identical rows of results
     for bad in ("", "1s,,1h", "1s,x"):
         with pytest.raises(ConfigError):
             parse_time_list(bad)

@@ -97,7 +97,8 @@ def format_time(seconds: float) -> str:
 
 
 def parse_time_list(text: str) -> list[float]:
-    """Comma-separated times, e.g. '1s,1h,1d,1y' → [1.0, 3600.0, 86400.0, 31557600.0] (order kept)."""
+    """Comma-separated times, e.g. '1s,1h,1d,1y' → [1.0, 3600.0, 86400.0, 31557600.0] (order kept;
+    the same time twice, e.g. '1d,24h', is refused like a repeated seed)."""
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"time list {text!r} is empty: expected comma-separated times, e.g. '1s,1h,1d,1y'")
     items = text.split(",")
@@ -105,7 +106,11 @@ def parse_time_list(text: str) -> list[float]:
     for item in items:
         if not item.strip():
             raise ConfigError(f"time list {text!r} has an empty item: expected comma-separated times, e.g. '1s,1h,1d,1y'")
-        out.append(parse_time(item))
+        t = parse_time(item)
+        if t in out:
+            raise ConfigError(f"time list {text!r} gives {format_time(t)} twice ({item.strip()!r}); each time is one "
+                              "row of results, so list it once")
+        out.append(t)
     return out
 
 
