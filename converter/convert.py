@@ -108,7 +108,9 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
             passes = np.bincount(pack_map[:, 0], minlength=n_phys)
             mapped.table["packing"] = {"physical_tiles": n_phys, "passes_per_vector": len(pack_map),
                                        "max_passes_per_tile": int(passes.max(initial=0)),
-                                       "positions_converted": int((pack_map[:, 3] - pack_map[:, 2]).sum())}
+                                       "positions_converted": int((pack_map[:, 3] - pack_map[:, 2]).sum()),
+                                       # of the physical tiles; the table's own "utilisation" is of the logical ones
+                                       "utilisation": mapped.table["cells_used"] / max(1, n_phys * cfg.rows * cfg.cols)}
         else:
             put("tiles", mapped.tiles)
         put("col_scale", mapped.col_scale)

@@ -104,6 +104,9 @@ def test_packing_shrinks_the_chip_and_counts_every_pass(pair):
         pk = p["packing"]
         assert pk["physical_tiles"] < t["tiles_used"] and pk["passes_per_vector"] == t["tiles_used"]
         assert packed.arrays[lq["arrays"]["pack_map"]].shape == (t["tiles_used"], 5)
+        # Utilisation: the table's of the logical tiles (as unpacked), packing's of the physical ones.
+        assert p["utilisation"] == t["utilisation"]
+        assert pk["utilisation"] == p["cells_used"] / (pk["physical_tiles"] * R * R) > t["utilisation"]
     s, s0 = packed.manifest["summary"], plain.manifest["summary"]
     assert s["pack_tiles"] and s["physical_tiles"] < s0["physical_tiles"] and s["adc_per_sample"] == s0["adc_per_sample"]
 

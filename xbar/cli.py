@@ -511,11 +511,12 @@ def _layer_table(m: dict[str, Any]) -> str:
 
 
 def _utilisation(t: dict[str, Any]) -> float:
-    """Cells used over the cells of the tiles on the chip (a packed layer's physical tiles)."""
+    """Cells used over the cells of the tiles on the chip (a packed layer's physical tiles;
+    bundles written before packing recorded it have it computed here)."""
     pk = t.get("packing")
     if not pk or "cells_used" not in t:
         return t["utilisation"]
-    return t["cells_used"] / max(1, pk["physical_tiles"] * t["rows"] * t["cols"])
+    return pk.get("utilisation", t["cells_used"] / max(1, pk["physical_tiles"] * t["rows"] * t["cols"]))
 
 
 def _layer_tiles_text(t: dict[str, Any]) -> str:
