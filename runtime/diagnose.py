@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.hardware import HardwareSpec, ablate
 from xbar.runtime.analog import dac, per_block
@@ -59,21 +60,43 @@ def layer_io(rt: Runtime, x: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarr
     return {i: (np.concatenate([c for c, _ in p]), np.concatenate([y for _, y in p])) for i, p in parts.items()}
 
 
-def _snr_entry(layer: Layer, cols: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def _snr_entry(layer: Layer, cols: np.ndarray, y: np.ndarray,
+               source: Affine | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """SNRs of the product `y` against the ideal product of `cols`; with `source`, the
+    layer's affine as converted, also after the layer's own (calibrated) affine."""
     ideal = cols @ layer.matrix
     err = y - ideal
     resid = affine_residual(y, ideal)
     p_err = float(np.sum(err.astype(np.float64) ** 2))
-    return ideal, {"snr_db": _snr_db(ideal, err), "snr_after_affine_db": _snr_db(ideal, resid),
+    own = err
+    if source is not None:
+        # What the calibrated affine makes of y, in the units of the ideal product: the
+        # output gain·y + shift mapped back through the affine the network was converted with.
+        g_s = source.gain() * layer.col_scale
+        g_c, s_c = layer.gain.astype(np.float64), layer.shift.astype(np.float64)
+        live = g_s != 0
+        own = np.where(live, (y * g_c + s_c - source.shift()) / np.where(live, g_s, 1.0), y) - ideal
+    return ideal, {"snr_db": _snr_db(ideal, err), "snr_own_affine_db": _snr_db(ideal, own),
+                   "snr_after_affine_db": _snr_db(ideal, resid),
                    "affine_share": 1 - float(np.sum(resid ** 2)) / p_err if p_err > 0 else None}
+
+
+def _source_affine(entry: dict[str, Any], bundle: Bundle) -> Affine | None:
+    """A calibrated layer's affine as converted (None: never calibrated, so its own)."""
+    src = entry.get("source_affine")
+    if src is None:
+        return None
+    return Affine(*(bundle.array(src["arrays"][name]) for name in FIELDS), src["eps"])
 
 
 def layer_snr(rt: Runtime, x: np.ndarray) -> list[dict[str, Any]]:
     """Per analog layer, in layer order: its own output SNR on the chip `rt` (against the
-    ideal product of the inputs it received), the SNR left after the best per-output affine
-    fit, and the share of the error power that fit removes (None: no error). One run of
-    `x`; no ablations (`diagnose` adds those)."""
-    return [{"layer": rt.layers[i].name, **_snr_entry(rt.layers[i], cols, y)[1]}
+    ideal product of the inputs it received), the same after the layer's own affine (a
+    calibrated one, against the affine it was converted with; else the same figure), the
+    SNR left after the best per-output affine fit, and the share of the error power that
+    fit removes (None: no error). One run of `x`; no ablations (`diagnose` adds those)."""
+    return [{"layer": rt.layers[i].name,
+             **_snr_entry(rt.layers[i], cols, y, _source_affine(rt.bundle.layers[i], rt.bundle))[1]}
             for i, (cols, y) in layer_io(rt, x).items()]
 
 
@@ -84,8 +107,8 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
     report = []
     for i, (cols, y) in seen.items():
         layer = rt.layers[i]
-        ideal, snr = _snr_entry(layer, cols, y)
         entry = bundle.layers[i]
+        ideal, snr = _snr_entry(layer, cols, y, _source_affine(entry, bundle))
         chip = layer.chip
         x_max = chip.x_max if chip.x_max is not None else np.maximum(np.abs(cols).max(axis=1, keepdims=True), 1e-30)
         dac_clip = float(np.mean(np.abs(cols) > x_max)) if chip.x_max is not None else 0.0

@@ -63,3 +63,24 @@ def test_layer_snr_leaves_the_runtime_as_it_was(chip):
     rt = Runtime(bundle, spec, seed=1)
     layer_snr(rt, x[:4])
     assert all(layer.probe is None for layer in rt.layers)
+
+
+def test_per_layer_snr_sees_what_calibration_did(chip):
+    """The SNR after a layer's own affine: the plain SNR where the bundle was never
+    calibrated; after an affine calibration on this chip and time, higher on average, and
+    never above the best per-channel re-fit on the same inputs (which is fitted on them).
+    Not higher in every layer: calibration fits each layer to the ideal network's activations,
+    so it also absorbs the errors of the layers before, which judged alone looks worse.
+    Before, --per-layer compared the product before any affine, so calibration changed
+    nothing in it."""
+    from xbar.runtime.calibrate import calibrate
+
+    bundle, spec, x = chip
+    for r in layer_snr(Runtime(bundle, spec, seed=3), x):
+        assert abs(r["snr_own_affine_db"] - r["snr_db"]) < 1e-4  # (y·g + s − s)/g: rounding only
+    cal, _ = calibrate(bundle, load_dataset(MODELS / "digits_calib.npz", bundle.graph["inputs"][0]).x, spec,
+                       seed=3, method="affine")
+    rows = layer_snr(Runtime(cal, spec, seed=3), x)
+    gain = [r["snr_own_affine_db"] - r["snr_db"] for r in rows]
+    assert np.mean(gain) > 0.2 and max(gain) > 1.0, gain
+    assert all(r["snr_own_affine_db"] <= r["snr_after_affine_db"] + 1e-6 for r in rows), rows

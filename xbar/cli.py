@@ -904,12 +904,20 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
     if d:
         click.echo(f"\nper layer, chip seed {d['seed']} at t = {format_time(d['t'])}, first {d['samples']} samples "
                    "(worst first; SNR of the layer's output against ideal hardware on the same input):")
-        drows = [[e["layer"], f"{e['snr_db']:.1f}", f"{e['snr_after_affine_db']:.1f}", f"{100 * e['dac_clip']:.2f}%",
-                  f"{100 * e['adc_clip']:.2f}%", e["tiles"], e["dominant"]] for e in d["layers"]]
-        click.echo(render(["layer", "SNR dB", "after affine", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
-                          numeric=[False, True, True, True, True, True, False]))
-        click.echo("  after affine: the SNR left once each output channel's scale and shift are re-fitted (least "
-                   "squares), the most that affine calibration could reach on that layer alone.")
+        calibrated = bool(result["calibration"])
+        drows = [[e["layer"], f"{e['snr_db']:.1f}"] + ([f"{e['snr_own_affine_db']:.1f}"] if calibrated else [])
+                 + [f"{e['snr_after_affine_db']:.1f}", f"{100 * e['dac_clip']:.2f}%", f"{100 * e['adc_clip']:.2f}%",
+                    e["tiles"], e["dominant"]] for e in d["layers"]]
+        click.echo(render(["layer", "SNR dB"] + (["calibrated"] if calibrated else [])
+                          + ["after affine", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
+                          numeric=[False, True] + ([True] if calibrated else []) + [True, True, True, True, False]))
+        notes = (["calibrated: the SNR after this bundle's calibrated per-channel scale and shift; they were "
+                  "fitted to the ideal network, so they also absorb earlier layers' errors, which can lower a "
+                  "layer's own figure."] if calibrated else [])
+        notes.append("after affine: the SNR left once each output channel's scale and shift are re-fitted (least "
+                     "squares), the most that affine calibration could reach on that layer alone.")
+        for note in notes:
+            click.echo(textwrap.fill(note, _info_width(), initial_indent="  ", subsequent_indent="    "))
 
 
 @cli.command(name="ops")
