@@ -24,7 +24,13 @@ def compiled(fn: Callable) -> Callable:
         # not pay; the ~5 s compile per argument type happens once per installation.
         from numba import njit
 
-        return njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)(fn)
+        options = {"nogil": True, "error_model": "numpy", "boundscheck": False}
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:
+            # No writable cache anywhere (read-only install, no writable home and no
+            # NUMBA_CACHE_DIR): compile in every process instead, ~10 s, rather than fail.
+            return njit(cache=False, **options)(fn)
 
     def built():
         with _lock:

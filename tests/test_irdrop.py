@@ -351,3 +351,25 @@ def test_blocks_per_compiled_pass_do_not_change_the_result(monkeypatch, dtype):
     for budget in (1 << 40, 1 << 14):  # 128 blocks in every pass; 8 in most
         monkeypatch.setattr(irdrop_kernel, "_SCRATCH_BYTES", budget)
         np.testing.assert_array_equal(effective_conductance(g, 1.0, 10.0, 10.0, dtype=dtype), want)
+
+
+def test_compiled_functions_work_where_nothing_can_cache_them(monkeypatch):
+    """Numba refuses cache=True when no cache folder is writable (a read-only install and no
+    writable home): the solver then compiles without a cache instead of failing."""
+    import numba
+
+    from xbar.runtime.compiled import compiled
+
+    real = numba.njit
+
+    def no_cache_anywhere(*args, **kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'f.py'")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(numba, "njit", no_cache_anywhere)
+
+    def twice(x):
+        return 2.0 * x
+
+    assert compiled(twice)(np.float64(1.5)) == 3.0
