@@ -18,7 +18,8 @@ def compiled(fn: Callable) -> Callable:
     results are bit-identical to the same operations in NumPy), and no exception on a
     division by zero (NumPy's inf/nan instead)."""
 
-    @functools.cache
+    dispatcher = None
+
     def build():
         # Imported here: numba's import costs ~0.3 s that commands without IR drop should
         # not pay; the ~5 s compile per argument type happens once per installation.
@@ -32,13 +33,14 @@ def compiled(fn: Callable) -> Callable:
             # NUMBA_CACHE_DIR): compile in every process instead, ~10 s, rather than fail.
             return njit(cache=False, **options)(fn)
 
-    def built():
-        with _lock:
-            return build()
-
     @functools.wraps(fn)
     def call(*args):
-        return built()(*args)
+        nonlocal dispatcher
+        if dispatcher is None:  # the lock only until the first call has made it
+            with _lock:
+                if dispatcher is None:
+                    dispatcher = build()
+        return dispatcher(*args)
 
     return call
 

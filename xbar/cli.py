@@ -229,7 +229,8 @@ def _io_shape(value: dict[str, Any]) -> str:
               help=".npz with inputs 'x': find DAC input ranges and ADC full scales from them.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output bundle.")
 def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encoding: str, weight_bits: int | None,
-            weight_clip: float | None, afp_exponents: int, afp_step: int | None, bit_slices: int, bits_per_cell: int | None,
+            weight_clip: float | None, afp_exponents: int, afp_step: int | None, bit_slices: int,
+            bits_per_cell: int | None,
             replicas: int, rearrange: str, rearrange_rows: str, depthwise: str, pack_tiles: bool,
             digital: tuple[str, ...], hardware: str | None, sets: tuple[str, ...], calib_data: Path | None,
             force: bool) -> None:
@@ -246,7 +247,8 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
     spec = _resolve_hardware(None, hardware, sets)
     bundle = do_convert(model, crossbar=crossbar, encoding=encoding, weight_bits=weight_bits,
                         digital=digital, weight_clip_percentile=weight_clip, afp_exponents=afp_exponents,
-                        afp_step=2 if afp_step is None else afp_step, bit_slices=bit_slices, bits_per_cell=bits_per_cell, replicas=replicas,
+                        afp_step=2 if afp_step is None else afp_step, bit_slices=bit_slices,
+                        bits_per_cell=bits_per_cell, replicas=replicas,
                         rearrange=rearrange, rearrange_rows=rearrange_rows, depthwise=depthwise,
                         pack_tiles=pack_tiles, hardware=spec, progress=_progress("convert", sys.stderr.isatty(), minimum=LONG_LIST))
     bundle.manifest["hardware"] = spec.to_dict()
@@ -771,7 +773,9 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         raise ConfigError(f"--seeds, --drift and --per-layer are about chip instances, but {given}; pass "
                           "--hardware pcm (or a TOML file) to sample chips")
     seed_list = seeds if seeds is not None else [record["seed"] if record else 0]
-    time_set = any(s.split("=", 1)[0].strip() == "t_inference" for s in sets)
+    from xbar.hardware import parse_assignment
+
+    time_set = any(parse_assignment(item)[0] == "t_inference" for item in sets)  # parsed above, so valid
     if drift is not None:
         times = drift
     elif record and hardware is None and not time_set:

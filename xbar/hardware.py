@@ -303,8 +303,9 @@ class ADCSpec:
     'percentile' = the `percentile`-th percentile of |column output| over calibration data;
     'physical' = the largest |current| the column's devices can carry as programmed (every row
     at full input, signed as its weights; before drift, wire losses and read noise), fixed
-    when the chip is programmed: drift lowers the currents, not the full scale. Output noise is additive Gaussian with sigma = noise * F (F from the same
-    policy), applied even when bits is None.
+    when the chip is programmed: drift lowers the currents, not the full scale. Output
+    noise is additive Gaussian with sigma = noise * F (F from the same policy), applied even
+    when bits is None.
     """
 
     SECTION: ClassVar[str] = "adc"
