@@ -15,9 +15,10 @@ the manifest's batch record says which.
 The axes are followed by the names of their dimensions through shape inference. Where a
 graph input's first two axes have no names (dynamic axes exported without names, or fixed
 sizes, where a 5 is any 5), they get provisional names for that inference only. The batch
-is then axis 1 where a recurrent node's layout says so, or where the first output leads
-with axis 1 and axis 0 is gone from it (pooled over time); a batch-first input whose
-output is time-major keeps both and is left alone. A path that turns the axes into
+is then axis 1 where a recurrent node's layout says so, where the first output leads
+with axis 1 and axis 0 is gone from it (pooled over time), or where the input's own names
+call axis 1 the batch and axis 0 something else ([seq, batch, d]); otherwise a batch-first
+input whose output is time-major keeps both and is left alone. A path that turns the axes into
 numbers (a Reshape to a constant shape, say) cannot be followed; such an input is left as
 it is.
 """
@@ -78,13 +79,21 @@ def _time_and_batch(nodes: list[onnx.NodeProto], shapes: dict[str, Any]) -> list
     return found
 
 
+def _names_a_batch(dim: Any) -> bool:
+    """Whether a declared dimension's name says it is the batch ("batch", "batch_size", an
+    exporter's Dim("batch")), as opposed to a sequence or an unnamed one."""
+    return isinstance(dim, str) and "batch" in dim.lower()
+
+
 def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tuple[str, str]]:
     """(axis-0 name, axis-1 name) of graph inputs that hold their batch on axis 1 without a
     recurrent node to say so: a time-major transformer (torch's batch_first=False attention)
     whose first output leads with the input's axis 1 and has lost its axis 0 (pooled over
     time), or whose input names only axis 1 as dynamic (axis 0 a fixed sequence length) and
-    carries that name into the first output. An output that leads with axis 1 but keeps
-    axis 0 too may as well be a batch-first model's time-major output: left alone."""
+    carries that name into the first output, or whose input calls axis 1, and not axis 0,
+    the batch by name (torch's Dim("batch"), say). Otherwise an output that leads with axis 1
+    but keeps axis 0 too may as well be a batch-first model's time-major output: left
+    alone."""
     if not model.graph.output:
         return set()
     first = shapes.get(model.graph.output[0].name) or []
@@ -97,7 +106,8 @@ def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tupl
         leads = bool(first) and first[0] == d[1] and d[0] not in first
         named_only_there = (len(own) >= 2 and isinstance(own[0], int) and isinstance(own[1], str)
                             and own[1] in first)
-        if leads or named_only_there:
+        named_batch = len(own) >= 2 and _names_a_batch(own[1]) and not _names_a_batch(own[0])
+        if leads or named_only_there or named_batch:
             found.add((d[0], d[1]))
     return found
 

@@ -280,3 +280,35 @@ def test_a_batch_first_input_with_a_time_major_output_is_left_alone():
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         assert "time_major" not in convert(model, crossbar=(8, 8)).manifest["batch"]
+
+
+def _per_token(dims: list) -> onnx.ModelProto:
+    """x `dims` (F features last) -> a per-token MatMul head -> y of the same leading axes:
+    a time-major transformer's per-token output keeps both axes."""
+    head = numpy_helper.from_array(np.random.default_rng(5).normal(0, 1, (F, C)).astype(np.float32), "head")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "head"], ["y"], name="head_mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims + [F])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims + [C])], [head])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("axis1", ["batch", "batch_size"])
+def test_axis_1_named_the_batch_is_taken_batch_first_with_a_per_token_output(axis1):
+    """[seq, batch, d] named so (torch's batch_first=False attention exported with
+    Dim("batch")), output [seq, batch, C]: the names say where the batch is, so the input and
+    the output are taken batch-first, rather than data being cut along the sequence."""
+    model = _per_token(["seq", axis1])
+    bundle = convert(model, crossbar=(8, 8))
+    assert bundle.manifest["batch"]["time_major"] == {"nodes": [], "inputs": ["x"], "outputs": {"y": 1}}
+    samples = np.random.default_rng(6).normal(0, 1, (B, T, F)).astype(np.float32)
+    ref = np.swapaxes(_ort(model, "x", samples)[0], 0, 1)
+    assert close(Runtime(bundle).run({"x": samples})["y"], ref)
+
+
+@pytest.mark.parametrize("dims", [["batch", "seq"], ["batch", "n_batch"], [None, "seq"]])
+def test_a_leading_batch_by_name_or_unnamed_stays(dims):
+    """Batch-first by name, both axes batch-like (nothing to tell them apart), or an unnamed
+    leading axis with a per-token output: nothing is moved."""
+    assert "time_major" not in convert(_per_token(dims), crossbar=(8, 8)).manifest["batch"]
