@@ -165,8 +165,9 @@ class Runtime:
 
     def _fixed_steps(self, env: dict[str, np.ndarray], batch: int):
         """A graph that fixes its batch size: digital ops run chunk by chunk of that size,
-        while every analog layer gets the whole batch at once (its rows are independent), so
-        a chip sees the same calls, and a caller of `walk` the same layer inputs, as with a
+        while every analog layer, and every recurrent node whose chunks' arguments line up
+        along its batch axis, gets the whole batch at once (its rows are independent), so a
+        chip sees the same calls, and a caller of `walk` the same layer inputs, as with a
         symbolic batch."""
         size = self.fixed_batch
         fed = set(self.input_names)
@@ -184,6 +185,12 @@ class Runtime:
                     raise DataError(f"node {name!r} failed on an input of shape {list(joined.shape)}: {exc}") from None
                 for e, r in zip(envs, split(result)):
                     e[outs[0]] = r
+            elif isinstance(fn, Recurrent) and (joined := _join_recurrent(fn, [[e[i] if i else None for i in ins]
+                                                                             for e in envs])) is not None:
+                args, split = joined
+                yield fn, args
+                for e, part in zip(envs, split(outs, self._call_step(name, fn, args, attrs))):
+                    e.update(part)
             else:
                 for e in envs:
                     self._run_step(name, fn, ins, outs, attrs, e)
@@ -200,17 +207,19 @@ class Runtime:
         return {name: env[name] for name in self.output_names}
 
     def _run_step(self, name, fn, ins, outs, attrs, env) -> None:
-        args = [env[i] if i else None for i in ins]
+        for o, r in zip(outs, self._call_step(name, fn, [env[i] if i else None for i in ins], attrs)):
+            if o:
+                env[o] = r
+
+    @staticmethod
+    def _call_step(name, fn, args, attrs) -> list:
         try:
-            results = [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
+            return [fn(args[0])] if isinstance(fn, Layer) else fn(args, attrs)
         except XbarError:
             raise
         except (ValueError, IndexError) as exc:
             raise DataError(f"node {name!r} failed on inputs of shape "
                             f"{[None if a is None else list(np.shape(a)) for a in args]}: {exc}") from None
-        for o, r in zip(outs, results):
-            if o:
-                env[o] = r
 
     def _steps(self, env: dict[str, np.ndarray]):
         for (name, fn, ins, outs, attrs), release in zip(self.steps, self._release):
@@ -226,6 +235,34 @@ class Runtime:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Single-input, first-output convenience."""
         return self.run({self.input_names[0]: x})[self.output_names[0]]
+
+
+def _join_recurrent(node: Recurrent, parts: list[list[np.ndarray | None]]):
+    """A recurrent node's per-chunk arguments (X, sequence_lens, initial_h, initial_c) as
+    one call's, joined along each one's batch axis (the node's layout says which), and how
+    to split its outputs (Y, Y_h, Y_c) back into per-chunk dicts; None where the chunks'
+    arguments differ in shape, and the node then runs chunk by chunk."""
+    # Batch axis of each argument and of each output, in layout 0 ([seq, batch, …]) and 1.
+    arg_axes, out_axes = ((1, 0, 1, 1), (2, 1, 1)) if node.layout == 0 else ((0, 0, 0, 0), (0, 0, 0))
+    args: list[np.ndarray | None] = []
+    for k, axis in enumerate(arg_axes):
+        got = [None if k >= len(p) or p[k] is None else np.asarray(p[k]) for p in parts]
+        if all(g is None for g in got):
+            args.append(None)
+            continue
+        if any(g is None or g.ndim <= axis or g.shape != got[0].shape for g in got):
+            return None
+        args.append(np.concatenate(got, axis=axis))
+    if args[0] is None:
+        return None
+    size = np.asarray(parts[0][0]).shape[arg_axes[0]]
+
+    def split(outs: list[str], results: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        named = [(o, r, axis) for o, r, axis in zip(outs, results, out_axes) if o]
+        return [{o: np.take(r, np.arange(j * size, (j + 1) * size), axis=axis) for o, r, axis in named}
+                for j in range(len(parts))]
+
+    return args, split
 
 
 def _join(layer: Layer, parts: list[np.ndarray]):

@@ -99,7 +99,10 @@ class Recurrent:
                 h = np.where(valid[:, None], h_new, h)
                 c = np.where(valid[:, None], c_new, c)
                 y[tc[valid], d, rows[valid]] = h[valid]
-            y_h[d], y_c[d] = h, c
+            # A sequence of no steps ends in zero states, not its initial ones (onnxruntime's
+            # reading; the ONNX specification does not say).
+            empty = (lens == 0)[:, None]
+            y_h[d], y_c[d] = np.where(empty, 0, h), np.where(empty, 0, c)
         if self.layout:
             return [np.ascontiguousarray(y.transpose(2, 0, 1, 3)), np.swapaxes(y_h, 0, 1).copy(),
                     np.swapaxes(y_c, 0, 1).copy()]

@@ -206,6 +206,16 @@ def test_hand_built_matches_onnxruntime(cell, case, layout1):
     _check_ideal(*_onnx_rnn(cell, **case), batch_first=layout1)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_a_sequence_of_length_zero_ends_in_zero_states(cell, direction):
+    """sequence_lens 0 with initial states given: onnxruntime's Y_h and Y_c are 0 there,
+    not the initial states (and Y is 0 throughout)."""
+    model, feeds = _onnx_rnn(cell, direction=direction, seq_lens=True, states=True)
+    feeds["L"][1] = 0
+    _check_ideal(model, feeds)
+
+
 @pytest.mark.parametrize("lbr", [0, 1])
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 def test_gru_linear_before_reset(lbr, direction):
@@ -300,6 +310,44 @@ def test_calibration_refits_the_gate_affines(cell):
     before = np.abs(_run(bundle, feeds, spec, seed=0)["Y"] - ideal).mean()
     after = np.abs(_run(out, feeds, spec, seed=0)["Y"] - ideal).mean()
     assert after < 0.5 * before, (before, after)
+
+
+def _with_batch(model: onnx.ModelProto, batch_axis: dict[str, int]) -> onnx.ModelProto:
+    """`model` with the batch dimension of each named input/output (at the axis given) symbolic."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in batch_axis:
+            d = vi.type.tensor_type.shape.dim[batch_axis[vi.name]]
+            d.Clear()
+            d.dim_param = "batch"
+    return m
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layout1", [False, True], ids=["layout0", "layout1"])
+def test_a_fixed_batch_runs_its_recurrent_node_on_the_whole_batch(cell, layout1):
+    """A graph that fixes its batch at 4, run on 32 samples: the recurrent node, like any
+    analog layer, gets all of them at once, so a noisy chip makes exactly the calls (and
+    draws) of the same model with a symbolic batch, and calibration sees and fits W and R.
+    It ran chunk by chunk of 4 before, out of calibration's sight."""
+    model, _ = _onnx_rnn(cell, direction="bidirectional", b=4, t=5, h=6)
+    axes = {"X": 1, "Y": 2, "Y_h": 1, "Y_c": 1}
+    if layout1:
+        model, _ = _batch_first(model, {})
+        axes = {k: 0 for k in axes}
+    samples = np.random.default_rng(7).normal(0, 1, (32, 5, 3)).astype(np.float32)  # batch-first, as bundles take X
+    fixed, symbolic = (convert(m, crossbar=(8, 8)) for m in (model, _with_batch(model, axes)))
+    assert fixed.manifest["batch"]["mode"] == "fixed" and symbolic.manifest["batch"]["mode"] != "fixed"
+    spec = preset("pcm").override({"drift_compensation": "off", "t_inference": 86400.0})
+    out_f, out_s = (Runtime(b, spec, seed=3).run({"X": samples}) for b in (fixed, symbolic))
+    for name in out_s:
+        assert np.array_equal(out_f[name], out_s[name]), name
+    cal_f, rec_f = calibrate(fixed, samples, spec, seed=0, method="affine")
+    cal_s, rec_s = calibrate(symbolic, samples, spec, seed=0, method="affine")
+    assert sorted(rec_f["layers"]) == sorted(rec_s["layers"]) == sorted(e["name"] for e in fixed.layers)
+    for ef, es in zip(cal_f.layers, cal_s.layers):
+        assert np.array_equal(cal_f.arrays[ef["arrays"]["gamma"]], cal_s.arrays[es["arrays"]["gamma"]])
 
 
 # ---------------------------------------------------------------------------------------------
