@@ -88,6 +88,27 @@ def test_bad_spec_files_are_named(tmp_path):
         load_study(_spec(tmp_path, BASE_SPEC.replace("[4, 8]", "[8, 8]")))
 
 
+@pytest.mark.parametrize("training", ['"calibration.method" = ["affine", "sgd"]',
+                                      '"finetune.method" = ["noise"]\n"finetune.time" = ["1d"]'])
+def test_training_a_recurrent_model_is_refused_before_anything_runs(tmp_path, training):
+    """The training side has no torch form for LSTM/GRU/RNN: a point that trains one is
+    refused by the spec, naming the node, not by a failed worker task."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 8, 3), np.float32), "W")
+    r = numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "R")
+    graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], name="rnn", hidden_size=2)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, "batch", 3])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, "batch", 2])], [w, r])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), tmp_path / "lstm.onnx")
+    text = (BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"), str(tmp_path / "lstm.onnx"))
+            .replace("calib_data =", f'train_data = "{MODELS / "digits_calib.npz"}"\ncalib_data =')
+            .replace('"hardware.adc.bits" = [4, 8]', training))
+    with pytest.raises(SpecError, match="no torch form for LSTM \\(node 'rnn'"):
+        load_study(_spec(tmp_path, text))
+
+
 def test_points_times_axes_and_dotted_tables(tmp_path):
     text = BASE_SPEC + '\n[[points]]\n"hardware.drift_compensation" = "tile"\n\n[[points]]\n' \
                        'hardware.drift_compensation = "off"\n'

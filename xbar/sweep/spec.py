@@ -26,6 +26,7 @@ fine-tune for 1 d evaluated at 1 d only).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -459,10 +460,30 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
             raise SpecError(f"{where}: finetune.time: {exc}") from None
         finetune = {"method": fmethod, "time": ft_time, "epochs": ft.get("epochs", d.epochs),
                     "lr": ft.get("lr", d.lr), "loss": ft.get("loss", d.loss), "seed": ft.get("seed", 0)}
+    training = [what for what, on in (("calibration.method 'sgd'", calibration.get("method") == "sgd"),
+                                      (f"finetune.method {fmethod!r}", fmethod != "none")) if on]
+    if training and (recurrent := _recurrent_nodes(model_path)):
+        op, node = recurrent[0]
+        raise SpecError(f"{where}: {training[0]} trains through the torch executor, which has no torch form for "
+                        f"{op} (node {node!r} of model {name!r}, {len(recurrent)} recurrent node(s)). Recurrent "
+                        "models run evaluation and the closed-form calibration methods ('stats', 'affine'); drop "
+                        "the training for this model.")
     return Point(index=index, fields=fields, model=name, model_path=model_path,
                  model_sha256=_sha256_file(model_path), mapping=mapping,
                  hardware={k: v for k, v in spec.to_dict().items() if k != "t_inference"}, ranges=ranges,
                  calibration=calibration, finetune=finetune, seeds=seeds, times=times)
+
+
+@functools.lru_cache(maxsize=None)
+def _recurrent_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """(op, node name) of the model's recurrent nodes (read without external weights), which
+    the training side cannot run (xbar.training.torch_ops.missing_ops)."""
+    import onnx
+
+    from xbar.ops import RECURRENT_OPS
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [(n.op_type, n.name) for n in graph.node if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
 
 
 def _section(fields: dict[str, Any], name: str, methods: tuple[str, ...], where: str, data: Path | None,
