@@ -136,6 +136,18 @@ def test_bad_data_shape_and_file(run, models_dir, tmp_path):
     _user_error(run("eval", tmp_path / "none.xbar", "--data", tmp_path / "flat.npz"), "none.xbar")
 
 
+def test_a_data_shape_error_names_the_free_dimensions():
+    """Only the samples axis is N; another free dimension shows by its name in the model,
+    or as ? where only shape inference names it."""
+    from xbar.data import Dataset, fit_to_model
+    from xbar.errors import DataError
+
+    spec = {"name": "x", "shape": [None, None, None, 6], "dim_names": ["batch", "seq", "unk__3", None],
+            "dtype": "float32"}
+    with pytest.raises(DataError, match=r"expects \(N, seq, \?, 6\)"):
+        fit_to_model(Dataset(np.zeros((16, 12, 3, 5), np.float32), None, "d.npz"), spec)
+
+
 def test_unknown_digital_layer_lists_the_real_ones(run, models_dir, tmp_path):
     _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "d.xbar", "--digital", "nope"),
                 "nope", "Analog layers are")

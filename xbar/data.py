@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,13 @@ class Dataset:
         return int(self.x.shape[0])
 
 
-def _shape_text(shape: list[int | None]) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+def _shape_text(shape: list[int | None], names: list[str | None] | None = None) -> str:
+    """(N, seq, 6): the samples N, other free dimensions by their names in the model (any
+    size; `?` where the model names none)."""
+    names = list(names or [None] * len(shape))
+    return "(" + ", ".join("N" if k == 0 and d is None else str(d) if d is not None
+                           else (n if n and not re.fullmatch(r"unk__\d+", n) else "?")
+                           for k, (d, n) in enumerate(zip(shape, names))) + ")"
 
 
 def time_major_input(graph: dict[str, Any]) -> tuple[str, str] | None:
@@ -129,7 +135,8 @@ def fit_to_model(data: Dataset, input_spec: dict[str, Any] | None, batch: dict[s
         if not fits:
             raise DataError(
                 f"{path}: x has shape {tuple(x.shape)}, but model input {input_spec['name']!r} expects "
-                f"{_shape_text(want)} (N = number of samples). Reshape the data to match the model."
+                f"{_shape_text(want, input_spec.get('dim_names'))} (N = number of samples; named and ? "
+                "dimensions take any size). Reshape the data to match the model."
             )
     dtype = np.dtype(input_spec["dtype"]) if input_spec else np.float32
     return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
