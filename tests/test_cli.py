@@ -148,6 +148,32 @@ def test_a_data_shape_error_names_the_free_dimensions():
         fit_to_model(Dataset(np.zeros((16, 12, 3, 5), np.float32), None, "d.npz"), spec)
 
 
+def test_labels_for_an_output_with_several_positions_are_refused(run, tmp_path):
+    """tokens [N, seq] -> embedding -> per-token head -> [N, seq, vocab]: one label per
+    sample has no meaning there (it was scored against the argmax of all seq×vocab values);
+    without labels eval reports agreement."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.normal(0, 1, (5, 3)).astype(np.float32), "table")
+    head = numpy_helper.from_array(rng.normal(0, 1, (3, 5)).astype(np.float32), "head")
+    nodes = [helper.make_node("Gather", ["table", "tokens"], ["e"], name="embed"),
+             helper.make_node("MatMul", ["e", "head"], ["logits"], name="lm_head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "seq", 5])],
+                              [table, head])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert run("convert", _save(model, tmp_path / "lm.onnx"), "-o", tmp_path / "lm.xbar").exit_code == 0
+    tokens = rng.integers(0, 5, (8, 4))
+    np.savez(tmp_path / "y.npz", x=tokens, y=np.zeros(8, np.int64))
+    _user_error(run("eval", tmp_path / "lm.xbar", "--data", tmp_path / "y.npz"), "seq×5 values per sample",
+                "Leave y out")
+    np.savez(tmp_path / "x.npz", x=tokens)
+    r = run("eval", tmp_path / "lm.xbar", "--data", tmp_path / "x.npz")
+    assert r.exit_code == 0 and "agreement" in r.output, r.output
+
+
 def test_unknown_digital_layer_lists_the_real_ones(run, models_dir, tmp_path):
     _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "d.xbar", "--digital", "nope"),
                 "nope", "Analog layers are")

@@ -663,7 +663,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
     import time
 
     from xbar.bundle import check_output, load_bundle, save_bundle
-    from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
+    from xbar.data import check_labels, check_sample_axis, load_dataset, scored_shape
     from xbar.errors import ConfigError
     from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
     from xbar.units import format_time
@@ -693,7 +693,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
     spec = spec.override(t_inference=drift)
     check_sample_axis(b.graph, str(bundle))
     ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
-    check_labels(ds, classes_of(b.graph["outputs"][0], b.manifest.get("batch")))
+    check_labels(ds, scored_shape(b.graph["outputs"][0], b.manifest.get("batch")))
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
     out, rec = do_calibrate(b, ds.x, spec, seed, method, y=ds.y, fold=not no_fold, batch_size=batch_size,
@@ -755,7 +755,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
              per_layer: bool, batch_size: int, as_json: bool) -> None:
     """Evaluate a bundle on a data set: ideal hardware, and chip instances of the target hardware."""
     from xbar.bundle import load_bundle
-    from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
+    from xbar.data import check_labels, check_sample_axis, load_dataset, scored_shape
     from xbar.errors import ConfigError
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
@@ -785,8 +785,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     spec, notes = effective_spec(b, spec)
     check_sample_axis(b.graph, str(bundle))
     ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
-    n_classes = classes_of(b.graph["outputs"][0], b.manifest.get("batch"))
-    check_labels(ds, n_classes)
+    per_sample = scored_shape(b.graph["outputs"][0], b.manifest.get("batch"))
+    check_labels(ds, per_sample)
     ref_fn = (onnxruntime_fn(reference, ds.x, str(data), (b.manifest.get("batch") or {}).get("time_major"))
               if reference is not None else None)
     show = not as_json and sys.stderr.isatty()
@@ -798,8 +798,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         warnings.append("this calibrated bundle predates stored source affines: 'ideal' below runs its "
                         "chip-calibrated affines on exact hardware, not the converted network")
     ideal = predict(Runtime(source_network(b)), ds.x, batch_size, _progress("ideal", show))
-    if n_classes is None:
-        check_labels(ds, int(ideal.reshape(len(ideal), -1).shape[1]))
+    if per_sample is None or not all(isinstance(d, int) for d in per_sample):  # free dimensions: as it ran
+        check_labels(ds, list(ideal.shape[1:]))
     ref = None
     same_model = None
     if ref_fn is not None:

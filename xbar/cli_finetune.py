@@ -47,7 +47,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     import time
 
     from xbar.bundle import check_output, load_bundle, same_file, save_bundle
-    from xbar.data import check_labels, check_sample_axis, classes_of, load_dataset
+    from xbar.data import check_labels, check_sample_axis, load_dataset, scored_shape
     from xbar.errors import ConfigError
     from xbar.training import require_torch
     from xbar.units import format_time
@@ -79,7 +79,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     check_sample_axis(b.graph, str(bundle))
     batch = b.manifest.get("batch")
     ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=batch)
-    check_labels(ds, classes_of(b.graph["outputs"][0], batch))
+    check_labels(ds, scored_shape(b.graph["outputs"][0], batch))
     ranged = any("ranges" in e for e in b.layers)
     calib_x = None
     if ranged:

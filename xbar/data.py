@@ -142,26 +142,40 @@ def fit_to_model(data: Dataset, input_spec: dict[str, Any] | None, batch: dict[s
     return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
 
 
-def classes_of(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> int | None:
-    """Classes a model output scores: its values per sample, if its shape is static.
+def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> list[int | str | None] | None:
+    """A model output's shape per sample, a free dimension as its name in the model (None
+    where it has none), or None if unknown.
 
     The leading dimension is the batch, except for a model with a fixed batch (the
     bundle's `batch` record) whose output does not lead with it (batch 1 squeezed away)."""
     shape = output_spec.get("shape")
     if not shape:
         return None
+    names = [n if n and not re.fullmatch(r"unk__\d+", n) else None
+             for n in output_spec.get("dim_names") or [None] * len(shape)]
+    named = [d if d is not None else n for d, n in zip(shape, names)]
     fixed = batch.get("size") if batch and batch.get("mode") == "fixed" else None
-    per_sample = shape if fixed and shape[0] != fixed else shape[1:]
-    if any(d is None for d in per_sample):
-        return None
-    return int(np.prod(per_sample, dtype=np.int64))
+    if fixed and shape[0] != fixed:  # the rows per sample are a guess here (predict checks them): one axis
+        return [int(np.prod(shape, dtype=np.int64)) if all(isinstance(d, int) for d in shape) else None]
+    return named[1:]
 
 
-def check_labels(data: Dataset, n_classes: int | None) -> None:
-    """Refuse labels that no output could match: scoring them as misses would bias accuracy."""
+def check_labels(data: Dataset, per_sample: list[int | str | None] | None) -> None:
+    """Refuse labels that no output could match, scoring them as misses would bias accuracy,
+    and labels for an output that scores several positions per sample (a language model's
+    seq×vocab), where one label per sample has no meaning. `per_sample`: the first output's
+    shape per sample (`scored_shape`)."""
     y = data.y
     if y is None or len(y) == 0:
         return
+    if per_sample is not None and sum(d != 1 for d in per_sample) > 1:
+        shown = "×".join("?" if d is None else str(d) for d in per_sample)  # free ones by name
+        raise DataError(f"{data.path}: y holds one label per sample, but the model's first output has {shown} "
+                        "values per sample: scores for several positions (tokens, pixels), so one label cannot "
+                        "be scored against them. Leave y out of the data file (eval then reports agreement with "
+                        "ideal hardware only), or score the outputs yourself through the Python API.")
+    n_classes = (None if per_sample is None or not all(isinstance(d, int) for d in per_sample)
+                 else int(np.prod(per_sample, dtype=np.int64)))
     bad = y < 0 if n_classes is None else (y < 0) | (y >= n_classes)
     if bad.any():
         values = np.unique(y[bad])

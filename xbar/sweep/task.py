@@ -84,14 +84,14 @@ def _spec(hardware: dict[str, Any], t: float | None = None):
 
 
 def _fit(bundle, data: Dataset | None) -> Dataset | None:
-    from xbar.data import check_labels, check_sample_axis, classes_of, fit_to_model
+    from xbar.data import check_labels, check_sample_axis, fit_to_model, scored_shape
 
     if data is None:
         return None
     check_sample_axis(bundle.graph, data.path)
     batch = bundle.manifest.get("batch")
     fitted = fit_to_model(data, bundle.graph["inputs"][0], batch)
-    check_labels(fitted, classes_of(bundle.graph["outputs"][0], batch))
+    check_labels(fitted, scored_shape(bundle.graph["outputs"][0], batch))
     return fitted
 
 
