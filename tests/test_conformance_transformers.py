@@ -277,3 +277,60 @@ def test_hand_built_normalizations(case, tmp_path):
     for batch in BATCHES:
         x = rng.normal(size=(batch, 3, 6, 6)).astype(np.float32)
         assert_close(rt.run({"input": x})["output"], _session(str(path)).run(None, {"input": x})[0], case)
+
+
+class _RopeDecoder(torch.nn.Module):
+    """LLaMA-style: rotary position embedding computed from the sequence length at run time
+    (Sin and Cos of a Range), causal attention, RMS norm, a cosine head (F.normalize:
+    ReduceL2) and the predicted token per position (ArgMax) as a second output."""
+
+    def __init__(self, vocab=20, dim=16, heads=2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+        self.out = torch.nn.Linear(dim, dim, bias=False)
+        self.lm = torch.nn.Linear(dim, vocab, bias=False)
+        self.heads = heads
+
+    @staticmethod
+    def rope(x):  # (b, heads, n, d)
+        n, d = x.shape[2], x.shape[3]
+        inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+        angle = torch.arange(n).float()[:, None] * inv[None, :]
+        cos, sin = angle.cos(), angle.sin()
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        b, n, dim = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.rope(qkv[0]), self.rope(qkv[1]), qkv[2]
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(a.transpose(1, 2).reshape(b, n, dim))
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        logits = self.lm(torch.nn.functional.normalize(x, dim=-1)) * 10.0
+        return logits, logits.argmax(-1)
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_rotary_decoder_with_a_dynamic_sequence_matches_onnxruntime(opset, tmp_path):
+    """Sin/Cos of the positions cannot be folded when the sequence length is dynamic; they,
+    ReduceL2 and ArgMax run digitally, exact at several batch and sequence sizes."""
+    torch.manual_seed(3)
+    path = tmp_path / "rope.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_logs():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_RopeDecoder().eval(), (torch.randint(0, 20, (2, 6)),), str(path), dynamo=False,
+                          opset_version=opset, input_names=["tokens"], output_names=["logits", "next"],
+                          dynamic_axes={"tokens": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"},
+                                        "next": {0: "batch", 1: "seq"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Sin", "Cos", "ArgMax", "ReduceL2"} <= ops, ops
+    rt = Runtime(convert(str(path), crossbar=(8, 8)))
+    for shape in [(1, 1), (2, 6), (3, 11)]:
+        x = torch.randint(0, 20, shape, generator=torch.Generator().manual_seed(sum(shape))).numpy()
+        ref = _session(str(path)).run(None, {"tokens": x})
+        got = rt.run({"tokens": x})
+        assert_close(got["logits"], ref[0], f"logits {shape}")
+        assert np.array_equal(got["next"], ref[1]), shape

@@ -142,7 +142,7 @@ def test_registry_surface():
 # -------------------------------------------------------------- activations
 
 UNARY = ["Relu", "Sigmoid", "Tanh", "Softsign", "Erf", "Neg", "Abs", "Exp", "Floor", "Ceil", "Sign",
-         "Softplus", "HardSwish"]  # fmt: skip
+         "Softplus", "HardSwish", "Sin", "Cos"]  # fmt: skip
 
 
 @pytest.mark.parametrize("op_type", UNARY)
@@ -695,7 +695,8 @@ def test_batch_norm(shape, epsilon):
 # ------------------------------------------------------------------- reduce
 
 
-@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"])
+@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
+                                     "ReduceSumSquare", "ReduceProd"])
 @pytest.mark.parametrize("axes", [None, [1], [-1], [0, 2], [2, -3]])
 @pytest.mark.parametrize("keepdims", [0, 1])
 @pytest.mark.parametrize("opset", [17, 18])
@@ -720,7 +721,8 @@ def test_reduce_empty_axes(op_type, noop):
     check(op_type, [x], {"noop_with_empty_axes": noop, "keepdims": 0}, opset=18)
 
 
-@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"])
+@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
+                                     "ReduceSumSquare", "ReduceProd"])
 @pytest.mark.parametrize("keepdims", [0, 1])
 def test_reduce_over_empty_axis(op_type, keepdims):
     check(op_type, [np.zeros((0, 3), np.float32), i64(0)], {"keepdims": keepdims}, opset=18)
@@ -737,6 +739,20 @@ def test_empty_tensors_flow_through_shape_ops():
 
 def test_softmax_with_infinities():
     check("Softmax", [np.array([[-np.inf, -np.inf], [1, np.inf], [0, -np.inf]], np.float32)])
+
+
+@pytest.mark.parametrize("op_type", ["ArgMax", "ArgMin"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("last", [0, 1])
+def test_arg_extremes_with_ties(op_type, axis, keepdims, last):
+    """Ties (few distinct values) make select_last_index matter."""
+    x = rng(5).integers(-2, 3, size=(3, 4, 5)).astype(np.float32)
+    check(op_type, [x], {"axis": axis, "keepdims": keepdims, "select_last_index": last})
+
+
+def test_reduce_l2_of_zeros():
+    check("ReduceL2", [np.zeros((2, 3), np.float32), i64(1)], opset=18)
 
 
 def test_reduce_int():

@@ -63,6 +63,8 @@ for _name, _fn in {
     "Reciprocal": np.reciprocal,
     "Sign": np.sign,
     "Not": np.logical_not,
+    "Sin": np.sin,
+    "Cos": np.cos,
 }.items():
     _def_unary(_name, _fn)
 

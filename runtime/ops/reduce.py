@@ -1,4 +1,4 @@
-"""Reductions (ONNX opset 13-21).
+"""Reductions and ArgMax/ArgMin (ONNX opset 13-21).
 
 ReduceSum takes axes as an input since opset 13, the others since opset 18;
 both the attribute and the input form are accepted for every op.
@@ -53,3 +53,27 @@ _reduce("ReduceMean", np.mean, lambda dtype: 0)
 _reduce("ReduceSum", np.sum)
 _reduce("ReduceMax", np.max, _lowest)
 _reduce("ReduceMin", np.min, _highest)
+_reduce("ReduceL1", lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims))
+_reduce("ReduceL2", lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims)))
+_reduce("ReduceSumSquare", lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims))
+_reduce("ReduceProd", np.prod)
+
+
+def _arg(op_type: str, fn: Callable[..., np.ndarray]) -> None:
+    def op(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x = inputs[0]
+        axis = norm_axis(int(attrs.get("axis", 0)), x.ndim, op_type)
+        if int(attrs.get("select_last_index", 0)):  # the last of equal extremes: search reversed
+            out = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            out = fn(x, axis=axis)
+        if int(attrs.get("keepdims", 1)):
+            out = np.expand_dims(out, axis)
+        return [np.asarray(out, dtype=np.int64)]
+
+    op.__name__ = op.__qualname__ = f"op_{op_type}"
+    register(op_type)(op)
+
+
+_arg("ArgMax", np.argmax)
+_arg("ArgMin", np.argmin)

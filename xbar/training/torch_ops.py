@@ -287,7 +287,7 @@ for _name, _fn in {
     "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
     "Softsign": lambda x: x / (1 + x.abs()), "Neg": torch.neg, "Abs": torch.abs, "Sqrt": torch.sqrt,
     "Exp": torch.exp, "Log": torch.log, "Floor": torch.floor, "Ceil": torch.ceil,
-    "Reciprocal": torch.reciprocal, "Sign": torch.sign,
+    "Reciprocal": torch.reciprocal, "Sign": torch.sign, "Sin": torch.sin, "Cos": torch.cos,
 }.items():
     _unary(_name, _fn)
 
@@ -486,6 +486,36 @@ _reduce("ReduceMean", torch.mean)
 _reduce("ReduceSum", torch.sum)
 _reduce("ReduceMax", torch.amax)
 _reduce("ReduceMin", torch.amin)
+_reduce("ReduceL1", lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim))
+# vector_norm: a gradient of 0, not nan, where every value is 0 (sqrt's derivative there is inf)
+_reduce("ReduceL2", lambda x, dim, keepdim: torch.linalg.vector_norm(x, 2, dim=dim, keepdim=keepdim))
+_reduce("ReduceSumSquare", lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim))
+
+
+def _prod(x: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    for d in sorted(dim, reverse=True):  # torch.prod takes one dimension at a time
+        x = torch.prod(x, dim=d, keepdim=keepdim)
+    return x
+
+
+_reduce("ReduceProd", _prod)
+
+
+def _arg(name: str, fn: Callable[..., torch.Tensor]) -> None:
+    def run(inputs, attrs):
+        x = inputs[0]
+        axis = norm_axis(int(attrs.get("axis", 0)), x.ndim, name)
+        keep = bool(int(attrs.get("keepdims", 1)))
+        if int(attrs.get("select_last_index", 0)):
+            return [x.shape[axis] - 1 - fn(torch.flip(x, (axis,)), dim=axis, keepdim=keep)]
+        # torch's argmax/argmin return the first of equal extremes, as ONNX's default does
+        return [fn(x, dim=axis, keepdim=keep)]
+
+    _register(name)(run)
+
+
+_arg("ArgMax", torch.argmax)
+_arg("ArgMin", torch.argmin)
 
 
 # ------------------------------------------------------------- normalisation
