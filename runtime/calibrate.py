@@ -31,6 +31,7 @@ import numpy as np
 from xbar import __version__
 from xbar.affine import FIELDS, Affine
 from xbar.bundle import Bundle
+from xbar.data import as_feeds, n_samples
 from xbar.errors import ConfigError, DataError
 from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
@@ -172,8 +173,8 @@ def source_network(bundle: Bundle) -> Bundle:
 
 
 def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> None:
-    if len(x) < MIN_SAMPLES:
-        raise DataError(f"{path}: {len(x)} calibration samples; at least {MIN_SAMPLES} are needed "
+    if n_samples(x) < MIN_SAMPLES:
+        raise DataError(f"{path}: {n_samples(x)} calibration samples; at least {MIN_SAMPLES} are needed "
                         "(a few hundred give stable per-channel fits)")
 
 
@@ -241,7 +242,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
             if entry["name"] in affines:
                 _write_affine(out, entry, affines[entry["name"]])
                 changed.append(entry["name"])
-    feeds = {noisy.input_names[0]: x}
+    feeds = as_feeds(x, noisy.input_names)
     walk_n, walk_c = (noisy.walk(feeds), clean.walk(feeds)) if method != "sgd" else (iter(()), iter(()))
     steps = [i for i, e in enumerate(out.layers) if e["placement"] == "analog"]
     bar = iter(progress(steps)) if progress and method != "sgd" else None
@@ -274,7 +275,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     after = predict(Runtime(out, spec, seed), x, batch_size)
     record: dict[str, Any] = {
         "method": method,
-        "samples": int(len(x)),
+        "samples": n_samples(x),
         "seed": int(seed),
         "t_inference": spec.t_inference,
         "hardware": spec.to_dict(),

@@ -6,7 +6,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from xbar.data import Dataset
+from xbar.data import Dataset, n_samples, take
 from xbar.errors import DataError
 
 
@@ -26,11 +26,11 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
 
     A model that fixes its batch size (`fn.fixed_batch`) gets batches of a multiple of it."""
     parts = []
-    chunks: Iterable[slice] = list(batches(len(x), aligned(batch_size, getattr(fn, "fixed_batch", None))))
+    chunks: Iterable[slice] = list(batches(n_samples(x), aligned(batch_size, getattr(fn, "fixed_batch", None))))
     if progress is not None:
         chunks = progress(chunks)
     for sl in chunks:
-        out = np.asarray(fn(x[sl]))
+        out = np.asarray(fn(take(x, sl)))
         n = sl.stop - sl.start
         # A fixed-batch graph whose output does not declare that batch returns one part per
         # chunk of `fixed` samples, stacked: rows per sample only if each part holds `fixed`.

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 from xbar.bundle import Bundle
+from xbar.data import as_feeds
 from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP, RECURRENT_OP
 from xbar.runtime.chip import CHUNK_CELLS
@@ -232,9 +233,9 @@ class Runtime:
             for n in release:
                 env.pop(n, None)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Single-input, first-output convenience."""
-        return self.run({self.input_names[0]: x})[self.output_names[0]]
+    def __call__(self, x: "np.ndarray | dict[str, np.ndarray]") -> np.ndarray:
+        """First output for `x`: the first input's array, or {input name: array} for several."""
+        return self.run(as_feeds(x, self.input_names))[self.output_names[0]]
 
 
 def _join_recurrent(node: Recurrent, parts: list[list[np.ndarray | None]]):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from xbar.bundle import Bundle, layer_tiles
+from xbar.data import n_samples, take
 from xbar.hardware import HardwareSpec
 from xbar.packing import routes_inputs
 from xbar.runtime.analog import per_block
@@ -96,7 +97,7 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
 
     rt = Runtime(bundle)
     rng = np.random.default_rng(seed)
-    chunks = list(batches(len(x), aligned(batch_size, rt.fixed_batch)))
+    chunks = list(batches(n_samples(x), aligned(batch_size, rt.fixed_batch)))
     samples = {i: _Sample(MAX_VECTORS, rng) for i, layer in enumerate(rt.layers) if layer.entry["placement"] == "analog"}
 
     def keep(index: int):
@@ -107,7 +108,7 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
     for i in samples:
         rt.layers[i].probe = keep(i)
     for sl in (progress(chunks) if progress else chunks):
-        rt(x[sl])
+        rt(take(x, sl))
     kept = {i: s.vectors() for i, s in samples.items() if s.seen}
     for i, entry in enumerate(bundle.layers):
         if i not in kept:
@@ -132,7 +133,7 @@ def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: i
             "dac_percentile": spec.dac.percentile,
             "adc_percentile": spec.adc.percentile,
             "vectors": int(len(cols)),
-            "samples": int(len(x)),
+            "samples": n_samples(x),
             "adc": f"{prefix}/adc_full_scale",
             "adc_absmax": f"{prefix}/adc_full_scale_absmax",
         }

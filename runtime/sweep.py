@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from xbar.bundle import Bundle
-from xbar.data import Dataset
+from xbar.data import Dataset, take
 from xbar.hardware import HardwareSpec
 from xbar.runtime.evaluate import accuracy, predict
 from xbar.runtime.executor import Runtime
@@ -77,5 +77,5 @@ def evaluate_chip(bundle: Bundle, spec: HardwareSpec, seed: int, data: Dataset, 
     if snr_samples:
         from xbar.runtime.diagnose import layer_snr
 
-        snr = layer_snr(rt, data.x[:snr_samples])
+        snr = layer_snr(rt, take(data.x, slice(0, snr_samples)))
     return acc, float((top1(out) == ideal_top).mean()), snr

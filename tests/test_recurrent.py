@@ -497,7 +497,8 @@ def test_time_major_graph_input_left_time_major_is_refused_for_data_files(tmp_pa
 
 def test_initial_states_as_graph_inputs_are_refused_for_data_files_with_what_to_do(tmp_path):
     """torch's advice for LSTMs with a dynamic batch is to export h0/c0 as inputs; a data file
-    holds only x, so eval and calibrate say so up front, with what to do, and write nothing."""
+    holds them with the batch on axis 1, so eval and calibrate say so up front, with what to do,
+    and write nothing."""
     model, feeds = _onnx_rnn("LSTM", states=True)
     src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
     onnx.save(model, src)
@@ -509,5 +510,5 @@ def test_initial_states_as_graph_inputs_are_refused_for_data_files_with_what_to_
                   "-o", str(tmp_path / "c.xbar")]):
         r = run.invoke(cli, args, catch_exceptions=False)
         flat = " ".join(r.output.split())
-        assert r.exit_code == 1 and "takes 3 inputs (X, H0, C0)" in flat and "Python API" in flat, r.output
+        assert r.exit_code == 1 and "initial state 'H0' from a graph input" in flat and "Python API" in flat, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx", "m.xbar"]

@@ -257,7 +257,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
         from xbar.runtime.ranges import find_ranges
 
         check_sample_axis(bundle.graph, str(model))
-        ds = load_dataset(calib_data, bundle.graph["inputs"][0], batch=bundle.manifest.get("batch"))
+        ds = load_dataset(calib_data, bundle.graph["inputs"], batch=bundle.manifest.get("batch"))
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
@@ -663,7 +663,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
     import time
 
     from xbar.bundle import check_output, load_bundle, save_bundle
-    from xbar.data import check_labels, check_sample_axis, load_dataset, scored_shape
+    from xbar.data import check_labels, check_sample_axis, load_dataset, n_samples, scored_shape, take
     from xbar.errors import ConfigError
     from xbar.runtime.calibrate import MIN_SAMPLES, calibrate as do_calibrate
     from xbar.units import format_time
@@ -692,7 +692,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
     spec = spec.override(t_inference=drift)
     check_sample_axis(b.graph, str(bundle))
-    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
+    ds = load_dataset(data, b.graph["inputs"], min_samples=MIN_SAMPLES, batch=b.manifest.get("batch"))
     check_labels(ds, scored_shape(b.graph["outputs"][0], b.manifest.get("batch")))
     t0 = time.perf_counter()
     show = sys.stderr.isatty()
@@ -755,7 +755,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
              per_layer: bool, batch_size: int, as_json: bool) -> None:
     """Evaluate a bundle on a data set: ideal hardware, and chip instances of the target hardware."""
     from xbar.bundle import load_bundle
-    from xbar.data import check_labels, check_sample_axis, load_dataset, scored_shape
+    from xbar.data import check_labels, check_sample_axis, load_dataset, n_samples, scored_shape, take
     from xbar.errors import ConfigError
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
@@ -784,7 +784,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         times = [spec.t_inference]
     spec, notes = effective_spec(b, spec)
     check_sample_axis(b.graph, str(bundle))
-    ds = load_dataset(data, b.graph["inputs"][0], batch=b.manifest.get("batch"))
+    ds = load_dataset(data, b.graph["inputs"], batch=b.manifest.get("batch"))
     per_sample = scored_shape(b.graph["outputs"][0], b.manifest.get("batch"))
     check_labels(ds, per_sample)
     ref_fn = (onnxruntime_fn(reference, ds.x, str(data), (b.manifest.get("batch") or {}).get("time_major"))
@@ -840,8 +840,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     if per_layer and not spec.is_ideal:
         from xbar.runtime.diagnose import diagnose
 
-        x = ds.x[: min(len(ds), 256)]
-        result["per_layer"] = {"seed": seed_list[0], "t": times[-1], "samples": int(len(x)),
+        x = take(ds.x, slice(0, min(len(ds), 256)))
+        result["per_layer"] = {"seed": seed_list[0], "t": times[-1], "samples": n_samples(x),
                                "layers": diagnose(b, spec.override(t_inference=times[-1]), x, seed_list[0])}
     if as_json:
         click.echo(json.dumps(result))

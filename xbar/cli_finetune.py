@@ -78,12 +78,12 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     spec = spec.override(t_inference=drift)
     check_sample_axis(b.graph, str(bundle))
     batch = b.manifest.get("batch")
-    ds = load_dataset(data, b.graph["inputs"][0], min_samples=MIN_SAMPLES, batch=batch)
+    ds = load_dataset(data, b.graph["inputs"], min_samples=MIN_SAMPLES, batch=batch)
     check_labels(ds, scored_shape(b.graph["outputs"][0], batch))
     ranged = any("ranges" in e for e in b.layers)
     calib_x = None
     if ranged:
-        calib_x = load_dataset(calib_data, b.graph["inputs"][0], batch=batch).x if calib_data else ds.x
+        calib_x = load_dataset(calib_data, b.graph["inputs"], batch=batch).x if calib_data else ds.x
     options = FinetuneOptions(method=method, epochs=epochs, lr=lr, loss=loss)
     show = sys.stderr.isatty()
     t0 = time.perf_counter()

@@ -1,4 +1,9 @@
-"""Load `.npz` data sets (x: inputs, y: optional integer labels) and check them against a model."""
+"""Load `.npz` data sets (x: inputs, y: optional integer labels) and check them against a model.
+
+A model with several inputs (a text encoder's input_ids and attention_mask) reads one
+array per input, saved under the input's name; `x` may stand for the first. Such data is a
+dict {input name: array}, one sample per index of axis 0 in every array, and `take` and
+`n_samples` cut and count it as they do a single array."""
 
 from __future__ import annotations
 
@@ -14,14 +19,43 @@ import numpy as np
 from xbar.errors import DataError
 
 
+#: A model's inputs for a set of samples: one array, or {input name: array} for several.
+Inputs = np.ndarray | dict[str, np.ndarray]
+
+
+def n_samples(x: Inputs) -> int:
+    """Samples in `x`: the length of axis 0 (of every array)."""
+    return int(next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0])
+
+
+def take(x: Inputs, rows: slice | np.ndarray) -> Inputs:
+    """The samples `rows` of `x` (of every array)."""
+    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+
+
+def as_feeds(x: Inputs, names: list[str]) -> dict[str, np.ndarray]:
+    """`x` as a runtime's feeds: a single array is the first input's."""
+    return dict(x) if isinstance(x, dict) else {names[0]: x}
+
+
+def one_array(x: Inputs, what: str) -> np.ndarray:
+    """`x` as the one input array `what` needs, or a DataError for a model with several."""
+    if not isinstance(x, dict):
+        return x
+    if len(x) == 1:
+        return next(iter(x.values()))
+    raise DataError(f"{what} runs models with one input; this one takes {len(x)} ({', '.join(x)}). Evaluation "
+                    "and the closed-form calibration methods ('stats', 'affine') run it.")
+
+
 @dataclass
 class Dataset:
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray | None
     path: str
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return n_samples(self.x)
 
 
 def _shape_text(shape: list[int | None], names: list[str | None] | None = None) -> str:
@@ -47,19 +81,25 @@ def time_major_input(graph: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def check_sample_axis(graph: dict[str, Any], label: str) -> None:
-    """Refuse data files for a model they cannot feed: one with several graph inputs (a data
-    file holds one array, x), or whose recurrent layer reads a graph input time-major.
+    """Refuse data files for a model they cannot feed: one whose recurrent layer reads a
+    graph input time-major, or its initial state from a graph input with the batch on axis 1.
 
     Data files hold one sample per index of axis 0, and eval, calibrate and --calib-data cut
     them into batches along it; with time on axis 0 every batch would be a slice of time
     steps: wrong results, silently."""
-    names = [i["name"] for i in graph["inputs"]]
-    if len(names) > 1:
-        raise DataError(
-            f"{label}: the model takes {len(names)} inputs ({', '.join(names)}), but a data file holds one "
-            f"array, x, for its first input {names[0]!r}. Feed the others through the Python API "
-            "(Runtime(bundle).run({name: array, ...})), or export the model with them inside (a recurrent "
-            "layer's initial states left out are zeros).")
+    from xbar.ops import RECURRENT_OP
+
+    inputs = {i["name"] for i in graph["inputs"]}
+    for node in graph["nodes"]:
+        if node["op"] != RECURRENT_OP or int(node["attrs"].get("layout", 0)):
+            continue
+        state = next((v for v in node["inputs"][2:4] if v in inputs), None)
+        if state is not None:
+            raise DataError(
+                f"{label}: recurrent node {node['name']!r} reads its initial state {state!r} from a graph input, "
+                "shaped [directions, batch, hidden] (ONNX layout 0): its batch is on axis 1, but data files hold "
+                "one sample per index of axis 0. Export the model with the states inside (left out, they are "
+                "zeros), or feed them through the Python API (Runtime(bundle).run({name: array, ...})).")
     found = time_major_input(graph)
     if found is not None:
         node, x = found
@@ -71,18 +111,21 @@ def check_sample_axis(graph: dict[str, Any], label: str) -> None:
             "Python API on whole arrays.")
 
 
-def load_dataset(path: str | os.PathLike, input_spec: dict[str, Any] | None = None,
+def load_dataset(path: str | os.PathLike, inputs: list[dict[str, Any]] | dict[str, Any] | None = None,
                  min_samples: int = 1, batch: dict[str, Any] | None = None) -> Dataset:
-    """Read `path` (keys `x`, optional `y`) and check it fits `input_spec` (name/shape/dtype).
+    """Read `path` (`x` or one array per model input, optional `y`) and check it fits the
+    model's `inputs` (graph input records: name, shape, dtype).
 
     `batch` is the bundle's batch record: a model with a fixed batch size runs the data in
     chunks of that size, so the leading dimension is then free up to a multiple of it."""
-    return fit_to_model(read_dataset(path, min_samples), input_spec, batch)
+    return fit_to_model(read_dataset(path, min_samples), inputs, batch)
 
 
 def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
-    """Read `path` (keys `x`, optional `y`) and check the arrays themselves (numeric, finite,
-    one integer label per sample); x keeps its stored dtype until `fit_to_model`."""
+    """Read `path` (`x`, or arrays named after the model's inputs; optional `y`) and check
+    the arrays themselves (numeric, finite, as many samples in each, one integer label per
+    sample); they keep their stored dtypes until `fit_to_model`, which also picks the ones
+    the model reads. x is the one array, or a dict of them where the file holds several."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
@@ -92,54 +135,96 @@ def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
         with np.load(path, allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
                 raise DataError(f"{path} holds a single array; save a .npz with keys 'x' (inputs) and optionally 'y' (labels)")
-            if "x" not in npz.files:
-                raise DataError(f"{path} has no array 'x' (found {', '.join(npz.files) or 'nothing'}); "
-                                "xbar reads inputs from key 'x' and labels from key 'y'")
-            x = npz["x"]
+            arrays = {k: npz[k] for k in npz.files if k != "y"}
             y = npz["y"] if "y" in npz.files else None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc}); save it with numpy.savez") from None
     except ValueError as exc:
         raise DataError(f"{path} cannot be read without pickle ({exc}); store plain numeric arrays") from None
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{path}: x has dtype {x.dtype}; numeric inputs are needed")
-    if x.ndim == 0 or x.shape[0] < min_samples:
-        n = 0 if x.ndim == 0 else x.shape[0]
-        raise DataError(f"{path}: x holds {n} samples; at least {min_samples} needed")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise DataError(f"{path}: x contains {bad} NaN/Inf values; clean the data first")
+    if not arrays:
+        raise DataError(f"{path} has no array 'x' (found {'y' if y is not None else 'nothing'}); xbar reads inputs "
+                        "from key 'x' (several inputs: one array per input, under its name) and labels from key 'y'")
+    for name, x in arrays.items():
+        if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+            raise DataError(f"{path}: {name} has dtype {x.dtype}; numeric inputs are needed")
+        if x.ndim == 0 or x.shape[0] < min_samples:
+            n = 0 if x.ndim == 0 else x.shape[0]
+            raise DataError(f"{path}: {name} holds {n} samples; at least {min_samples} needed")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise DataError(f"{path}: {name} contains {bad} NaN/Inf values; clean the data first")
+    counts = {name: x.shape[0] for name, x in arrays.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise DataError(f"{path}: its arrays hold different numbers of samples ({listed}); every input array holds "
+                        "one sample per index of axis 0")
+    first, x = next(iter(arrays.items()))
     if y is not None:
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise DataError(f"{path}: y has shape {list(y.shape)}; expected one label per sample, i.e. ({x.shape[0]},), "
-                            f"as x {list(x.shape)} holds {x.shape[0]} samples along axis 0 (data files hold one sample "
-                            "per index of axis 0, also for time-major models, which bundles take batch-first)")
+                            f"as {first} {list(x.shape)} holds {x.shape[0]} samples along axis 0 (data files hold one "
+                            "sample per index of axis 0, also for time-major models, which bundles take batch-first)")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
-    return Dataset(x=x, y=y, path=str(path))
+    return Dataset(x=arrays["x"] if list(arrays) == ["x"] else arrays, y=y, path=str(path))
 
 
-def fit_to_model(data: Dataset, input_spec: dict[str, Any] | None, batch: dict[str, Any] | None = None) -> Dataset:
-    """Check that `data` fits the model input `input_spec` (shape; a fixed batch size divides
-    the sample count) and cast x to the input's dtype."""
-    x, y, path = data.x, data.y, data.path
-    if input_spec is not None and input_spec.get("shape") is not None:
+def _pick(data: Dataset, specs: list[dict[str, Any]]) -> list[np.ndarray]:
+    """The data's array for each model input: by the input's name, or `x` for the first."""
+    arrays = data.x if isinstance(data.x, dict) else {"x": data.x}
+    names = [spec["name"] for spec in specs]
+    picked, missing = [], []
+    for k, name in enumerate(names):
+        if name in arrays:
+            picked.append(arrays[name])
+        elif k == 0 and "x" in arrays and "x" not in names:
+            picked.append(arrays["x"])
+        else:
+            missing.append(name)
+    if missing:
+        found = ", ".join(arrays)
+        if len(names) == 1:
+            raise DataError(f"{data.path} has no array 'x' (found {found}); xbar reads the model's input from key "
+                            f"'x' (or its name, {names[0]!r}) and labels from key 'y'")
+        raise DataError(f"{data.path}: the model takes {len(names)} inputs ({', '.join(names)}), and the data file "
+                        f"holds no array for {', '.join(repr(m) for m in missing)} (found {found}). Save one array "
+                        f"per input under its name, e.g. numpy.savez(path, {', '.join(f'{n}=...' for n in names)}, "
+                        "y=...); 'x' may stand for the first.")
+    return picked
+
+
+def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | None,
+                 batch: dict[str, Any] | None = None) -> Dataset:
+    """Check that `data` fits the model's `inputs` (shapes; a fixed batch size divides the
+    sample count) and cast each array to its input's dtype. The result's x is one array for
+    a model with one input, else {input name: array}."""
+    specs = [inputs] if isinstance(inputs, dict) else list(inputs or [])
+    if not specs:  # no model to fit: as read (single array; float32 as before)
+        x = data.x if isinstance(data.x, dict) else data.x.astype(np.float32, copy=False)
+        return Dataset(x=x, y=data.y, path=data.path)
+    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, "x" if len(specs) == 1 else spec["name"])
+              for spec, x in zip(specs, _pick(data, specs))}
+    return Dataset(x=next(iter(fitted.values())) if len(specs) == 1 else fitted, y=data.y, path=data.path)
+
+
+def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | None, path: str,
+             label: str) -> np.ndarray:
+    if input_spec.get("shape") is not None:
         want = input_spec["shape"]
         fixed = int(batch["size"]) if batch and batch.get("mode") == "fixed" and batch.get("size") else None
         if fixed is not None and want and x.ndim:
             want = [None] + list(want[1:])
             if x.shape[0] % fixed:
-                raise DataError(f"{path}: x holds {x.shape[0]} samples, but the model fixes its batch at {fixed} "
-                                f"and runs in batches of that size; give a multiple of {fixed} samples")
+                raise DataError(f"{path}: {label} holds {x.shape[0]} samples, but the model fixes its batch at "
+                                f"{fixed} and runs in batches of that size; give a multiple of {fixed} samples")
         fits = x.ndim == len(want) and all(w is None or w == s for w, s in zip(want, x.shape))
         if not fits:
             raise DataError(
-                f"{path}: x has shape {tuple(x.shape)}, but model input {input_spec['name']!r} expects "
+                f"{path}: {label} has shape {tuple(x.shape)}, but model input {input_spec['name']!r} expects "
                 f"{_shape_text(want, input_spec.get('dim_names'))} (N = number of samples; named and ? "
                 "dimensions take any size). Reshape the data to match the model."
             )
-    dtype = np.dtype(input_spec["dtype"]) if input_spec else np.float32
-    return Dataset(x=x.astype(dtype, copy=False), y=y, path=str(path))
+    return x.astype(np.dtype(input_spec["dtype"]), copy=False)
 
 
 def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> list[int | str | None] | None:

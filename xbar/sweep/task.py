@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from xbar.data import Dataset
+from xbar.data import Dataset, take
 
 #: Fault injection for tests of lost workers: when this names a file that does not exist yet,
 #: the first chip task to see it creates the file and kills its own worker process.
@@ -90,7 +90,7 @@ def _fit(bundle, data: Dataset | None) -> Dataset | None:
         return None
     check_sample_axis(bundle.graph, data.path)
     batch = bundle.manifest.get("batch")
-    fitted = fit_to_model(data, bundle.graph["inputs"][0], batch)
+    fitted = fit_to_model(data, bundle.graph["inputs"], batch)
     check_labels(fitted, scored_shape(bundle.graph["outputs"][0], batch))
     return fitted
 
@@ -189,7 +189,8 @@ def run_chip(job: ChipJob, blob: bytes, test: Dataset, calib: Dataset | None) ->
         bundle = _load(job.prepare_key, blob)
         test = _fit(bundle, test)
         if job.test_samples is not None:
-            test = Dataset(test.x[:job.test_samples], None if test.y is None else test.y[:job.test_samples], test.path)
+            test = Dataset(take(test.x, slice(0, job.test_samples)),
+                           None if test.y is None else test.y[:job.test_samples], test.path)
         calib = _fit(bundle, calib)
         ideal_out = _IDEAL.get_or((job.prepare_key, job.test_samples, job.batch_size),
                                   lambda: predict(Runtime(bundle), test.x, job.batch_size))

@@ -36,6 +36,7 @@ from xbar.bundle import Bundle  # noqa: E402
 from xbar.config import MappingConfig  # noqa: E402
 from xbar.converter.encodings import position_variance  # noqa: E402
 from xbar.converter.layers import conv_structure  # noqa: E402
+from xbar.data import one_array  # noqa: E402
 from xbar.errors import DataError  # noqa: E402
 from xbar.hardware import HardwareSpec  # noqa: E402
 from xbar.training.device_noise import sample_weights  # noqa: E402
@@ -87,6 +88,7 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
     per-output affines {layer: Affine} of every layer, and a record of the run."""
     if options.method not in METHODS:
         raise DataError(f"unknown fine-tuning method {options.method!r}; choose one of {', '.join(METHODS)}")
+    x = one_array(x, "the training side (finetune)")
     if len(x) < MIN_SAMPLES:
         raise DataError(f"{len(x)} training samples; fine-tuning a network's weights needs at least {MIN_SAMPLES} "
                         "(the shipped models/digits_train.npz has 835)")

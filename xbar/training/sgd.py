@@ -29,6 +29,7 @@ from xbar.training import require_torch, training_threads
 torch = require_torch()
 
 from xbar.affine import Affine  # noqa: E402
+from xbar.data import one_array  # noqa: E402
 from xbar.errors import DataError  # noqa: E402
 from xbar.training.torch_executor import TorchRuntime  # noqa: E402
 
@@ -112,6 +113,7 @@ def fit_affines(trt: TorchRuntime, x: np.ndarray, target: np.ndarray, options: S
     affines by layer name and a record of the run (losses per epoch, steps).
 
     `target` is the ideal-hardware first output for `distill`, integer labels for `ce`."""
+    x = one_array(x, "the training side (calibrate --method sgd)")
     loss_of = _loss_fn(options.loss)
     for p in trt.parameters():
         p.requires_grad_(False)

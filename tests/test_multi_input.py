@@ -1,0 +1,110 @@
+"""Models with several inputs (a text encoder's input_ids and attention_mask): data files
+hold one array per input under its name, and eval (with the onnxruntime reference),
+--calib-data and calibrate run them; the training side refuses them, saying so."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from xbar.cli import cli
+
+VOCAB, SEQ, DIM, CLASSES, N = 30, 7, 6, 3, 48
+
+
+def _encoder() -> onnx.ModelProto:
+    """tokens and mask [batch, seq] -> embedding · mask -> masked mean over seq -> MatMul ->
+    tanh -> Gemm head [batch, classes]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (VOCAB, DIM)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (DIM, DIM)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (DIM, CLASSES)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([-1], np.int64), "last"),
+             numpy_helper.from_array(np.array([1], np.int64), "seq_axis")]
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["em"]),
+             helper.make_node("ReduceSum", ["em", "seq_axis"], ["s"], keepdims=0),
+             helper.make_node("ReduceSum", ["m3", "seq_axis"], ["cnt"], keepdims=0),
+             helper.make_node("Div", ["s", "cnt"], ["pooled"]),
+             helper.make_node("MatMul", ["pooled", "w1"], ["h"], name="proj"),
+             helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "w2"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "enc", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+                                             helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                                           ["batch", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multi")
+    onnx.save(_encoder(), root / "m.onnx")
+    rng = np.random.default_rng(1)
+    ids = rng.integers(1, VOCAB, (N, SEQ))
+    mask = np.ones((N, SEQ), np.int64)
+    mask[:, 4:] = rng.integers(0, 2, (N, SEQ - 4))
+    import onnxruntime as ort
+
+    logits = ort.InferenceSession(str(root / "m.onnx")).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    np.savez(root / "d.npz", input_ids=ids, attention_mask=mask, y=logits.argmax(1))
+    np.savez(root / "x_first.npz", x=ids, attention_mask=mask)
+    np.savez(root / "missing.npz", input_ids=ids)
+    np.savez(root / "uneven.npz", input_ids=ids, attention_mask=mask[:-1])
+    run = CliRunner()
+    assert run.invoke(cli, ["convert", str(root / "m.onnx"), "-o", str(root / "m.xbar"), "--crossbar", "8x8"]).exit_code == 0
+    return root
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_eval_reads_one_array_per_input_and_matches_the_reference(files):
+    r = _run("eval", files / "m.xbar", "--data", files / "d.npz", "--reference", files / "m.onnx", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["ideal_accuracy"] == 1.0 and res["reference"]["agreement"] == 1.0, res
+    r = _run("eval", files / "m.xbar", "--data", files / "x_first.npz", "--hardware", "pcm", "--seeds", "0-1", "--json")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("missing.npz", ["takes 2 inputs (input_ids, attention_mask)", "no array for 'attention_mask'",
+                     "numpy.savez(path, input_ids=..., attention_mask=..., y=...)"]),
+    ("uneven.npz", ["different numbers of samples", "input_ids 48", "attention_mask 47"]),
+])
+def test_bad_multi_input_files_are_named(files, name, needles):
+    r = _run("eval", files / "m.xbar", "--data", files / name)
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 1 and "Traceback" not in r.output and all(n in flat for n in needles), r.output
+
+
+def test_calib_data_and_calibrate_run_on_both_inputs(files):
+    r = _run("convert", files / "m.onnx", "-o", files / "r.xbar", "--crossbar", "8x8", "--hardware", "pcm",
+             "--calib-data", files / "d.npz")
+    assert r.exit_code == 0, r.output
+    r = _run("calibrate", files / "r.xbar", "--data", files / "d.npz", "--drift", "1y",
+             "--set", "drift_compensation=off", "-o", files / "c.xbar")
+    assert r.exit_code == 0, r.output
+    before, after = (float(v) for v in
+                     r.output.split("top-1 agreement with ideal hardware: ")[1].split(" after")[0]
+                     .replace("%", "").split(" before, "))
+    assert after >= before, r.output
+
+
+def test_the_training_side_refuses_several_inputs_clearly(files):
+    pytest.importorskip("torch")
+    r = _run("calibrate", files / "m.xbar", "--data", files / "d.npz", "--hardware", "pcm", "--drift", "1d",
+             "--method", "sgd", "-o", files / "s.xbar")
+    assert r.exit_code == 1 and "runs models with one input" in r.output and "Traceback" not in r.output, r.output
+    assert not (files / "s.xbar").exists()
