@@ -174,6 +174,30 @@ def test_labels_for_an_output_with_several_positions_are_refused(run, tmp_path):
     assert r.exit_code == 0 and "agreement" in r.output, r.output
 
 
+def test_info_layer_table_shows_no_bias_and_unnamed_dimensions_plainly(run, tmp_path):
+    """A layer without a bias shows '-' under affine (not 'bias'); a per-sample dimension
+    only shape inference names (unk__N) shows as '?', a named one by its name."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (4, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 1, (3, 2)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.normal(0, 1, (2,)).astype(np.float32), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="nobias"),
+             helper.make_node("Reshape", ["h", "flat"], ["hf"], name="flatten"),
+             helper.make_node("Gemm", ["hf", "w2", "b2"], ["y"], name="withbias")]
+    inits.append(numpy_helper.from_array(np.array([-1, 3], np.int64), "flat"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "unk__1", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert run("convert", _save(model, tmp_path / "m.onnx"), "-o", tmp_path / "m.xbar").exit_code == 0
+    rows = {line.split()[0]: line.split() for line in run("info", tmp_path / "m.xbar").output.splitlines()
+            if line.startswith(("nobias", "withbias"))}
+    assert rows["nobias"][3] == "?×3" and rows["nobias"][-1] == "-", rows
+    assert rows["withbias"][-1] == "bias", rows
+
+
 def test_unknown_digital_layer_lists_the_real_ones(run, models_dir, tmp_path):
     _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "d.xbar", "--digital", "nope"),
                 "nope", "Analog layers are")

@@ -373,7 +373,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         click.echo(f"\n{n_layers} layers: the per-layer table with `xbar info --layers`, every field with `--json`.")
         return
     click.echo()
-    click.echo(_layer_table(m))
+    click.echo(_layer_table(m, b))
 
 
 def _tiles_text(summary: dict[str, Any]) -> str:
@@ -459,7 +459,7 @@ _NARROW_DROPS = ("columns", "affine")
 _NAME_WIDTHS = (16, 48)  # the layer name column: at least, at most
 
 
-def _layer_table(m: dict[str, Any]) -> str:
+def _layer_table(m: dict[str, Any], b: Any) -> str:
     """Per-layer rows fitted to the width: shapes per sample, the layer name gets what is
     left; on a narrow terminal the physical columns and the affine's source are left out."""
     from xbar.table import render
@@ -477,7 +477,7 @@ def _layer_table(m: dict[str, Any]) -> str:
             f"{cols:,}" if t else "-",
             f"{adc:,}" if adc is not None else f"{t['adc_per_vector']:,}×{steps}" if t and steps else "-",
             f"{100 * _utilisation(t):.1f}%" if t else "-",
-            {"batchnorm": "BN", "calibrated": "cal."}.get(layer["affine"]["source"], "bias"),
+            _affine_text(layer, b),
         ])
     if not rows:
         return "no layers"
@@ -543,14 +543,24 @@ def _batch_record(m: dict[str, Any]) -> dict[str, Any]:
 _WHOLE_SHAPE = "*"  # marks an out/sample that is the whole shape, the batch somewhere inside
 
 
+def _affine_text(layer: dict[str, Any], b: Any) -> str:
+    """What a layer's per-output affine holds: BN, cal(ibrated), a bias, or nothing (-)."""
+    source = layer["affine"]["source"]
+    if source in ("batchnorm", "calibrated"):
+        return {"batchnorm": "BN", "calibrated": "cal."}[source]
+    import numpy as np
+
+    return "bias" if np.any(b.array(layer["arrays"]["bias"])) else "-"
+
+
 def _per_sample(layer: dict[str, Any], batch: dict[str, Any]) -> str:
     """A layer's output shape without the batch, wherever it is; where the shape hides it
     (an exporter's unk__ dimension) but its vectors per sample are known, as vectors × N;
     else the whole shape."""
     shape, names = layer["output_shape"], layer.get("output_dim_names")
     rest = per_sample(shape, names, batch)
-    if rest is not None:
-        return _shape(*rest) if rest[0] else "1"
+    if rest is not None:  # no batch left in it: a free dimension by its name, else ? (not N)
+        return "×".join(str(d) if d is not None else _shown_name(n) or "?" for d, n in zip(*rest)) if rest[0] else "1"
     vectors = (layer.get("tiles") or {}).get("vectors_per_sample")
     return f"{vectors}×{layer['N']}" if vectors else _shape(shape, names) + _WHOLE_SHAPE
 
