@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from xbar.ops import DIGITAL_OPS
 
-from . import elementwise, indexing, matmul, normalization, pooling, reduce, shape  # noqa: F401  (register ops)
+from . import elementwise, indexing, matmul, normalization, pooling, reduce, resize, shape  # noqa: F401  (register ops)
 from ._registry import NUM_OUTPUTS, REGISTRY, OpFn, OpNotImplementedError
 
 # The shared vocabulary (xbar.ops); tests keep the registry equal to it.

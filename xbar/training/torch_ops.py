@@ -41,6 +41,7 @@ from xbar.runtime.ops.elementwise import selu_params
 from xbar.runtime.ops.indexing import _check_bounds, _element_index
 from xbar.runtime.ops.normalization import group_count, layer_norm_axes, per_group_params, stash_dtype
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
+from xbar.runtime.ops.resize import plan as resize_plan
 from xbar.runtime.ops.shape import flatten_dims, reshape_target
 
 Value = Any  # torch.Tensor | np.ndarray | None
@@ -516,6 +517,27 @@ def _arg(name: str, fn: Callable[..., torch.Tensor]) -> None:
 
 _arg("ArgMax", torch.argmax)
 _arg("ArgMin", torch.argmin)
+
+
+@_register("Resize")
+def resize(inputs, attrs):
+    """The NumPy op's taps (runtime/ops/resize.py), applied with index_select: linear in x,
+    so gradients flow to it."""
+    x = inputs[0]
+    consts = [None] + [to_numpy(v) if v is not None else None for v in inputs[1:]]  # roi, scales, sizes
+    if not is_tensor(x):  # a constant (or integer) input: nothing to differentiate
+        return get_op("Resize")([x] + consts[1:], attrs)
+    y = x
+    for axis, index, weight in resize_plan(tuple(x.shape), consts, attrs):
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        acc = None
+        for t in range(index.shape[1]):
+            part = (torch.index_select(y, axis, torch.tensor(index[:, t])) *
+                    torch.tensor(weight[:, t], dtype=y.dtype).reshape(shape))
+            acc = part if acc is None else acc + part
+        y = acc
+    return [y]
 
 
 # ------------------------------------------------------------- normalisation
