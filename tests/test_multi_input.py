@@ -108,3 +108,30 @@ def test_the_training_side_refuses_several_inputs_clearly(files):
              "--method", "sgd", "-o", files / "s.xbar")
     assert r.exit_code == 1 and "runs models with one input" in r.output and "Traceback" not in r.output, r.output
     assert not (files / "s.xbar").exists()
+
+
+def test_arrays_the_model_does_not_read_are_not_checked(files, tmp_path):
+    d = np.load(files / "d.npz")
+    np.savez(tmp_path / "extra.npz", input_ids=d["input_ids"], attention_mask=d["attention_mask"], y=d["y"],
+             meta=np.array(["a", "b", "c"]))
+    r = _run("eval", files / "m.xbar", "--data", tmp_path / "extra.npz", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["ideal_accuracy"] == 1.0, r.output
+
+
+def test_float_arrays_for_integer_inputs_must_hold_whole_numbers(files, tmp_path):
+    d = np.load(files / "d.npz")
+    np.savez(tmp_path / "whole.npz", input_ids=d["input_ids"].astype(np.float32), attention_mask=d["attention_mask"])
+    assert _run("eval", files / "m.xbar", "--data", tmp_path / "whole.npz").exit_code == 0
+    np.savez(tmp_path / "frac.npz", input_ids=d["input_ids"], attention_mask=d["attention_mask"] * 0.5)
+    r = _run("eval", files / "m.xbar", "--data", tmp_path / "frac.npz")
+    flat = " ".join(r.output.split())
+    assert r.exit_code == 1 and "'attention_mask' (int64) cannot take" in flat and "e.g. 0.5" in flat, r.output
+
+
+def test_an_input_named_y_takes_the_files_y():
+    """The file's y is the model's input y then, and there are no labels."""
+    from xbar.data import Dataset, fit_to_model
+
+    specs = [{"name": "x", "shape": [None, 2], "dtype": "float32"}, {"name": "y", "shape": [None, 3], "dtype": "float32"}]
+    data = fit_to_model(Dataset(x=np.ones((4, 2)), y=np.zeros((4, 3)), path="d.npz"), specs)
+    assert data.y is None and sorted(data.x) == ["x", "y"] and data.x["y"].shape == (4, 3)

@@ -53,6 +53,7 @@ class Dataset:
     x: Inputs
     y: np.ndarray | None
     path: str
+    min_samples: int = 1  # checked with the arrays (see read_dataset)
 
     def __len__(self) -> int:
         return n_samples(self.x)
@@ -122,10 +123,11 @@ def load_dataset(path: str | os.PathLike, inputs: list[dict[str, Any]] | dict[st
 
 
 def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
-    """Read `path` (`x`, or arrays named after the model's inputs; optional `y`) and check
-    the arrays themselves (numeric, finite, as many samples in each, one integer label per
-    sample); they keep their stored dtypes until `fit_to_model`, which also picks the ones
-    the model reads. x is the one array, or a dict of them where the file holds several."""
+    """Read `path` (`x`, or arrays named after the model's inputs; optional `y`). The arrays
+    a model reads are checked (numeric, finite, as many samples in each, one integer label
+    per sample) when `fit_to_model` has picked them: another array in the file is never
+    read, and a model may even have an input named `y`. x is the one array, or a dict of
+    them where the file holds several."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
@@ -144,20 +146,31 @@ def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
     if not arrays:
         raise DataError(f"{path} has no array 'x' (found {'y' if y is not None else 'nothing'}); xbar reads inputs "
                         "from key 'x' (several inputs: one array per input, under its name) and labels from key 'y'")
+    data = Dataset(x=arrays["x"] if list(arrays) == ["x"] else arrays, y=y, path=str(path), min_samples=min_samples)
+    if list(arrays) == ["x"]:  # the common file: checked at once
+        _check(data)
+    return data
+
+
+def _check(data: Dataset) -> None:
+    """The arrays a model reads (data.x) and the labels: numeric, finite, at least
+    `min_samples` samples, as many in each array, one integer label per sample."""
+    arrays = data.x if isinstance(data.x, dict) else {"x": data.x}
+    path, y = data.path, data.y
     for name, x in arrays.items():
         if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
             raise DataError(f"{path}: {name} has dtype {x.dtype}; numeric inputs are needed")
-        if x.ndim == 0 or x.shape[0] < min_samples:
+        if x.ndim == 0 or x.shape[0] < data.min_samples:
             n = 0 if x.ndim == 0 else x.shape[0]
-            raise DataError(f"{path}: {name} holds {n} samples; at least {min_samples} needed")
+            raise DataError(f"{path}: {name} holds {n} samples; at least {data.min_samples} needed")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"{path}: {name} contains {bad} NaN/Inf values; clean the data first")
     counts = {name: x.shape[0] for name, x in arrays.items()}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{k} {v}" for k, v in counts.items())
-        raise DataError(f"{path}: its arrays hold different numbers of samples ({listed}); every input array holds "
-                        "one sample per index of axis 0")
+        raise DataError(f"{path}: the model's input arrays hold different numbers of samples ({listed}); every "
+                        "input array holds one sample per index of axis 0")
     first, x = next(iter(arrays.items()))
     if y is not None:
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
@@ -166,7 +179,6 @@ def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
                             "sample per index of axis 0, also for time-major models, which bundles take batch-first)")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
-    return Dataset(x=arrays["x"] if list(arrays) == ["x"] else arrays, y=y, path=str(path))
 
 
 def _pick(data: Dataset, specs: list[dict[str, Any]]) -> list[np.ndarray]:
@@ -200,11 +212,22 @@ def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | 
     a model with one input, else {input name: array}."""
     specs = [inputs] if isinstance(inputs, dict) else list(inputs or [])
     if not specs:  # no model to fit: as read (single array; float32 as before)
+        _check(data)
         x = data.x if isinstance(data.x, dict) else data.x.astype(np.float32, copy=False)
-        return Dataset(x=x, y=data.y, path=data.path)
-    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, "x" if len(specs) == 1 else spec["name"])
-              for spec, x in zip(specs, _pick(data, specs))}
-    return Dataset(x=next(iter(fitted.values())) if len(specs) == 1 else fitted, y=data.y, path=data.path)
+        return Dataset(x=x, y=data.y, path=data.path, min_samples=data.min_samples)
+    y = data.y
+    if y is not None and any(spec["name"] == "y" for spec in specs):
+        # A model input named y: the file's y is that input, and there are no labels.
+        data = Dataset(x={**(data.x if isinstance(data.x, dict) else {"x": data.x}), "y": y}, y=None,
+                       path=data.path, min_samples=data.min_samples)
+    picked = _pick(data, specs)
+    labels = "x" if len(specs) == 1 else None
+    _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked)}, y=data.y, path=data.path,
+                   min_samples=data.min_samples))
+    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, labels or spec["name"])
+              for spec, x in zip(specs, picked)}
+    return Dataset(x=next(iter(fitted.values())) if len(specs) == 1 else fitted, y=data.y, path=data.path,
+                   min_samples=data.min_samples)
 
 
 def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | None, path: str,
@@ -224,7 +247,16 @@ def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | 
                 f"{_shape_text(want, input_spec.get('dim_names'))} (N = number of samples; named and ? "
                 "dimensions take any size). Reshape the data to match the model."
             )
-    return x.astype(np.dtype(input_spec["dtype"]), copy=False)
+    want = np.dtype(input_spec["dtype"])
+    if (want.kind in "iub" and x.dtype.kind == "f") or (want.kind == "b" and x.dtype.kind in "iu"):
+        # Token ids and masks: a cast would truncate 3.7 to 3 (or turn 2 into True) silently.
+        ok = np.isin(x, (0, 1)) if want.kind == "b" else x == np.trunc(x)
+        if not ok.all():
+            bad = x[~ok].flat[0].item()
+            raise DataError(f"{path}: {label} holds {int((~ok).sum())} values (e.g. {bad!r}) that model input "
+                            f"{input_spec['name']!r} ({want.name}) cannot take without changing them; store "
+                            f"{'0/1 (or booleans)' if want.kind == 'b' else 'whole numbers'} for it")
+    return x.astype(want, copy=False)
 
 
 def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> list[int | str | None] | None:
