@@ -103,9 +103,12 @@ def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tupl
         d = shapes.get(name) or []
         if len(d) < 2 or not isinstance(d[0], str) or not isinstance(d[1], str) or d[0] == d[1]:
             continue
-        leads = bool(first) and first[0] == d[1] and d[0] not in first
+        # A declared batch of 1 squeezed out of the output ([1, seq] -> [seq, vocab]) looks
+        # the same, and that 1 is the batch: a fixed 1 on axis 0 is not time.
+        batch_1 = own[:1] == [1]
+        leads = bool(first) and first[0] == d[1] and d[0] not in first and not batch_1
         named_only_there = (len(own) >= 2 and isinstance(own[0], int) and isinstance(own[1], str)
-                            and own[1] in first)
+                            and own[1] in first and not batch_1)
         named_batch = len(own) >= 2 and _names_a_batch(own[1]) and not _names_a_batch(own[0])
         if leads or named_only_there or named_batch:
             found.add((d[0], d[1]))

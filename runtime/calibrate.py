@@ -34,7 +34,7 @@ from xbar.bundle import Bundle
 from xbar.data import as_feeds, n_samples
 from xbar.errors import ConfigError, DataError
 from xbar.hardware import HardwareSpec
-from xbar.runtime.evaluate import accuracy, predict
+from xbar.runtime.evaluate import accuracy, agreement, predict
 from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
 from xbar.runtime.recurrent import Recurrent
@@ -285,8 +285,8 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         "layers": changed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "xbar_version": __version__,
-        "agreement_with_ideal_before": _agree(before, ideal),
-        "agreement_with_ideal_after": _agree(after, ideal),
+        "agreement_with_ideal_before": agreement(before, ideal),
+        "agreement_with_ideal_after": agreement(after, ideal),
     }
     if fit_record is not None:
         record["sgd"] = fit_record
@@ -296,10 +296,6 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
         record["accuracy_ideal"] = accuracy(ideal, y)
     out.manifest.setdefault("calibration", []).append(record)
     return out, record
-
-
-def _agree(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).mean())
 
 
 def _deep_copy(obj: Any) -> Any:

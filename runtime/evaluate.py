@@ -35,6 +35,8 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
         # A fixed-batch graph whose output does not declare that batch returns one part per
         # chunk of `fixed` samples, stacked: rows per sample only if each part holds `fixed`.
         fixed = getattr(fn, "fixed_batch", None)
+        if getattr(fn, "squeezes_batch", False) and n == fixed:
+            out = out[None]  # one chunk comes back without the chunk axis several are stacked on
         stacked = (bool(fixed) and out.ndim >= 2 and out.shape[0] != n and out.shape[0] * fixed == n
                    and out.shape[1] == fixed)
         if out.ndim == 0 or out.shape[0] != n and not stacked:
@@ -49,8 +51,22 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
     return np.concatenate(parts, axis=0)
 
 
+def top1(out: np.ndarray) -> np.ndarray:
+    """Each sample's predicted class: the output itself where the model gives one integer
+    per sample (an ArgMax as its first output), else the index of the largest value of the
+    sample's whole output."""
+    if out.ndim == 1 and out.dtype.kind in "iu":
+        return out
+    return out.reshape(len(out), -1).argmax(axis=1)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of samples whose predicted class (top1) is the same in both outputs."""
+    return float((top1(a) == top1(b)).mean())
+
+
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.reshape(len(y), -1).argmax(axis=1) == y).mean())
+    return float((top1(logits) == y).mean())
 
 
 def summarise(out: np.ndarray, data: Dataset, ref: np.ndarray | None = None) -> dict[str, float | int]:
@@ -60,7 +76,7 @@ def summarise(out: np.ndarray, data: Dataset, ref: np.ndarray | None = None) -> 
     if ref is not None:
         a = out.reshape(len(out), -1)
         b = ref.reshape(len(ref), -1)
-        result["agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+        result["agreement"] = agreement(out, ref)
         diff = float(np.max(np.abs(a.astype(np.float64) - b)))
         result["max_abs_diff"] = diff
         # Scale-free companion: the largest difference as a fraction of the largest |output|,

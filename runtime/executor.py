@@ -52,6 +52,10 @@ class Runtime:
         batch = bundle.manifest.get("batch") or {}
         # A graph with a fixed batch size runs in chunks of it; None: any batch runs whole.
         self.fixed_batch = int(batch["size"]) if batch.get("mode") == "fixed" and batch.get("size") else None
+        # A fixed-batch graph whose first output does not lead with that batch (a batch of 1
+        # squeezed away): one call of one chunk returns the chunk's output without a chunk axis.
+        lead = (self.outputs[0].get("shape") or [None])[:1] if self.outputs else [None]
+        self.squeezes_batch = self.fixed_batch is not None and lead != [self.fixed_batch]
         self.output_names = [o["name"] for o in self.outputs]
         self.constants = {name: bundle.array(key) for name, key in graph["constants"].items()}
         # Independent, stable streams: chip sampling per layer, and read noise per layer, so

@@ -10,7 +10,7 @@ import numpy as np
 from xbar.bundle import Bundle
 from xbar.data import Dataset, take
 from xbar.hardware import HardwareSpec
-from xbar.runtime.evaluate import accuracy, predict
+from xbar.runtime.evaluate import accuracy, predict, top1
 from xbar.runtime.executor import Runtime
 from xbar.stats import summary
 from xbar.units import format_time
@@ -56,11 +56,6 @@ def sweep(bundle: Bundle, spec: HardwareSpec, data: Dataset, seeds: list[int], t
             rows[t].accuracies.append(acc)
         rows[t].agreements.append(agree)
     return [rows[t] for t in times]
-
-
-def top1(out: np.ndarray) -> np.ndarray:
-    """The predicted class of each sample."""
-    return out.reshape(len(out), -1).argmax(1)
 
 
 def evaluate_chip(bundle: Bundle, spec: HardwareSpec, seed: int, data: Dataset, ideal_top: np.ndarray,

@@ -195,6 +195,7 @@ def test_info_layer_table_shows_no_bias_and_unnamed_dimensions_plainly(run, tmp_
     rows = {line.split()[0]: line.split() for line in run("info", tmp_path / "m.xbar").output.splitlines()
             if line.startswith(("nobias", "withbias"))}
     assert rows["nobias"][3] == "?×3" and rows["nobias"][-1] == "-", rows
+    assert "unk__" not in run("info", tmp_path / "m.xbar").output
     assert rows["withbias"][-1] == "bias", rows
 
 

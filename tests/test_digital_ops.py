@@ -713,7 +713,8 @@ def test_reduce(op_type, axes, keepdims, opset):
     check(op_type, inputs, attrs, opset=opset)
 
 
-@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceSum"])
+@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceMax", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+                                     "ReduceProd"])
 @pytest.mark.parametrize("noop", [0, 1])
 def test_reduce_empty_axes(op_type, noop):
     x = randn(3, 4)

@@ -135,3 +135,64 @@ def test_an_input_named_y_takes_the_files_y():
     specs = [{"name": "x", "shape": [None, 2], "dtype": "float32"}, {"name": "y", "shape": [None, 3], "dtype": "float32"}]
     data = fit_to_model(Dataset(x=np.ones((4, 2)), y=np.zeros((4, 3)), path="d.npz"), specs)
     assert data.y is None and sorted(data.x) == ["x", "y"] and data.x["y"].shape == (4, 3)
+
+
+def test_integer_inputs_refuse_values_out_of_their_range():
+    """A uint8 image input fed 300 (float or int64) was wrapped to 44 silently."""
+    from xbar.data import Dataset, fit_to_model
+    from xbar.errors import DataError
+
+    spec = {"name": "img", "shape": [None, 2], "dtype": "uint8"}
+    for values in (np.array([[3.0, 300.0]]), np.array([[3, -1]])):
+        with pytest.raises(DataError, match="whole numbers from 0 to 255"):
+            fit_to_model(Dataset(x=values, y=None, path="d.npz"), spec)
+    assert fit_to_model(Dataset(x=np.array([[3, 255]]), y=None, path="d.npz"), spec).x.dtype == np.uint8
+
+
+def _argmax_first(tmp_path):
+    """x -> MatMul logits; outputs (ArgMax of the logits [N] int64, logits)."""
+    w = numpy_helper.from_array(np.random.default_rng(3).normal(0, 1, (5, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+             helper.make_node("ArgMax", ["logits"], ["cls"], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                              [helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "a.onnx")
+    x = np.random.default_rng(4).normal(0, 1, (40, 5)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=(x @ numpy_helper.to_array(w)).argmax(1))
+    assert _run("convert", tmp_path / "a.onnx", "-o", tmp_path / "a.xbar").exit_code == 0
+
+
+def test_an_argmax_first_output_is_the_prediction(tmp_path):
+    """One integer per sample is the predicted class: labels score against it (they were
+    refused as outside 'class indices 0 to 0'), and a chip's agreement reads it (it was
+    always 100 %, the argmax of one value); training refuses it, as it has no gradient."""
+    _argmax_first(tmp_path)
+    r = _run("eval", tmp_path / "a.xbar", "--data", tmp_path / "d.npz", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["ideal_accuracy"] == 1.0, r.output
+    r = _run("eval", tmp_path / "a.xbar", "--data", tmp_path / "d.npz", "--hardware", "pcm", "--drift", "1y",
+             "--set", "device.drift_scale=50", "--set", "drift_compensation=off", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["rows"][0]["agreement_with_ideal"]["mean"] < 1.0, r.output
+    pytest.importorskip("torch")
+    r = _run("calibrate", tmp_path / "a.xbar", "--data", tmp_path / "d.npz", "--hardware", "pcm", "--drift", "1d",
+             "--method", "sgd", "-o", tmp_path / "s.xbar")
+    assert r.exit_code == 1 and "no gradient" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_eval_warns_that_agreement_over_several_positions_is_per_sample(files, tmp_path):
+    """[N, seq, vocab] outputs: agreement is of each sample's largest value, and eval says so."""
+    from onnx import numpy_helper as nh
+
+    table = nh.from_array(np.random.default_rng(5).normal(0, 1, (VOCAB, 4)).astype(np.float32), "t")
+    graph = helper.make_graph([helper.make_node("Gather", ["t", "ids"], ["lm"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "seq"])],
+                              [helper.make_tensor_value_info("lm", TensorProto.FLOAT, ["N", "seq", 4])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "lm.onnx")
+    np.savez(tmp_path / "t.npz", x=np.random.default_rng(6).integers(0, VOCAB, (8, 5)))
+    assert _run("convert", tmp_path / "lm.onnx", "-o", tmp_path / "lm.xbar").exit_code == 0
+    r = _run("eval", tmp_path / "lm.xbar", "--data", tmp_path / "t.npz", "--json")
+    assert r.exit_code == 0 and any("several positions" in w for w in json.loads(r.stdout)["warnings"]), r.output

@@ -109,6 +109,21 @@ def test_training_a_recurrent_model_is_refused_before_anything_runs(tmp_path, tr
         load_study(_spec(tmp_path, text))
 
 
+def test_training_a_model_with_several_inputs_is_refused_before_anything_runs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    text = (BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"), str(tmp_path / "two.onnx"))
+            .replace("calib_data =", f'train_data = "{MODELS / "digits_calib.npz"}"\ncalib_data =')
+            .replace('"hardware.adc.bits" = [4, 8]', '"finetune.method" = ["noise"]\n"finetune.time" = ["1d"]'))
+    with pytest.raises(SpecError, match=r"runs models with one input, and model 'two' takes 2 \(a, b\)"):
+        load_study(_spec(tmp_path, text))
+
+
 def test_points_times_axes_and_dotted_tables(tmp_path):
     text = BASE_SPEC + '\n[[points]]\n"hardware.drift_compensation" = "tile"\n\n[[points]]\n' \
                        'hardware.drift_compensation = "off"\n'

@@ -312,3 +312,30 @@ def test_a_leading_batch_by_name_or_unnamed_stays(dims):
     """Batch-first by name, both axes batch-like (nothing to tell them apart), or an unnamed
     leading axis with a per-token output: nothing is moved."""
     assert "time_major" not in convert(_per_token(dims), crossbar=(8, 8)).manifest["batch"]
+
+
+def test_a_batch_of_1_squeezed_out_of_the_output_is_not_time():
+    """ids [1, seq] -> logits [seq, vocab] (a batch-1 export that squeezes its batch): the
+    output leads with the input's axis 1 and has lost axis 0, as a pooled time-major model's
+    does, but a fixed 1 on axis 0 is the batch. Nothing is moved; the model runs its own
+    shape, one sequence per sample, equal to onnxruntime."""
+    rng = np.random.default_rng(8)
+    table = numpy_helper.from_array(rng.normal(0, 1, (VOCAB, F)).astype(np.float32), "table")
+    axis0 = numpy_helper.from_array(np.array([0], np.int64), "axis0")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+             helper.make_node("ReduceMean", ["e"], ["mu"], axes=[1], keepdims=1),
+             helper.make_node("Sub", ["e", "mu"], ["c"]),
+             helper.make_node("Squeeze", ["c", "axis0"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", F])], [table, axis0])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    bundle = convert(model, crossbar=(8, 8))
+    assert "time_major" not in bundle.manifest["batch"]
+    ids = rng.integers(0, VOCAB, (3, T))
+    from xbar.runtime.evaluate import predict
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = np.stack([sess.run(None, {"ids": ids[k:k + 1]})[0] for k in range(3)])
+    for batch_size in (1, 2):
+        assert close(predict(Runtime(bundle), ids, batch_size), ref)

@@ -562,7 +562,8 @@ def _per_sample(layer: dict[str, Any], batch: dict[str, Any]) -> str:
     if rest is not None:  # no batch left in it: a free dimension by its name, else ? (not N)
         return "×".join(str(d) if d is not None else _shown_name(n) or "?" for d, n in zip(*rest)) if rest[0] else "1"
     vectors = (layer.get("tiles") or {}).get("vectors_per_sample")
-    return f"{vectors}×{layer['N']}" if vectors else _shape(shape, names) + _WHOLE_SHAPE
+    shown = [_shown_name(n) or ("?" if d is None else None) for d, n in zip(shape, names or [None] * len(shape))]
+    return f"{vectors}×{layer['N']}" if vectors else _shape(shape, shown) + _WHOLE_SHAPE
 
 
 def _steps_text(layer: dict[str, Any]) -> str | None:
@@ -809,7 +810,11 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
                         "chip-calibrated affines on exact hardware, not the converted network")
     ideal = predict(Runtime(source_network(b)), ds.x, batch_size, _progress("ideal", show))
     if per_sample is None or not all(isinstance(d, int) for d in per_sample):  # free dimensions: as it ran
-        check_labels(ds, list(ideal.shape[1:]))
+        check_labels(ds, None if ideal.ndim == 1 and ideal.dtype.kind in "iu" else list(ideal.shape[1:]))
+    if sum(d != 1 for d in ideal.shape[1:]) > 1:
+        warnings.append(f"the first output has {'×'.join(map(str, ideal.shape[1:]))} values per sample (several "
+                        "positions): top-1 agreement below compares each sample's single largest value, not each "
+                        "position's class; per-position agreement needs the Python API")
     ref = None
     same_model = None
     if ref_fn is not None:

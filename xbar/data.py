@@ -248,14 +248,23 @@ def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | 
                 "dimensions take any size). Reshape the data to match the model."
             )
     want = np.dtype(input_spec["dtype"])
-    if (want.kind in "iub" and x.dtype.kind == "f") or (want.kind == "b" and x.dtype.kind in "iu"):
-        # Token ids and masks: a cast would truncate 3.7 to 3 (or turn 2 into True) silently.
-        ok = np.isin(x, (0, 1)) if want.kind == "b" else x == np.trunc(x)
+    if (want.kind in "iub" and x.dtype.kind in "fiub" and x.dtype != want
+            and not (want.kind in "iu" and np.can_cast(x.dtype, want))):
+        # Token ids, masks, uint8 images: a cast would truncate 3.7 to 3, turn 2 into True or
+        # wrap 300 to 44 in uint8, silently.
+        if want.kind == "b":
+            ok = np.isin(x, (0, 1))
+        else:
+            info = np.iinfo(want)
+            ok = (x == np.trunc(x)) & (x >= info.min) & (x <= info.max) if x.dtype.kind == "f" else \
+                (x >= info.min) & (x <= info.max)
         if not ok.all():
             bad = x[~ok].flat[0].item()
+            allowed = "0/1 (or booleans)" if want.kind == "b" else \
+                f"whole numbers from {np.iinfo(want).min} to {np.iinfo(want).max}"
             raise DataError(f"{path}: {label} holds {int((~ok).sum())} values (e.g. {bad!r}) that model input "
                             f"{input_spec['name']!r} ({want.name}) cannot take without changing them; store "
-                            f"{'0/1 (or booleans)' if want.kind == 'b' else 'whole numbers'} for it")
+                            f"{allowed} for it")
     return x.astype(want, copy=False)
 
 
@@ -266,8 +275,8 @@ def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = Non
     The leading dimension is the batch, except for a model with a fixed batch (the
     bundle's `batch` record) whose output does not lead with it (batch 1 squeezed away)."""
     shape = output_spec.get("shape")
-    if not shape:
-        return None
+    if not shape or (len(shape) == 1 and np.dtype(output_spec.get("dtype", "float32")).kind in "iu"):
+        return None  # unknown, or one integer per sample: the predicted class itself (an ArgMax)
     names = [n if n and not re.fullmatch(r"unk__\d+", n) else None
              for n in output_spec.get("dim_names") or [None] * len(shape)]
     named = [d if d is not None else n for d, n in zip(shape, names)]

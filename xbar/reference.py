@@ -79,13 +79,17 @@ def onnxruntime_fn(path: str | os.PathLike, x: Inputs | None = None,
                                 f"expects input {name!r} of shape {declared[name]}; give the reference this bundle "
                                 "was converted from, or data that fits it.")
 
+    # A first output that does not declare the fixed batch on axis 0 (a batch of 1 squeezed
+    # away) stacks per chunk, whatever its sizes happen to be.
+    squeezes = bool(fixed) and list(session.get_outputs()[0].shape)[:1] != [fixed]
+
     def run(batch: Inputs) -> np.ndarray:
         n = n_samples(batch)
         if not fixed or n == fixed:
             return _run(batch)
         parts = [_run(take(batch, slice(j, j + fixed))) for j in range(0, n, fixed)]
         # Outputs that lead with the batch join along it; others (batch squeezed away) stack.
-        joins = all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
+        joins = not squeezes and all(np.ndim(p) and np.shape(p)[0] == fixed for p in parts)
         return np.concatenate(parts, axis=0) if joins else np.stack(parts)
 
     def _run(batch: Inputs) -> np.ndarray:
@@ -102,4 +106,5 @@ def onnxruntime_fn(path: str | os.PathLike, x: Inputs | None = None,
         return np.moveaxis(out, out_axis, 0) if out_axis else out
 
     run.fixed_batch = fixed  # type: ignore[attr-defined]  # predict() sends multiples of it
+    run.squeezes_batch = squeezes  # type: ignore[attr-defined]  # as Runtime's
     return run

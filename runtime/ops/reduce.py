@@ -22,7 +22,10 @@ def _highest(dtype: np.dtype) -> Any:
     return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
 
 
-def _reduce(op_type: str, fn: Callable[..., np.ndarray], empty: Callable[[np.dtype], Any] | None = None) -> None:
+def _reduce(op_type: str, fn: Callable[..., np.ndarray], empty: Callable[[np.dtype], Any] | None = None,
+            elementwise: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    """`elementwise`: what ReduceL1/L2/SumSquare still apply with noop_with_empty_axes (|x|,
+    |x|, x²): the specification skips only the reduction."""
     def op(inputs: list[np.ndarray | None], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0]
         axes_in = opt_input(inputs, 1)
@@ -32,7 +35,7 @@ def _reduce(op_type: str, fn: Callable[..., np.ndarray], empty: Callable[[np.dty
             axes = [int(a) for a in attrs.get("axes") or []]
         if not axes:
             if int(attrs.get("noop_with_empty_axes", 0)):
-                return [x]
+                return [x if elementwise is None else elementwise(x).astype(x.dtype, copy=False)]
             axes = list(range(x.ndim))
         axis = tuple(sorted({norm_axis(a, x.ndim, op_type) for a in axes}))
         keepdims = bool(int(attrs.get("keepdims", 1)))
@@ -53,9 +56,11 @@ _reduce("ReduceMean", np.mean, lambda dtype: 0)
 _reduce("ReduceSum", np.sum)
 _reduce("ReduceMax", np.max, _lowest)
 _reduce("ReduceMin", np.min, _highest)
-_reduce("ReduceL1", lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims))
-_reduce("ReduceL2", lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims)))
-_reduce("ReduceSumSquare", lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims))
+_reduce("ReduceL1", lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims), elementwise=np.abs)
+_reduce("ReduceL2", lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims)),
+        elementwise=np.abs)
+_reduce("ReduceSumSquare", lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims),
+        elementwise=np.square)
 _reduce("ReduceProd", np.prod)
 
 

@@ -462,12 +462,18 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
                     "lr": ft.get("lr", d.lr), "loss": ft.get("loss", d.loss), "seed": ft.get("seed", 0)}
     training = [what for what, on in (("calibration.method 'sgd'", calibration.get("method") == "sgd"),
                                       (f"finetune.method {fmethod!r}", fmethod != "none")) if on]
-    if training and (recurrent := _recurrent_nodes(model_path)):
-        op, node = recurrent[0]
-        raise SpecError(f"{where}: {training[0]} trains through the torch executor, which has no torch form for "
-                        f"{op} (node {node!r} of model {name!r}, {len(recurrent)} recurrent node(s)). Recurrent "
-                        "models run evaluation and the closed-form calibration methods ('stats', 'affine'); drop "
-                        "the training for this model.")
+    if training:
+        recurrent, inputs = _training_obstacles(model_path)
+        if recurrent:
+            op, node = recurrent[0]
+            raise SpecError(f"{where}: {training[0]} trains through the torch executor, which has no torch form for "
+                            f"{op} (node {node!r} of model {name!r}, {len(recurrent)} recurrent node(s)). Recurrent "
+                            "models run evaluation and the closed-form calibration methods ('stats', 'affine'); drop "
+                            "the training for this model.")
+        if len(inputs) > 1:
+            raise SpecError(f"{where}: {training[0]}: the training side runs models with one input, and model "
+                            f"{name!r} takes {len(inputs)} ({', '.join(inputs)}). Evaluation and the closed-form "
+                            "calibration methods ('stats', 'affine') run it; drop the training for this model.")
     return Point(index=index, fields=fields, model=name, model_path=model_path,
                  model_sha256=_sha256_file(model_path), mapping=mapping,
                  hardware={k: v for k, v in spec.to_dict().items() if k != "t_inference"}, ranges=ranges,
@@ -475,15 +481,18 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
 
 
 @functools.lru_cache(maxsize=None)
-def _recurrent_nodes(model_path: Path) -> list[tuple[str, str]]:
-    """(op, node name) of the model's recurrent nodes (read without external weights), which
-    the training side cannot run (xbar.training.torch_ops.missing_ops)."""
+def _training_obstacles(model_path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """What the training side cannot run in a model (read without external weights): its
+    recurrent nodes as (op, node name) (xbar.training.torch_ops.missing_ops) and its graph
+    inputs (one is all it takes)."""
     import onnx
 
     from xbar.ops import RECURRENT_OPS
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [(n.op_type, n.name) for n in graph.node if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
+    weights = {i.name for i in graph.initializer}
+    return ([(n.op_type, n.name) for n in graph.node if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")],
+            [i.name for i in graph.input if i.name not in weights])
 
 
 def _section(fields: dict[str, Any], name: str, methods: tuple[str, ...], where: str, data: Path | None,

@@ -180,7 +180,8 @@ def run_chip(job: ChipJob, blob: bytes, test: Dataset, calib: Dataset | None) ->
     from xbar.runtime.calibrate import calibrate
     from xbar.runtime.evaluate import accuracy, predict
     from xbar.runtime.executor import Runtime
-    from xbar.runtime.sweep import evaluate_chip, top1
+    from xbar.runtime.evaluate import top1
+    from xbar.runtime.sweep import evaluate_chip
     from xbar.sweep.spec import calibration_chip
     from xbar.training.sgd import SGDOptions
 

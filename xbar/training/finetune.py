@@ -40,7 +40,7 @@ from xbar.data import one_array  # noqa: E402
 from xbar.errors import DataError  # noqa: E402
 from xbar.hardware import HardwareSpec  # noqa: E402
 from xbar.training.device_noise import sample_weights  # noqa: E402
-from xbar.training.sgd import _loss_fn, _param_groups, run_epoch  # noqa: E402
+from xbar.training.sgd import _loss_fn, _param_groups, check_scored_output, run_epoch  # noqa: E402
 from xbar.training.torch_executor import TorchRuntime  # noqa: E402
 
 METHODS = ("noise", "hessian")
@@ -89,6 +89,7 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
     if options.method not in METHODS:
         raise DataError(f"unknown fine-tuning method {options.method!r}; choose one of {', '.join(METHODS)}")
     x = one_array(x, "the training side (finetune)")
+    check_scored_output(bundle, "finetune")
     if len(x) < MIN_SAMPLES:
         raise DataError(f"{len(x)} training samples; fine-tuning a network's weights needs at least {MIN_SAMPLES} "
                         "(the shipped models/digits_train.npz has 835)")

@@ -106,6 +106,16 @@ def run_epoch(trt, opt, loss_of, xt, yt, n: int, bs: int, order_rng, name: str, 
     return steps
 
 
+def check_scored_output(bundle: Any, what: str) -> None:
+    """The training side fits the first output's scores: refuse a model whose first output
+    is not floating point (an ArgMax's class indices have no gradient)."""
+    out = bundle.graph["outputs"][0]
+    if np.dtype(out["dtype"]).kind != "f":
+        raise DataError(f"{what} trains on the model's first output, and {out['name']!r} is {out['dtype']} (class "
+                        "indices, e.g. an ArgMax), which has no gradient. Export the model with its scores (logits) "
+                        "as the first output.")
+
+
 def fit_affines(trt: TorchRuntime, x: np.ndarray, target: np.ndarray, options: SGDOptions, seed: int,
                 progress: Callable[[Iterable[int]], Iterable[int]] | None = None
                 ) -> tuple[dict[str, Affine], dict[str, Any]]:
@@ -114,6 +124,7 @@ def fit_affines(trt: TorchRuntime, x: np.ndarray, target: np.ndarray, options: S
 
     `target` is the ideal-hardware first output for `distill`, integer labels for `ce`."""
     x = one_array(x, "the training side (calibrate --method sgd)")
+    check_scored_output(trt.bundle, "calibrate --method sgd")
     loss_of = _loss_fn(options.loss)
     for p in trt.parameters():
         p.requires_grad_(False)

@@ -466,14 +466,14 @@ def einsum(inputs, attrs):
 # ---------------------------------------------------------------- reductions
 
 
-def _reduce(name: str, fn) -> None:
+def _reduce(name: str, fn, elementwise=None) -> None:
     def run(inputs, attrs):
         x = inputs[0]
         axes_in = to_numpy(opt_input(inputs, 1))
         axes = ints(axes_in) if axes_in is not None else [int(a) for a in attrs.get("axes") or []]
         if not axes:
-            if int(attrs.get("noop_with_empty_axes", 0)):
-                return [x]
+            if int(attrs.get("noop_with_empty_axes", 0)):  # as the NumPy op: only the reduction skipped
+                return [x if elementwise is None else elementwise(x)]
             axes = list(range(x.ndim))
         dims = tuple(sorted({norm_axis(a, x.ndim, name) for a in axes}))
         if any(x.shape[d] == 0 for d in dims):
@@ -487,10 +487,10 @@ _reduce("ReduceMean", torch.mean)
 _reduce("ReduceSum", torch.sum)
 _reduce("ReduceMax", torch.amax)
 _reduce("ReduceMin", torch.amin)
-_reduce("ReduceL1", lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim))
+_reduce("ReduceL1", lambda x, dim, keepdim: torch.sum(x.abs(), dim=dim, keepdim=keepdim), torch.abs)
 # vector_norm: a gradient of 0, not nan, where every value is 0 (sqrt's derivative there is inf)
-_reduce("ReduceL2", lambda x, dim, keepdim: torch.linalg.vector_norm(x, 2, dim=dim, keepdim=keepdim))
-_reduce("ReduceSumSquare", lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim))
+_reduce("ReduceL2", lambda x, dim, keepdim: torch.linalg.vector_norm(x, 2, dim=dim, keepdim=keepdim), torch.abs)
+_reduce("ReduceSumSquare", lambda x, dim, keepdim: torch.sum(x * x, dim=dim, keepdim=keepdim), torch.square)
 
 
 def _prod(x: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
