@@ -811,6 +811,22 @@ def test_resize_unimplemented_attributes_are_named(attrs, named):
         get_op("Resize")([_RESIZE_X, None, None, np.array([2, 3, 4, 4], np.int64)], attrs)
 
 
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("largest", [0, 1])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_top_k(axis, largest, ties):
+    """Values and indices; with ties, equal values come in index order."""
+    x = rng(9).integers(-2, 3, size=(3, 4, 5)).astype(np.float32) if ties else randn(3, 4, 5, seed=9)
+    for k in (0, 1, 3):
+        check("TopK", [x, i64(k)], {"axis": axis, "largest": largest}, n_out=2)
+
+
+def test_top_k_integers_and_full_length():
+    x = rng(10).integers(-50, 50, size=(4, 6)).astype(np.int64)
+    check("TopK", [x, i64(6)], {"axis": 1}, n_out=2)
+    check("TopK", [x, i64(4)], {"axis": 0, "largest": 0}, n_out=2)
+
+
 def test_reduce_l2_of_zeros():
     check("ReduceL2", [np.zeros((2, 3), np.float32), i64(1)], opset=18)
 

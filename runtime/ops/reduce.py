@@ -1,4 +1,4 @@
-"""Reductions and ArgMax/ArgMin (ONNX opset 13-21).
+"""Reductions, ArgMax/ArgMin and TopK (ONNX opset 13-21).
 
 ReduceSum takes axes as an input since opset 13, the others since opset 18;
 both the attribute and the input form are accepted for every op.
@@ -82,3 +82,26 @@ def _arg(op_type: str, fn: Callable[..., np.ndarray]) -> None:
 
 _arg("ArgMax", np.argmax)
 _arg("ArgMin", np.argmin)
+
+
+def top_k_indices(x: np.ndarray, k: int, attrs: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """(indices of the k largest, or smallest, values along the node's axis, in order;
+    that axis). Equal values keep their order: the lower index first, as onnxruntime gives."""
+    axis = norm_axis(int(attrs.get("axis", -1)), x.ndim, "TopK")
+    if not 0 <= k <= x.shape[axis]:
+        raise ValueError(f"TopK: k = {k} is outside 0..{x.shape[axis]} (the length of axis {axis})")
+    if int(attrs.get("largest", 1)):
+        # Descending with ties in index order: a stable ascending sort of the reversed axis,
+        # read backwards, mapped back to the original positions.
+        last = x.shape[axis] - 1
+        order = last - np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+    else:
+        order = np.argsort(x, axis=axis, kind="stable")
+    return np.take(order, np.arange(k), axis=axis).astype(np.int64), axis
+
+
+@register("TopK")
+def top_k(inputs, attrs):
+    x = inputs[0]
+    index, axis = top_k_indices(x, ints(inputs[1])[0], attrs)
+    return [np.take_along_axis(x, index, axis=axis), index]

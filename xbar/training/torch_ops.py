@@ -41,6 +41,7 @@ from xbar.runtime.ops.elementwise import selu_params
 from xbar.runtime.ops.indexing import _check_bounds, _element_index
 from xbar.runtime.ops.normalization import group_count, layer_norm_axes, per_group_params, stash_dtype
 from xbar.runtime.ops.pooling import _geometry, _valid_counts
+from xbar.runtime.ops.reduce import top_k_indices
 from xbar.runtime.ops.resize import plan as resize_plan
 from xbar.runtime.ops.shape import flatten_dims, reshape_target
 
@@ -517,6 +518,17 @@ def _arg(name: str, fn: Callable[..., torch.Tensor]) -> None:
 
 _arg("ArgMax", torch.argmax)
 _arg("ArgMin", torch.argmin)
+
+
+@_register("TopK")
+def top_k(inputs, attrs):
+    """The NumPy op's indices (ties in index order, as onnxruntime), values gathered from x:
+    gradients flow to the values picked."""
+    x = inputs[0]
+    index, axis = top_k_indices(to_numpy(x), ints(to_numpy(inputs[1]))[0], attrs)
+    if not is_tensor(x):
+        return [np.take_along_axis(x, index, axis=axis), index]
+    return [torch.gather(x, axis, torch.from_numpy(index)), index]
 
 
 @_register("Resize")
