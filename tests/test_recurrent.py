@@ -428,6 +428,22 @@ def test_info_counts_vectors_per_time_step(tmp_path, symbolic):
     assert "one input and one output vector per time step" in " ".join(out.split())
 
 
+@pytest.mark.parametrize("name", ["T", "unk__3"])
+def test_info_says_T_is_unnamed_only_when_it_is(tmp_path, name):
+    """A time axis the model names T shows as T without a note; one only shape inference
+    names (unk__) shows as T with the note that the model leaves it unnamed."""
+    model, _ = _onnx_rnn("LSTM", t=5, h=5)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = name
+    src, bundle = tmp_path / "m.onnx", tmp_path / "m.xbar"
+    onnx.save(model, src)
+    run = CliRunner()
+    assert run.invoke(cli, ["convert", str(src), "-o", str(bundle), "--crossbar", "8x8"]).exit_code == 0
+    out = " ".join(run.invoke(cli, ["info", str(bundle)], catch_exceptions=False).output.split())
+    assert "×T ADC conversions per sample" in out, out
+    assert ("unnamed in the model" in out) is (name != "T"), out
+
+
 @pytest.mark.parametrize("options", [
     dict(encoding="offset"),
     dict(afp_exponents=2),

@@ -505,6 +505,8 @@ def _layer_table(m: dict[str, Any], b: Any) -> str:
         notes += f"; {' and '.join(dropped)} left out at this width (a wider terminal or --json has them)"
     if any(layer["kind"] == "recurrent" for layer in m["layers"]):
         notes += "; recurrent: one input and one output vector per time step"
+        if _unnamed_steps(m):
+            notes += " (T: their number, unnamed in the model)"
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
         notes += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
                     "input vector; util of the physical tiles")
@@ -576,6 +578,12 @@ def _steps_text(layer: dict[str, Any]) -> str | None:
     return str(size) if size else _shown_name(steps.get("name")) or "T"
 
 
+def _unnamed_steps(m: dict[str, Any]) -> bool:
+    """Whether some recurrent layer's time steps show as T for want of a size or a name."""
+    return any(_steps_text(layer) == "T" and not _shown_name(((layer.get("time_steps") or {}).get("name")))
+               for layer in m["layers"] if layer["kind"] == "recurrent")
+
+
 def _adc_total_text(m: dict[str, Any]) -> str:
     """ADC conversions per sample over the analog layers; where only recurrent layers' time
     steps are symbolic, as a sum with a term per step dimension (e.g. 120 + 2,048×seq)."""
@@ -595,7 +603,7 @@ def _adc_total_text(m: dict[str, Any]) -> str:
         else:
             return "ADC conversions per sample unknown (symbolic shapes)"
     terms = ([f"{known:,}"] if known else []) + [f"{n:,}×{name}" for name, n in per_step.items()]
-    unnamed = " (T: the number of time steps, unnamed in the model)" if "T" in per_step else ""
+    unnamed = " (T: the number of time steps, unnamed in the model)" if _unnamed_steps(m) else ""
     return " + ".join(terms) + " ADC conversions per sample" + unnamed
 
 
