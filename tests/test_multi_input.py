@@ -196,3 +196,35 @@ def test_eval_warns_that_agreement_over_several_positions_is_per_sample(files, t
     assert _run("convert", tmp_path / "lm.onnx", "-o", tmp_path / "lm.xbar").exit_code == 0
     r = _run("eval", tmp_path / "lm.xbar", "--data", tmp_path / "t.npz", "--json")
     assert r.exit_code == 0 and any("several positions" in w for w in json.loads(r.stdout)["warnings"]), r.output
+
+
+def test_an_input_every_sample_shares_is_fed_whole_with_every_batch(tmp_path):
+    """position_ids declared [1, seq] beside input_ids [batch, seq] (onnxruntime broadcasts
+    it): the data file holds it once, and every batch gets it whole; N rows of it are
+    refused, saying to store it once."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (VOCAB, DIM)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(0, 1, (SEQ, DIM)).astype(np.float32), "positions"),
+             numpy_helper.from_array(rng.normal(0, 1, (DIM, CLASSES)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1], np.int64), "seq_axis")]
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+             helper.make_node("Gather", ["positions", "position_ids"], ["p"]),
+             helper.make_node("Add", ["e", "p"], ["s"]),
+             helper.make_node("ReduceMean", ["s", "seq_axis"], ["m"], keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "seq"]),
+                                           helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "p.onnx")
+    ids, pos = rng.integers(0, VOCAB, (10, SEQ)), np.arange(SEQ)[None]
+    np.savez(tmp_path / "once.npz", input_ids=ids, position_ids=pos)
+    np.savez(tmp_path / "rows.npz", input_ids=ids, position_ids=np.repeat(pos, 10, axis=0))
+    assert _run("convert", tmp_path / "p.onnx", "-o", tmp_path / "p.xbar").exit_code == 0
+    r = _run("eval", tmp_path / "p.xbar", "--data", tmp_path / "once.npz", "--reference", tmp_path / "p.onnx",
+             "--batch-size", "4", "--json")
+    res = json.loads(r.stdout)
+    assert r.exit_code == 0 and res["n"] == 10 and res["reference"]["agreement"] == 1.0, r.output
+    r = _run("eval", tmp_path / "p.xbar", "--data", tmp_path / "rows.npz")
+    assert r.exit_code == 1 and "store it once" in " ".join(r.output.split()), r.output

@@ -19,23 +19,38 @@ import numpy as np
 from xbar.errors import DataError
 
 
-#: A model's inputs for a set of samples: one array, or {input name: array} for several.
-Inputs = np.ndarray | dict[str, np.ndarray]
+class Shared:
+    """An input every sample shares: the model declares it with a leading 1 beside inputs
+    that lead with the batch (position_ids [1, seq] next to input_ids [batch, seq]). It is
+    fed whole with every batch, never cut."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+
+#: A model's inputs for a set of samples: one array, or {input name: array (or Shared)}.
+Inputs = np.ndarray | dict[str, "np.ndarray | Shared"]
 
 
 def n_samples(x: Inputs) -> int:
-    """Samples in `x`: the length of axis 0 (of every array)."""
-    return int(next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0])
+    """Samples in `x`: the length of axis 0 (of every array the samples do not share)."""
+    if not isinstance(x, dict):
+        return int(x.shape[0])
+    return int(next(v for v in x.values() if not isinstance(v, Shared)).shape[0])
 
 
 def take(x: Inputs, rows: slice | np.ndarray) -> Inputs:
-    """The samples `rows` of `x` (of every array)."""
-    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+    """The samples `rows` of `x` (of every array; a shared one whole)."""
+    if not isinstance(x, dict):
+        return x[rows]
+    return {k: v if isinstance(v, Shared) else v[rows] for k, v in x.items()}
 
 
 def as_feeds(x: Inputs, names: list[str]) -> dict[str, np.ndarray]:
     """`x` as a runtime's feeds: a single array is the first input's."""
-    return dict(x) if isinstance(x, dict) else {names[0]: x}
+    if not isinstance(x, dict):
+        return {names[0]: x}
+    return {k: v.array if isinstance(v, Shared) else v for k, v in x.items()}
 
 
 def one_array(x: Inputs, what: str) -> np.ndarray:
@@ -222,16 +237,29 @@ def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | 
                        path=data.path, min_samples=data.min_samples)
     picked = _pick(data, specs)
     labels = "x" if len(specs) == 1 else None
-    _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked)}, y=data.y, path=data.path,
-                   min_samples=data.min_samples))
-    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, labels or spec["name"])
+    shared = {spec["name"] for spec in _shared(specs, batch)}
+    _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked) if spec["name"] not in shared},
+                   y=data.y, path=data.path, min_samples=data.min_samples))
+    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, labels or spec["name"], spec["name"] in shared)
               for spec, x in zip(specs, picked)}
+    fitted = {k: Shared(v) if k in shared else v for k, v in fitted.items()}
     return Dataset(x=next(iter(fitted.values())) if len(specs) == 1 else fitted, y=data.y, path=data.path,
                    min_samples=data.min_samples)
 
 
+def _shared(specs: list[dict[str, Any]], batch: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The inputs every sample shares: declared with a leading 1 in a model whose batch is
+    not fixed, beside an input that leads with a free (the batch) dimension."""
+    if (batch or {}).get("mode") == "fixed" or len(specs) < 2:
+        return []
+    leads = [(spec.get("shape") or [None])[:1] for spec in specs]
+    if not any(lead == [None] for lead in leads):
+        return []
+    return [spec for spec, lead in zip(specs, leads) if lead == [1]]
+
+
 def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | None, path: str,
-             label: str) -> np.ndarray:
+             label: str, shared: bool = False) -> np.ndarray:
     if input_spec.get("shape") is not None:
         want = input_spec["shape"]
         fixed = int(batch["size"]) if batch and batch.get("mode") == "fixed" and batch.get("size") else None
@@ -246,6 +274,8 @@ def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | 
                 f"{path}: {label} has shape {tuple(x.shape)}, but model input {input_spec['name']!r} expects "
                 f"{_shape_text(want, input_spec.get('dim_names'))} (N = number of samples; named and ? "
                 "dimensions take any size). Reshape the data to match the model."
+                + (f" Every sample shares {input_spec['name']!r} (its leading 1 beside the batch of the other "
+                   "inputs): store it once, with that 1." if shared else "")
             )
     want = np.dtype(input_spec["dtype"])
     if (want.kind in "iub" and x.dtype.kind in "fiub" and x.dtype != want
