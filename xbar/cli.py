@@ -562,10 +562,14 @@ def _per_sample(layer: dict[str, Any], batch: dict[str, Any]) -> str:
     shape, names = layer["output_shape"], layer.get("output_dim_names")
     rest = per_sample(shape, names, batch)
     if rest is not None:  # no batch left in it: a free dimension by its name, else ? (not N)
-        return "×".join(str(d) if d is not None else _shown_name(n) or "?" for d, n in zip(*rest)) if rest[0] else "1"
+        return _shape(rest[0], _free_names(rest[1], len(rest[0]))) if rest[0] else "1"
     vectors = (layer.get("tiles") or {}).get("vectors_per_sample")
-    shown = [_shown_name(n) or ("?" if d is None else None) for d, n in zip(shape, names or [None] * len(shape))]
-    return f"{vectors}×{layer['N']}" if vectors else _shape(shape, shown) + _WHOLE_SHAPE
+    return f"{vectors}×{layer['N']}" if vectors else _shape(shape, _free_names(names, len(shape))) + _WHOLE_SHAPE
+
+
+def _free_names(names: list[str | None] | None, rank: int) -> list[str]:
+    """Names for `_shape` where no dimension is the batch: the model's, else ? (never N)."""
+    return [_shown_name(n) or "?" for n in (names or [None] * rank)]
 
 
 def _steps_text(layer: dict[str, Any]) -> str | None:

@@ -69,6 +69,7 @@ class Dataset:
     y: np.ndarray | None
     path: str
     min_samples: int = 1  # checked with the arrays (see read_dataset)
+    checked: bool = False  # x and y passed _check already: a large x is not scanned twice
 
     def __len__(self) -> int:
         return n_samples(self.x)
@@ -164,6 +165,7 @@ def read_dataset(path: str | os.PathLike, min_samples: int = 1) -> Dataset:
     data = Dataset(x=arrays["x"] if list(arrays) == ["x"] else arrays, y=y, path=str(path), min_samples=min_samples)
     if list(arrays) == ["x"]:  # the common file: checked at once
         _check(data)
+        data.checked = True
     return data
 
 
@@ -227,7 +229,8 @@ def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | 
     a model with one input, else {input name: array}."""
     specs = [inputs] if isinstance(inputs, dict) else list(inputs or [])
     if not specs:  # no model to fit: as read (single array; float32 as before)
-        _check(data)
+        if not data.checked:
+            _check(data)
         x = data.x if isinstance(data.x, dict) else data.x.astype(np.float32, copy=False)
         return Dataset(x=x, y=data.y, path=data.path, min_samples=data.min_samples)
     y = data.y
@@ -238,8 +241,9 @@ def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | 
     picked = _pick(data, specs)
     labels = "x" if len(specs) == 1 else None
     shared = {spec["name"] for spec in _shared(specs, batch)}
-    _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked) if spec["name"] not in shared},
-                   y=data.y, path=data.path, min_samples=data.min_samples))
+    if not (data.checked and len(picked) == 1 and picked[0] is data.x):
+        _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked) if spec["name"] not in shared},
+                       y=data.y, path=data.path, min_samples=data.min_samples))
     fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, labels or spec["name"], spec["name"] in shared)
               for spec, x in zip(specs, picked)}
     fitted = {k: Shared(v) if k in shared else v for k, v in fitted.items()}

@@ -526,8 +526,8 @@ def top_k(inputs, attrs):
     gradients flow to the values picked."""
     x = inputs[0]
     index, axis = top_k_indices(to_numpy(x), ints(to_numpy(inputs[1]))[0], attrs)
-    if not is_tensor(x):
-        return [np.take_along_axis(x, index, axis=axis), index]
+    if not is_tensor(x):  # a constant (or integer) input: the NumPy op itself
+        return get_op("TopK")([x, to_numpy(inputs[1])], attrs)
     return [torch.gather(x, axis, torch.from_numpy(index)), index]
 
 
