@@ -146,7 +146,10 @@ def _probe(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
 # vector by line relaxation, xbar.runtime.irdrop_probe, node voltages within 1e-12 of the
 # drive; exact solve if that bound is not reached) or "exact" (the full G_eff, as the chip).
 PROBE_SOLVER = "iterative"
-PROBE_TILES = 32
+# Tiles per group of the iterative probe, and per part of a layer sampled in parts
+# (`sample_parts`): small enough to balance the workers; the probe costs the same per tile in
+# groups of 8 as of 32 (3.0-3.9 and 2.9-4.0 ms per 128x128 PCM tile, one core, 2026-12-02).
+PROBE_TILES = 8
 
 
 def _probe_as_programmed(g0: np.ndarray, rows: np.ndarray, spec: HardwareSpec, circuit) -> np.ndarray:
@@ -249,6 +252,36 @@ def circuit_of(spec: HardwareSpec):
     return circuit
 
 
+# (rows, cols, solve dtype) whose compiled code a thread is loading or has loaded.
+_LOADING: set[tuple[int, int, str]] = set()
+
+
+def load_circuit_code(spec: HardwareSpec, rows: int, cols: int) -> None:
+    """Start loading the compiled code of the IR-drop solve and probe on a thread of its own.
+
+    A process's first solve pays Numba's import and the loading of its machine code, ~1 s
+    (benchmarks/RESULTS.md, "chips after the first"). Done by the first worker to need it,
+    that second stood one core idle (the other workers wait for the code) in a MobileNet-V2
+    chip of 8 s; started here, beside the chip's first device formulas, part of it overlaps
+    them. Once per process and tile shape; the chip's results do not depend on it."""
+    key = (rows, cols, spec.circuit.solve_dtype)
+    if not spec.circuit.ir_drop or key in _LOADING:
+        return
+    _LOADING.add(key)
+
+    def load() -> None:
+        try:
+            from xbar.runtime.irdrop import load_compiled
+            from xbar.runtime.irdrop_probe import probe_currents
+
+            load_compiled(rows, cols, spec.circuit.solve_dtype)
+            probe_currents(np.full((1, rows, cols), 1e-5), np.ones((1, rows)), 1.0, 0.0, 0.0)
+        except Exception:  # the chip's own first solve meets the same failure and reports it
+            _LOADING.discard(key)
+
+    threading.Thread(target=load, name="xbar-load-code", daemon=True).start()
+
+
 @dataclass
 class Sampled:
     """One stack of physical tiles as sampled and solved (`sample_stack`)."""
@@ -298,22 +331,23 @@ def sample_stack(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.nd
 
 def sample_parts(stored: np.ndarray, drawn: list[np.ndarray | None], rows: np.ndarray, mapping: dict[str, Any],
                  spec: HardwareSpec, circuit, compensate: bool) -> Sampled:
-    """`sample_stack` over the stack cut into one part per worker, run side by side.
+    """`sample_stack` over the stack cut into parts of PROBE_TILES tiles, run side by side.
 
     A layer too big to be built beside others has only its circuit solve spread over the
     workers by `effective_conductance`; its device formulas and drift-compensation probe
     would run on one thread while the others wait. Every step works tile by tile except the
     probe's iteration, which runs PROBE_TILES tiles together (they share its stopping
-    test), so parts start at multiples of PROBE_TILES: the result is the one call's, bit
-    for bit. The parts read views of `drawn`, which therefore stays alive until all are done
-    (one call frees it once the devices are programmed). On a worker thread (a layer built
-    beside others) the stack is not cut."""
+    test), so parts are those groups: the result is the one call's, bit for bit. Small parts
+    taken by whichever worker is free keep the workers busy to the end: one part per worker,
+    rounded up to whole groups, left MobileNet-V2's 160-tile classifier in parts of 96 and
+    64 tiles, one worker idle for a sixth of the layer. The parts read views of `drawn`,
+    which therefore stays alive until all are done (one call frees it once the devices are
+    programmed). On a worker thread (a layer built beside others) the stack is not cut."""
     t = stored.shape[0]
-    per = -(-t // workers())
-    per = -(-per // PROBE_TILES) * PROBE_TILES
-    if per >= t or in_worker():  # on a worker the parts would only run one after the other
+    if t <= PROBE_TILES or workers() <= 1 or in_worker():  # one part, or parts one after the other
         return sample_stack(stored, drawn, rows, mapping, spec, circuit, compensate)
-    starts = list(range(0, t, per))
+    starts = list(range(0, t, PROBE_TILES))
+    per = PROBE_TILES
     draws = [[None if a is None else a[s:s + per] for a in drawn] for s in starts]
     drawn.clear()
     parts: list[Sampled | None] = [None] * len(starts)

@@ -13,7 +13,7 @@ from xbar.bundle import Bundle
 from xbar.data import as_feeds
 from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP, RECURRENT_OP
-from xbar.runtime.chip import CHUNK_CELLS
+from xbar.runtime.chip import CHUNK_CELLS, load_circuit_code
 from xbar.runtime.layer import Layer
 from xbar.memory import keep_freed_memory
 from xbar.runtime.ops import NUM_OUTPUTS, get_op
@@ -104,6 +104,9 @@ class Runtime:
                 t = e.get("tiles") or {}
                 return t.get("tiles_used", 0) * t.get("rows", 0) * t.get("cols", 0)
 
+            shape = next(((e["tiles"]["rows"], e["tiles"]["cols"]) for e in entries if e.get("tiles")), None)
+            if shape is not None:
+                load_circuit_code(hardware, *shape)
             order = as_done(build, [cells(e) for e in entries], alone_above=CHUNK_CELLS / workers())
         layers: list[Layer | None] = [None] * len(entries)
         bar = iter(progress(list(enumerate(entries)))) if progress else iter(())

@@ -99,7 +99,7 @@ from xbar.hardware import IR_SOLVE_DTYPES
 from xbar.runtime.irdrop_kernel import join_level
 from xbar.runtime.parallel import blas_one_thread, map_chunks
 
-__all__ = ["effective_conductance"]
+__all__ = ["effective_conductance", "load_compiled"]
 
 # Port groups, in the fixed order used by every layout: inputs (VL, IR, IT, VB) and
 # outputs (IL, VR, VT, IB); group q of the inputs and of the outputs sit on the same side.
@@ -486,3 +486,15 @@ def effective_conductance(g: np.ndarray, r_wire: float, r_driver: float = 0.0,
     with blas_one_thread():
         map_chunks(lambda j: run(starts[j]), len(starts))
     return out.reshape(g.shape)
+
+
+def load_compiled(rows: int, cols: int, dtype: str) -> None:
+    """Solve one blank rows×cols tile in `dtype`, discarding it: loads the compiled levels'
+    machine code for that solve (and builds its schedule) ahead of the first real tile.
+
+    Runs on a thread of its own beside the workers (chip.load_circuit_code), so it does not
+    enter blas_one_thread: that limit is process-wide, and a thread leaving it while
+    map_chunks runs would restore BLAS's threads under the chip's products. Its own
+    products' rounding does not matter, nothing of it is kept."""
+    rp, cp = 1 << (rows - 1).bit_length(), 1 << (cols - 1).bit_length()
+    _schedule(rp, cp).solve(np.full((1, rp, cp), 1e-5, dtype), 1.0, 0.0, 0.0)
