@@ -503,8 +503,8 @@ def plot(result: dict, path: Path) -> str:
             for j, (v, r) in enumerate(present):
                 s = r["summary"][key]
                 x = i + (j - (len(present) - 1) / 2) * w
-                ax.bar([x], [scale * s["mean"]], w, yerr=[[scale * (s["mean"] - s["ci95"][0])],
-                                                          [scale * (s["ci95"][1] - s["mean"])]],
+                lo, hi = s["ci95"] or (s["mean"], s["mean"])  # one chip (IR drop alone is deterministic): no whisker
+                ax.bar([x], [scale * s["mean"]], w, yerr=[[scale * (s["mean"] - lo)], [scale * (hi - s["mean"])]],
                        capsize=2, color=colors[v], label=None if v in seen else VARIANTS[v][0], error_kw={"lw": 0.8})
                 if worst:
                     ax.plot([x], [scale * s["min"]], "kx", ms=4, label=None if "worst" in seen else "worst chip")

@@ -62,6 +62,9 @@ def test_eval_json_fields_keep_one_meaning(bundles, models_dir):
     assert "t_inference" not in res["two times"]["hardware"]  # each row carries its own time
     row = res["two times"]["rows"][1]["accuracy"]
     assert row["n"] == 2 and row["min"] == min(row["values"]) and row["ci95"][0] <= row["mean"] <= row["ci95"][1]
+    # One chip measures no spread: null, not a std of 0 and an interval of zero width.
+    one = res["one time"]["rows"][0]["agreement_with_ideal"]
+    assert one["n"] == 1 and one["std"] is None and one["ci95"] is None and one["values"] == [one["mean"]]
     assert res["calibrated"]["calibration"]["method"] == "affine" and res["calibrated"]["ideal_network"] == "source"
 
 

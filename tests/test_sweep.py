@@ -463,3 +463,17 @@ def test_existing_cluster_by_address(tmp_path):
     results, _ = Results.open(tmp_path / "local", study)
     engine.run_in_process(study, results)
     assert _result_rows(tmp_path / "remote") == _result_rows(tmp_path / "local")
+
+
+def test_plot_one_chip_has_no_spread(tmp_path):
+    """A cell of one chip shows its mean and worst without '± 0.00', and draws no band."""
+    from xbar.sweep.plot import Cell, Summary, figure, text_table
+
+    cells = [Cell(hue=(), x=3600.0, values=[91.5], ideal=0.95),
+             Cell(hue=(), x=86400.0, values=[90.0, 88.0], ideal=0.95)]
+    s = Summary(x="time", hue=[], metric="accuracy", cells=cells, x_values=[3600.0, 86400.0], hues=[()],
+                x_labels={3600.0: "1 h", 86400.0: "1 d"}, rows=3)
+    line = text_table(s).splitlines()[-1]
+    assert "91.50 (91.50) n=1" in line and "91.50 ±" not in line
+    assert f"89.00 ± {np.std([90.0, 88.0], ddof=1):.2f} (88.00) n=2" in line
+    assert figure(s, tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"

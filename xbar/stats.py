@@ -36,9 +36,11 @@ def summary(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)
             ) -> dict[str, float | int | list[float]]:
     """Figures over chips: mean, sample std (ddof 1), 95 % CI of the mean, worst, best, n, values.
 
+    One chip measures no spread: std and ci95 are then None (null in JSON), not a spread of 0
+    and an interval of zero width that would read as certainty.
     `bounds` are the values the figure can take (default: a fraction, [0, 1]); pass
     (-inf, inf) for an unbounded figure such as an SNR in dB."""
     v = [float(x) for x in values]
-    lo, hi = mean_ci(v, bounds=bounds)
-    return {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-            "ci95": [lo, hi], "min": min(v), "max": max(v), "values": v}
+    spread = len(v) > 1
+    return {"n": len(v), "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if spread else None,
+            "ci95": list(mean_ci(v, bounds=bounds)) if spread else None, "min": min(v), "max": max(v), "values": v}

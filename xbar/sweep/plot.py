@@ -41,7 +41,8 @@ class Cell:
         return summary(self.values, bounds=(0.0, 100.0))["mean"]
 
     @property
-    def std(self) -> float:
+    def std(self) -> float | None:
+        """None for one chip (no spread measured)."""
         return summary(self.values, bounds=(0.0, 100.0))["std"]
 
     @property
@@ -156,7 +157,8 @@ def text_table(s: Summary) -> str:
         ideals = []
         for x in s.x_values:
             c = s.cell(h, x)
-            line.append("-" if c is None else f"{c.mean:.2f} ± {c.std:.2f} ({c.worst:.2f}) n={c.n}")
+            spread = "" if c is None or c.std is None else f" ± {c.std:.2f}"
+            line.append("-" if c is None else f"{c.mean:.2f}{spread} ({c.worst:.2f}) n={c.n}")
             if c is not None and c.ideal is not None:
                 ideals.append(100 * c.ideal)
         # The ideal-hardware accuracy belongs to the prepared bundle: one value unless x changes the bundle.
@@ -192,7 +194,7 @@ def figure(s: Summary, path: str | Path, title: str = "") -> Path:
             continue
         xs = np.array([pos[c.x] for c in cs])
         mean = np.array([c.mean for c in cs])
-        std = np.array([c.std for c in cs])
+        std = np.array([0.0 if c.std is None else c.std for c in cs])  # one chip: no band
         color = f"C{i % 10}"
         n = max(c.n for c in cs)
         ax.plot(xs, mean, marker="o", ms=4, lw=1.6, color=color, label=f"{s.hue_label(h)} (n={n})")
