@@ -18,14 +18,21 @@ sizes, where a 5 is any 5), they get provisional names for that inference only. 
 is then axis 1 where a recurrent node's layout says so, where the first output leads
 with axis 1 and axis 0 is gone from it (pooled over time), or where the input's own names
 call axis 1 the batch and axis 0 something else ([seq, batch, d]); otherwise a batch-first
-input whose output is time-major keeps both and is left alone. A path that turns the axes into
-numbers (a Reshape to a constant shape, say) cannot be followed; such an input is left as
-it is.
+input whose output is time-major keeps both and is left alone.
+
+A path that turns the axes into numbers (a Reshape to a constant shape, as torch leaves in
+a graph exported with fixed sizes) cannot be followed. For sequence-shaped inputs whose
+sizes are all fixed ([seq, batch] ids, [seq, batch, d] features; images are not time-major),
+onnxruntime is asked instead (`_independent_axes`): new values in one index of axis 0 that
+change every output beyond one index of an axis of that size say axis 0 mixes samples; if
+new values in one index of axis 1 change only that index of one axis per output, axis 1 is
+the batch. Models whose axis 0 keeps its samples apart are left as they are.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
@@ -115,6 +122,82 @@ def _batch_on_axis_1(model: onnx.ModelProto, shapes: dict[str, Any]) -> set[tupl
     return found
 
 
+def _probe_candidates(model: onnx.ModelProto, shapes: dict[str, Any], taken: set[str]) -> list[str]:
+    """Graph inputs whose batch names cannot place: every size fixed, sequence-shaped (rank 2
+    or 3), axis 0 not a fixed 1 (that 1 is the batch), and not placed already."""
+    out = []
+    for vi in graph_inputs(model):
+        dims = value_dims(vi) or []
+        if vi.name not in taken and len(dims) in (2, 3) and all(isinstance(d, int) and d > 0 for d in dims) \
+                and dims[0] != 1 and dims[1] > 1:
+            out.append(vi.name)
+    return out
+
+
+def _independent_axes(model: onnx.ModelProto, candidates: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Of `candidates`, the inputs onnxruntime shows to hold their batch on axis 1 (see the
+    module docstring), and per output the axis that carries it; ([], {}) where it cannot
+    tell (a graph it cannot run, outputs that mix samples on both axes)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # a graph it cannot run is simply not probed
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in graph_inputs(model):
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        dims = [d if isinstance(d, int) and d > 0 else 1 for d in value_dims(vi) or []]
+        # Integers 0 index any table, and False masks nothing: a valid input either way.
+        feeds[vi.name] = rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating) \
+            else np.zeros(dims, dtype)
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outs = sess.get_outputs()
+        base = [np.asarray(o) for o in sess.run(None, feeds)]
+    except Exception:
+        return [], {}
+
+    def confined(name: str, axis: int) -> dict[str, int] | None:
+        """Per output that changes, the one axis of this size whose last index alone changed
+        when that index of the input's `axis` got new values; None if any changed beyond."""
+        x = feeds[name]
+        size, idx = x.shape[axis], [slice(None)] * x.ndim
+        idx[axis] = size - 1
+        other = x.copy()
+        other[tuple(idx)] = rng.standard_normal(other[tuple(idx)].shape) if np.issubdtype(x.dtype, np.floating) else 1
+        try:
+            got = sess.run(None, {**feeds, name: other})
+        except Exception:
+            return None
+        axes = {}
+        for o, a, b in zip(outs, base, got):
+            b = np.asarray(b)
+            if a.shape != b.shape or not np.issubdtype(a.dtype, np.number):
+                return None
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            tol = 1e-6 * max(float(np.max(np.abs(a64), initial=0.0, where=np.isfinite(a64))), 1e-30)
+            moved = ~((np.abs(a64 - b64) <= tol) | (np.isnan(a64) & np.isnan(b64)))
+            if not moved.any():
+                continue
+            where = np.nonzero(moved)
+            at = next((k for k in range(a.ndim) if a.shape[k] == size and np.all(where[k] == size - 1)), None)
+            if at is None:
+                return None
+            axes[o.name] = at
+        return axes or None
+
+    found, out_axes = [], {}
+    for name in candidates:
+        if confined(name, 0) is not None:  # axis 0 keeps its samples apart: a batch as declared
+            continue
+        axes = confined(name, 1)
+        if axes is None or any(out_axes.get(o, k) != k for o, k in axes.items()):
+            continue
+        found.append(name)
+        out_axes.update(axes)
+    return found, out_axes
+
+
 def _permute(vi: onnx.ValueInfoProto, perm: list[int]) -> None:
     """Declare `vi` with its dimensions in the order `perm` (as a Transpose with it makes them)."""
     dims = vi.type.tensor_type.shape.dim
@@ -143,6 +226,10 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     pairs = {(t, b) for _, t, b in recurrent} | _batch_on_axis_1(model, shapes)
     moved_in = [vi.name for vi in graph_inputs(model)
                 if len(d := shapes.get(vi.name) or []) >= 2 and (d[0], d[1]) in pairs]
+    probed, probed_out = [], {}
+    if not recurrent and (candidates := _probe_candidates(model, shapes, set(moved_in))):
+        probed, probed_out = _independent_axes(model, candidates)
+        moved_in += probed
     if not moved_in:
         return model, None
     batch_names = {b for t, b in pairs}
@@ -165,7 +252,7 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     back = []
     for vo in g.output:
         d = shapes.get(vo.name) or value_dims(vo) or []
-        axis = next((k for k, x in enumerate(d) if x in batch_names), None)
+        axis = next((k for k, x in enumerate(d) if x in batch_names), probed_out.get(vo.name))
         if not axis:  # None (no batch named) or 0 (already leading)
             continue
         inner = _unique(f"{vo.name}.time_major", taken)

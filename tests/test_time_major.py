@@ -339,3 +339,74 @@ def test_a_batch_of_1_squeezed_out_of_the_output_is_not_time():
     ref = np.stack([sess.run(None, {"ids": ids[k:k + 1]})[0] for k in range(3)])
     for batch_size in (1, 2):
         assert close(predict(Runtime(bundle), ids, batch_size), ref)
+
+
+def _torch_encoder(tmp_path, pooled: bool, mask: bool, batch_first: bool = False):
+    """torch's TransformerEncoderLayer, exported with fixed sizes (so its Reshapes hold
+    constant shapes that no dimension name can be followed through): src [T, B, 8] (or
+    [B, T, 8] batch-first), an optional key_padding_mask [B, T]; output pooled over time
+    [B, C] or per token [T, B, 8]."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=batch_first)
+            self.fc = nn.Linear(8, C)
+
+        def forward(self, src, pad=None):
+            h = self.enc(src, src_key_padding_mask=pad)
+            return self.fc(h.mean(1 if batch_first else 0)) if pooled else h
+
+    src = torch.randn((B, T, 8) if batch_first else (T, B, 8))
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[:, T - 2:] = True
+    path = tmp_path / "enc.onnx"
+    args, names = ((src, pad), ["src", "pad"]) if mask else ((src,), ["src"])
+    torch.onnx.export(Net().eval(), args, str(path), input_names=names, output_names=["o"], dynamo=False,
+                      opset_version=17)
+    return path
+
+
+@pytest.mark.parametrize("pooled,mask", [(True, True), (True, False), (False, False)],
+                         ids=["pooled-with-mask", "pooled", "per-token"])
+def test_fixed_size_time_major_attention_is_found_by_onnxruntime(tmp_path, pooled, mask):
+    """A time-major encoder exported with fixed sizes: no name reaches its output, so
+    onnxruntime tells where the batch is. The input (not the mask, already batch-first) is
+    taken batch-first, a per-token output too; the batch is the declared 5 on axis 1, and
+    data files of samples evaluate exactly, in batches of 5 (also through --reference)."""
+    src = _torch_encoder(tmp_path, pooled, mask)
+    bundle = convert(str(src), crossbar=(16, 16))
+    batch = bundle.manifest["batch"]
+    assert batch["mode"] == "fixed" and batch["size"] == B, batch
+    assert batch["time_major"] == {"nodes": [], "inputs": ["src"], "outputs": {} if pooled else {"o": 1}}, batch
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (3 * B, T, 8)).astype(np.float32)
+    pad = np.zeros((3 * B, T), bool)
+    pad[:, T - 2:] = True
+    sess = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    ref = []
+    for k in range(0, 3 * B, B):
+        feeds = {"src": np.ascontiguousarray(np.swapaxes(x[k:k + B], 0, 1))} | ({"pad": pad[k:k + B]} if mask else {})
+        y = sess.run(None, feeds)[0]
+        ref.append(y if pooled else np.swapaxes(y, 0, 1))
+    got = Runtime(bundle).run({"src": x} | ({"pad": pad} if mask else {}))["o"]
+    assert close(got, np.concatenate(ref))
+    if pooled:
+        data, out = tmp_path / "d.npz", tmp_path / "m.xbar"
+        np.savez(data, src=x, **({"pad": pad} if mask else {}))
+        run = CliRunner()
+        assert run.invoke(cli, ["convert", str(src), "-o", str(out), "--crossbar", "16x16"]).exit_code == 0
+        r = run.invoke(cli, ["eval", str(out), "--data", str(data), "--reference", str(src), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["reference"]["agreement"] == 1.0
+
+
+def test_fixed_size_batch_first_attention_is_left_alone(tmp_path):
+    """The same encoder batch-first with fixed sizes: new values in one sample change only
+    that sample's output, so axis 0 is the batch, as declared; nothing is moved."""
+    bundle = convert(str(_torch_encoder(tmp_path, pooled=True, mask=True, batch_first=True)), crossbar=(16, 16))
+    assert "time_major" not in bundle.manifest["batch"] and bundle.manifest["batch"]["size"] == B
