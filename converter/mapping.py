@@ -53,12 +53,27 @@ def unpack_tiles(tiles: np.ndarray, tile_used: np.ndarray, fill: float) -> np.nd
     return out
 
 
-def column_scale(weight: np.ndarray, percentile: float | None) -> np.ndarray:
+def column_scale(weight: np.ndarray, percentile: float | None, structure: np.ndarray | None = None) -> np.ndarray:
+    """Per column of the K×N `weight`: its largest |w|, or the `percentile` of |w| over the
+    column's own weights, the positions `structure` (K×N bool) marks. A depthwise or grouped
+    layer's matrix is block-diagonal, and the zeros outside a column's block are not
+    weights: counted in, they pulled the 90th percentile of a 16-channel depthwise layer
+    onto a zero (every column then fell back to scale 1)."""
     if percentile is None:
-        # max |w| as max(max w, −min w): the same value, without a K×N |w| array at the peak.
+        # max |w| as max(max w, −min w): the same value, without a K×N |w| array at the peak;
+        # zeros outside the structure never raise it.
         scale = np.maximum(weight.max(axis=0), -weight.min(axis=0))
-    else:
+    elif structure is None or structure.all():
         scale = np.percentile(np.abs(weight), percentile, axis=0)
+    else:
+        k, n = weight.shape
+        scale = np.zeros(n)
+        step = max(1, SLAB_CELLS // max(1, k))  # |w| as float64 with NaN outside, a slab at a time
+        for c0 in range(0, n, step):
+            a = np.abs(weight[:, c0:c0 + step], dtype=np.float64)
+            a[~np.asarray(structure[:, c0:c0 + step], dtype=bool)] = np.nan
+            own = ~np.isnan(a).all(axis=0)  # a column without weights keeps 0, so 1 below
+            scale[c0:c0 + step][own] = np.nanpercentile(a[:, own], percentile, axis=0)
     # An all-zero column has nothing to normalise; any positive scale encodes it exactly.
     return np.where(scale > 0, scale, 1.0)
 
@@ -86,7 +101,7 @@ def map_weights(weight: np.ndarray, cfg: MappingConfig, structure: np.ndarray | 
         # Placement ranks rows and columns of the whole matrix: dense, as for any layer.
         weight, structure, overwrite = weight.toarray(), structure.toarray(), True
     k, n = weight.shape
-    scale = column_scale(weight, cfg.weight_clip_percentile)
+    scale = column_scale(weight, cfg.weight_clip_percentile, structure)
     in_place = overwrite and weight.dtype == np.float64 and weight.flags.writeable
     u = np.divide(weight, scale, dtype=np.float64, out=weight if in_place else None)
     np.clip(u, -1.0, 1.0, out=u)  # in place: one K×N float64 array fewer at the peak
@@ -130,10 +145,11 @@ def _map_sparse(weight, structure, cfg: MappingConfig, device, t: float, rows_fi
     for c0 in range(0, n, step):
         c1 = min(n, c0 + step)
         w = weight[:, c0:c1].toarray()
-        scale = column_scale(w, cfg.weight_clip_percentile)
+        valid = structure[:, c0:c1].toarray()
+        scale = column_scale(w, cfg.weight_clip_percentile, valid)
         u = np.divide(w, scale, dtype=np.float64, out=w)
         np.clip(u, -1.0, 1.0, out=u)
-        enc = encode(u, structure[:, c0:c1].toarray(), cfg, device, t)
+        enc = encode(u, valid, cfg, device, t)
         scales.append(scale)
         outputs.append(enc.output + c0)
         gains.append(enc.gain)

@@ -35,7 +35,7 @@ def sample_weights(weight: np.ndarray, valid: np.ndarray | None, cfg: MappingCon
                    rng: np.random.Generator) -> np.ndarray:
     """One chip's version of the K×N weights `weight` (weight units), float64."""
     k, n = weight.shape
-    scale = column_scale(weight, cfg.weight_clip_percentile)
+    scale = column_scale(weight, cfg.weight_clip_percentile, valid)
     u = np.clip(weight / scale, -1.0, 1.0)
     enc = encode(u, np.ones((k, n), dtype=bool) if valid is None else valid, cfg, spec.device, spec.t_inference)
     dev = spec.device
