@@ -461,10 +461,24 @@ def _data_not_zip(k: Kit):
     return k.write("notzip.npz", b"x,y\n1,2\n"), ("notzip.npz", "not an .npz")
 
 
+def _data_beyond_float32(k: Kit):
+    # float64 values that the model's float32 input would read as inf (then NaN outputs)
+    return k.data("huge.npz", x=k.x.astype(np.float64) * 1e300, y=k.y), ("huge.npz", "beyond", "float32", "±inf")
+
+
+def _data_complex(k: Kit):
+    return k.data("complex.npz", x=k.x + 1j * k.x, y=k.y), ("complex.npz", "complex numbers")
+
+
+def _data_scalar(k: Kit):
+    return k.data("scalar.npz", x=np.float32(1.0)), ("scalar.npz", "single number")
+
+
 DATA_CASES = {
     "nan-in-x": _data_nan, "x-wrong-shape": _data_wrong_shape, "missing-x": _data_missing_x,
     "pickled-x": _data_pickled, "y-wrong-length": _data_short_y, "float-y": _data_float_y,
-    "not-a-zip": _data_not_zip,
+    "not-a-zip": _data_not_zip, "x-beyond-float32": _data_beyond_float32, "complex-x": _data_complex,
+    "scalar-x": _data_scalar,
 }
 
 for _name, _spoil in DATA_CASES.items():

@@ -177,9 +177,14 @@ def _check(data: Dataset) -> None:
     for name, x in arrays.items():
         if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
             raise DataError(f"{path}: {name} has dtype {x.dtype}; numeric inputs are needed")
-        if x.ndim == 0 or x.shape[0] < data.min_samples:
-            n = 0 if x.ndim == 0 else x.shape[0]
-            raise DataError(f"{path}: {name} holds {n} samples; at least {data.min_samples} needed")
+        if np.issubdtype(x.dtype, np.complexfloating):  # a cast to the model's real type drops the imaginary part
+            raise DataError(f"{path}: {name} holds complex numbers ({x.dtype}); model inputs are real: store the "
+                            "part the model should read (real part, magnitude) as a real array")
+        if x.ndim == 0:
+            raise DataError(f"{path}: {name} is a single number (a 0-d array); data files hold one sample per "
+                            "index of axis 0")
+        if x.shape[0] < data.min_samples:
+            raise DataError(f"{path}: {name} holds {x.shape[0]} samples; at least {data.min_samples} needed")
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"{path}: {name} contains {bad} NaN/Inf values; clean the data first")
@@ -299,7 +304,18 @@ def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | 
             raise DataError(f"{path}: {label} holds {int((~ok).sum())} values (e.g. {bad!r}) that model input "
                             f"{input_spec['name']!r} ({want.name}) cannot take without changing them; store "
                             f"{allowed} for it")
+    if want.kind == "f" and x.dtype.kind in "fiu" and float(np.finfo(want).max) < _largest(x.dtype):
+        # float64 data beyond float32's range (or huge integers) would become ±inf, then NaN.
+        big = np.abs(x) > np.finfo(want).max
+        if big.any():
+            raise DataError(f"{path}: {label} holds {int(big.sum())} values (e.g. {x[big].flat[0].item():.3g}) beyond "
+                            f"what model input {input_spec['name']!r} ({want.name}, up to ±{np.finfo(want).max:.3g}) "
+                            "can hold: they would become ±inf; rescale the data")
     return x.astype(want, copy=False)
+
+
+def _largest(dtype: np.dtype) -> float:
+    return float(np.finfo(dtype).max if dtype.kind == "f" else np.iinfo(dtype).max)
 
 
 def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = None) -> list[int | str | None] | None:
