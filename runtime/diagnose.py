@@ -127,7 +127,8 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
             **snr,
             "dac_clip": dac_clip,
             "adc_clip": adc_clip,
-            "tiles": entry["tiles"]["tiles_used"],
+            "tiles": entry["tiles"]["tiles_used"],  # allocated (logical) tiles, as `info`'s "tiles" field
+            "physical_tiles": (entry["tiles"].get("packing") or {}).get("physical_tiles", entry["tiles"]["tiles_used"]),
             "dominant": dominant,
             "error_power": errors,
         })

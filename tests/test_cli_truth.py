@@ -144,3 +144,59 @@ def test_info_shows_the_targets_drift_compensation_and_default_time(tmp_path, mo
     text = run("info", out).output
     assert "time     eval at 1 d unless --drift; drift compensation off" in text, text
     assert max(len(line) for line in text.splitlines()[:20]) <= 100
+
+
+def _lstm(path):
+    """x [batch, seq, 4] -> LSTM (layout 1, hidden 6) -> Y_h [1, batch, 6]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (1, 24, 4)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (1, 24, 6)).astype(np.float32), "R")]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], name="rec", hidden_size=6, layout=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 1, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_policies_with_nothing_to_act_on_say_so(tmp_path, models_dir):
+    """--pack-tiles never packs recurrent layers and --depthwise packed needs a depthwise
+    convolution: convert says so rather than accept them in silence, and info's mapping
+    line names what --pack-tiles left alone and the --weight-clip percentile."""
+    model = _lstm(tmp_path / "lstm.onnx")
+    r = run("convert", model, "-o", tmp_path / "p.xbar", "--pack-tiles", "--crossbar", "16x16",
+            "--depthwise", "packed", "--weight-clip", "90")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "--pack-tiles packs no recurrent layer: the 2 recurrent matrices (W, R)" in text
+    assert "--depthwise packed: the model has no depthwise convolution, so it changes nothing" in text
+    info = " ".join(run("info", tmp_path / "p.xbar").output.split())
+    assert "partly used tiles packed (--pack-tiles; recurrent layers keep their own)" in info
+    assert "columns scaled to the 90th percentile of |w|" in info
+    r = run("convert", model, "-o", tmp_path / "q.xbar")
+    assert r.exit_code == 0 and "note:" not in r.output and "percentile" not in run("info", tmp_path / "q.xbar").output
+
+
+def test_per_layer_tiles_are_infos(tmp_path, models_dir):
+    """eval --per-layer counts a packed layer's tiles as info does: physical/allocated."""
+    out = tmp_path / "pk.xbar"
+    assert run("convert", models_dir / "resnet_bn.onnx", "-o", out, "--pack-tiles", "--crossbar", "48x40",
+               "--hardware", "pcm", "--set", "circuit.ir_drop=false").exit_code == 0
+    layers = {l["name"]: l["tiles"] for l in json.loads(run("info", out, "--json").output)["layers"] if l.get("tiles")}
+    packed = {n: t for n, t in layers.items() if "packing" in t}
+    assert packed  # the case this test is about
+    args = ("eval", out, "--data", models_dir / "digits_test.npz", "--per-layer", "--seeds", "0")
+    rows = json.loads(run(*args, "--json").output)["per_layer"]["layers"]
+    for row in rows:
+        t = layers[row["layer"]]
+        assert row["tiles"] == t["tiles_used"]
+        assert row["physical_tiles"] == t.get("packing", {}).get("physical_tiles", t["tiles_used"])
+    text = run(*args).output
+    name, t = next(iter(packed.items()))
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
+    assert f"{t['packing']['physical_tiles']}/{t['tiles_used']}" in line

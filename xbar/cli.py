@@ -138,6 +138,22 @@ _ONLY_HELP = f"Keep only these non-idealities ({_NAMES}); repeat the option or g
 _WITHOUT_HELP = "Switch these non-idealities off (same names); repeat the option or give a comma list."
 
 
+def _recurrent_on_tiles(layers: list[dict[str, Any]]) -> int:
+    return sum(l.get("kind") == "recurrent" and l.get("placement") == "analog" for l in layers)
+
+
+def _policy_notes(bundle: Any) -> list[str]:
+    """Mapping policies the user asked for that had nothing, or not everything, to act on."""
+    s, notes = bundle.manifest["summary"], []
+    rec = _recurrent_on_tiles(bundle.layers)
+    if s.get("pack_tiles") and rec:
+        notes.append(f"--pack-tiles packs no recurrent layer: the {rec} recurrent matrices (W, R) keep tiles of "
+                     "their own")
+    if s.get("depthwise", "tiles") != "tiles" and s.get("depthwise_layers") == 0:
+        notes.append(f"--depthwise {s['depthwise']}: the model has no depthwise convolution, so it changes nothing")
+    return notes
+
+
 def _digital_weight_notes(bundle: Any) -> list[str]:
     """Einsums that multiply by a constant weight but stay digital ops, off the chip: only a
     product over one activation axis becomes a MatMul (converter/rewrite.py) and so an
@@ -261,7 +277,7 @@ def convert(model: Path, output: Path | None, crossbar: tuple[int, int], encodin
         find_ranges(bundle, ds.x, spec, progress=_progress("ranges", sys.stderr.isatty()))
         click.echo(f"ranges: DAC and ADC full scales from {len(ds)} samples of {calib_data} "
                    f"({spec.dac.percentile:g}th / {spec.adc.percentile:g}th percentile)")
-    for note in effective_spec(bundle, spec)[1] + _digital_weight_notes(bundle):
+    for note in effective_spec(bundle, spec)[1] + _digital_weight_notes(bundle) + _policy_notes(bundle):
         click.echo(f"note: {note}", err=True)
     save_bundle(bundle, output, force=force)
     s = bundle.manifest["summary"]
@@ -333,13 +349,17 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         bits = f"bit-sliced: {mp['bit_slices']} slices of {mp['bits_per_cell']} bits (+ sign)"
     if mp.get("replicas", 1) > 1:
         bits += f", {mp['replicas']} replicas per weight"
+    if mp.get("weight_clip_percentile") is not None:
+        bits += f", columns scaled to the {mp['weight_clip_percentile']:g}th percentile of |w| (larger weights clip)"
     if mp.get("rearrange", "none") != "none":
         bits += f", columns placed for {mp['rearrange']}"
     if mp.get("rearrange_rows", "none") != "none":
         bits += f", rows placed for {mp['rearrange_rows']}"
     _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
           f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS"
-          + _depthwise_text(m["summary"]) + ("; partly used tiles packed (--pack-tiles)"
+          + _depthwise_text(m["summary"]) + ("; partly used tiles packed (--pack-tiles"
+                                             + ("; recurrent layers keep their own)"
+                                                if _recurrent_on_tiles(m["layers"]) else ")")
                                              if m["summary"].get("pack_tiles") else ""))
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
@@ -938,7 +958,8 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         calibrated = bool(result["calibration"])
         drows = [[e["layer"], f"{e['snr_db']:.1f}"] + ([f"{e['snr_own_affine_db']:.1f}"] if calibrated else [])
                  + [f"{e['snr_after_affine_db']:.1f}", f"{100 * e['dac_clip']:.2f}%", f"{100 * e['adc_clip']:.2f}%",
-                    e["tiles"], e["dominant"]] for e in d["layers"]]
+                    e["tiles"] if e["physical_tiles"] == e["tiles"] else f"{e['physical_tiles']:,}/{e['tiles']:,}",
+                    e["dominant"]] for e in d["layers"]]
         click.echo(render(["layer", "SNR dB"] + (["calibrated"] if calibrated else [])
                           + ["after affine", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,
                           numeric=[False, True] + ([True] if calibrated else []) + [True, True, True, True, False]))
