@@ -21,12 +21,13 @@ call axis 1 the batch and axis 0 something else ([seq, batch, d]); otherwise a b
 input whose output is time-major keeps both and is left alone.
 
 A path that turns the axes into numbers (a Reshape to a constant shape, as torch leaves in
-a graph exported with fixed sizes) cannot be followed. For sequence-shaped inputs whose
-sizes are all fixed ([seq, batch] ids, [seq, batch, d] features; images are not time-major),
-onnxruntime is asked instead (`_independent_axes`): new values in one index of axis 0 that
-change every output beyond one index of an axis of that size say axis 0 mixes samples; if
-new values in one index of axis 1 change only that index of one axis per output, axis 1 is
-the batch. Models whose axis 0 keeps its samples apart are left as they are.
+a graph exported with fixed sizes) cannot be followed. In a graph whose inputs all have
+fixed sizes, for sequence-shaped ones ([seq, batch] ids, [seq, batch, d] features; images
+are not time-major) onnxruntime is asked instead (`_independent_axes`): new values in one
+index of axis 0 that change every output beyond one index of an axis of that size say axis
+0 mixes samples; if new values in one index of axis 1 change only that index of one axis
+per output, and that axis has the size of the other inputs' batch (axis 0), axis 1 is the
+batch. Inputs whose axis 0 keeps its samples apart are left as they are.
 """
 from __future__ import annotations
 
@@ -186,14 +187,26 @@ def _independent_axes(model: onnx.ModelProto, candidates: list[str]) -> tuple[li
             axes[o.name] = at
         return axes or None
 
-    found, out_axes = [], {}
+    # Axis 0 is the batch of every other input, and of a candidate whose axis 0 keeps its
+    # samples apart; a batch found on axis 1 must have their size. (A weight fed as an input,
+    # [K, N], also keeps its columns apart: its N is no batch.)
+    batches = {vi.name: feeds[vi.name].shape[0] for vi in graph_inputs(model)
+               if vi.name not in candidates and feeds[vi.name].ndim}
+    pending = []
     for name in candidates:
-        if confined(name, 0) is not None:  # axis 0 keeps its samples apart: a batch as declared
-            continue
+        if confined(name, 0) is not None:
+            batches[name] = feeds[name].shape[0]
+        else:
+            pending.append(name)
+    found, out_axes = [], {}
+    for name in pending:
+        size = feeds[name].shape[1]
         axes = confined(name, 1)
-        if axes is None or any(out_axes.get(o, k) != k for o, k in axes.items()):
+        if axes is None or any(b != size for b in batches.values()) or any(out_axes.get(o, k) != k
+                                                                          for o, k in axes.items()):
             continue
         found.append(name)
+        batches[name] = size
         out_axes.update(axes)
     return found, out_axes
 
@@ -227,7 +240,8 @@ def batch_first(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]
     moved_in = [vi.name for vi in graph_inputs(model)
                 if len(d := shapes.get(vi.name) or []) >= 2 and (d[0], d[1]) in pairs]
     probed, probed_out = [], {}
-    if not recurrent and (candidates := _probe_candidates(model, shapes, set(moved_in))):
+    fixed = all(all(isinstance(d, int) for d in value_dims(vi) or [None]) for vi in graph_inputs(model))
+    if fixed and not recurrent and (candidates := _probe_candidates(model, shapes, set(moved_in))):
         probed, probed_out = _independent_axes(model, candidates)
         moved_in += probed
     if not moved_in:

@@ -49,6 +49,14 @@ def test_check_output_existing_file_needs_force(tmp_path):
     assert out.read_bytes() == b"keep"
 
 
+def test_check_output_names_the_option_that_gave_the_path(tmp_path):
+    """The fix names the option the path came from: -o, or finetune's --export-onnx."""
+    src = tmp_path / "data.npz"
+    src.write_bytes(b"data")
+    assert "(--export-onnx)" in _error("destroy the input", check_output, src, True, [src], "--export-onnx")
+    assert "(-o)" in _error("does not exist", check_output, tmp_path / "no" / "m.xbar", False)
+
+
 def test_check_output_refuses_directories_and_special_files(tmp_path):
     _error("is a directory", check_output, tmp_path, True)
     _error("not a regular file", check_output, "/dev/null", True)

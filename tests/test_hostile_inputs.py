@@ -683,6 +683,18 @@ def _(k: Kit) -> Case:
             ("leaves no non-ideality",))
 
 
+@case("eval-ablation-on-ideal-hardware")
+def _(k: Kit) -> Case:
+    return (["eval", k.bundle(), "--data", k.data(), "--only", "drift"],
+            ("--only drift: the hardware is ideal", "--hardware"))
+
+
+@case("calibrate-several-times")
+def _(k: Kit) -> Case:
+    return (["calibrate", k.bundle(), "--data", k.data(), "--hardware", "pcm", "--drift", "1d,1y", "-o", "c.xbar"],
+            ("'1d,1y' is a list", "one time"))
+
+
 @case("eval-chip-options-on-ideal-hardware")
 def _(k: Kit) -> Case:
     return ["eval", k.bundle(), "--data", k.data(), "--seeds", "0-3"], ("b.xbar", "ideal hardware", "--hardware")

@@ -410,3 +410,20 @@ def test_fixed_size_batch_first_attention_is_left_alone(tmp_path):
     that sample's output, so axis 0 is the batch, as declared; nothing is moved."""
     bundle = convert(str(_torch_encoder(tmp_path, pooled=True, mask=True, batch_first=True)), crossbar=(16, 16))
     assert "time_major" not in bundle.manifest["batch"] and bundle.manifest["batch"]["size"] == B
+
+
+def test_a_second_operand_fed_as_an_input_is_not_a_time_major_batch():
+    """x [8, 4] @ w [4, 3], both graph inputs with fixed sizes (a digital MatMul): new values
+    in one column of w change one column of y, as a batch on axis 1 would, but its 3 is not
+    x's batch of 8; nothing is moved, and the bundle runs the graph as it is."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    bundle = convert(model, crossbar=(8, 8))
+    assert "time_major" not in bundle.manifest["batch"], bundle.manifest["batch"]
+    rng = np.random.default_rng(9)
+    x, w = rng.normal(0, 1, (8, 4)).astype(np.float32), rng.normal(0, 1, (4, 3)).astype(np.float32)
+    assert close(Runtime(bundle).run({"x": x, "w": w})["y"], x @ w)

@@ -154,14 +154,16 @@ def same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def check_output(path: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def check_output(path: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
+                 option: str = "-o") -> Path:
     """Refuse an output path that cannot or must not be written, before any expensive work.
 
     Raises BundleError naming the path and the fix if it is a directory or another
     non-regular file, one of `inputs`, an existing file without `force`, or if its parent
     directory is missing, not a directory or not writable. Writability is probed by creating
     and deleting a temporary file there: permission bits do not stop root, but a read-only
-    file system (/proc, /sys, a read-only mount) still does.
+    file system (/proc, /sys, a read-only mount) still does. `option` is the one that named
+    the path, for the fix the messages suggest.
     """
     path = Path(path)
     try:
@@ -171,29 +173,29 @@ def check_output(path: str | os.PathLike, force: bool, inputs: Iterable[str | os
         for source in inputs:
             if same_file(path, Path(source)):
                 raise BundleError(f"output {path} is the input {source}; writing it would destroy the input, "
-                                  "so choose another output path (-o)")
+                                  f"so choose another output path ({option})")
         if path.exists() or path.is_symlink():
             if not path.is_file():
-                raise BundleError(f"{path} exists and is not a regular file; choose another output path (-o)")
+                raise BundleError(f"{path} exists and is not a regular file; choose another output path ({option})")
             if not force:
                 raise BundleError(f"{path} already exists; pass --force to overwrite it")
         parent = path.parent
         if not parent.exists():
             raise BundleError(f"cannot write {path}: directory {parent} does not exist; create it first "
-                              "or choose another output path (-o)")
+                              f"or choose another output path ({option})")
         if not parent.is_dir():
-            raise BundleError(f"cannot write {path}: {parent} is not a directory; choose another output path (-o)")
+            raise BundleError(f"cannot write {path}: {parent} is not a directory; choose another output path ({option})")
     except OSError as exc:  # e.g. a parent that cannot be searched, a name that is too long
-        raise BundleError(f"cannot write {path}: {exc.strerror or exc}; choose another output path (-o)") from None
+        raise BundleError(f"cannot write {path}: {exc.strerror or exc}; choose another output path ({option})") from None
     except ValueError as exc:  # e.g. a NUL byte in the name
-        raise BundleError(f"cannot write {path!r}: {exc}; choose another output path (-o)") from None
+        raise BundleError(f"cannot write {path!r}: {exc}; choose another output path ({option})") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".xbar-write-test-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise BundleError(f"cannot write {path}: directory {parent} is not writable ({exc.strerror or exc}); "
-                          "choose a writable directory for the output (-o)") from None
+                          f"choose a writable directory for the output ({option})") from None
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from xbar import __version__
+from xbar.config import WEIGHT_BITS, WEIGHT_CLIP_PERCENTILE
 from xbar.dims import per_sample
 from xbar.errors import XbarError
 
@@ -83,11 +84,15 @@ def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: t
             ablated = ablate(spec, _names(only) or None, _names(without) or None)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="'--only' / '--without'") from None
+        asked = " ".join(f"{flag} {','.join(_names(v))}" for flag, v in (("--only", only), ("--without", without))
+                         if _names(v))
+        if spec.is_ideal:
+            raise ConfigError(f"{asked}: the hardware is ideal, so there is no "
+                              "non-ideality to switch; give --hardware (e.g. --hardware pcm) to pick a chip")
         if ablated.is_ideal:
-            active = ", ".join(spec.active_nonidealities()) or "none: it is ideal; give --hardware"
-            raise ConfigError(f"--only {','.join(_names(only)) or '-'} --without {','.join(_names(without)) or '-'} "
-                              f"leaves no non-ideality switched on (this hardware has: {active}); nothing would be "
-                              "simulated. Keep at least one of them.")
+            raise ConfigError(f"{asked} leaves no non-ideality switched on (this hardware has: "
+                              f"{', '.join(spec.active_nonidealities())}); nothing would be simulated. Keep at least "
+                              "one of them.")
         spec = ablated
     return spec
 
@@ -203,9 +208,9 @@ def _io_shape(value: dict[str, Any]) -> str:
               help="Physical tile size: rows (inputs) x columns (bit lines), e.g. 256x128.")
 @click.option("--encoding", type=click.Choice(["differential", "offset"]), default="differential", show_default=True,
               help="differential: G+/G- column pair per weight; offset: one column around G_mid plus one reference column per tile.")
-@click.option("--weight-bits", type=int, default=None, metavar="N",
+@click.option("--weight-bits", type=click.IntRange(*WEIGHT_BITS), default=None, metavar="N",
               help="Quantise normalised weights to N-bit signed levels [default: unquantised].")
-@click.option("--weight-clip", type=float, default=None, metavar="PERCENTILE",
+@click.option("--weight-clip", type=click.FloatRange(*WEIGHT_CLIP_PERCENTILE), default=None, metavar="PERCENTILE",
               help="Scale each column by this percentile of |W| instead of its maximum; larger weights clip.")
 @click.option("--afp-exponents", type=click.IntRange(min=1), default=1, show_default=True, metavar="E",
               help="Analog floating point: each weight gets one of E exponents, its own column group per output "

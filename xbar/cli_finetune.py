@@ -69,7 +69,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
         if same_file(Path(export_onnx), Path(output)):
             raise click.UsageError(f"-o and --export-onnx both name {output}; the bundle and the ONNX model need two "
                                    "files")
-        check_output(export_onnx, force, inputs=inputs)
+        check_output(export_onnx, force, inputs=inputs, option="--export-onnx")
     b = load_bundle(bundle)
     spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets)
     if spec.is_ideal:

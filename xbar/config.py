@@ -14,6 +14,10 @@ ROW_REARRANGEMENTS = ("none", "ir-drop")
 #: Largest exponent count and step: gains 2^(-k·e) down to 2^-24, float32's mantissa.
 MAX_AFP_EXPONENTS = 8
 MAX_GAIN_EXPONENT = 24
+#: Signed weight quantisation (--weight-bits) and the clip percentile (--weight-clip):
+#: below 2 bits no signed level is left; below the median most weights would clip.
+WEIGHT_BITS = (2, 16)
+WEIGHT_CLIP_PERCENTILE = (50.0, 100.0)
 
 # Conductance window of the mapping target. Default: the PCM device of Nandakumar et al.
 # 2019 / Joshi et al. 2020 as parameterised in IBM aihwkit (PCMLikeNoiseModel, g_max = 25 uS),
@@ -74,13 +78,15 @@ class MappingConfig:
             )
         if self.encoding == "offset" and self.cols < 2:
             raise ConfigError("offset encoding needs at least 2 crossbar columns (one is the reference column)")
-        if self.weight_bits is not None and not (2 <= self.weight_bits <= 16):
-            raise ConfigError(f"weight bits must be between 2 and 16 (signed levels); got {self.weight_bits}")
+        lo, hi = WEIGHT_BITS
+        if self.weight_bits is not None and not (lo <= self.weight_bits <= hi):
+            raise ConfigError(f"weight bits must be between {lo} and {hi} (signed levels); got {self.weight_bits}")
         if not (0.0 <= self.g_min < self.g_max):
             raise ConfigError(f"need 0 <= g_min < g_max (siemens); got g_min={self.g_min}, g_max={self.g_max}")
         p = self.weight_clip_percentile
-        if p is not None and not (50.0 <= p <= 100.0):
-            raise ConfigError(f"weight clip percentile must be in [50, 100]; got {p}")
+        lo, hi = WEIGHT_CLIP_PERCENTILE
+        if p is not None and not (lo <= p <= hi):
+            raise ConfigError(f"weight clip percentile must be in [{lo:g}, {hi:g}]; got {p}")
         e, k = self.afp_exponents, self.afp_step
         if not (isinstance(e, int) and 1 <= e <= MAX_AFP_EXPONENTS):
             raise ConfigError(f"--afp-exponents must be an integer in [1, {MAX_AFP_EXPONENTS}]; got {e}")
