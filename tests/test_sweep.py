@@ -147,6 +147,20 @@ def test_cli_spec_error_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_bad_data_is_refused_before_a_results_folder_exists(tmp_path):
+    """Data the study cannot use (NaN here) is refused before the results folder is made, so
+    the same command runs once the file is fixed (it used to find a folder 'of another spec')."""
+    x = np.load(MODELS / "digits_test.npz")
+    bad = x["x"].copy()
+    bad[0, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=bad, y=x["y"])
+    out = tmp_path / "res"
+    text = BASE_SPEC.replace(str(MODELS / "digits_test.npz"), str(tmp_path / "nan.npz"))
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, text)), "-o", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "NaN" in r.output
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- rows against the eval path
 
 
@@ -342,6 +356,51 @@ def test_failing_point_is_reported_and_other_rows_kept(tmp_path):
     assert "1 point(s) failed" in r.output and "no_such_layer" in r.output and "point 2" in r.output
     rows = read_rows(out).to_pylist()
     assert len(rows) == 2 and {r["mapping.digital"] for r in rows} == {"[]"}
+
+
+def test_a_failing_model_is_named_by_its_path_in_the_spec(tmp_path):
+    """A model the converter cannot read fails its point naming the spec's path, not the
+    worker's temporary copy."""
+    bad = tmp_path / "trunc.onnx"
+    bad.write_bytes((MODELS / "cnn_bn.onnx").read_bytes()[:300])
+    text = BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"), str(bad)).replace('seeds = "0-2"', 'seeds = "0"') \
+        .replace('"hardware.adc.bits" = [4, 8]', '"hardware.adc.bits" = [8]')
+    out = tmp_path / "res"
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, text)), "-o", str(out), "--workers", "1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{bad} is not a readable ONNX model" in " ".join(r.output.split()) and "xbar-sweep-" not in r.output
+
+
+def test_ctrl_c_stops_the_sweep_with_one_message(tmp_path):
+    """Ctrl-C reaches every process of the terminal's foreground group; the local cluster's
+    workers ignore it (each printed a KeyboardInterrupt traceback) and the sweep stops with
+    its one message, leaving no worker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "res"
+    script = Path(sys.executable).with_name("xbar")  # the installed command, as a user runs it
+    if not script.exists():
+        pytest.skip(f"no xbar command beside {sys.executable}")
+    cmd = [str(script), "sweep", str(_spec(tmp_path)), "-o", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # the workers are up once it says what it runs on
+        lines.append(line)
+        if line.startswith("running "):
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    try:
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines) + rest
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "interrupted:" in text and "run the same command again to resume" in text, text
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):

@@ -81,11 +81,12 @@ def sweep(spec: Path, out: Path, scheduler: str | None, workers: int | None, for
     if len(study.points) > len(shown):
         click.echo(f"  … {len(study.points) - len(shown)} more (every point's settings: {out}/sweep.json)")
     engine.preflight(scheduler)
+    data = engine.datasets(study)  # bad data is refused before a results folder exists
     results, note = Results.open(out, study, force=force)
     click.echo(f"{out}: {note}")
     try:
         outcome = engine.run(study, results, scheduler=scheduler, workers=workers, progress=_Progress,
-                             echo=click.echo)
+                             echo=click.echo, data=data)
     except KeyboardInterrupt:
         done = len(results.done())
         raise click.ClickException(f"interrupted: {done} of {n_tasks} chip tasks are finished and saved in {out}; "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xbar.data import Dataset, take
+from xbar.errors import XbarError
 
 #: Fault injection for tests of lost workers: when this names a file that does not exist yet,
 #: the first chip task to see it creates the file and kills its own worker process.
@@ -30,6 +31,7 @@ class PrepareJob:
     key: str
     model_name: str  # file name, kept so the bundle records where it came from
     model_bytes: bytes
+    model_source: str  # the spec's path of the model, named in errors instead of the worker's copy
     mapping: dict[str, Any]
     hardware: dict[str, Any]
     ranges: bool
@@ -108,7 +110,11 @@ def prepare(job: PrepareJob, calib: Dataset | None, train: Dataset | None) -> by
         kwargs = dict(job.mapping)
         if "crossbar" in kwargs:
             kwargs["crossbar"] = tuple(kwargs["crossbar"])
-        bundle = convert(str(model), hardware=None if spec.is_ideal else spec, **kwargs)
+        try:
+            bundle = convert(str(model), hardware=None if spec.is_ideal else spec, **kwargs)
+        except XbarError as exc:
+            exc.args = (str(exc).replace(str(model), job.model_source),)
+            raise
         calib = _fit(bundle, calib)
         if job.ranges:
             from xbar.runtime.ranges import find_ranges
