@@ -322,3 +322,21 @@ def test_exit_status_rule(run, models_dir, tmp_path):
     assert run("calibrate", out, "--data", models_dir / "digits_calib.npz").exit_code == 2  # no --drift
     for args in (("--data", tmp_path / "missing.npz"), ("--data", data, "--only", "adc", "--without", "adc")):
         assert run("eval", out, *args).exit_code == 1, args
+
+
+def test_out_of_memory_names_what_the_command_can_shrink(run, pcm_bundle, models_dir, monkeypatch, tmp_path):
+    """Out of memory is one line naming the command and what to make smaller: --batch-size
+    where the command has one, the tiles for convert (which has no --batch-size)."""
+    import xbar.converter
+    import xbar.runtime.evaluate
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(xbar.converter, "convert", exhausted)
+    _user_error(run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "c.xbar"),
+                "out of memory in xbar convert", "--crossbar")
+    assert not (tmp_path / "c.xbar").exists()
+    monkeypatch.setattr(xbar.runtime.evaluate, "predict", exhausted)
+    _user_error(run("eval", pcm_bundle, "--data", models_dir / "digits_test.npz"),
+                "out of memory in xbar eval", "--batch-size")

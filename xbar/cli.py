@@ -27,7 +27,22 @@ class _Group(click.Group):
         except XbarError as exc:
             raise click.ClickException(str(exc)) from None
         except MemoryError:
-            raise click.ClickException("out of memory; try a smaller --batch-size") from None
+            raise click.ClickException(_out_of_memory(self, ctx)) from None
+
+
+def _out_of_memory(group: click.Group, ctx: click.Context) -> str:
+    """What to try when a command ran out of memory: what that command lets one make smaller."""
+    name = ctx.invoked_subcommand or ""
+    command = group.get_command(ctx, name) if name else None
+    options = {p.name for p in (command.params if command else [])}
+    if "batch_size" in options:
+        hint = "try a smaller --batch-size"
+    elif name == "convert":
+        hint = ("the tiles of --crossbar R×C are built whole, R·C cells each: try smaller tiles (and, for depthwise "
+                "convolutions, --depthwise digital or packed)")
+    else:
+        hint = "free memory or use a machine with more"
+    return f"out of memory in xbar {name}; {hint}".replace("xbar ;", "xbar;")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
