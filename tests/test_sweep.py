@@ -536,3 +536,17 @@ def test_plot_one_chip_has_no_spread(tmp_path):
     assert "91.50 (91.50) n=1" in line and "91.50 ±" not in line
     assert f"89.00 ± {np.std([90.0, 88.0], ddof=1):.2f} (88.00) n=2" in line
     assert figure(s, tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("change, message", [
+    ('hardware = "pcm"', "'hardware.adc.bits' is set in [base] and swept in [axes]"),
+    ('hardware = "pcmm"', "hardware 'pcmm' is neither a preset (ideal, pcm, rram) nor a file"),
+])
+def test_base_settings_that_cannot_run_are_refused(tmp_path, change, message):
+    """A [base] setting every axis value overrides would never run; an unknown hardware name
+    lists the presets (once: it was prefixed twice)."""
+    extra = '\n"hardware.adc.bits" = 6' if "preset" not in message else ""
+    text = BASE_SPEC.replace('hardware = "pcm"', change + extra)
+    with pytest.raises(SpecError) as info:
+        load_study(_spec(tmp_path, text))
+    assert message in str(info.value) and str(info.value).count("spec.toml") == 1, str(info.value)

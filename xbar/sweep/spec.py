@@ -321,6 +321,9 @@ def load_study(path: str | Path) -> Study:
         else:
             _check_name(name, f"{path} [axes]")
     axis_keys = {k for n, vs in axes.items() for k in ({k for v in vs for k in v} if isinstance(vs[0], dict) else {n})}
+    for name in sorted(axis_keys & set(base)):
+        raise SpecError(f"{path}: {name!r} is set in [base] and swept in [axes]; the axis overrides it at every "
+                        "point, so the [base] value would never run: drop it from [base]")
     for i, p in enumerate(points_in):
         for name in p:
             _check_name(name, f"{path} [[points]] #{i + 1}")
@@ -345,8 +348,8 @@ def load_study(path: str | Path) -> Study:
             for k in fields:
                 if k not in order and k not in ("seeds", "times"):  # rows carry seed and time themselves
                     order.append(k)
-            where = (f"{path} point {len(study.points) + 1} ("
-                     + ", ".join(f"{k}={v!r}" for k, v in {**p, **combo}.items()) + ")")
+            own = ", ".join(f"{k}={v!r}" for k, v in {**p, **combo}.items())
+            where = f"{path} point {len(study.points) + 1}" + (f" ({own})" if own else "")
             point = _resolve(study, len(study.points), fields, where)
             key = digest(point.identity())
             if key in seen:
@@ -387,7 +390,11 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
         if hw in PRESETS:
             spec = preset(hw)
         else:
-            spec = HardwareSpec.from_toml(_existing(study.path.resolve().parent, hw, f"{where}: hardware"))
+            toml = _relative(study.path.resolve().parent, hw, f"{where}: hardware")
+            if not toml.is_file():
+                raise SpecError(f"{where}: hardware {hw!r} is neither a preset ({', '.join(PRESETS)}) nor a file "
+                                f"({toml}; paths are relative to the spec's folder)")
+            spec = HardwareSpec.from_toml(toml)
         sets = {k[len("hardware."):]: v for k, v in fields.items()
                 if k.startswith("hardware.") and k not in ("hardware.without", "hardware.only")}
         if sets:
@@ -395,6 +402,8 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
         only, without = fields.get("hardware.only"), fields.get("hardware.without")
         if only is not None or without is not None:
             spec = ablate(spec, only, without)
+    except SpecError:
+        raise
     except ConfigError as exc:
         raise SpecError(f"{where}: {exc}") from None
 
