@@ -25,6 +25,17 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+def _external_data(path: Path) -> bool:
+    """Whether the model file at `path` parses and stores tensors outside itself."""
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str, int]:
     """Return (model, label, original opset). `label` names the source in error messages."""
     if isinstance(source, onnx.ModelProto):
@@ -39,6 +50,12 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelP
         try:
             model = onnx.load(str(path))
         except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived or OSError
+            if _external_data(path):
+                raise ModelError(
+                    f"{path} keeps its weights in external data files beside it, and reading them failed "
+                    f"({type(exc).__name__}: {exc}). Keep those files next to the model, complete and under the "
+                    "names the exporter gave them (or export again with the weights inside the .onnx)."
+                ) from None
             raise ModelError(
                 f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}). "
                 "The file may be truncated or not an ONNX protobuf; export it again."

@@ -516,6 +516,27 @@ def _(k: Kit) -> Case:
     return ["calibrate", "--drift", "1d", k.bundle(), "--data", k.data(), "-o", "cal.xbar"], ("cal.xbar", "already exists")
 
 
+def _external(k: Kit, keep: int | None) -> str:
+    """The model saved with its weights in 'w.bin' beside it, cut to `keep` bytes (None: removed)."""
+    m = onnx.load(str(MODEL))
+    onnx.save(m, str(k.dir / "ext.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0)
+    if keep is None:
+        (k.dir / "w.bin").unlink()
+    else:
+        (k.dir / "w.bin").write_bytes((k.dir / "w.bin").read_bytes()[:keep])
+    return "ext.onnx"
+
+
+@case("convert-external-data-missing")
+def _(k: Kit) -> Case:
+    return ["convert", _external(k, None), "-o", "e.xbar"], ("ext.onnx", "external data", "w.bin")
+
+
+@case("convert-external-data-truncated")
+def _(k: Kit) -> Case:
+    return ["convert", _external(k, 100), "-o", "e.xbar"], ("ext.onnx", "external data", "complete")
+
+
 @case("convert-output-is-input-model")
 def _(k: Kit) -> Case:
     return ["convert", k.model(), "-o", "m.onnx", "--force"], ("m.onnx", "input")
