@@ -96,6 +96,9 @@ def test_parse_time_list():
     assert parse_time_list(" 1 s , 20s ") == [1.0, 20.0]
     with pytest.raises(ConfigError, match="gives 1 d twice"):
         parse_time_list("1d,24h")  # two identical rows of results
+    with pytest.raises(ConfigError, match="both print as 1 d"):
+        parse_time_list("1.0000001d,1d")  # two rows that would read alike
+    assert parse_time_list("1d,1.001d") == [86400.0, 86486.4]  # they differ in the 4th digit
     for bad in ("", "1s,,1h", "1s,x"):
         with pytest.raises(ConfigError):
             parse_time_list(bad)

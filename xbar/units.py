@@ -113,6 +113,10 @@ def parse_time_list(text: str) -> list[float]:
         if t in out:
             raise ConfigError(f"time list {text!r} gives {format_time(t)} twice ({item.strip()!r}); each time is one "
                               "row of results, so list it once")
+        alike = next((u for u in out if format_time(u) == format_time(t)), None)
+        if alike is not None:  # two rows would read the same
+            raise ConfigError(f"time list {text!r}: {item.strip()!r} and {format_time(alike)} both print as "
+                              f"{format_time(t)}; give times that differ in their first 4 digits")
         out.append(t)
     return out
 
