@@ -371,10 +371,12 @@ def test_a_failing_model_is_named_by_its_path_in_the_spec(tmp_path):
     assert f"{bad} is not a readable ONNX model" in " ".join(r.output.split()) and "xbar-sweep-" not in r.output
 
 
-def test_ctrl_c_stops_the_sweep_with_one_message(tmp_path):
+@pytest.mark.parametrize("entry", ["command", "module"])
+def test_ctrl_c_stops_the_sweep_with_one_message(tmp_path, entry):
     """Ctrl-C reaches every process of the terminal's foreground group; the local cluster's
     workers ignore it (each printed a KeyboardInterrupt traceback) and the sweep stops with
-    its one message, leaving no worker behind."""
+    its one message, leaving no worker behind. Run as the installed command and as
+    `python -m xbar.cli` (whose spawned workers re-imported it and failed on a cyclic import)."""
     import os
     import signal
     import subprocess
@@ -382,19 +384,25 @@ def test_ctrl_c_stops_the_sweep_with_one_message(tmp_path):
 
     out = tmp_path / "res"
     script = Path(sys.executable).with_name("xbar")  # the installed command, as a user runs it
-    if not script.exists():
+    if entry == "command" and not script.exists():
         pytest.skip(f"no xbar command beside {sys.executable}")
-    cmd = [str(script), "sweep", str(_spec(tmp_path)), "-o", str(out), "--workers", "2"]
+    head = [str(script)] if entry == "command" else [sys.executable, "-m", "xbar.cli"]
+    cmd = head + ["sweep", str(_spec(tmp_path)), "-o", str(out), "--workers", "2"]
+    import threading
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    for line in proc.stdout:  # the workers are up once it says what it runs on
-        lines.append(line)
-        if line.startswith("running "):
-            break
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+    watchdog = threading.Timer(180, lambda: os.killpg(proc.pid, signal.SIGKILL))  # a hang fails, not blocks
+    watchdog.start()
     try:
-        rest, _ = proc.communicate(timeout=120)
+        lines = []
+        for line in proc.stdout:  # the workers are up once it says what it runs on
+            lines.append(line)
+            if line.startswith("running "):
+                break
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        rest, _ = proc.communicate(timeout=170)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(lines) + rest

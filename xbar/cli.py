@@ -1043,5 +1043,8 @@ if __name__ == "__main__":
     from xbar.cli import main as _package_main
 
     _package_main()
-else:
+elif __name__ == "xbar.cli":
+    # Not as "__mp_main__", the copy of `python -m xbar.cli` that a spawned process (a
+    # sweep's local Dask worker) imports: that copy needs no commands, and registering them
+    # there is the same cyclic import.
     _register_commands()
