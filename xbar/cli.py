@@ -42,7 +42,7 @@ def _out_of_memory(group: click.Group, ctx: click.Context) -> str:
                 "convolutions, --depthwise digital or packed)")
     else:
         hint = "free memory or use a machine with more"
-    return f"out of memory in xbar {name}; {hint}".replace("xbar ;", "xbar;")
+    return f"out of memory{f' in xbar {name}' if name else ''}; {hint}"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
