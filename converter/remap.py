@@ -16,8 +16,9 @@ What the input's history means for the output:
   calibration data the caller gives, at the percentiles they were measured at; without data
   the call is refused;
 - calibration records (and the source affines a calibration kept) describe the old network
-  on one chip: they are dropped, and the new manifest's `finetune` record says so, next to
-  whatever the caller records there (method, epochs, data).
+  on one chip: they are dropped, layers whose affines the caller does not replace get their
+  affines as converted back (not one chip's fit), and the new manifest's `finetune` record
+  says so, next to whatever the caller records there (method, epochs, data).
 
 With a weight-clip percentile the per-column scale is re-measured from the new weights,
 as converting them would do; the bundle's own (already clipped) weights then clip at a
@@ -37,6 +38,7 @@ from xbar.config import MappingConfig
 from xbar.converter.convert import _layer_arrays, adc_per_vector, is_depthwise, tile_totals
 from xbar.converter.layers import LayerSpec, conv_structure
 from xbar.errors import ConfigError, DataError, ModelError
+from xbar.source_affines import source_network
 
 #: Tile-table fields that must not change: the grid and what is allocated on it.
 GRID_FIELDS = ("rows", "cols", "n_row_blocks", "n_col_blocks", "tiles_used")
@@ -51,6 +53,10 @@ def remap(bundle: Bundle, weights: Mapping[str, np.ndarray] | None = None,
     stored as the manifest's `finetune` record. The input bundle is not modified."""
     weights = dict(weights or {})
     affines = dict(affines or {})
+    # Calibration records and the chip-fitted affines describe the old network on one chip:
+    # the new one starts from the affines as converted (unless `affines` replaces them).
+    dropped = len(bundle.manifest.get("calibration") or [])
+    bundle = source_network(bundle)
     layers = bundle.layers
     by_name = {e["name"]: i for i, e in enumerate(layers)}
     unknown = [n for n in (*weights, *affines) if n not in by_name]
@@ -82,7 +88,6 @@ def remap(bundle: Bundle, weights: Mapping[str, np.ndarray] | None = None,
                 arrays[entry["arrays"][field]] = np.asarray(getattr(aff, field), dtype=np.float32)
         entry["affine"]["eps"] = float(aff.eps)
 
-    dropped = _drop_history(manifest, arrays)
     analog = [e for e in out_layers if e["placement"] == "analog"]
     manifest["summary"].update(tile_totals(analog))
     manifest.pop("arrays", None)  # the checksum index: save_bundle writes it for the new arrays
@@ -179,18 +184,6 @@ def _map_layer(idx: int, entry: dict[str, Any], weight: np.ndarray, aff: Affine,
         arrays.pop(key, None)
     arrays.update(new_arrays)
     entry["arrays"] = mapped["arrays"]
-
-
-def _drop_history(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
-    """Drop calibration records and the source affines calibration kept (they describe the
-    old network on one chip), and the old ranges (measured on the old activations)."""
-    dropped = len(manifest.get("calibration") or [])
-    manifest["calibration"] = []
-    for entry in manifest["layers"]:
-        src = entry.pop("source_affine", None)
-        for key in (src or {}).get("arrays", {}).values():
-            arrays.pop(key, None)
-    return dropped
 
 
 def _remeasure_ranges(out: Bundle, old: Bundle, x: np.ndarray, hardware: Any, batch_size: int) -> dict[str, Any]:

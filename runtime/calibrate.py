@@ -38,6 +38,7 @@ from xbar.runtime.evaluate import accuracy, agreement, predict
 from xbar.runtime.executor import Runtime
 from xbar.runtime.layer import Layer
 from xbar.runtime.recurrent import Recurrent
+from xbar.source_affines import keep_source_affines, restore_source_affines, source_network
 
 if TYPE_CHECKING:
     from xbar.training.sgd import SGDOptions
@@ -135,43 +136,6 @@ def fold_bundle(bundle: Bundle) -> Bundle:
     return out
 
 
-def keep_source_affines(bundle: Bundle) -> None:
-    """Before the first calibration, keep each analog layer's affine as converted (in place).
-
-    A calibrated bundle is judged against the network the user converted, not against its
-    own chip-fitted affines on exact hardware; `source_network` restores that network.
-    """
-    for i, entry in enumerate(bundle.layers):
-        if entry["placement"] != "analog" or "source_affine" in entry:
-            continue
-        keys = {name: f"layers/{i:03d}/source_{name}" for name in FIELDS}
-        for name in FIELDS:
-            bundle.arrays[keys[name]] = bundle.array(entry["arrays"][name])
-        entry["source_affine"] = {"source": entry["affine"]["source"], "eps": entry["affine"]["eps"], "arrays": keys}
-
-
-def has_source_affines(bundle: Bundle) -> bool:
-    """False only for a calibrated bundle written before source affines were kept."""
-    return not bundle.manifest.get("calibration") or all(
-        "source_affine" in e for e in bundle.layers if e["placement"] == "analog")
-
-
-def source_network(bundle: Bundle) -> Bundle:
-    """The bundle with every analog layer's affine as converted (itself if never calibrated)."""
-    if not any("source_affine" in e for e in bundle.layers):
-        return bundle
-    out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
-    for entry in out.layers:
-        src = entry.pop("source_affine", None)
-        if src is None:
-            continue
-        for name in FIELDS:
-            out.arrays[entry["arrays"][name]] = out.array(src["arrays"][name])
-        entry["affine"]["source"], entry["affine"]["eps"] = src["source"], src["eps"]
-    out.manifest["calibration"] = []
-    return out
-
-
 def check_calibration_data(x: np.ndarray, y: np.ndarray | None, path: str) -> None:
     if n_samples(x) < MIN_SAMPLES:
         raise DataError(f"{path}: {n_samples(x)} calibration samples; at least {MIN_SAMPLES} are needed "
@@ -208,6 +172,11 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
                           "give a hardware target with non-idealities (e.g. the pcm preset)")
     out = Bundle(manifest=_deep_copy(bundle.manifest), arrays=dict(bundle.arrays))
     keep_source_affines(out)
+    # Every calibration starts from the converted network, so a second one (at a later drift
+    # time, say) gives what a first would: started from the first's fit it stacked on it,
+    # and `stats` fitted a folded affine another way, or re-estimated batch-norm statistics
+    # under a gain an unfolded `affine` fit had already put into γ.
+    restore_source_affines(out)
     ranges_found = False
     if any("ranges" not in e for e in out.layers if e["placement"] == "analog"):
         from xbar.runtime.ranges import find_ranges

@@ -133,3 +133,38 @@ def test_bad_calibration_data(models_dir, calib, tmp_path, content, needles):
     for needle in needles:
         assert needle in r.output, r.output
     assert not (tmp_path / "o.xbar").exists()
+
+
+def _affines(bundle):
+    """Every analog layer's affine arrays as stored."""
+    from xbar.affine import FIELDS
+
+    return {(e["name"], f): bundle.array(e["arrays"][f]) for e in bundle.layers if e["placement"] == "analog"
+            for f in FIELDS}
+
+
+@pytest.mark.parametrize("first", [("stats", True), ("affine", False), ("affine", True)],
+                         ids=["stats", "affine-no-fold", "affine"])
+def test_calibrating_again_starts_from_the_converted_network(models_dir, calib, first):
+    """A second calibration (same chip, time, data) gives what calibrating the converted
+    bundle gives, whatever the first did: it started from the first's fit, so `stats` after
+    a folded calibration fitted another way, and after `affine --no-fold` applied a gain
+    twice. Both records stay, and the converted affines are still what `ideal` runs."""
+    from xbar.runtime.ranges import find_ranges
+    from xbar.source_affines import source_network
+
+    x_cal, _ = calib
+    spec = preset("pcm").override({"t_inference": 3.156e7, "adc.bits": 4, "drift_compensation": "off"})
+    b = convert(models_dir / "resnet_bn.onnx", hardware=spec)
+    find_ranges(b, x_cal, spec)
+    method, fold = first
+    once, _ = calibrate(b, x_cal, spec, 7, method, fold=fold)
+    again, _ = calibrate(once, x_cal, spec, 7, "stats")
+    fresh, _ = calibrate(b, x_cal, spec, 7, "stats")
+    got, want = _affines(again), _affines(fresh)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=str(key))
+    assert [r["method"] for r in again.manifest["calibration"]] == [method, "stats"]
+    for key, value in _affines(source_network(again)).items():
+        np.testing.assert_array_equal(value, _affines(b)[key], err_msg=str(key))

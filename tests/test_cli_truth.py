@@ -200,3 +200,35 @@ def test_per_layer_tiles_are_infos(tmp_path, models_dir):
     name, t = next(iter(packed.items()))
     line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
     assert f"{t['packing']['physical_tiles']}/{t['tiles_used']}" in line
+
+
+def test_info_marks_an_unfolded_calibration(bundles, models_dir, tmp_path):
+    """calibrate --no-fold keeps batch-norm statistics, re-estimated on the chip: info's affine
+    column says cal. BN for those layers, not the converted BN."""
+    out = tmp_path / "nf.xbar"
+    r = run("calibrate", bundles["pcm"], "--data", models_dir / "digits_calib.npz", "--drift", "1d", "--method",
+            "stats", "--no-fold", "-o", out)
+    assert r.exit_code == 0, r.output
+    fitted = set(load_bundle(out).manifest["calibration"][-1]["layers"])
+    rows = [ln.rstrip() for ln in run("info", out, "--layers").output.splitlines() if ln.startswith("/")]
+    marked = [ln for ln in rows if ln.endswith(" cal. BN") or ln.endswith(" cal.")]
+    assert fitted and len(marked) == len(fitted) == len(rows), rows
+    assert sum(ln.endswith(" cal. BN") for ln in rows) > 0 and not any(ln.endswith("  BN") for ln in rows), rows
+
+
+def test_reference_of_a_fine_tuned_bundle_is_called_so(bundles, models_dir, tmp_path):
+    """A fine-tuned bundle no longer computes its source: eval --reference with the source
+    says so (same_model stays the sha256 match), and points at the exported float model."""
+    from xbar.bundle import save_bundle
+    from xbar.converter.remap import remap
+
+    b = load_bundle(bundles["ideal"])
+    rt = Runtime(b)
+    weights = {layer.name: layer.matrix * layer.col_scale * 1.01 for layer in rt.layers if layer.chip is None
+               and hasattr(layer, "matrix")}
+    save_bundle(remap(b, weights, record={"method": "test"}), tmp_path / "ft.xbar")
+    r = run("eval", tmp_path / "ft.xbar", "--data", models_dir / "digits_test.npz", "--json", "--reference",
+            models_dir / "resnet_bn.onnx")
+    res = json.loads(r.stdout)
+    assert res["reference"]["same_model"] is True
+    assert any("fine-tuned since" in w and "--export-onnx" in w for w in res["warnings"]), res["warnings"]

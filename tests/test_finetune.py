@@ -213,3 +213,27 @@ def test_finetune_grouped_and_depthwise_convolutions(tmp_path, method):
             assert np.all(w1[~mask] == 0) and np.all(w0[~mask] == 0), entry["name"]
         assert np.abs(w1 - w0).max() > 0, entry["name"]  # trained
     assert grouped == 2
+
+
+def test_finetune_of_a_calibrated_bundle_trains_the_converted_network(models_dir, tmp_path):
+    """A calibration fits the affines to one chip; fine-tuning trains the network as
+    converted (the same weights and affines as from the uncalibrated bundle), and remap
+    drops the chip fit with the records rather than keep it unlabelled."""
+    from xbar.converter.remap import remap
+    from xbar.runtime.calibrate import calibrate
+
+    b = convert(models_dir / "cnn_bn.onnx", hardware=preset("pcm"))
+    d = np.load(models_dir / "digits_train.npz")
+    x, y = d["x"][:64], d["y"][:64]
+    spec = preset("pcm").override({"t_inference": 86400.0, "adc.bits": 3, "drift_compensation": "off"})
+    cal, _ = calibrate(b, x, spec, 2, "affine")
+    opts = FinetuneOptions(method="noise", epochs=1)
+    w_cal, a_cal, _ = finetune(cal, x, y, spec, opts, seed=1)
+    w_src, a_src, _ = finetune(b, x, y, spec, opts, seed=1)
+    for name in w_src:
+        np.testing.assert_array_equal(w_cal[name], w_src[name], err_msg=name)
+    # remap with weights only: the layers keep their converted affines, not chip 2's fit.
+    out = remap(cal, w_src, calib_x=x)
+    ref = remap(b, w_src, calib_x=x)
+    assert out.manifest["calibration"] == [] and out.manifest["finetune"]["calibration_dropped"] == 1
+    np.testing.assert_array_equal(Runtime(out)(x[:16]), Runtime(ref)(x[:16]))

@@ -586,8 +586,12 @@ _WHOLE_SHAPE = "*"  # marks an out/sample that is the whole shape, the batch som
 
 
 def _affine_text(layer: dict[str, Any], b: Any) -> str:
-    """What a layer's per-output affine holds: BN, cal(ibrated), a bias, or nothing (-)."""
+    """What a layer's per-output affine holds: BN, cal(ibrated), a bias, or nothing (-). A
+    layer the last calibration fitted without folding (--no-fold) keeps its form: cal. BN."""
     source = layer["affine"]["source"]
+    last = (b.manifest.get("calibration") or [{}])[-1]
+    if source != "calibrated" and layer["name"] in last.get("layers", []):
+        return "cal. BN" if source == "batchnorm" else "cal."
     if source in ("batchnorm", "calibrated"):
         return {"batchnorm": "BN", "calibrated": "cal."}[source]
     import numpy as np
@@ -822,7 +826,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     from xbar.errors import ConfigError
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
-    from xbar.runtime.calibrate import has_source_affines, source_network
+    from xbar.source_affines import has_source_affines, source_network
     from xbar.runtime.evaluate import predict, summarise
     from xbar.runtime.ranges import effective_spec
 
@@ -871,7 +875,13 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     same_model = None
     if ref_fn is not None:
         same_model = file_sha256(reference) == b.manifest["model"]["sha256"]
-        if not same_model:
+        if b.manifest.get("finetune"):  # its weights are no longer its source's
+            warnings.append(
+                (f"{reference} is the model this bundle was converted from, but the bundle was fine-tuned since: "
+                 "its weights differ, and so do its outputs" if same_model else
+                 f"{reference} is not the model this bundle was converted from, and the bundle was fine-tuned")
+                + "; the float model that `xbar finetune --export-onnx` writes computes what the bundle does")
+        elif not same_model:
             warnings.append(f"{reference} is not the model this bundle was converted from (sha256 differs)")
         ref = predict(ref_fn, ds.x, batch_size, _progress("onnxruntime", show))
     for w in warnings:

@@ -56,6 +56,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     from xbar.converter.export import export_onnx as write_onnx
     from xbar.converter.remap import remap
     from xbar.runtime import Runtime
+    from xbar.source_affines import source_network
     from xbar.runtime.evaluate import accuracy, predict
     from xbar.training.finetune import MIN_SAMPLES, FinetuneOptions, finetune as run
 
@@ -106,10 +107,11 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
     if ranged:
         click.echo(f"  DAC/ADC ranges measured again on {len(calib_x)} samples of {calib_data or data}")
     if b.manifest.get("calibration"):
-        click.echo(f"  dropped {len(b.manifest['calibration'])} calibration record(s) of the old weights; calibrate "
-                   "the fine-tuned bundle again on its chip")
+        click.echo(f"  trained the network as converted, not its calibrated affines, and dropped "
+                   f"{len(b.manifest['calibration'])} calibration record(s) of the old weights; calibrate the "
+                   "fine-tuned bundle again on its chip")
     if ds.y is not None:
-        before = accuracy(predict(Runtime(b), ds.x, 256), ds.y)
+        before = accuracy(predict(Runtime(source_network(b)), ds.x, 256), ds.y)
         after = accuracy(predict(Runtime(out), ds.x, 256), ds.y)
         click.echo(f"  ideal-hardware accuracy on the training data: {100 * before:.2f}% before, {100 * after:.2f}% "
                    "after (what the fine-tune costs digitally; evaluate chips with `xbar eval`)")

@@ -39,6 +39,7 @@ from xbar.converter.layers import conv_structure  # noqa: E402
 from xbar.data import one_array  # noqa: E402
 from xbar.errors import DataError  # noqa: E402
 from xbar.hardware import HardwareSpec  # noqa: E402
+from xbar.source_affines import source_network  # noqa: E402
 from xbar.training.device_noise import sample_weights  # noqa: E402
 from xbar.training.sgd import _loss_fn, _param_groups, check_scored_output, run_epoch  # noqa: E402
 from xbar.training.torch_executor import TorchRuntime  # noqa: E402
@@ -85,7 +86,11 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
              seed: int = 0, progress: Callable[[Iterable[int]], Iterable[int]] | None = None
              ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Train; return the effective float weights {layer: K×N} of the analog layers, the
-    per-output affines {layer: Affine} of every layer, and a record of the run."""
+    per-output affines {layer: Affine} of every layer, and a record of the run.
+
+    A calibrated bundle is trained as converted: its calibration fitted the affines to one
+    chip, and training from those would carry that chip's corrections into every chip."""
+    bundle = source_network(bundle)
     if options.method not in METHODS:
         raise DataError(f"unknown fine-tuning method {options.method!r}; choose one of {', '.join(METHODS)}")
     x = one_array(x, "the training side (finetune)")
