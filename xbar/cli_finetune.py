@@ -101,8 +101,9 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
                f"({rec['steps']} steps of {rec['batch_size']} samples from {data}), target t = "
                f"{format_time(spec.t_inference)} -> {output}")
     trend = f"{losses[0]:.4g}" if len(losses) == 1 else f"{losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g}"
-    click.echo(f"  loss {loss} {trend} (epoch {len(losses)}); took {took:.1f} s "
-               "wall-clock (training, mapping" + (", ranges" if ranged else "") + ")"
+    click.echo(f"  loss {loss} {trend} (epoch {len(losses)}); took {took:.1f} s wall-clock: training "
+               f"{rec['training_seconds']:.1f} s (the record's training_seconds), then mapping"
+               + (" and ranges" if ranged else "")
                + (f", of which {rec['hessian_seconds']:.1f} s curvature estimates" if method == "hessian" else ""))
     if ranged:
         click.echo(f"  DAC/ADC ranges measured again on {len(calib_x)} samples of {calib_data or data}")

@@ -192,7 +192,7 @@ def finetune(bundle: Bundle, x: np.ndarray, y: np.ndarray | None, spec: Hardware
               "batch_size": bs, "steps": steps, "samples": int(len(x)), "seed": int(seed),
               "t_inference": spec.t_inference, "hardware": spec.to_dict(),
               "loss_per_epoch": [round(v, 6) for v in losses],
-              "seconds": round(time.perf_counter() - t_start, 2)}
+              "training_seconds": round(time.perf_counter() - t_start, 2)}  # the training loop only
     if options.method == "hessian":
         record.update(hessian_every=options.hessian_every, hessian_probes=options.hessian_probes,
                       penalty=options.penalty, hessian_seconds=round(hessian_seconds, 2))
