@@ -60,7 +60,7 @@ def parse_time(text: str | float | int) -> float:
         return value
     if not isinstance(text, str):
         raise ConfigError(f"time {text!r} is not valid: expected {_ACCEPTED}")
-    if "," in text:  # where several times are taken, parse_times splits them first
+    if "," in text:  # where several times are taken, parse_time_list splits them first
         raise ConfigError(f"time {text!r} is a list; one time is needed here (e.g. 1d): calibrate and finetune "
                           "fit a chip at one time after programming")
     m = _TIME_RE.match(text)

@@ -321,7 +321,8 @@ def load_study(path: str | Path) -> Study:
         else:
             _check_name(name, f"{path} [axes]")
     axis_keys = {k for n, vs in axes.items() for k in ({k for v in vs for k in v} if isinstance(vs[0], dict) else {n})}
-    for name in sorted(axis_keys & set(base)):
+    if both := sorted(axis_keys & set(base)):
+        name = both[0]
         raise SpecError(f"{path}: {name!r} is set in [base] and swept in [axes]; the axis overrides it at every "
                         "point, so the [base] value would never run: drop it from [base]")
     for i, p in enumerate(points_in):
