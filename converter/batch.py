@@ -139,7 +139,9 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     return inferred, rewritten, None
 
 
-def _example(vi: onnx.ValueInfoProto, rng: np.random.Generator, n: int) -> np.ndarray:
+def example_input(vi: onnx.ValueInfoProto, rng: np.random.Generator, n: int) -> np.ndarray:
+    """A valid input of `n` samples for graph input `vi`: normal floats; zeros otherwise (an
+    index 0 is valid wherever a table is indexed, False masks nothing)."""
     dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
     dims = value_dims(vi) or []
     shape = [n] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
@@ -160,7 +162,7 @@ def _compare(original: onnx.ModelProto, relaxed: onnx.ModelProto) -> str | None:
     except Exception as exc:
         return f"not relaxed: onnxruntime cannot load the graph to check a symbolic batch ({brief(exc)})"
     rng = np.random.default_rng(0)
-    feeds = {vi.name: _example(vi, rng, 2) for vi in graph_inputs(original)}
+    feeds = {vi.name: example_input(vi, rng, 2) for vi in graph_inputs(original)}
     try:
         together = after.run(None, feeds)
         alone = [before.run(None, {k: v[i:i + 1] for k, v in feeds.items()}) for i in range(2)]

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
-from xbar.converter.batch import graph_inputs, value_dims, value_shapes
+from xbar.converter.batch import example_input, graph_inputs, value_dims, value_shapes
 from xbar.converter.load import skeleton
 from xbar.ops import RECURRENT_OPS
 
@@ -144,13 +144,8 @@ def _independent_axes(model: onnx.ModelProto, candidates: list[str]) -> tuple[li
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # a graph it cannot run is simply not probed
     rng = np.random.default_rng(0)
-    feeds = {}
-    for vi in graph_inputs(model):
-        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        dims = [d if isinstance(d, int) and d > 0 else 1 for d in value_dims(vi) or []]
-        # Integers 0 index any table, and False masks nothing: a valid input either way.
-        feeds[vi.name] = rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating) \
-            else np.zeros(dims, dtype)
+    # Every input has fixed sizes here: the examples the relaxed batch is checked with, at those sizes.
+    feeds = {vi.name: example_input(vi, rng, (value_dims(vi) or [1])[0]) for vi in graph_inputs(model)}
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         outs = sess.get_outputs()
