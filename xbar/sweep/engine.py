@@ -150,82 +150,106 @@ def run(study: Study, results: Results, scheduler: str | None = None, workers: i
         return outcome
     test, calib, train = datasets(study) if data is None else data
     t0 = time.perf_counter()
-    client, cluster = connect(scheduler, workers)
-    distributed = _distributed()
-    bar, interrupted = None, False
-    try:
-        outcome.workers = len(client.scheduler_info()["workers"])
-        where = scheduler or f"a local cluster of {outcome.workers} worker process(es), one thread each"
-        echo(f"running {len(todo)} chip task(s) on {where}")
-        test_f, calib_f, train_f = (client.scatter(d, broadcast=True) if d is not None else None
-                                    for d in (test, calib, train))
-        prep: dict[str, Any] = {}
-        for point, _, _ in todo:
-            key = point.prepare_key(study)
-            if key in prep:
-                continue
-            cached = results.bundle_path(key)
-            if cached.is_file():
-                prep[key] = client.scatter(cached.read_bytes())
-            else:
-                prep[key] = client.submit(prepare, prepare_job(study, point), calib_f, train_f, key=f"prepare-{key}",
-                                          pure=False)
-        chips = {}
-        for point, seed, key in todo:
-            job = chip_job(study, point, seed, key)
-            fut = client.submit(run_chip, job, prep[job.prepare_key], test_f, calib_f, key=f"chip-{key}", pure=False)
-            chips[fut.key] = (fut, point, seed, key)
-        bar = progress(len(todo)) if progress else None
-        pending = [f for f in prep.values() if isinstance(f, distributed.Future) and f.key.startswith("prepare-")]
-        failed_points: set[int] = set()
-        for fut in distributed.as_completed(pending + [c[0] for c in chips.values()]):
-            if fut.key.startswith("prepare-"):
-                key = fut.key[len("prepare-"):]
+    with _LogsQuietOnCtrlC() as quiet:
+        client, cluster = connect(scheduler, workers)
+        distributed = _distributed()
+        bar = None
+        try:
+            outcome.workers = len(client.scheduler_info()["workers"])
+            where = scheduler or f"a local cluster of {outcome.workers} worker process(es), one thread each"
+            echo(f"running {len(todo)} chip task(s) on {where}")
+            test_f, calib_f, train_f = (client.scatter(d, broadcast=True) if d is not None else None
+                                        for d in (test, calib, train))
+            prep: dict[str, Any] = {}
+            for point, _, _ in todo:
+                key = point.prepare_key(study)
+                if key in prep:
+                    continue
+                cached = results.bundle_path(key)
+                if cached.is_file():
+                    prep[key] = client.scatter(cached.read_bytes())
+                else:
+                    prep[key] = client.submit(prepare, prepare_job(study, point), calib_f, train_f,
+                                              key=f"prepare-{key}", pure=False)
+            chips = {}
+            for point, seed, key in todo:
+                job = chip_job(study, point, seed, key)
+                fut = client.submit(run_chip, job, prep[job.prepare_key], test_f, calib_f, key=f"chip-{key}",
+                                    pure=False)
+                chips[fut.key] = (fut, point, seed, key)
+            bar = progress(len(todo)) if progress else None
+            pending = [f for f in prep.values() if isinstance(f, distributed.Future) and f.key.startswith("prepare-")]
+            failed_points: set[int] = set()
+            for fut in distributed.as_completed(pending + [c[0] for c in chips.values()]):
+                if fut.key.startswith("prepare-"):
+                    key = fut.key[len("prepare-"):]
+                    if fut.status == "finished":
+                        results.save_bundle_bytes(key, fut.result())
+                    continue
+                _, point, seed, key = chips[fut.key]
                 if fut.status == "finished":
-                    results.save_bundle_bytes(key, fut.result())
-                continue
-            _, point, seed, key = chips[fut.key]
-            if fut.status == "finished":
-                rows = fut.result()
-                results.write(key, rows)
-                outcome.finished += 1
-                outcome.rows += len(rows)
-            else:
-                exc = fut.exception()
-                if point.index not in failed_points:
-                    failed_points.add(point.index)
-                    outcome.failures.append(f"point {point.index + 1} ({point.label}), chip {seed}: "
-                                            f"{type(exc).__name__}: {exc}")
+                    rows = fut.result()
+                    results.write(key, rows)
+                    outcome.finished += 1
+                    outcome.rows += len(rows)
+                else:
+                    exc = fut.exception()
+                    if point.index not in failed_points:
+                        failed_points.add(point.index)
+                        outcome.failures.append(f"point {point.index + 1} ({point.label}), chip {seed}: "
+                                                f"{type(exc).__name__}: {exc}")
+                if bar is not None:
+                    bar.update(1, point.label)
+        except KeyboardInterrupt:
+            quiet.now()  # interrupted some other way than by the signal (or off the main thread)
+            raise
+        finally:
             if bar is not None:
-                bar.update(1, point.label)
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        with _quiet_logs() if interrupted else contextlib.nullcontext():
+                bar.close()
             client.close()
             if cluster is not None:
                 cluster.close()
-        outcome.seconds = time.perf_counter() - t0
-    return outcome
+            outcome.seconds = time.perf_counter() - t0
+        return outcome
 
 
-@contextlib.contextmanager
-def _quiet_logs():
-    """Dask's own loggers silenced while an interrupted run closes its cluster: a scatter or
-    task cut off mid-way makes its scheduler log errors and tracebacks that only restate the
-    interrupt, which the caller reports in one line."""
-    loggers = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+class _LogsQuietOnCtrlC:
+    """All logging off from the moment Ctrl-C arrives until the run has closed its cluster:
+    a scatter or wait cut off mid-way makes Dask log errors and tracebacks that only restate
+    the interrupt, which the caller reports in one line. Off for every logger, because Dask
+    gives its own loggers (tornado.application, distributed.client, ...) levels and handlers
+    of their own, so quietening their parents silences nothing. Off in the signal handler,
+    not in an `except`: Dask's `sync` schedules its cancel callback on the event loop's
+    thread as the KeyboardInterrupt passes through it, and that callback can log before any
+    `except` of ours runs (in distributed 2026.8 it fails with a NameError when the
+    interrupt comes before its future exists; seen in CI as a printed traceback)."""
+
+    def __init__(self):
+        self._disabled_before: int | None = None
+        self._handler = None
+
+    def now(self) -> None:
+        if self._disabled_before is None:
+            self._disabled_before = logging.root.manager.disable
+            logging.disable(logging.CRITICAL)
+
+    def _on_sigint(self, signum, frame):
+        self.now()
+        signal.default_int_handler(signum, frame)
+
+    def __enter__(self):
+        # Only where Python's own Ctrl-C handling is in place (a caller's handler is theirs).
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._handler = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._handler is not None:
+            signal.signal(signal.SIGINT, self._handler)
+        if self._disabled_before is not None:
+            logging.disable(self._disabled_before)
+        return False
 
 
 def run_in_process(study: Study, results: Results) -> Outcome:
