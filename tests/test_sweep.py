@@ -435,6 +435,22 @@ def test_dask_logs_are_silent_from_the_moment_ctrl_c_arrives():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_interrupted_local_cluster_turns_its_workers_logging_off():
+    """A worker closed mid-transfer logs a traceback on the shared terminal (CI: 'Exception
+    while handling op gather ... ConnectionPool is closed'); before closing, an interrupted
+    sweep turns logging off in its own workers."""
+    import logging
+
+    client, cluster = engine.connect(None, 1)
+    try:
+        assert client.run(lambda: logging.root.manager.disable) == {w: 0 for w in client.scheduler_info()["workers"]}
+        engine._quiet_local_workers(client)
+        assert set(client.run(lambda: logging.root.manager.disable).values()) == {logging.CRITICAL}
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path)), "-o", str(tmp_path / "res"),
                                  "--scheduler", "tcp://127.0.0.1:9"])

@@ -27,6 +27,8 @@ from xbar.sweep.task import ChipJob, PrepareJob, prepare, run_chip
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT_S = 10
+#: Seconds an interrupted sweep waits for its local workers to turn their logging off.
+QUIET_WORKERS_S = 3
 
 
 def _distributed():
@@ -202,6 +204,8 @@ def run(study: Study, results: Results, scheduler: str | None = None, workers: i
                     bar.update(1, point.label)
         except KeyboardInterrupt:
             quiet.now()  # interrupted some other way than by the signal (or off the main thread)
+            if cluster is not None:
+                _quiet_local_workers(client)
             raise
         finally:
             if bar is not None:
@@ -211,6 +215,21 @@ def run(study: Study, results: Results, scheduler: str | None = None, workers: i
                 cluster.close()
             outcome.seconds = time.perf_counter() - t0
         return outcome
+
+
+def _quiet_local_workers(client) -> None:
+    """Logging off in our local cluster's worker processes before it closes: a worker shut
+    down mid-transfer (a broadcast scatter's gather from its peer) logs the closed connection
+    with a traceback, on the terminal it shares with us. The workers ignore Ctrl-C, so none is
+    closing yet when this runs. Best effort, QUIET_WORKERS_S at most: the cluster is closed
+    either way. Never on an existing scheduler's workers, which outlive the sweep."""
+    def off():
+        with contextlib.suppress(Exception):  # a thread's exception would print its own traceback
+            client.run(logging.disable, logging.CRITICAL, on_error="ignore")
+
+    t = threading.Thread(target=off, daemon=True)
+    t.start()
+    t.join(QUIET_WORKERS_S)
 
 
 class _LogsQuietOnCtrlC:
