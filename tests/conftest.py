@@ -1,7 +1,15 @@
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Under pytest-xdist every core already runs a test process: torch's training loops at one
+# intra-op thread each, as xbar.training advises for a busy machine. Two threads per
+# process spin-wait against the other process (the training tests took 133 against 84 s
+# with `-n 2` on 2 cores, under load; 65 against 62 s quieter). A test may still set it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XBAR_TORCH_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
