@@ -232,3 +232,27 @@ def test_reference_of_a_fine_tuned_bundle_is_called_so(bundles, models_dir, tmp_
     res = json.loads(r.stdout)
     assert res["reference"]["same_model"] is True
     assert any("fine-tuned since" in w and "--export-onnx" in w for w in res["warnings"]), res["warnings"]
+
+
+def test_info_shows_what_eval_runs_on_a_calibrated_bundle(bundles, models_dir, tmp_path):
+    """A calibrated bundle is evaluated on its last calibration's hardware, chip and time;
+    info printed the converted target and 'eval at 0 s' instead (found by a hunt)."""
+    data = models_dir / "digits_calib.npz"
+    out = tmp_path / "rram.xbar"
+    r = run("calibrate", bundles["pcm"], "--data", data, "--drift", "1h", "--hardware", "rram",
+            "--set", "adc.bits=6", "--seed", "3", "-o", out)
+    assert r.exit_code == 0, r.output
+    text = " ".join(run("info", out, "--no-layers").output.split())
+    assert "device rram" in text and "adc 6 bit" in text
+    assert "eval at 1 h on chip seed 3 (the last calibration's)" in text
+    assert "the bundle was converted for pcm" in text
+    info = json.loads(run("info", out, "--json").output)
+    ev = json.loads(run("eval", out, "--data", models_dir / "digits_test.npz", "--json").output)
+    assert info["eval_defaults"] == {"seed": 3, "t_inference": 3600.0, "from": "calibration"}
+    assert ev["seeds"] == [3] and [row["t"] for row in ev["rows"]] == [3600.0]
+    assert {k: v for k, v in info["hardware"].items() if k != "t_inference"} == ev["hardware"]
+    # Uncalibrated: the stored target and its time; same calibration hardware: no note.
+    plain = json.loads(run("info", bundles["pcm"], "--json").output)
+    assert plain["eval_defaults"] == {"seed": 0, "t_inference": 0.0, "from": "target"}
+    assert "converted for" not in run("info", bundles["cal"], "--no-layers").output
+    assert json.loads(run("info", bundles["ideal"], "--json").output)["eval_defaults"] is None

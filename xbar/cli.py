@@ -339,12 +339,17 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     b = load_bundle(bundle)
     m = b.manifest
     target, notes = _target(b)
+    record = (m.get("calibration") or [None])[-1]
+    # What a plain `xbar eval` runs: a calibrated bundle on its last calibration's chip and time.
+    eval_seed, eval_time = (record["seed"], record["t_inference"]) if record else (0, target.t_inference)
     size = bundle.stat().st_size
     if as_json:
         keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
         keep["calibration"] = m.get("calibration", [])
-        keep["hardware"] = None if target.is_ideal else target.to_dict()
+        keep["hardware"] = None if target.is_ideal else dict(target.to_dict(), t_inference=eval_time)
         keep["hardware_notes"] = notes
+        keep["eval_defaults"] = None if target.is_ideal else {
+            "seed": eval_seed, "t_inference": eval_time, "from": "calibration" if record else "target"}
         keep["layers"] = [{k: v for k, v in layer.items() if k not in ("arrays", "source_affine")}
                           for layer in m["layers"]]
         keep["batch"] = m.get("batch") or {"mode": "symbolic", "size": None, "dim": None}
@@ -387,8 +392,14 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         lines = target.describe().splitlines()
         # The time is eval's default only (--drift and calibrate choose their own); the drift
         # compensation is the chip's, whatever the time.
-        lines[-1] = (f"{'time':<8} eval at {format_time(target.t_inference)} unless --drift; drift compensation "
-                     f"{target.drift_compensation}")
+        when = (f"eval at {format_time(eval_time)} on chip seed {eval_seed} (the last calibration's) unless "
+                "--drift, --seeds" if record else f"eval at {format_time(eval_time)} unless --drift")
+        lines[-1] = f"{'time':<8} {when}; drift compensation {target.drift_compensation}"
+        stored = m.get("hardware")
+        if record and _without_time(record["hardware"]) != _without_time(stored):
+            converted = stored["device"]["model"] if stored else "ideal hardware"
+            notes = [f"the last calibration's hardware, which eval uses by default; the bundle was converted for "
+                     f"{converted}, set otherwise (`xbar eval --hardware` chooses)"] + notes
         _line("target", lines[0])
         for line in lines[1:]:
             _line("", line)
@@ -662,12 +673,19 @@ def _adc_per_sample(t: dict[str, Any] | None) -> int | None:
     return t["adc_per_vector"] * t["vectors_per_sample"]
 
 
+def _without_time(hardware: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if hardware is None else {k: v for k, v in hardware.items() if k != "t_inference"}
+
+
 def _target(b):
-    """The bundle's hardware target as the runtime would apply it, and what differs from the stored one."""
+    """The hardware `eval` runs the bundle on by default, as the runtime would apply it (the
+    last calibration's hardware on a calibrated bundle, else the stored target), and what
+    differs from the stored one."""
     from xbar.hardware import HardwareSpec, preset
     from xbar.runtime.ranges import effective_spec
 
-    stored = b.manifest.get("hardware")
+    record = (b.manifest.get("calibration") or [None])[-1]
+    stored = record["hardware"] if record else b.manifest.get("hardware")
     return effective_spec(b, HardwareSpec.from_dict(stored) if stored else preset("ideal"))
 
 
