@@ -156,6 +156,41 @@ def test_cli_finetune_writes_bundle_and_onnx(models_dir, tmp_path):
     assert "Traceback" not in r.output
 
 
+def test_fine_tuned_bundle_is_evaluated_and_calibrated_on_the_hardware_it_was_trained_for(models_dir, tmp_path):
+    """finetune --hardware rram kept the pcm target, so eval, calibrate and info went on with
+    pcm and t = 0 while the weights were trained for rram at 1 d (found by a hunt)."""
+    import json
+
+    runner = CliRunner()
+    src, out = tmp_path / "c.xbar", tmp_path / "c.ft.xbar"
+    assert runner.invoke(cli, ["convert", str(models_dir / "cnn_bn.onnx"), "-o", str(src), "--hardware",
+                               "pcm"]).exit_code == 0
+    data = tmp_path / "train.npz"
+    d = np.load(models_dir / "digits_train.npz")
+    np.savez(data, x=d["x"][:64], y=d["y"][:64])
+    r = runner.invoke(cli, ["finetune", str(src), "--data", str(data), "--drift", "1d", "--epochs", "1",
+                            "--hardware", "rram", "--set", "adc.bits=4", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "device rram" in said and "adc 4 bit" in said and "not part of the training draw" in said
+    info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["hardware"]["device"]["model"] == "rram" and info["hardware"]["adc"]["bits"] == 4
+    assert info["eval_defaults"] == {"seed": 0, "t_inference": 86400.0, "from": "finetune"}
+    assert info["mapping"] == json.loads(runner.invoke(cli, ["info", str(src), "--json"]).output)["mapping"]
+    text = " ".join(runner.invoke(cli, ["info", str(out), "--no-layers"]).output.split())
+    assert "fine-tuned with 'noise' (ce loss) for 1 epoch on 64 samples" in text
+    assert "eval at 1 d (the time the weights were fine-tuned for)" in text
+    ev = json.loads(runner.invoke(cli, ["eval", str(out), "--data", str(models_dir / "digits_test.npz"),
+                                        "--json"]).output)
+    assert ev["hardware"]["device"]["model"] == "rram" and ev["hardware"]["adc"]["bits"] == 4
+    assert [row["t"] for row in ev["rows"]] == [86400.0] and ev["seeds"] == [0]
+    cal = tmp_path / "c.cal.xbar"
+    r = runner.invoke(cli, ["calibrate", str(out), "--data", str(models_dir / "digits_calib.npz"), "--drift", "1h",
+                            "-o", str(cal)])
+    assert r.exit_code == 0, r.output
+    assert load_bundle(cal).manifest["calibration"][-1]["hardware"]["device"]["model"] == "rram"
+
+
 def test_training_threads_follow_the_environment(monkeypatch):
     from xbar.errors import XbarError
     from xbar.training import training_threads

@@ -339,17 +339,15 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     b = load_bundle(bundle)
     m = b.manifest
     target, notes = _target(b)
-    record = (m.get("calibration") or [None])[-1]
-    # What a plain `xbar eval` runs: a calibrated bundle on its last calibration's chip and time.
-    eval_seed, eval_time = (record["seed"], record["t_inference"]) if record else (0, target.t_inference)
+    _, eval_seed, source = _eval_defaults(m)
     size = bundle.stat().st_size
     if as_json:
         keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
         keep["calibration"] = m.get("calibration", [])
-        keep["hardware"] = None if target.is_ideal else dict(target.to_dict(), t_inference=eval_time)
+        keep["hardware"] = None if target.is_ideal else target.to_dict()
         keep["hardware_notes"] = notes
         keep["eval_defaults"] = None if target.is_ideal else {
-            "seed": eval_seed, "t_inference": eval_time, "from": "calibration" if record else "target"}
+            "seed": eval_seed, "t_inference": target.t_inference, "from": source}
         keep["layers"] = [{k: v for k, v in layer.items() if k not in ("arrays", "source_affine")}
                           for layer in m["layers"]]
         keep["batch"] = m.get("batch") or {"mode": "symbolic", "size": None, "dim": None}
@@ -392,14 +390,19 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         lines = target.describe().splitlines()
         # The time is eval's default only (--drift and calibrate choose their own); the drift
         # compensation is the chip's, whatever the time.
-        when = (f"eval at {format_time(eval_time)} on chip seed {eval_seed} (the last calibration's) unless "
-                "--drift, --seeds" if record else f"eval at {format_time(eval_time)} unless --drift")
+        at = format_time(target.t_inference)
+        when = {"calibration": f"eval at {at} on chip seed {eval_seed} (the last calibration's) unless --drift, "
+                               "--seeds",
+                "finetune": f"eval at {at} (the time the weights were fine-tuned for) unless --drift"
+                }.get(source, f"eval at {at} unless --drift")
         lines[-1] = f"{'time':<8} {when}; drift compensation {target.drift_compensation}"
         stored = m.get("hardware")
-        if record and _without_time(record["hardware"]) != _without_time(stored):
+        if source != "target" and _without_time(_eval_defaults(m)[0]) != _without_time(stored):
             converted = stored["device"]["model"] if stored else "ideal hardware"
-            notes = [f"the last calibration's hardware, which eval uses by default; the bundle was converted for "
-                     f"{converted}, set otherwise (`xbar eval --hardware` chooses)"] + notes
+            whose = ("the last calibration's hardware" if source == "calibration" else
+                     "the hardware the weights were fine-tuned for (calibrate starts from it too)")
+            notes = [f"{whose}, which eval uses by default; the bundle was converted for {converted}, set "
+                     "otherwise (`xbar eval --hardware` chooses)"] + notes
         _line("target", lines[0])
         for line in lines[1:]:
             _line("", line)
@@ -411,6 +414,13 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     _line("", f"{s['analog_weights']:,} analog weights, {s['parameters']:,} parameters in all")
     if "physical_columns" in s:
         _line("", f"{s['physical_columns']:,} physical columns, {_adc_total_text(m)}")
+    tuned = m.get("finetune")
+    if tuned and tuned.get("hardware"):
+        epochs = f"{tuned['epochs']} epoch{'s' if tuned['epochs'] != 1 else ''}"
+        _line("tuned", f"weights fine-tuned with '{tuned['method']}' ({tuned['loss']} loss) for {epochs} on "
+              f"{tuned['samples']} samples of {tuned.get('data', 'the training data')}, seed {tuned['seed']}, for t = {format_time(tuned['t_inference'])} on {tuned['hardware']['device']['model']} "
+              "devices" + (f"; {tuned['calibration_dropped']} calibration(s) of the old weights dropped"
+                           if tuned.get("calibration_dropped") else ""))
     for rec in m.get("calibration", []):
         acc = (f"; accuracy on calibration data {100 * rec['accuracy_before']:.2f}% -> {100 * rec['accuracy_after']:.2f}%"
                if "accuracy_before" in rec else "")
@@ -677,15 +687,32 @@ def _without_time(hardware: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if hardware is None else {k: v for k, v in hardware.items() if k != "t_inference"}
 
 
+def _network_target(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The hardware a bundle's weights are meant for, which calibrate and finetune start
+    from: a fine-tune's (the chip and time its weights were trained against), else the
+    target it was converted for (None: ideal)."""
+    tuned = manifest.get("finetune")
+    return tuned["hardware"] if tuned and tuned.get("hardware") else manifest.get("hardware")
+
+
+def _eval_defaults(manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, int, str]:
+    """What a plain `xbar eval` runs a bundle on: (hardware, chip seed, where they come from).
+    A calibrated bundle on its last calibration's chip (hardware, seed, and its time in the
+    hardware's t_inference); else the hardware its weights are meant for, chip 0."""
+    record = (manifest.get("calibration") or [None])[-1]
+    if record:
+        return dict(record["hardware"], t_inference=record["t_inference"]), record["seed"], "calibration"
+    tuned = manifest.get("finetune")
+    return _network_target(manifest), 0, "finetune" if tuned and tuned.get("hardware") else "target"
+
+
 def _target(b):
-    """The hardware `eval` runs the bundle on by default, as the runtime would apply it (the
-    last calibration's hardware on a calibrated bundle, else the stored target), and what
-    differs from the stored one."""
+    """The hardware `eval` runs the bundle on by default (_eval_defaults), as the runtime
+    would apply it, and what differs from the stored one."""
     from xbar.hardware import HardwareSpec, preset
     from xbar.runtime.ranges import effective_spec
 
-    record = (b.manifest.get("calibration") or [None])[-1]
-    stored = record["hardware"] if record else b.manifest.get("hardware")
+    stored = _eval_defaults(b.manifest)[0]
     return effective_spec(b, HardwareSpec.from_dict(stored) if stored else preset("ideal"))
 
 
@@ -726,7 +753,8 @@ def _iter_bar(items, label):
 @click.option("--loss", type=click.Choice(["distill", "ce"]), default=None,
               help="sgd only: distill (label-free: match the ideal-hardware outputs) or ce (cross-entropy on the "
                    "labels 'y') [default: distill].")
-@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
+@click.option("--hardware", metavar="PRESET|FILE",
+              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was trained for]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The chip instance to calibrate.")
 @click.option("--only", multiple=True, metavar="NAMES", help=_ONLY_HELP)
@@ -771,7 +799,7 @@ def calibrate(bundle: Path, data: Path, drift: float | None, method: str, epochs
     output = output or bundle.with_name(bundle.stem + ".calibrated.xbar")
     check_output(output, force, inputs=[bundle, data])
     b = load_bundle(bundle)
-    spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets, only, without)
+    spec = _resolve_hardware(_network_target(b.manifest), hardware, sets, only, without)
     if spec.is_ideal:
         raise ConfigError(f"{bundle} targets ideal hardware (converted without --hardware) and no --hardware was "
                           "given: there is no chip error to calibrate. Pass --hardware pcm (or a TOML file).")
@@ -821,14 +849,15 @@ def _spec_of(d: dict[str, Any]):
               help=".npz with 'x' (inputs, model input shape) and optional 'y' (integer labels).")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
               help="Source ONNX model: also run it in onnxruntime and report agreement and max |diff| (ideal hardware).")
-@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
+@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target; a "
+              "calibrated bundle's last calibration's, a fine-tuned one's training hardware (`xbar info` shows it)]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--seeds", default=None, metavar="LIST", callback=_parsed(_parse_seeds),
               help="Chip instances to sample, e.g. 0-9 or 0,3,7. One seed is one chip, bit for bit. "
                    "[default: 0, or the chip a calibrated bundle was calibrated on]")
 @click.option("--drift", metavar="TIMES", callback=_parsed(_parse_times),
               help="Times after programming, e.g. 1s,1h,1d,1y [default: the spec's t_inference, or the time a "
-                   "calibrated bundle was calibrated for].")
+                   "calibrated bundle was calibrated (a fine-tuned one trained) for].")
 @click.option("--only", multiple=True, metavar="NAMES", help=_ONLY_HELP)
 @click.option("--without", multiple=True, metavar="NAMES", help=_WITHOUT_HELP)
 @click.option("--per-layer", is_flag=True, help="Per analog layer: SNR against ideal hardware, the SNR a per-channel "
@@ -850,23 +879,17 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
 
     b = load_bundle(bundle)
     record = (b.manifest.get("calibration") or [None])[-1]
-    # A calibrated bundle is evaluated on the chip it was calibrated for, unless told otherwise.
-    base = record["hardware"] if record else b.manifest.get("hardware")
+    # A calibrated bundle is evaluated on the chip it was calibrated for, a fine-tuned one on
+    # the hardware it was trained for, unless told otherwise.
+    base, default_seed, _ = _eval_defaults(b.manifest)
     spec = _resolve_hardware(base, hardware, sets, only, without)
     if spec.is_ideal and (seeds is not None or drift is not None or per_layer):
         given = "--hardware selects ideal hardware" if hardware else f"{bundle} targets ideal hardware"
         raise ConfigError(f"--seeds, --drift and --per-layer are about chip instances, but {given}; pass "
                           "--hardware pcm (or a TOML file) to sample chips")
-    seed_list = seeds if seeds is not None else [record["seed"] if record else 0]
-    from xbar.hardware import parse_assignment
-
-    time_set = any(parse_assignment(item)[0] == "t_inference" for item in sets)  # parsed above, so valid
-    if drift is not None:
-        times = drift
-    elif record and hardware is None and not time_set:
-        times = [record["t_inference"]]
-    else:  # the target's time, or the one --set gives
-        times = [spec.t_inference]
+    seed_list = seeds if seeds is not None else [default_seed]
+    # The default's time (a calibration's, a fine-tune's, the target's), or the one --set gives.
+    times = drift if drift is not None else [spec.t_inference]
     spec, notes = effective_spec(b, spec)
     check_sample_axis(b.graph, str(bundle))
     ds = load_dataset(data, b.graph["inputs"], batch=b.manifest.get("batch"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from xbar.cli import _HARDWARE_HELP, _SET_HELP, _iter_bar, _parse_time, _parsed, _resolve_hardware
+from xbar.cli import (_HARDWARE_HELP, _SET_HELP, _hardware_block, _iter_bar, _network_target, _parse_time, _parsed,
+                      _resolve_hardware)
 
 
 @click.command()
@@ -17,7 +18,8 @@ from xbar.cli import _HARDWARE_HELP, _SET_HELP, _iter_bar, _parse_time, _parsed,
 @click.option("--method", type=click.Choice(["noise", "hessian"]), default="noise", show_default=True,
               help="noise: device noise of the target injected into the weights at every step; hessian: the same "
                    "plus a penalty on the noise variance, weighted by the loss curvature of each weight.")
-@click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " [default: the bundle's target]")
+@click.option("--hardware", metavar="PRESET|FILE",
+              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was trained for]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--drift", metavar="TIME", callback=_parsed(_parse_time),
               help="Required: the time after programming whose drift and read noise to train against, e.g. 1y.")
@@ -72,7 +74,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
                                    "files")
         check_output(export_onnx, force, inputs=inputs, option="--export-onnx")
     b = load_bundle(bundle)
-    spec = _resolve_hardware(b.manifest.get("hardware"), hardware, sets)
+    spec = _resolve_hardware(_network_target(b.manifest), hardware, sets)
     if spec.is_ideal:
         raise ConfigError(f"{bundle} targets ideal hardware and no --hardware was given: there is no device noise "
                           "to train against. Pass --hardware pcm (or a TOML file).")
@@ -118,3 +120,7 @@ def finetune(bundle: Path, data: Path, method: str, hardware: str | None, sets: 
                    "after (what the fine-tune costs digitally; evaluate chips with `xbar eval`)")
     if export_onnx is not None:
         click.echo(f"  fine-tuned float model (ONNX) -> {export_onnx}")
+    _hardware_block(spec.describe(), [
+        "trained against its devices (programming noise, drift to t, stuck cells, read noise); IR drop and the "
+        "DAC/ADC act on currents and were not part of the training draw",
+        "eval and calibrate start from this hardware and time on the fine-tuned bundle (`xbar info` shows it)"])
