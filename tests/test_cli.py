@@ -316,7 +316,8 @@ def test_exit_status_rule(run, models_dir, tmp_path):
     run("convert", models_dir / "cnn_bn.onnx", "-o", out, "--hardware", "pcm")
     data = models_dir / "digits_test.npz"
     for args in (("--seeds", "5-2"), ("--set", "adc.bitz=4"), ("--only", "gravity"), ("--drift", "soon"),
-                 ("--hardware", "quantum"), ("--batch-size", "0"), ("--bogus",)):
+                 ("--hardware", "quantum"), ("--batch-size", "0"), ("--bogus",),
+                 ("--only", "drift", "--set", "faults.p_stuck_at_gmax=0.02")):  # --only would undo the --set
         assert run("eval", out, "--data", data, *args).exit_code == 2, args
     assert run("convert", models_dir / "cnn_bn.onnx", "-o", tmp_path / "x.xbar", "--crossbar", "12x").exit_code == 2
     assert run("calibrate", out, "--data", models_dir / "digits_calib.npz").exit_code == 2  # no --drift

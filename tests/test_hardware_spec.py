@@ -421,6 +421,22 @@ def test_ablate_only():
     assert ablate(preset("ideal"), without=list(ABLATIONS)) == preset("ideal")
 
 
+def test_ablate_refuses_to_undo_an_explicit_setting():
+    """--only drift,adc --set faults.p_stuck_at_gmax=0.02 ran without faults while a sweep
+    recorded and printed 0.02 (found by a hunt): switching off what the user set is refused,
+    naming the setting; settings it leaves alone, or sets to what it would, pass."""
+    sets = {"faults.p_stuck_at_gmax": 0.02, "adc.bits": 6}
+    full = preset("pcm").override(sets)
+    with pytest.raises(ConfigError, match=r"faults.p_stuck_at_gmax = 0.02 is set explicitly.*'faults'"):
+        ablate(full, only=["drift", "adc"], set_keys=sets)
+    with pytest.raises(ConfigError, match=r"adc.bits = 6 .*'adc'"):
+        ablate(full, without=["adc"], set_keys=sets)
+    assert ablate(full, without=["read"], set_keys=sets).faults.p_stuck_at_gmax == 0.02
+    zero = {"faults.p_stuck_at_gmax": 0.0}
+    assert ablate(preset("pcm").override(zero), only=["drift"], set_keys=zero).active_nonidealities() == ["drift"]
+    assert ablate(full, only=["drift", "adc"]).faults.p_stuck_at_gmax == 0.0  # nothing set explicitly
+
+
 def test_ablate_unknown_name_lists_valid():
     with pytest.raises(ConfigError) as exc:
         ablate(preset("pcm"), without=["noise"])

@@ -68,6 +68,8 @@ def _result_rows(root: Path) -> list[dict]:
     ('"finetune.method" = ["noise"]', "train_data"),
     ('"mapping.encoding" = ["differential", "tri"]', "encoding"),
     ('"hardware.adc.bits" = []', "non-empty list"),
+    # The row would record 4 and 8 while both points ran without an ADC.
+    ('"hardware.adc.bits" = [4, 8]\n"hardware.without" = ["adc"]', "adc.bits = 4 is set explicitly"),
 ])
 def test_bad_axis_is_named(tmp_path, change, message):
     text = BASE_SPEC.replace('"hardware.adc.bits" = [4, 8]', change)

@@ -89,14 +89,16 @@ def _resolve_hardware(base: dict[str, Any] | None, hardware: str | None, sets: t
         else:
             raise click.BadParameter(f"{hardware!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
                                      "TOML file", param_hint="'--hardware'")
+    assigned: dict[str, Any] = {}
     if sets:
         try:
-            spec = spec.override(dict(parse_assignment(item) for item in sets))
+            assigned = dict(parse_assignment(item) for item in sets)
+            spec = spec.override(assigned)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="'--set'") from None
     if only or without:
         try:
-            ablated = ablate(spec, _names(only) or None, _names(without) or None)
+            ablated = ablate(spec, _names(only) or None, _names(without) or None, set_keys=assigned)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="'--only' / '--without'") from None
         asked = " ".join(f"{flag} {','.join(_names(v))}" for flag, v in (("--only", only), ("--without", without))

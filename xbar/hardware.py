@@ -784,6 +784,7 @@ def ablate(
     spec: HardwareSpec,
     only: Iterable[str] | str | None = None,
     without: Iterable[str] | str | None = None,
+    set_keys: Iterable[str] = (),
 ) -> HardwareSpec:
     """Switch single non-idealities off by name (see ABLATIONS).
 
@@ -791,6 +792,8 @@ def ablate(
     without: switch these off. Both may be given ('only' applies first).
     Names are case-insensitive, '_' equals '-', a comma-separated string is accepted.
     Everything else (device model, window, ranges, time, compensation) is unchanged.
+    set_keys: dotted settings the caller set explicitly (--set): switching off one that
+    changes any of them is refused (ConfigError) rather than overriding it in silence.
     """
     keep = _names(only, "ablation 'only'")
     drop = _names(without, "ablation 'without'") or []
@@ -798,4 +801,18 @@ def ablate(
     for name in ABLATIONS:
         if (keep is not None and name not in keep) or name in drop:
             out = _switch_off(out, name)
+            _refuse_undoing(spec, out, set_keys, name)
     return out
+
+
+def _refuse_undoing(before: HardwareSpec, after: HardwareSpec, keys: Iterable[str], name: str) -> None:
+    """A setting the user gave explicitly that switching `name` off changes: a contradiction,
+    which would otherwise run without it while the setting is printed and recorded as given."""
+    old, new = before.to_dict(), after.to_dict()
+    for key in keys:
+        a, b = old, new
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            raise ConfigError(f"{key} = {a!r} is set explicitly, but switching '{name}' off (only/without) makes it "
+                              f"{b!r}: keep '{name}' on, or leave the setting out")

@@ -402,7 +402,7 @@ def _resolve(study: Study, index: int, fields: dict[str, Any], where: str) -> Po
             spec = spec.override(sets)
         only, without = fields.get("hardware.only"), fields.get("hardware.without")
         if only is not None or without is not None:
-            spec = ablate(spec, only, without)
+            spec = ablate(spec, only, without, set_keys=sets)
     except SpecError:
         raise
     except ConfigError as exc:
