@@ -586,6 +586,18 @@ def test_plot_one_chip_has_no_spread(tmp_path):
     assert "91.50 (91.50) n=1" in line and "91.50 ±" not in line
     assert f"89.00 ± {np.std([90.0, 88.0], ddof=1):.2f} (88.00) n=2" in line
     assert figure(s, tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    assert text_table(s).splitlines()[1].split()[-1] == "ideal" and line.endswith("95.00")
+
+
+def test_plot_agreement_has_no_ideal_column():
+    """Agreement is with ideal hardware; its table showed the ideal accuracy under 'ideal', so
+    chips seemed to agree more than ideal hardware scores (found by a hunt)."""
+    from xbar.sweep.plot import Cell, Summary, text_table
+
+    s = Summary(x="time", hue=[], metric="agreement", cells=[Cell(hue=(), x=3600.0, values=[99.7], ideal=0.9956)],
+                x_values=[3600.0], hues=[()], x_labels={3600.0: "1 h"}, rows=1)
+    table = text_table(s)
+    assert "ideal" not in table.splitlines()[1] and "99.56" not in table and "99.70" in table
 
 
 @pytest.mark.parametrize("change, message", [

@@ -148,9 +148,12 @@ def _order(v: Any) -> tuple:
 
 
 def text_table(s: Summary) -> str:
-    """mean ± std (worst chip) per configuration and x value, in %, with the chip count."""
+    """mean ± std (worst chip) per configuration and x value, in %, with the chip count; for
+    accuracy, the bundle's ideal-hardware accuracy beside (agreement with ideal hardware has no
+    ideal value of its own: it would be 100 %)."""
+    with_ideal = s.metric == "accuracy"
     head = [", ".join(s.hue) or "points"] + [s.x_labels[x] if s.x == "time" else f"{s.x}={s.x_labels[x]}"
-                                             for x in s.x_values] + ["ideal"]
+                                             for x in s.x_values] + (["ideal"] if with_ideal else [])
     body = []
     for h in s.hues:
         line = [s.hue_text(h)]
@@ -162,12 +165,14 @@ def text_table(s: Summary) -> str:
             if c is not None and c.ideal is not None:
                 ideals.append(100 * c.ideal)
         # The ideal-hardware accuracy belongs to the prepared bundle: one value unless x changes the bundle.
-        line.append("-" if not ideals else f"{ideals[0]:.2f}" if len(set(ideals)) == 1
-                    else "/".join(f"{v:.2f}" for v in ideals))
+        if with_ideal:
+            line.append("-" if not ideals else f"{ideals[0]:.2f}" if len(set(ideals)) == 1
+                        else "/".join(f"{v:.2f}" for v in ideals))
         body.append(line)
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-    out = [f"{s.metric} (%) over chips: mean ± sample std (worst chip), n chips; ideal: the same bundle on "
-           "ideal hardware"]
+    out = [f"{s.metric} (%) over chips: mean ± sample std (worst chip), n chips"
+           + ("; ideal: the same bundle on ideal hardware" if with_ideal else " (top-1 agreement with the same "
+              "bundle on ideal hardware)")]
     for line in [head, ["-" * w for w in widths]] + body:
         out.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))))
     return "\n".join(out)
