@@ -149,6 +149,17 @@ def test_integer_inputs_refuse_values_out_of_their_range():
     assert fit_to_model(Dataset(x=np.array([[3, 255]]), y=None, path="d.npz"), spec).x.dtype == np.uint8
 
 
+def test_messages_name_the_key_the_array_was_read_from():
+    """A one-input model's array stored under its input's name was called 'x' in errors."""
+    from xbar.data import Dataset, fit_to_model
+    from xbar.errors import DataError
+
+    spec = {"name": "ids", "shape": [None, 3], "dtype": "int64"}
+    for key in ("ids", "x"):
+        with pytest.raises(DataError, match=f"d.npz: {key} holds 1 values"):
+            fit_to_model(Dataset(x={key: np.array([[1.0, 2.5, 3.0]])}, y=None, path="d.npz"), spec)
+
+
 def _argmax_first(tmp_path):
     """x -> MatMul logits; outputs (ArgMax of the logits [N] int64, logits)."""
     w = numpy_helper.from_array(np.random.default_rng(3).normal(0, 1, (5, 4)).astype(np.float32), "w")

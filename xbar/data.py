@@ -203,16 +203,16 @@ def _check(data: Dataset) -> None:
             raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integer class indices")
 
 
-def _pick(data: Dataset, specs: list[dict[str, Any]]) -> list[np.ndarray]:
-    """The data's array for each model input: by the input's name, or `x` for the first."""
+def _pick(data: Dataset, specs: list[dict[str, Any]]) -> list[tuple[str, np.ndarray]]:
+    """The data's (key, array) for each model input: by the input's name, or `x` for the first."""
     arrays = data.x if isinstance(data.x, dict) else {"x": data.x}
     names = [spec["name"] for spec in specs]
     picked, missing = [], []
     for k, name in enumerate(names):
         if name in arrays:
-            picked.append(arrays[name])
+            picked.append((name, arrays[name]))
         elif k == 0 and "x" in arrays and "x" not in names:
-            picked.append(arrays["x"])
+            picked.append(("x", arrays["x"]))
         else:
             missing.append(name)
     if missing:
@@ -243,14 +243,13 @@ def fit_to_model(data: Dataset, inputs: list[dict[str, Any]] | dict[str, Any] | 
         # A model input named y: the file's y is that input, and there are no labels.
         data = Dataset(x={**(data.x if isinstance(data.x, dict) else {"x": data.x}), "y": y}, y=None,
                        path=data.path, min_samples=data.min_samples)
-    picked = _pick(data, specs)
-    labels = "x" if len(specs) == 1 else None
+    picked = _pick(data, specs)  # messages name each array by the key it was read from
     shared = {spec["name"] for spec in _shared(specs, batch)}
-    if not (data.checked and len(picked) == 1 and picked[0] is data.x):
-        _check(Dataset(x={labels or spec["name"]: a for spec, a in zip(specs, picked) if spec["name"] not in shared},
+    if not (data.checked and len(picked) == 1 and picked[0][1] is data.x):
+        _check(Dataset(x={key: a for spec, (key, a) in zip(specs, picked) if spec["name"] not in shared},
                        y=data.y, path=data.path, min_samples=data.min_samples))
-    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, labels or spec["name"], spec["name"] in shared)
-              for spec, x in zip(specs, picked)}
+    fitted = {spec["name"]: _fit_one(x, spec, batch, data.path, key, spec["name"] in shared)
+              for spec, (key, x) in zip(specs, picked)}
     fitted = {k: Shared(v) if k in shared else v for k, v in fitted.items()}
     return Dataset(x=next(iter(fitted.values())) if len(specs) == 1 else fitted, y=data.y, path=data.path,
                    min_samples=data.min_samples)
