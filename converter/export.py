@@ -12,7 +12,15 @@ product the ideal runtime itself computes for convolutions (`Layer.fused`); the 
 it changes is float32 rounding of the weights. Recurrent nodes are re-emitted as
 LSTM/GRU/RNN from their W, R (and R_h) layers.
 
-Inputs, outputs, their dimension names and the opset are the bundle's.
+The model keeps the source model's interface, so that it can replace it: inputs, outputs,
+their dimension names and the opset are the bundle's, in the source's axis order. A
+time-major input that the bundle takes batch-first (converter/time_major.py; the
+manifest's `batch.time_major`) is declared time-major again and the Transpose that the
+converter put behind it is dropped; an output that the bundle gives batch-first gets its
+batch back on the axis it came from. onnxruntime users of the source model can feed it as
+they fed the source, and `eval --reference` feeds it as it feeds the source. The metadata
+entry `xbar.io_layout` = `source` says so (exports without it, from xbar before it was
+written, are batch-first as the bundle is, and xbar/reference.py feeds them so).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from onnx import TensorProto, helper, numpy_helper
 from xbar.bundle import Bundle, check_output, write_atomically
 from xbar.errors import BundleError
 from xbar.ops import LAYER_OP, RECURRENT_OP
+
+#: metadata_props entry of every export: its inputs and outputs are in the source model's layout.
+IO_LAYOUT_KEY, IO_LAYOUT_SOURCE = "xbar.io_layout", "source"
 
 
 def to_onnx(bundle: Bundle) -> onnx.ModelProto:
@@ -49,13 +60,17 @@ def to_onnx(bundle: Bundle) -> onnx.ModelProto:
             attrs = {k: _attr(v, bundle) for k, v in node["attrs"].items()}
             nodes.append(helper.make_node(node["op"], node["inputs"], node["outputs"], name=node["name"],
                                           **{k: v for k, v in attrs.items() if v is not None}))
-    g = helper.make_graph(nodes, _graph_name(bundle), [_value_info(i) for i in graph["inputs"]],
-                          [_value_info(o) for o in graph["outputs"]], inits)
+    moved = (bundle.manifest.get("batch") or {}).get("time_major") or {}
+    inputs, outputs = [dict(i) for i in graph["inputs"]], [dict(o) for o in graph["outputs"]]
+    nodes = _source_layout(nodes, inputs, outputs, moved, {i.name for i in inits})
+    g = helper.make_graph(nodes, _graph_name(bundle), [_value_info(i) for i in inputs],
+                          [_value_info(o) for o in outputs], inits)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(g, opset_imports=opsets, producer_name="xbar",
                               producer_version=str(bundle.manifest.get("xbar_version", "")))
     # The oldest IR that can carry this opset: readable by the widest range of runtimes.
     model.ir_version = helper.find_min_ir_version_for(opsets)
+    helper.set_model_props(model, {IO_LAYOUT_KEY: IO_LAYOUT_SOURCE})
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -70,6 +85,102 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     data = to_onnx(bundle).SerializeToString()
     write_atomically(path, lambda fh: fh.write(data))
     return path
+
+
+def _swap_perm(rank: int) -> list[int]:
+    return [1, 0] + list(range(2, max(rank, 2)))
+
+
+def _permuted(io: dict[str, Any], perm: list[int]) -> None:
+    """Declare `io` (a bundle graph input or output, in place) with its axes in the order
+    `perm`, as a Transpose with it makes them."""
+    for key in ("shape", "dim_names"):
+        dims = io.get(key)
+        if dims is not None and len(dims) == len(perm):
+            io[key] = [dims[k] for k in perm]
+
+
+def _source_layout(nodes: list[onnx.NodeProto], inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
+                   moved: dict[str, Any], constants: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` with the bundle's time-major inputs and outputs (`moved`, the manifest's
+    `batch.time_major`) in the source model's layout again, and `inputs`/`outputs` declared
+    so (in place).
+
+    The converter put a Transpose (axes 0 and 1 swapped) behind each such input and one
+    that brings the batch to the front before each such output. Where it is there as the
+    converter left it, it is dropped and the values are renamed, which gives back the
+    source's graph; otherwise the inverse Transpose is added at the boundary, which computes
+    the same."""
+    swapped, out_axes = set(moved.get("inputs") or []), dict(moved.get("outputs") or {})
+    if not swapped and not out_axes:
+        return nodes
+    nodes = list(nodes)
+    boundary = {io["name"] for io in inputs + outputs} | constants
+    taken = boundary | {n for node in nodes for n in list(node.input) + list(node.output)}
+
+    def unique(name: str) -> str:
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    def rename(old: str, new: str, outputs_too: bool) -> None:
+        for node in nodes:
+            node.input[:] = [new if v == old else v for v in node.input]
+            if outputs_too:
+                node.output[:] = [new if v == old else v for v in node.output]
+
+    front, back = [], []
+    for io in inputs:
+        if io["name"] not in swapped:
+            continue
+        name = io["name"]
+        users = [n for n in nodes if name in n.input]
+        t = users[0] if len(users) == 1 and users[0].op_type == "Transpose" else None
+        if io.get("shape") is not None:
+            perm = _swap_perm(len(io["shape"]))
+        elif t is not None and (p := _perm(t)) and p == _swap_perm(len(p)):  # rank undeclared: the converter's
+            perm = p
+        else:
+            raise BundleError(f"the bundle takes input {name!r} batch-first, but neither its shape nor the graph "
+                              "says its rank; the bundle is corrupt or was edited by hand")
+        if (t is not None and list(t.input) == [name] and len(t.output) == 1
+                and _perm(t) == perm and t.output[0] not in boundary):
+            nodes.remove(t)
+            rename(t.output[0], name, outputs_too=False)
+        else:  # the batch-first value the bundle's nodes read, from the time-major input
+            inner = unique(f"{name}.batch_first")
+            rename(name, inner, outputs_too=False)
+            front.append(helper.make_node("Transpose", [name], [inner], name=unique(f"{name}.to_batch_first"),
+                                          perm=perm))
+        _permuted(io, perm)
+    for io in outputs:
+        axis = out_axes.get(io["name"])
+        if not axis:
+            continue
+        name = io["name"]
+        rank = len(io["shape"]) if io.get("shape") is not None else None
+        if rank is None or not 0 < axis < rank:
+            raise BundleError(f"the bundle records output {name!r}'s batch as from axis {axis}, which it does not "
+                              "have; the bundle is corrupt or was edited by hand")
+        perm = [axis] + [k for k in range(rank) if k != axis]  # the converter's: batch to the front
+        inverse = [int(k) for k in np.argsort(perm)]
+        t = next((n for n in nodes if name in n.output), None)
+        if (t is not None and t.op_type == "Transpose" and len(t.input) == 1 and _perm(t) == perm
+                and t.input[0] not in boundary and any(t.input[0] in n.output for n in nodes)):
+            nodes.remove(t)
+            rename(t.input[0], name, outputs_too=True)
+        else:  # the bundle's batch-first output, put back in the source's order
+            inner = unique(f"{name}.batch_first")
+            rename(name, inner, outputs_too=True)
+            back.append(helper.make_node("Transpose", [inner], [name], name=unique(f"{name}.to_source_layout"),
+                                         perm=inverse))
+        _permuted(io, inverse)
+    return front + nodes + back
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
 def _graph_name(bundle: Bundle) -> str:

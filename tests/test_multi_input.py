@@ -239,3 +239,25 @@ def test_an_input_every_sample_shares_is_fed_whole_with_every_batch(tmp_path):
     assert r.exit_code == 0 and res["n"] == 10 and res["reference"]["agreement"] == 1.0, r.output
     r = _run("eval", tmp_path / "p.xbar", "--data", tmp_path / "rows.npz")
     assert r.exit_code == 1 and "store it once" in " ".join(r.output.split()), r.output
+
+
+def test_a_reference_onnxruntime_cannot_load_is_one_message_without_its_log(tmp_path, capfd):
+    """onnxruntime printed its own red log line (ANSI escapes, even into a file) before
+    xbar's error (found by a hunt): an RNN with layout=1, which it cannot load."""
+    from xbar.errors import ModelError
+    from xbar.reference import onnxruntime_fn
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 4, 4)).astype(np.float32), "R")]
+    node = helper.make_node("RNN", ["x", "W", "R"], ["Y"], hidden_size=4, layout=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "r.onnx")
+    capfd.readouterr()
+    with pytest.raises(ModelError, match="onnxruntime cannot load the reference model"):
+        onnxruntime_fn(tmp_path / "r.onnx")
+    out, err = capfd.readouterr()
+    assert "onnxruntime" not in err + out and "\x1b[" not in err + out, err

@@ -918,7 +918,9 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     same_model = None
     if ref_fn is not None:
         same_model = file_sha256(reference) == b.manifest["model"]["sha256"]
-        if b.manifest.get("finetune"):  # its weights are no longer its source's
+        if b.manifest.get("finetune") and _is_export_of(reference, b):
+            pass  # this bundle's own float model (finetune --export-onnx): nothing to warn about
+        elif b.manifest.get("finetune"):  # its weights are no longer its source's
             warnings.append(
                 (f"{reference} is the model this bundle was converted from, but the bundle was fine-tuned since: "
                  "its weights differ, and so do its outputs" if same_model else
@@ -967,6 +969,14 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         click.echo(json.dumps(result))
         return
     _print_eval(dict(result, asked_ideal=hardware is not None), spec, times, rows)
+
+
+def _is_export_of(path: Path, b) -> bool:
+    """Whether `path` holds, byte for byte, the float model `finetune --export-onnx` (to_onnx)
+    writes for bundle `b`."""
+    from xbar.converter.export import to_onnx
+
+    return to_onnx(b).SerializeToString() == path.read_bytes()
 
 
 def _pct(v: float | None) -> str:

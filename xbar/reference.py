@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 
+from xbar.converter.export import IO_LAYOUT_KEY, IO_LAYOUT_SOURCE
 from xbar.data import Inputs, as_feeds, n_samples, take
 from xbar.errors import DataError, ModelError, brief
 
@@ -30,21 +31,32 @@ def onnxruntime_fn(path: str | os.PathLike, x: Inputs | None = None,
     mismatch is one clear error before any work rather than onnxruntime's mid-run failure.
     `time_major` is the bundle's batch record of inputs it takes batch-first
     (converter/time_major.py): the source model gets them time-major again, and its output
-    comes back batch-first, so both run on the same samples.
+    comes back batch-first, so both run on the same samples. So does the float model
+    xbar exports from the bundle (converter/export.py), which keeps the source's layout and
+    says so in its metadata; an export from xbar before that (producer xbar, no such entry)
+    is batch-first as the bundle is, and gets the bundle's layout.
     """
     import onnxruntime as ort
 
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such reference model")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # its failures are caught and said in one message, not logged in colour first
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelError(f"{path}: onnxruntime cannot load the reference model ({exc})") from None
     metas = session.get_inputs()
     names = [m.name for m in metas]
     swapped = set((time_major or {}).get("inputs", []))
     out_axis = (time_major or {}).get("outputs", {}).get(session.get_outputs()[0].name)
+    about = session.get_modelmeta()
+    exported = about.producer_name == "xbar"
+    if exported and about.custom_metadata_map.get(IO_LAYOUT_KEY) != IO_LAYOUT_SOURCE:
+        swapped, out_axis = set(), None  # an older xbar export: the bundle's own (batch-first) layout
+    hint = ("give the model this bundle was converted from, or the float model xbar exported from this bundle"
+            if exported else "give the reference this bundle was converted from")
     # Each source input as the bundle and the data file hold it: samples on axis 0.
     shapes, declared = {}, {}
     for meta in metas:
@@ -64,8 +76,7 @@ def onnxruntime_fn(path: str | os.PathLike, x: Inputs | None = None,
         missing = [n for n in names if n not in arrays]
         if missing:
             raise DataError(f"{data_label}: the reference model {path} takes inputs {', '.join(names)}; the data "
-                            f"has no array for {', '.join(repr(m) for m in missing)}; give the reference this bundle "
-                            "was converted from")
+                            f"has no array for {', '.join(repr(m) for m in missing)}; {hint}")
         for name in names:
             a, shape, label = arrays[name], shapes[name], "x" if len(names) == 1 else name
             fits = len(shape) == a.ndim and all(not isinstance(d, int) or d == s
@@ -76,8 +87,7 @@ def onnxruntime_fn(path: str | os.PathLike, x: Inputs | None = None,
                                 f"its batch at {fixed}; give a multiple of {fixed} samples")
             if not fits:
                 raise DataError(f"{data_label}: {label} has shape {tuple(a.shape)}, but the reference model {path} "
-                                f"expects input {name!r} of shape {declared[name]}; give the reference this bundle "
-                                "was converted from, or data that fits it.")
+                                f"expects input {name!r} of shape {declared[name]}; {hint}, or data that fits it.")
 
     # A first output that does not declare the fixed batch on axis 0 (a batch of 1 squeezed
     # away) stacks per chunk, whatever its sizes happen to be.
