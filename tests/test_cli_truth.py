@@ -256,3 +256,13 @@ def test_info_shows_what_eval_runs_on_a_calibrated_bundle(bundles, models_dir, t
     assert plain["eval_defaults"] == {"seed": 0, "t_inference": 0.0, "from": "target"}
     assert "converted for" not in run("info", bundles["cal"], "--no-layers").output
     assert json.loads(run("info", bundles["ideal"], "--json").output)["eval_defaults"] is None
+
+
+def test_v_read_sets_the_current_unit_only(bundles, models_dir):
+    """Printed with the DAC, dac.v_read changes no result: the devices and the IR-drop
+    network are linear, so it scales every current and full scale alike."""
+    data = models_dir / "digits_test.npz"
+    rows = [json.loads(run("eval", bundles["pcm"], "--data", data, "--json", "--drift", "1d", "--set",
+                           f"dac.v_read={v}").output)["rows"] for v in (0.05, 2.0)]
+    assert rows[0] == rows[1]
+    assert "results are linear in it" in " ".join(run("eval", bundles["pcm"], "--data", data).output.split())

@@ -278,6 +278,9 @@ class ConverterSpec:
     percentile: float = 99.99  # percent, (0, 100]; used by range = 'calibrated'
     # Read voltage at full-scale input, volts. 0.2 V: typical PCM/RRAM read bias low enough
     # not to disturb the state (IBM PCM chips read at ~0.2-0.3 V; Joshi et al. 2020).
+    # It sets the unit of the currents only: the devices here are linear (no read disturb,
+    # no I-V nonlinearity), and so is the IR-drop network, so every current and full scale
+    # scales with it alike and no result changes. Kept to state the operating point.
     v_read: float = 0.2  # V
 
     def __post_init__(self) -> None:
@@ -587,7 +590,7 @@ class HardwareSpec:
         else:
             span = "max |x| per input vector" if dac.range == "max" else f"calibrated, {dac.percentile:g}th percentile of |x|"
             dac_s = f"{dac.bits} bit, range {span}"
-        dac_s += f"; v_read = {dac.v_read:g} V"
+        dac_s += f"; v_read = {dac.v_read:g} V (the current unit: results are linear in it)"
         if adc.bits is None:
             adc_s = "ideal (unquantised, unclipped)"
         else:
