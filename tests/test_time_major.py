@@ -427,3 +427,41 @@ def test_a_second_operand_fed_as_an_input_is_not_a_time_major_batch():
     rng = np.random.default_rng(9)
     x, w = rng.normal(0, 1, (8, 4)).astype(np.float32), rng.normal(0, 1, (4, 3)).astype(np.float32)
     assert close(Runtime(bundle).run({"x": x, "w": w})["y"], x @ w)
+
+
+def test_an_initial_state_input_of_a_batch_first_model_is_taken_batch_first(tmp_path):
+    """torch's advice for a dynamic batch: h0 as a graph input, [layers, batch, hidden]. With
+    a batch-first x beside it, the graph shows h0's batch on axis 1: convert takes h0
+    batch-first, data files hold it per sample, and eval --reference feeds the source its own
+    layout (README, "Inputs and data files")."""
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(F, H, batch_first=True)
+            self.fc = torch.nn.Linear(H, C)
+
+        def forward(self, x, h0):
+            return self.fc(self.rnn(x, h0)[0][:, -1])
+
+    src, bundle, data = tmp_path / "m.onnx", tmp_path / "m.xbar", tmp_path / "d.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.randn(2, T, F), torch.randn(1, 2, H)), str(src), dynamo=False,
+                          opset_version=17, input_names=["x", "h0"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "h0": {1: "batch"}, "y": {0: "batch"}})
+    rng = np.random.default_rng(5)
+    n = 12
+    np.savez(data, x=rng.normal(size=(n, T, F)).astype(np.float32), h0=rng.normal(size=(n, 1, H)).astype(np.float32))
+    run = CliRunner()
+    r = run.invoke(cli, ["convert", str(src), "-o", str(bundle)], catch_exceptions=False)
+    assert r.exit_code == 0 and "time-major input 'h0' taken batch-first" in " ".join(r.output.split()), r.output
+    r = run.invoke(cli, ["eval", str(bundle), "--data", str(data), "--reference", str(src), "--batch-size", "5",
+                         "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)["reference"]
+    assert res["agreement"] == 1.0 and res["max_rel_diff"] < 1e-5, res
