@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
     bundle = convert(str(MODEL), crossbar=(128, 128))
     calib = load_dataset(CALIB, bundle.graph["inputs"][0])
     t0 = time.perf_counter()
-    find_ranges(bundle, calib.x, spec, args.batch_size)
+    find_ranges(bundle, calib.x, spec)
     t_ranges = time.perf_counter() - t0
     s = bundle.manifest["summary"]
     print(f"model       : {MODEL.relative_to(ROOT)}: {s['analog_layers']} analog layers on {s['tiles_used']} tiles "

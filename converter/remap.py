@@ -46,7 +46,7 @@ GRID_FIELDS = ("rows", "cols", "n_row_blocks", "n_col_blocks", "tiles_used")
 
 def remap(bundle: Bundle, weights: Mapping[str, np.ndarray] | None = None,
           affines: Mapping[str, Affine] | None = None, *, calib_x: np.ndarray | None = None,
-          record: Mapping[str, Any] | None = None, batch_size: int = 128) -> Bundle:
+          record: Mapping[str, Any] | None = None) -> Bundle:
     """A new bundle: `bundle` with `weights` {layer: K×N effective float weights} mapped
     again and `affines` {layer: Affine} replacing the per-output affines. `calib_x` (the
     model's input samples) is required when the bundle has measured ranges. `record` is
@@ -94,7 +94,7 @@ def remap(bundle: Bundle, weights: Mapping[str, np.ndarray] | None = None,
     out = Bundle(manifest=manifest, arrays=arrays)
     ranges = None
     if ranged:
-        ranges = _remeasure_ranges(out, bundle, calib_x, hardware, batch_size)
+        ranges = _remeasure_ranges(out, bundle, calib_x, hardware)
     manifest["finetune"] = {
         **dict(record or {}),
         "remapped_layers": list(checked),
@@ -186,7 +186,7 @@ def _map_layer(idx: int, entry: dict[str, Any], weight: np.ndarray, aff: Affine,
     entry["arrays"] = mapped["arrays"]
 
 
-def _remeasure_ranges(out: Bundle, old: Bundle, x: np.ndarray, hardware: Any, batch_size: int) -> dict[str, Any]:
+def _remeasure_ranges(out: Bundle, old: Bundle, x: np.ndarray, hardware: Any) -> dict[str, Any]:
     """Measure every analog layer's ranges again with the range finder `convert` uses, at
     the percentiles the input's ranges were measured at."""
     from xbar.hardware import HardwareSpec
@@ -202,5 +202,5 @@ def _remeasure_ranges(out: Bundle, old: Bundle, x: np.ndarray, hardware: Any, ba
     x = np.asarray(x)
     if x.ndim == 0 or len(x) == 0:
         raise DataError("calibration data for the ranges holds no samples")
-    find_ranges(out, x, spec, batch_size)
+    find_ranges(out, x, spec)
     return {"samples": int(len(x)), "dac_percentile": spec.dac.percentile, "adc_percentile": spec.adc.percentile}

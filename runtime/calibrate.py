@@ -181,7 +181,7 @@ def calibrate(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int, meth
     if any("ranges" not in e for e in out.layers if e["placement"] == "analog"):
         from xbar.runtime.ranges import find_ranges
 
-        find_ranges(out, x, spec, batch_size, progress=ranges_progress)
+        find_ranges(out, x, spec, progress=ranges_progress)
         ranges_found = True
     from xbar.runtime.ranges import effective_spec
 

@@ -5,6 +5,26 @@ analog layer's input vectors, and take percentiles: of |x| for the layer's DAC r
 of each tile column's |current| for its ADC full scale. Full scales are found for both
 DAC policies (a calibrated fixed range, and abs-max scaling of every input vector), since
 the current a column sees depends on how its inputs were scaled.
+
+The ranges are a function of the calibration data and the seed alone, bit for bit: not of
+the batch size a command runs at, nor of the number of threads. A one-ulp change of a full
+scale moves ADC levels and changes a chip's outputs, so two things are fixed here:
+
+- The data runs in batches of RANGES_BATCH samples whatever the caller's batch size.
+  OpenBLAS rounds a row of a product differently with the number of rows multiplied, so
+  the activations themselves (every layer's input vectors) depend on the batch size. And
+  the sampling keys come from one seeded stream, drawn layer after layer in the order the
+  runtime offers their vectors, an order that depends on the batches: a recurrent layer
+  gets one call per time step with every sample of the batch, and the layers' draws
+  interleave batch by batch. With the batches fixed, the order is fixed too.
+- BLAS runs on one thread (parallel.blas_one_thread, as in the runtime's chunked layers)
+  and the column percentiles are spread over the worker threads one row block at a time:
+  a product that OpenBLAS splits between its own threads rounds differently with their
+  number, so XBAR_THREADS and OPENBLAS_NUM_THREADS used to change full scales by an ulp.
+
+RANGES_BATCH is 128, the batch size `convert --calib-data` and the default sweeps always
+measured at, with the same key stream and the same products as before: their ranges are
+unchanged (those measured with BLAS on one thread, as sweeps run, bit for bit).
 """
 
 from __future__ import annotations
@@ -17,11 +37,15 @@ from xbar.bundle import Bundle, layer_tiles
 from xbar.data import n_samples, take
 from xbar.hardware import HardwareSpec
 from xbar.packing import routes_inputs
-from xbar.runtime.analog import per_block
 from xbar.runtime.chip import normalised_tiles, weight_rows
 from xbar.runtime.evaluate import aligned, batches
+from xbar.runtime.parallel import blas_one_thread, map_chunks
 
 MAX_VECTORS = 16384  # input vectors kept per layer: the 99.99th percentile is then the 2nd largest
+# Samples per call of the runtime while ranges are measured, whatever batch size the caller
+# asks for (rounded up to a multiple of a model's fixed batch size). It is part of the
+# measurement's definition: the sampled vectors and their rounding depend on it.
+RANGES_BATCH = 128
 
 
 def _ideal_tiles(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
@@ -39,22 +63,43 @@ def _ideal_tiles(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
 
 
 def _column_percentile(v: np.ndarray, d: np.ndarray, pct: float, n: int) -> np.ndarray:
-    """Percentile of |current| per tile column; padding columns (beyond N) get 0."""
-    y = np.abs(per_block(v.astype(np.float32), np.ascontiguousarray(d[:, :, :n]), v.shape[1]))  # (nrb, M, N)
-    out = np.zeros((d.shape[0], d.shape[2]), dtype=np.float32)
-    out[:, :n] = np.percentile(y, pct, axis=1)
+    """Percentile of |current| per tile column; padding columns (beyond N) get 0.
+
+    `v` (M, K) input vectors, `d` (nrb, R, Npad) the row blocks' matrices. Every row block
+    is one product (the one `per_block` makes) and one percentile, on the worker threads
+    with BLAS on one thread (the caller holds it there for a single worker too): the result
+    does not depend on the number of threads of either kind.
+    """
+    v = v.astype(np.float32, copy=False)
+    mats = np.ascontiguousarray(d[:, :, :n])
+    nrb, r, _ = mats.shape
+    k = v.shape[1]
+    out = np.zeros((nrb, d.shape[2]), dtype=np.float32)
+
+    def run(b: int) -> None:
+        top = min(k, (b + 1) * r)
+        y = np.abs(v[:, b * r:top] @ mats[b, :top - b * r])  # (M, n) currents of row block b
+        out[b, :n] = np.percentile(y, pct, axis=0)
+
+    map_chunks(run, nrb)
     return out
 
 
 class _Sample:
     """A uniform random sample of at most `size` of all the vectors offered, in any chunks.
 
-    Every vector gets a uniform random key and the `size` smallest keys are kept (a
-    bottom-k sample: sampling without replacement over the whole stream, whatever the
-    chunking). Only vectors whose key beats the current k-th smallest are copied, and they
-    are merged in once a quarter of a sample has piled up: the work stays proportional to
-    the ~size·ln(total/size) candidates and the memory at 1.25 samples. The result does not
-    depend on when merges happen.
+    Every vector gets a uniform random key from `rng`, in the order the vectors are offered,
+    and the `size` smallest keys are kept (a bottom-k sample: sampling without replacement
+    over the whole stream). For the same stream of vectors in the same order and the same
+    `rng`, the result does not depend on how the stream is cut into `add` calls. Only
+    vectors whose key beats the current k-th smallest are copied, and they are merged in
+    once a quarter of a sample has piled up: the work stays proportional to the
+    ~size·ln(total/size) candidates and the memory at 1.25 samples. The result does not
+    depend on when merges happen either.
+
+    That holds for a _Sample that draws from `rng` alone, offered its vectors in a fixed
+    order. find_ranges shares one stream between the layers, and the order of a layer's
+    vectors depends on how the data is batched, so it runs fixed batches (see the module).
     """
 
     def __init__(self, size: int, rng: np.random.Generator):
@@ -90,14 +135,23 @@ class _Sample:
         return self.parts[0]
 
 
-def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, batch_size: int = 128, seed: int = 0,
+def find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int = 0,
                 progress: Callable[[Iterable[slice]], Iterable[slice]] | None = None) -> Bundle:
-    """Add `ranges` to every analog layer of `bundle` (in place) and return it."""
+    """Add `ranges` to every analog layer of `bundle` (in place) and return it.
+
+    The ranges depend on the data `x` and `seed` only: the data runs in batches of
+    RANGES_BATCH samples whatever batch size a command runs at (see the module's
+    docstring), which also bounds the memory the activations take."""
     from xbar.runtime.executor import Runtime
 
-    rt = Runtime(bundle)
-    rng = np.random.default_rng(seed)
-    chunks = list(batches(n_samples(x), aligned(batch_size, rt.fixed_batch)))
+    with blas_one_thread():
+        return _find_ranges(bundle, x, spec, seed, progress, Runtime(bundle))
+
+
+def _find_ranges(bundle: Bundle, x: np.ndarray, spec: HardwareSpec, seed: int,
+                 progress: Callable[[Iterable[slice]], Iterable[slice]] | None, rt: Any) -> Bundle:
+    chunks = list(batches(n_samples(x), aligned(RANGES_BATCH, rt.fixed_batch)))
+    rng = np.random.default_rng(seed)  # drawn by the layers in turn, in a fixed order (see the module)
     samples = {i: _Sample(MAX_VECTORS, rng) for i, layer in enumerate(rt.layers) if layer.entry["placement"] == "analog"}
 
     def keep(index: int):

@@ -115,8 +115,7 @@ def prepare_job(study: Study, point: Any) -> PrepareJob:
     key = point.prepare_key(study)
     return PrepareJob(key=key, model_name=point.model_path.name, model_bytes=point.model_path.read_bytes(),
                       model_source=str(point.model_path),
-                      mapping=point.mapping, hardware=point.hardware, ranges=point.ranges, finetune=point.finetune,
-                      batch_size=study.batch_size)
+                      mapping=point.mapping, hardware=point.hardware, ranges=point.ranges, finetune=point.finetune)
 
 
 def chip_job(study: Study, point: Any, seed: int, key: str) -> ChipJob:

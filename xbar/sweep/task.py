@@ -36,7 +36,6 @@ class PrepareJob:
     hardware: dict[str, Any]
     ranges: bool
     finetune: dict[str, Any]
-    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def prepare(job: PrepareJob, calib: Dataset | None, train: Dataset | None) -> by
         if job.ranges:
             from xbar.runtime.ranges import find_ranges
 
-            find_ranges(bundle, calib.x, spec, batch_size=job.batch_size)
+            find_ranges(bundle, calib.x, spec)
         if job.finetune["method"] != "none":
             from xbar.converter.remap import remap
             from xbar.training.finetune import FinetuneOptions, finetune
