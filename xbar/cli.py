@@ -340,8 +340,8 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
 
     b = load_bundle(bundle)
     m = b.manifest
-    target, notes = _target(b)
-    _, eval_seed, source = _eval_defaults(m)
+    default_hardware, eval_seed, source = _eval_defaults(m)
+    target, notes = _target(b, default_hardware)
     size = bundle.stat().st_size
     if as_json:
         keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
@@ -399,7 +399,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
                 }.get(source, f"eval at {at} unless --drift")
         lines[-1] = f"{'time':<8} {when}; drift compensation {target.drift_compensation}"
         stored = m.get("hardware")
-        if source != "target" and _without_time(_eval_defaults(m)[0]) != _without_time(stored):
+        if source != "target" and _without_time(default_hardware) != _without_time(stored):
             converted = stored["device"]["model"] if stored else "ideal hardware"
             whose = ("the last calibration's hardware" if source == "calibration" else
                      "the hardware the weights were fine-tuned for (calibrate starts from it too)")
@@ -420,8 +420,9 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     if tuned and tuned.get("hardware"):
         epochs = f"{tuned['epochs']} epoch{'s' if tuned['epochs'] != 1 else ''}"
         _line("tuned", f"weights fine-tuned with '{tuned['method']}' ({tuned['loss']} loss) for {epochs} on "
-              f"{tuned['samples']} samples of {tuned.get('data', 'the training data')}, seed {tuned['seed']}, for t = {format_time(tuned['t_inference'])} on {tuned['hardware']['device']['model']} "
-              "devices" + (f"; {tuned['calibration_dropped']} calibration(s) of the old weights dropped"
+              f"{tuned['samples']} samples of {tuned.get('data', 'the training data')}, seed {tuned['seed']}, "
+              f"for t = {format_time(tuned['t_inference'])} on {tuned['hardware']['device']['model']} devices"
+              + (f"; {tuned['calibration_dropped']} calibration(s) of the old weights dropped"
                            if tuned.get("calibration_dropped") else ""))
     for rec in m.get("calibration", []):
         acc = (f"; accuracy on calibration data {100 * rec['accuracy_before']:.2f}% -> {100 * rec['accuracy_after']:.2f}%"
@@ -708,14 +709,13 @@ def _eval_defaults(manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, int
     return _network_target(manifest), 0, "finetune" if tuned and tuned.get("hardware") else "target"
 
 
-def _target(b):
-    """The hardware `eval` runs the bundle on by default (_eval_defaults), as the runtime
-    would apply it, and what differs from the stored one."""
+def _target(b, hardware: dict[str, Any] | None):
+    """`hardware` (what `eval` runs the bundle on by default, _eval_defaults) as the runtime
+    would apply it to bundle `b`, and what differs from it."""
     from xbar.hardware import HardwareSpec, preset
     from xbar.runtime.ranges import effective_spec
 
-    stored = _eval_defaults(b.manifest)[0]
-    return effective_spec(b, HardwareSpec.from_dict(stored) if stored else preset("ideal"))
+    return effective_spec(b, HardwareSpec.from_dict(hardware) if hardware else preset("ideal"))
 
 
 LONG_LIST = 30  # preparations over fewer steps than this (nodes, layers) finish without a bar
@@ -756,7 +756,8 @@ def _iter_bar(items, label):
               help="sgd only: distill (label-free: match the ideal-hardware outputs) or ce (cross-entropy on the "
                    "labels 'y') [default: distill].")
 @click.option("--hardware", metavar="PRESET|FILE",
-              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was trained for]")
+              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was "
+                                    "trained for]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="The chip instance to calibrate.")
 @click.option("--only", multiple=True, metavar="NAMES", help=_ONLY_HELP)

@@ -19,7 +19,8 @@ from xbar.cli import (_HARDWARE_HELP, _SET_HELP, _hardware_block, _iter_bar, _ne
               help="noise: device noise of the target injected into the weights at every step; hessian: the same "
                    "plus a penalty on the noise variance, weighted by the loss curvature of each weight.")
 @click.option("--hardware", metavar="PRESET|FILE",
-              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was trained for]")
+              help=_HARDWARE_HELP + " [default: the bundle's target, or the hardware a fine-tuned bundle was "
+                                    "trained for]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--drift", metavar="TIME", callback=_parsed(_parse_time),
               help="Required: the time after programming whose drift and read noise to train against, e.g. 1y.")

@@ -800,6 +800,7 @@ def ablate(
     """
     keep = _names(only, "ablation 'only'")
     drop = _names(without, "ablation 'without'") or []
+    set_keys = tuple(set_keys)  # read once per non-ideality switched off
     out = spec
     for name in ABLATIONS:
         if (keep is not None and name not in keep) or name in drop:
