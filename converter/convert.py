@@ -69,13 +69,16 @@ def _source_digest(source: str | os.PathLike | onnx.ModelProto) -> str:
 
 def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig, arrays: dict[str, np.ndarray],
                   hardware: "HardwareSpec | None" = None, packed: bool = False, owned: bool = False,
-                  stack: bool = False) -> dict[str, Any]:
+                  stack: bool = False, pending: dict[int, np.ndarray] | None = None) -> dict[str, Any]:
     """The layer's bundle arrays into `arrays`, and its manifest entry's arrays/tiles.
     `packed`: --depthwise packed (xbar.packing). `owned`: spec.weight is this layer's own
     array, read by nothing after this call, so mapping may overwrite it (its K×N float64
-    then serves as the normalised weights). `stack` (--pack-tiles): the layer's allocated
+    then serves as the normalised weights). `stack` (format 5's --pack-tiles): the layer's allocated
     tiles share physical tiles by rows and position ranges (xbar.packing.shelf_fit) when
-    that takes fewer tiles."""
+    that takes fewer tiles (a format-5 bundle's per-layer packing, which `remap` keeps).
+    `pending` (--pack-tiles): the layer keeps its logical tiles as plain `tiles` and its live
+    position ranges go to pending[idx], for `xbar.packing.pool_layers` to share its partly
+    used tiles with other layers' once every layer is mapped."""
     prefix = f"layers/{idx:03d}"
     keys: dict[str, str] = {}
 
@@ -92,7 +95,9 @@ def _layer_arrays(idx: int, spec: LayerSpec, placement: str, cfg: MappingConfig,
         mapped = map_weights(spec.weight, cfg, spec.structure, *target,
                              rows_first=channel_major(spec) if packed else None, overwrite=owned)
         pack_map = heights = None
-        if packed or stack:  # xbar.packing: the allocated tiles' live ranges share physical tiles
+        if pending is not None:
+            pending[idx] = mapped.live
+        elif packed or stack:  # xbar.packing: the allocated tiles' live ranges share physical tiles
             from xbar import packing
 
             if stack:
@@ -181,12 +186,13 @@ def _time_steps(graph: Any, node: Node, layout: int) -> dict[str, Any]:
 def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: MappingConfig,
            arrays: dict[str, np.ndarray], hardware: "HardwareSpec | None",
            time_steps: dict[str, Any] | None = None, keep_digital: bool = False, packed: bool = False,
-           stack: bool = False, batch: dict[str, Any] | None = None) -> dict[str, Any]:
+           pending: dict[int, np.ndarray] | None = None, batch: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest entry of one analog layer (its arrays go to `arrays`). `time_steps`: for
     a recurrent layer, its input vectors per sample (`_time_steps`); None for other layers.
     `batch`: the manifest's batch record, to find the batch in the output shape.
     `keep_digital`: a mapping policy (e.g. --depthwise digital) keeps it off the crossbars;
-    `packed` (--depthwise packed) packs its allocated tiles onto physical tiles (xbar.packing)."""
+    `packed` (--depthwise packed) packs its allocated tiles onto physical tiles (xbar.packing);
+    `pending` (--pack-tiles) collects its live ranges for the network's shared tiles."""
     placement = "digital" if spec.name in digital or keep_digital else "analog"
     k, n = spec.weight.shape
     steps = 0 if time_steps is None else time_steps["size"]
@@ -219,7 +225,7 @@ def _entry(spec: LayerSpec, idx: int, digital: list[str], graph: Any, cfg: Mappi
     owned = spec.kind != "recurrent" and isinstance(spec.weight, np.ndarray) and not any(
         isinstance(c, np.ndarray) and np.may_share_memory(spec.weight, c) for c in graph.constants.values())
     entry.update(_layer_arrays(idx, spec, placement, cfg, arrays, hardware, packed and placement == "analog", owned,
-                               stack and placement == "analog"))
+                               pending=pending if placement == "analog" else None))
     if placement == "analog":
         t = entry["tiles"]
         out_shape = entry["output_shape"]
@@ -250,13 +256,29 @@ def adc_per_vector(table: dict[str, Any]) -> int:
     return table["n_row_blocks"] * table["positions"]
 
 
-def tile_totals(analog: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest summary's tile counts over the analog layers' entries."""
+def share_tiles(layers: list[dict[str, Any]], arrays: dict[str, np.ndarray], live: dict[int, np.ndarray],
+                routed: set[int], cfg: MappingConfig) -> dict[str, Any] | None:
+    """--pack-tiles: the layers' partly used tiles onto the network's shared tiles
+    (xbar.packing.pool_layers); a layer that got passes converts its live positions only."""
+    from xbar import packing
+
+    pool = packing.pool_layers(layers, arrays, live, cfg.rows, cfg.weight_cols_per_tile, cfg.g_min, routed)
+    for i in live:
+        t = layers[i]["tiles"]
+        if "packing" in t:
+            t["adc_per_vector"] = adc_per_vector(t)
+    return pool
+
+
+def tile_totals(analog: list[dict[str, Any]], pool: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest summary's tile counts over the analog layers' entries (and the shared tiles)."""
     return {
         "tiles_used": sum(l["tiles"]["tiles_used"] for l in analog),
-        # Tiles on the chip: a packed layer's physical tiles, every other layer's allocated ones.
+        # Tiles on the chip: a packed layer's own physical tiles, every other layer's allocated
+        # ones, and the tiles layers share (--pack-tiles).
         "physical_tiles": sum(l["tiles"]["packing"]["physical_tiles"] if "packing" in l["tiles"]
-                              else l["tiles"]["tiles_used"] for l in analog),
+                              else l["tiles"]["tiles_used"] for l in analog) + (pool or {}).get("physical_tiles", 0),
+        **({"shared_tiles": pool["physical_tiles"]} if pool else {}),
         "physical_columns": sum(l["tiles"]["physical_columns"] for l in analog),
         "adc_per_sample": (sum(l["tiles"]["adc_per_vector"] * l["tiles"]["vectors_per_sample"] for l in analog)
                            if all(l["tiles"]["vectors_per_sample"] is not None for l in analog) else None),
@@ -303,9 +325,10 @@ def convert(
     them digital, computed as a depthwise convolution from their kernels; 'packed' maps them
     with channel-major rows, then packs the live position ranges of their allocated tiles
     onto shared physical tiles, one pass per logical tile (xbar.packing; differential only).
-    `pack_tiles` packs every analog layer whose allocated tiles are partly used onto shared
-    physical tiles by rows as well as position ranges (a last row block using 16 of 128
-    rows shares its tile with others), one pass per logical tile; differential only."""
+    `pack_tiles` packs the partly used allocated tiles of every analog layer onto physical
+    tiles that all layers share, by rows as well as position ranges (a last row block using
+    16 of 128 rows shares its tile with others, of its own layer or another), one pass per
+    logical tile; differential only."""
     if depthwise not in DEPTHWISE_POLICIES:
         raise ConfigError(f"--depthwise must be one of {', '.join(DEPTHWISE_POLICIES)}; got {depthwise!r}")
     kwargs: dict[str, Any] = {}
@@ -359,6 +382,8 @@ def convert(
     absorbed: set[str] = set()
     found_names: list[str] = []
     n_depthwise = 0
+    pending: dict[int, np.ndarray] | None = {} if pack_tiles else None  # --pack-tiles: live ranges per layer
+    routed: set[int] = set()  # --depthwise packed layers: inputs routed to channel-major rows
     # What survives folding must be runnable; load_model refused unknown ops already, so
     # this only catches ops the vocabulary allows at conversion time (an If whose
     # condition did not fold), all of them in one message.
@@ -399,9 +424,11 @@ def convert(
             graph.constants.pop(spec.weight_name, None)
         idx = len(layers)
         n_depthwise += is_depthwise(spec)
+        if depthwise == "packed" and is_depthwise(spec):
+            routed.add(idx)
         layers.append(_entry(spec, idx, digital, graph, cfg, arrays, hardware,
                              keep_digital=depthwise == "digital" and is_depthwise(spec),
-                             packed=depthwise == "packed" and is_depthwise(spec), stack=pack_tiles, batch=batch))
+                             packed=idx in routed, pending=pending, batch=batch))
         new_nodes.append(Node(name=spec.name, op=LAYER_OP, inputs=[spec.input], outputs=[spec.output], attrs={"layer": idx}))
 
     unknown = [d for d in digital if d not in found_names]
@@ -419,6 +446,7 @@ def convert(
                 "model, and xbar's MaxPool computes the pooled values only. Export the model without using the "
                 "indices (e.g. return_indices=False in torch).")
     _count_symbolic_vectors(layers, shapes_only)
+    pool = share_tiles(layers, arrays, pending, routed, cfg) if pending else None
 
     nodes_json = []
     for i, node in enumerate(graph.nodes):
@@ -456,7 +484,7 @@ def convert(
         "summary": {
             "analog_layers": len(n_analog),
             "digital_layers": len(layers) - len(n_analog),
-            **tile_totals(n_analog),
+            **tile_totals(n_analog, pool),
             "analog_weights": sum(l["weights"] for l in n_analog),
             "depthwise": depthwise,
             "depthwise_layers": n_depthwise,
@@ -467,6 +495,8 @@ def convert(
         },
         "calibration": [],
     }
+    if pool is not None:
+        manifest["pool"] = pool
     from xbar.data import time_major_input
 
     time_major = time_major_input(manifest["graph"])

@@ -35,7 +35,8 @@ import numpy as np
 from xbar.affine import FIELDS as AFFINE_FIELDS, Affine
 from xbar.bundle import Bundle
 from xbar.config import MappingConfig
-from xbar.converter.convert import _layer_arrays, adc_per_vector, is_depthwise, tile_totals
+from xbar.bundle import layer_tiles
+from xbar.converter.convert import _layer_arrays, adc_per_vector, is_depthwise, share_tiles, tile_totals
 from xbar.converter.layers import LayerSpec, conv_structure
 from xbar.errors import ConfigError, DataError, ModelError
 from xbar.source_affines import source_network
@@ -77,19 +78,25 @@ def remap(bundle: Bundle, weights: Mapping[str, np.ndarray] | None = None,
     manifest = copy.deepcopy(bundle.manifest)
     arrays = dict(bundle.arrays)  # arrays are replaced, never written into
     out_layers = manifest["layers"]
+    # Shared tiles (--pack-tiles, format 6): every layer goes back to its logical tiles, and
+    # the network's tiles are shared again once the new weights are mapped.
+    live, routed = _unshare(bundle, out_layers, arrays, cfg) if "pool" in manifest else (None, set())
     for name in dict.fromkeys((*checked, *affines)):
         idx = by_name[name]
         entry = out_layers[idx]
         aff = affines.get(name) or _read_affine(bundle, entry)
         if name in checked:
-            _map_layer(idx, entry, checked[name], aff, cfg, hardware, arrays)
+            _map_layer(idx, entry, checked[name], aff, cfg, hardware, arrays, live, idx in routed)
         else:
             for field in AFFINE_FIELDS:
                 arrays[entry["arrays"][field]] = np.asarray(getattr(aff, field), dtype=np.float32)
         entry["affine"]["eps"] = float(aff.eps)
 
+    if live is not None:
+        manifest["pool"] = share_tiles(out_layers, arrays, live, routed, cfg)
+        _same_sharing(bundle, manifest, arrays, live)
     analog = [e for e in out_layers if e["placement"] == "analog"]
-    manifest["summary"].update(tile_totals(analog))
+    manifest["summary"].update(tile_totals(analog, manifest.get("pool")))
     manifest.pop("arrays", None)  # the checksum index: save_bundle writes it for the new arrays
     out = Bundle(manifest=manifest, arrays=arrays)
     ranges = None
@@ -153,17 +160,65 @@ def _read_affine(bundle: Bundle, entry: dict[str, Any]) -> Affine:
     return Affine(*(bundle.array(keys[f]).astype(np.float64) for f in AFFINE_FIELDS), float(entry["affine"]["eps"]))
 
 
+def _unshare(bundle: Bundle, layers: list[dict[str, Any]], arrays: dict[str, np.ndarray],
+             cfg: MappingConfig) -> tuple[dict[int, np.ndarray], set[int]]:
+    """A bundle whose layers share tiles, back to what the converter had before sharing them:
+    every analog layer but the recurrent ones (which --pack-tiles leaves alone) with plain
+    logical `tiles`; returns their live position ranges and the layers whose inputs are
+    routed (--depthwise packed)."""
+    live: dict[int, np.ndarray] = {}
+    routed: set[int] = set()
+    cw = cfg.weight_cols_per_tile
+    for i, entry in enumerate(layers):
+        if entry["placement"] != "analog" or entry["kind"] == "recurrent":
+            continue
+        keys = entry["arrays"]
+        if "pack_map" in keys:
+            tiles, used = layer_tiles(bundle, bundle.layers[i])
+            live[i] = arrays[keys["pack_map"]][:, 2:4].astype(np.int64)
+            for name in ("packed_tiles", "pack_map"):
+                arrays.pop(keys.pop(name))
+            keys["tiles"] = f"layers/{i:03d}/tiles"
+            arrays[keys["tiles"]] = tiles
+            del entry["tiles"]["packing"]
+            p = entry["params"]
+            if bundle.manifest["summary"].get("depthwise") == "packed" and p.get("group", 1) == p.get("in_channels") > 1:
+                routed.add(i)
+        else:  # kept plain: its tiles were all full
+            live[i] = np.tile(np.array([0, cw], dtype=np.int64), (int(entry["tiles"]["tiles_used"]), 1))
+    arrays.pop(bundle.manifest["pool"]["tiles"])
+    return live, routed
+
+
+def _same_sharing(old: Bundle, manifest: dict[str, Any], arrays: dict[str, np.ndarray], live: dict[int, Any]) -> None:
+    """Refuse new weights that would share the tiles otherwise (another deployment)."""
+    same = (manifest["pool"] or {}).get("physical_tiles") == old.manifest["pool"]["physical_tiles"]
+    for i in live if same else ():
+        a, b = old.layers[i]["arrays"].get("pack_map"), manifest["layers"][i]["arrays"].get("pack_map")
+        if (a is None) != (b is None) or (a is not None and not np.array_equal(old.arrays[a], arrays[b])):
+            same = False
+            break
+    if not same:
+        raise ModelError("the new weights place the layers' partly used tiles on the shared tiles otherwise than "
+                         "the bundle does, so the result would not be the same deployment; refused, nothing "
+                         "written.")
+
+
 def _map_layer(idx: int, entry: dict[str, Any], weight: np.ndarray, aff: Affine, cfg: MappingConfig,
-               hardware: Any, arrays: dict[str, np.ndarray]) -> None:
-    """Map one layer with the converter's own per-layer code; refuse another tile grid."""
+               hardware: Any, arrays: dict[str, np.ndarray], pending: dict[int, np.ndarray] | None = None,
+               routed: bool = False) -> None:
+    """Map one layer with the converter's own per-layer code; refuse another tile grid.
+    `pending`: the layers' live ranges, for tiles shared again afterwards (`_unshare`);
+    `routed`: then, whether it is a --depthwise packed layer."""
     structure = conv_structure(entry["params"], entry["N"]) if entry["kind"] == "conv" else None
     spec = LayerSpec(entry["name"], entry["kind"], entry["input"], entry["output"], weight, aff,
                      entry["affine"]["source"], entry.get("weight_name", ""), entry["params"], structure)
     new_arrays: dict[str, np.ndarray] = {}
     packing_used = entry["placement"] == "analog" and "packing" in entry["tiles"]
-    packed = packing_used and is_depthwise(spec)  # --depthwise packed: channel-major rows
-    stack = packing_used and arrays[entry["arrays"]["pack_map"]].shape[1] == 5  # --pack-tiles
-    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware, packed, stack=stack)
+    packed = routed or (packing_used and is_depthwise(spec))  # --depthwise packed: channel-major rows
+    stack = packing_used and arrays[entry["arrays"]["pack_map"]].shape[1] == 5  # format 5's --pack-tiles
+    mapped = _layer_arrays(idx, spec, entry["placement"], cfg, new_arrays, hardware, packed, stack=stack,
+                           pending=pending if entry["placement"] == "analog" else None)
     if entry["placement"] == "analog":
         old, new = entry["tiles"], mapped["tiles"]
         differ = [f"{f} {old[f]} -> {new[f]}" for f in GRID_FIELDS if old.get(f) != new[f]]

@@ -100,11 +100,27 @@ def layer_snr(rt: Runtime, x: np.ndarray) -> list[dict[str, Any]]:
             for i, (cols, y) in layer_io(rt, x).items()]
 
 
+def _physical_tiles(table: dict[str, Any]) -> int:
+    pk = table.get("packing")
+    return table["tiles_used"] if pk is None else pk["physical_tiles"] + pk.get("shared_tiles", 0)
+
+
 def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -> list[dict[str, Any]]:
     rt = Runtime(bundle, spec, seed)
     seen = layer_io(rt, x)
     active = spec.active_nonidealities()
     report = []
+    alone_shared: dict[str, dict] = {}  # per non-ideality: the shared tiles of its chip, sampled once
+
+    def shared_cells(name: str, i: int) -> dict | None:
+        if not bundle.manifest.get("pool"):
+            return None
+        if name not in alone_shared:
+            from xbar.runtime.packed import sample_shared
+
+            alone_shared[name] = sample_shared(bundle, ablate(spec, only=[name]), seed)
+        return alone_shared[name].get(i)
+
     for i, (cols, y) in seen.items():
         layer = rt.layers[i]
         entry = bundle.layers[i]
@@ -118,7 +134,7 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
         adc_clip = float(np.mean(np.abs(currents) > chip.i_fs[:, None, :])) if spec.adc.bits is not None else 0.0
         errors = {}
         for name in active:
-            alone = Layer(entry, bundle, ablate(spec, only=[name]), *_rngs(seed, i))
+            alone = Layer(entry, bundle, ablate(spec, only=[name]), *_rngs(seed, i), shared_cells(name, i))
             out = alone.product(cols) if alone.chip is not None else ideal
             errors[name] = float(np.sum((out.astype(np.float64) - ideal) ** 2))
         dominant = max(errors, key=errors.get) if errors else "-"
@@ -128,7 +144,9 @@ def diagnose(bundle: Bundle, spec: HardwareSpec, x: np.ndarray, seed: int = 0) -
             "dac_clip": dac_clip,
             "adc_clip": adc_clip,
             "tiles": entry["tiles"]["tiles_used"],  # allocated (logical) tiles, as `info`'s "tiles" field
-            "physical_tiles": (entry["tiles"].get("packing") or {}).get("physical_tiles", entry["tiles"]["tiles_used"]),
+            # own tiles, plus the shared ones its passes reach (--pack-tiles, format 6)
+            "physical_tiles": _physical_tiles(entry["tiles"]),
+            "shared_tiles": (entry["tiles"].get("packing") or {}).get("shared_tiles", 0),
             "dominant": dominant,
             "error_power": errors,
         })

@@ -88,10 +88,15 @@ class Runtime:
     @staticmethod
     def _build_layers(bundle: Bundle, hardware: "HardwareSpec | None", seed: int, progress) -> list[Layer]:
         entries = bundle.layers
+        shared: dict[int, Any] = {}
+        if hardware is not None and bundle.manifest.get("pool"):  # tiles layers share: sampled first
+            from xbar.runtime.packed import sample_shared
+
+            shared = sample_shared(bundle, hardware, seed)
 
         def build(i: int) -> Layer:
             return Layer(entries[i], bundle, hardware,
-                         np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]))
+                         np.random.default_rng([seed, 0, i]), np.random.default_rng([seed, 1, i]), shared.pop(i, None))
 
         if hardware is None:  # no chip to sample: cheap, in order
             order = ((i, build(i)) for i in range(len(entries)))

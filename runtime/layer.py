@@ -41,7 +41,10 @@ class Layer:
     """A Conv/Gemm/MatMul whose weights live on crossbar tiles (or stay digital if pinned)."""
 
     def __init__(self, entry: dict[str, Any], bundle: Bundle, hardware: "HardwareSpec | None" = None,
-                 chip_rng: np.random.Generator | None = None, read_rng: np.random.Generator | None = None):
+                 chip_rng: np.random.Generator | None = None, read_rng: np.random.Generator | None = None,
+                 shared: dict | None = None):
+        """`shared`: this layer's cells on the tiles layers share, on the chip being built
+        (xbar.runtime.packed.sample_shared), if it has passes there."""
         self.entry = entry
         self.name = entry["name"]
         self.kind = entry["kind"]
@@ -81,11 +84,11 @@ class Layer:
         # `hardware=None` takes the fused exact product (the fast ideal reference).
         if entry["placement"] == "analog" and hardware is not None:
             pack = layer_packing(bundle, entry)
-            if pack is not None:  # --depthwise packed: sampled per physical tile, read per pass
+            if pack is not None:  # packed: sampled per physical tile, read per pass
                 from xbar.runtime.packed import build_packed_tiles
 
                 tiles = build_packed_tiles(*pack, tile_used, bundle.manifest["mapping"], hardware, chip_rng,
-                                           self.k, self.p)
+                                           self.k, self.p, shared)
                 self.input_rows = self.row_order  # xbar.packing: rows cross blocks, inputs are routed
             else:
                 tiles = build_tiles(packed, tile_used, bundle.manifest["mapping"],

@@ -176,14 +176,14 @@ def test_policies_with_nothing_to_act_on_say_so(tmp_path, models_dir):
     assert "--pack-tiles packs no recurrent layer: the 2 recurrent matrices (W, R)" in text
     assert "--depthwise packed: the model has no depthwise convolution, so it changes nothing" in text
     info = " ".join(run("info", tmp_path / "p.xbar").output.split())
-    assert "partly used tiles packed (--pack-tiles; recurrent layers keep their own)" in info
+    assert "no partly used tiles to share (--pack-tiles; recurrent layers keep their own)" in info
     assert "columns scaled to the 90th percentile of |w|" in info
     r = run("convert", model, "-o", tmp_path / "q.xbar")
     assert r.exit_code == 0 and "note:" not in r.output and "percentile" not in run("info", tmp_path / "q.xbar").output
 
 
 def test_per_layer_tiles_are_infos(tmp_path, models_dir):
-    """eval --per-layer counts a packed layer's tiles as info does: physical/allocated."""
+    """eval --per-layer counts a packed layer's tiles as info does: own+shared/allocated."""
     out = tmp_path / "pk.xbar"
     assert run("convert", models_dir / "resnet_bn.onnx", "-o", out, "--pack-tiles", "--crossbar", "48x40",
                "--hardware", "pcm", "--set", "circuit.ir_drop=false").exit_code == 0
@@ -195,11 +195,20 @@ def test_per_layer_tiles_are_infos(tmp_path, models_dir):
     for row in rows:
         t = layers[row["layer"]]
         assert row["tiles"] == t["tiles_used"]
-        assert row["physical_tiles"] == t.get("packing", {}).get("physical_tiles", t["tiles_used"])
+        pk = t.get("packing", {})
+        assert row["physical_tiles"] == pk.get("physical_tiles", t["tiles_used"]) + pk.get("shared_tiles", 0)
+        assert row["shared_tiles"] == pk.get("shared_tiles", 0)
     text = run(*args).output
-    name, t = next(iter(packed.items()))
-    line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
-    assert f"{t['packing']['physical_tiles']}/{t['tiles_used']}" in line
+    info = run("info", out, "--layers").output
+    seen = 0
+    for name, t in packed.items():
+        pk = t["packing"]
+        cell = f"{pk['physical_tiles']}+{pk['shared_tiles']}s/{t['tiles_used']}"
+        assert cell in next(ln for ln in text.splitlines() if ln.startswith(name + " "))
+        shown = [ln for ln in info.splitlines() if ln.startswith(name + " ")]  # long names are shortened
+        assert all(cell + f"×{pk['max_passes_per_tile']}" in ln for ln in shown)
+        seen += len(shown)
+    assert seen
 
 
 def test_info_marks_an_unfolded_calibration(bundles, models_dir, tmp_path):

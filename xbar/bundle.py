@@ -35,7 +35,7 @@ from xbar.manifest import ARRAY_KINDS, ARRAYS_DIR, manifest_problem, member_name
 from xbar.memory import keep_freed_memory
 
 FORMAT_NAME = "xbar-bundle"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: Versions this xbar reads. 2 added the column map (position_output, position_gain per
 #: analog layer) for encodings with several positions per output; a version-1 bundle's
 #: column_order is the same map with one position per output and unit gains. 3 stores only
@@ -45,8 +45,10 @@ FORMAT_VERSION = 5
 #: either. 4 stores a layer's tiles packed (`--depthwise packed`, xbar.packing):
 #: `packed_tiles` (physical tiles) and `pack_map` instead of `tiles`; it is written only
 #: when a layer is packed, every other bundle is still written as 3. 5 adds a fifth column,
-#: row, to pack_map (`--pack-tiles`: logical tiles stacked by rows on a physical tile).
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+#: row, to pack_map (`--pack-tiles`: logical tiles stacked by rows on a physical tile). 6
+#: adds tiles that layers share (`pool/tiles`, manifest `pool`) and a sixth pack_map column,
+#: shared, saying which tiles a pass sits on (`--pack-tiles` packs across layers).
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 MANIFEST = "manifest.json"
 SUFFIX = ".xbar"
 
@@ -84,7 +86,7 @@ def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.n
         from xbar.packing import pass_heights, unpack
 
         heights = pass_heights(used, entry["K"], packed[0].shape[1])
-        return unpack(*packed, bundle.manifest["mapping"]["g_min"], heights), used
+        return unpack(*packed, bundle.manifest["mapping"]["g_min"], heights, shared_tiles(bundle)), used
     if "tiles" in keys:
         tiles = bundle.array(keys["tiles"])
         if tiles.shape[0] != int(used.sum()):
@@ -108,8 +110,34 @@ def layer_packing(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np
     used = bundle.array(keys["tile_used"]).astype(bool)
     cw = MappingConfig.from_dict(bundle.manifest["mapping"]).weight_cols_per_tile
     r = physical.shape[1]
+    pool = shared_tiles(bundle)
     return physical, check_map(bundle.array(keys["pack_map"]), physical.shape[0], int(used.sum()), cw, entry["name"],
-                               pass_heights(used, entry["K"], r), r)
+                               pass_heights(used, entry["K"], r), r, 0 if pool is None else len(pool))
+
+
+def shared_tiles(bundle: Bundle) -> np.ndarray | None:
+    """The tiles layers share (T_pool, R, C) siemens (`--pack-tiles`, format 6; xbar.packing),
+    or None. Which layer's passes sit where is in their pack maps (`shared_passes`)."""
+    pool = bundle.manifest.get("pool")
+    return None if pool is None else bundle.array(pool["tiles"])
+
+
+def shared_passes(bundle: Bundle) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(layer index, checked (T, 6) pack_map, pass heights) of every layer with a pass on a
+    shared tile, after checking that no two passes overlap and no shared tile is idle."""
+    from xbar.packing import check_pool, pass_heights
+
+    pool = shared_tiles(bundle)
+    if pool is None:
+        return []
+    out = []
+    for i, entry in enumerate(bundle.layers):
+        pack = layer_packing(bundle, entry) if entry["placement"] == "analog" else None
+        if pack is not None and (pack[1][:, 5] == 1).any():
+            used = bundle.array(entry["arrays"]["tile_used"]).astype(bool)
+            out.append((i, pack[1], pass_heights(used, entry["K"], pool.shape[1])))
+    check_pool([(bundle.layers[i]["name"], m, h) for i, m, h in out], pool.shape)
+    return out
 
 
 def grid_conductance(bundle: Bundle, entry: dict[str, Any]) -> np.ndarray:
@@ -209,10 +237,11 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, force: bool = False) ->
     manifest = dict(bundle.manifest)
     manifest["format"] = FORMAT_NAME
     # The lowest version that holds the bundle, so that xbar releases reading older versions
-    # keep reading it: 4 for a packed layer, 5 for one with stacked rows (a 5-column pack_map).
+    # keep reading it: 4 for a packed layer, 5 for one with stacked rows (a 5-column pack_map),
+    # 6 for one whose layers share tiles.
     maps = [bundle.arrays[layer["arrays"]["pack_map"]] for layer in manifest.get("layers", [])
             if "pack_map" in layer.get("arrays", {})]
-    need = 5 if any(np.shape(m)[1:] == (5,) for m in maps) else 4 if maps else 3
+    need = 6 if "pool" in manifest else 5 if any(np.shape(m)[1:] == (5,) for m in maps) else 4 if maps else 3
     manifest["format_version"] = min(FORMAT_VERSION, need)
     manifest["xbar_version"] = __version__
     payloads: dict[str, bytes] = {}

@@ -255,9 +255,9 @@ def _io_shape(value: dict[str, Any]) -> str:
                    "lays their rows channel-major and packs the tiles' live columns onto shared physical tiles, "
                    "run one pass per packed tile (differential encoding).")
 @click.option("--pack-tiles", is_flag=True,
-              help="Let the partly used tiles of every Conv/Gemm/MatMul layer share physical tiles, stacked by "
-                   "rows and side by side by columns (e.g. a last row block using 16 of 128 rows), each run as "
-                   "its own pass: fewer tiles, more passes (differential encoding).")
+              help="Let the partly used tiles of all Conv/Gemm/MatMul layers share physical tiles, stacked by "
+                   "rows and side by side by columns (e.g. last row blocks using 16 of 128 rows, of any layers), "
+                   "each run as its own pass: fewer tiles, more passes (differential encoding).")
 @click.option("--digital", multiple=True, metavar="NAME",
               help="Keep this layer (ONNX node name of a Conv/Gemm/MatMul) digital; repeatable.")
 @click.option("--hardware", metavar="PRESET|FILE", help=_HARDWARE_HELP + " Stored as the deployment target; "
@@ -344,7 +344,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     target, notes = _target(b, default_hardware)
     size = bundle.stat().st_size
     if as_json:
-        keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary")}
+        keep = {k: m.get(k) for k in ("format_version", "xbar_version", "model", "mapping", "summary", "pool")}
         keep["calibration"] = m.get("calibration", [])
         keep["hardware"] = None if target.is_ideal else target.to_dict()
         keep["hardware_notes"] = notes
@@ -382,10 +382,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
         bits += f", rows placed for {mp['rearrange_rows']}"
     _line("mapping", f"{mp['rows']}x{mp['cols']} tiles, {mp['encoding']} encoding, {bits}, "
           f"G {mp['g_min'] * 1e6:g}–{mp['g_max'] * 1e6:g} µS"
-          + _depthwise_text(m["summary"]) + ("; partly used tiles packed (--pack-tiles"
-                                             + ("; recurrent layers keep their own)"
-                                                if _recurrent_on_tiles(m["layers"]) else ")")
-                                             if m["summary"].get("pack_tiles") else ""))
+          + _depthwise_text(m["summary"]) + _pack_tiles_text(m))
     if target.is_ideal:
         _line("target", "ideal hardware (converted without --hardware; `xbar eval --hardware` picks a chip)")
     else:
@@ -445,7 +442,22 @@ def _tiles_text(summary: dict[str, Any]) -> str:
     phys = summary.get("physical_tiles", summary["tiles_used"])
     if phys == summary["tiles_used"]:
         return f"{phys:,} tiles"
-    return f"{phys:,} physical tiles ({summary['tiles_used']:,} logical tiles, packed ones run as passes)"
+    shared = f"; {summary['shared_tiles']:,} of them shared by layers" if summary.get("shared_tiles") else ""
+    return f"{phys:,} physical tiles ({summary['tiles_used']:,} logical tiles, packed ones run as passes{shared})"
+
+
+def _pack_tiles_text(m: dict[str, Any]) -> str:
+    """--pack-tiles, as the bundle packed: across layers (format 6) or within each (5)."""
+    if not m["summary"].get("pack_tiles"):
+        return ""
+    rec = "; recurrent layers keep their own" if _recurrent_on_tiles(m["layers"]) else ""
+    pool = m.get("pool")
+    if pool:
+        return (f"; partly used tiles of {pool['layers']} layers share {pool['physical_tiles']:,} tiles "
+                f"(--pack-tiles{rec})")
+    if any("shared_tiles" not in (l.get("tiles") or {}).get("packing", {"shared_tiles": 0}) for l in m["layers"]):
+        return f"; partly used tiles packed within each layer (--pack-tiles, format 5{rec})"
+    return f"; no partly used tiles to share (--pack-tiles{rec})"
 
 
 def _depthwise_text(summary: dict[str, Any]) -> str:
@@ -573,7 +585,10 @@ def _layer_table(m: dict[str, Any], b: Any) -> str:
             notes += " (T: their number, unnamed in the model)"
     if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
         notes += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
-                    "input vector; util of the physical tiles")
+                  "input vector; util of the physical tiles")
+        if m.get("pool"):
+            notes += ("; 'a+bs/L×n': a tiles of its own and passes on b of the tiles layers share (util counts "
+                      "those whole)")
     note = textwrap.fill(f"(out/sample: output shape without the batch dimension{notes})", width)
     return render(headers, rows, numeric=numeric) + "\n" + note
 
@@ -591,7 +606,17 @@ def _layer_tiles_text(t: dict[str, Any]) -> str:
     pk = t.get("packing")
     if not pk:
         return f"{t['tiles_used']:,}"
-    return f"{pk['physical_tiles']:,}/{t['tiles_used']:,}×{pk['max_passes_per_tile']}"
+    own = f"{pk['physical_tiles']:,}" + (f"+{pk['shared_tiles']:,}s" if "shared_tiles" in pk else "")
+    return f"{own}/{t['tiles_used']:,}×{pk['max_passes_per_tile']}"
+
+
+def _per_layer_tiles(e: dict[str, Any]) -> str:
+    """eval --per-layer's tiles column, as info writes it (without the passes)."""
+    shared = e.get("shared_tiles", 0)
+    if e["physical_tiles"] == e["tiles"] and not shared:
+        return f"{e['tiles']:,}"
+    own = f"{e['physical_tiles'] - shared:,}" + (f"+{shared:,}s" if shared else "")
+    return f"{own}/{e['tiles']:,}"
 
 
 def _batch_record(m: dict[str, Any]) -> dict[str, Any]:
@@ -1042,7 +1067,7 @@ def _print_eval(result: dict[str, Any], spec, times: list[float], rows) -> None:
         calibrated = bool(result["calibration"])
         drows = [[e["layer"], f"{e['snr_db']:.1f}"] + ([f"{e['snr_own_affine_db']:.1f}"] if calibrated else [])
                  + [f"{e['snr_after_affine_db']:.1f}", f"{100 * e['dac_clip']:.2f}%", f"{100 * e['adc_clip']:.2f}%",
-                    e["tiles"] if e["physical_tiles"] == e["tiles"] else f"{e['physical_tiles']:,}/{e['tiles']:,}",
+                    _per_layer_tiles(e),
                     e["dominant"]] for e in d["layers"]]
         click.echo(render(["layer", "SNR dB"] + (["calibrated"] if calibrated else [])
                           + ["after affine", "DAC clip", "ADC clip", "tiles", "dominant error"], drows,

@@ -82,6 +82,7 @@ _MANIFEST_SCHEMA = {
     "hardware": _Optional(dict),
     "batch": _Optional({"mode": str, "time_major": _Optional({"nodes": [str], "inputs": [str], "outputs": _Map(int)})}),
     "calibration": _Optional([_CALIBRATION]),
+    "pool": _Optional({"tiles": str, "physical_tiles": int}),
 }
 
 #: The arrays each placement of layer needs (besides the ranges a calibration adds), and the
@@ -92,12 +93,14 @@ _LAYER_ARRAYS = {"analog": AFFINE_FIELDS + ("col_scale", "tile_used"),
 #: whole tile grid (row blocks, column blocks, R, C); version 3 only the allocated tiles
 #: (T, R, C), in row-major order of tile_used.
 #: Version 4 as 3, or a packed layer's physical tiles and pack map (xbar.packing); 5 as 4,
-#: the pack map with a fifth column (stacked rows).
-_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles", 4: "tiles", 5: "tiles"}
+#: the pack map with a fifth column (stacked rows); 6 as 5, or a sixth column (shared) and
+#: the manifest's `pool` of tiles layers share.
+_TILE_ARRAY = {1: "conductance", 2: "conductance", 3: "tiles", 4: "tiles", 5: "tiles", 6: "tiles"}
 _PACKED_ARRAYS = ("packed_tiles", "pack_map")
 #: The column map's arrays, by format version (see READABLE_VERSIONS).
 _MAP_ARRAYS = {1: ("column_order",), 2: ("position_output", "position_gain"), 3: ("position_output", "position_gain"),
-               4: ("position_output", "position_gain"), 5: ("position_output", "position_gain")}
+               4: ("position_output", "position_gain"), 5: ("position_output", "position_gain"),
+               6: ("position_output", "position_gain")}
 _LAYER_PARAMS = {"conv": {"kernel_shape": [int], "in_channels": int, "group": int, "strides": [int],
                           "dilations": [int], "pads": [int], "auto_pad": str},
                  "gemm": {"transA": int},
@@ -195,6 +198,8 @@ def _array_refs(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield f"layers[{i}].arrays[{name!r}]", key
         for name in ("adc", "adc_absmax") if "ranges" in layer else ():
             yield f"layers[{i}].ranges.{name}", layer["ranges"][name]
+    if isinstance(manifest.get("pool"), dict):
+        yield "pool.tiles", manifest["pool"]["tiles"]
 
     def walk(value: Any, where: str) -> Iterator[tuple[str, str]]:
         if isinstance(value, dict):
@@ -277,11 +282,13 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
                             f"{cols}], with a 2-D tile_used and pack_map")
                 table = layer.get("tiles") or {}
                 logical = table.get("tiles_used", m_[0])
-                width = 5 if version >= 5 and m_[1:] == (5,) else 4
+                width = 6 if version >= 6 and m_[1:] == (6,) else 5 if version >= 5 and m_[1:] == (5,) else 4
                 if m_ != (logical, width) or logical > blocks[0] * blocks[1]:
-                    return (f"{where}: array 'pack_map' has shape {list(m_)}; expected [{logical}, 4] (or 5 columns "
-                            f"from format 5 on), one row (physical, offset, lo, hi[, row]) per allocated tile of the "
-                            f"{list(blocks)} grid")
+                    return (f"{where}: array 'pack_map' has shape {list(m_)}; expected [{logical}, 4] (5 columns "
+                            f"from format 5 on, 6 from 6 on), one row (physical, offset, lo, hi[, row[, shared]]) per "
+                            f"allocated tile of the {list(blocks)} grid")
+                if width == 6 and "pool" not in m:
+                    return f"{where}: a 6-column pack_map places passes on shared tiles, but the manifest has no pool"
                 if m["mapping"].get("encoding") != "differential":
                     return f"{where}: packed tiles need the differential encoding, not {m['mapping'].get('encoding')!r}"
                 packing = table.get("packing")
@@ -317,6 +324,21 @@ def _layers_problem(m: dict[str, Any]) -> str | None:
         bad = next((a for a in want if shape[a] != want[a]), None)
         if bad:
             return f"{where}: array {bad!r} has shape {list(shape[bad])}, expected {list(want[bad])}"
+    return None
+
+
+def _pool_problem(m: dict[str, Any]) -> str | None:
+    """The tiles layers share (format 6): a stack of R × C tiles the tile table counts."""
+    pool = m.get("pool")
+    if pool is None:
+        return None
+    if m["format_version"] < 6:
+        return f"manifest.pool needs format version 6, not {m['format_version']}"
+    g = tuple(m["arrays"][pool["tiles"]]["shape"])
+    rows, cols = m["mapping"]["rows"], m["mapping"]["cols"]
+    if len(g) != 3 or g[1:] != (rows, cols) or g[0] != pool["physical_tiles"] or g[0] < 1:
+        return (f"manifest.pool: array {pool['tiles']!r} has shape {list(g)}, expected "
+                f"[{pool['physical_tiles']}, {rows}, {cols}] (pool.physical_tiles shared tiles)")
     return None
 
 
@@ -378,5 +400,5 @@ def _batch_problem(m: dict[str, Any]) -> str | None:
 def manifest_problem(manifest: Any) -> str | None:
     """What is structurally wrong with a parsed manifest of the current format version, or None."""
     problem = _schema_problem(manifest, _MANIFEST_SCHEMA, "manifest")
-    checks = (_specs_problem, _arrays_problem, _layers_problem, _graph_problem, _batch_problem)
+    checks = (_specs_problem, _arrays_problem, _layers_problem, _pool_problem, _graph_problem, _batch_problem)
     return problem or next((p for check in checks if (p := check(manifest))), None)
