@@ -89,10 +89,14 @@ class Runtime:
     def _build_layers(bundle: Bundle, hardware: "HardwareSpec | None", seed: int, progress) -> list[Layer]:
         entries = bundle.layers
         shared: dict[int, Any] = {}
-        if hardware is not None and bundle.manifest.get("pool"):  # tiles layers share: sampled first
-            from xbar.runtime.packed import sample_shared
+        if hardware is not None:
+            shape = next(((e["tiles"]["rows"], e["tiles"]["cols"]) for e in entries if e.get("tiles")), None)
+            if shape is not None:
+                load_circuit_code(hardware, *shape)
+            if bundle.manifest.get("pool"):  # tiles layers share: sampled first, on every worker
+                from xbar.runtime.packed import sample_shared
 
-            shared = sample_shared(bundle, hardware, seed)
+                shared = sample_shared(bundle, hardware, seed)
 
         def build(i: int) -> Layer:
             return Layer(entries[i], bundle, hardware,
@@ -105,13 +109,11 @@ class Runtime:
             # work arrays grow with its cells up to CHUNK_CELLS, so only layers up to
             # CHUNK_CELLS / workers are built side by side: together they hold no more than
             # one big layer built alone.
-            def cells(e: dict[str, Any]) -> int:
+            def cells(e: dict[str, Any]) -> int:  # of the tiles the layer samples itself
                 t = e.get("tiles") or {}
-                return t.get("tiles_used", 0) * t.get("rows", 0) * t.get("cols", 0)
+                own = (t.get("packing") or {}).get("physical_tiles", t.get("tiles_used", 0))
+                return own * t.get("rows", 0) * t.get("cols", 0)
 
-            shape = next(((e["tiles"]["rows"], e["tiles"]["cols"]) for e in entries if e.get("tiles")), None)
-            if shape is not None:
-                load_circuit_code(hardware, *shape)
             order = as_done(build, [cells(e) for e in entries], alone_above=CHUNK_CELLS / workers())
         layers: list[Layer | None] = [None] * len(entries)
         bar = iter(progress(list(enumerate(entries)))) if progress else iter(())
