@@ -229,6 +229,7 @@ def _child_convert(model: str, out: str, depthwise: str, pack_tiles: str = "0") 
     s = b.manifest["summary"]
     res.update(tiles=s["tiles_used"], analog_weights=s["analog_weights"], params=s["parameters"],
                analog_layers=s["analog_layers"], physical_tiles=s.get("physical_tiles", s["tiles_used"]),
+               shared_tiles=s.get("shared_tiles", 0),
                passes=sum(l["tiles"]["packing"]["passes_per_vector"] for l in b.layers
                           if "packing" in (l.get("tiles") or {})))
     t0 = time.perf_counter()
@@ -383,8 +384,9 @@ def main(argv: list[str]) -> int:
             print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
                   f"{c['analog_weights']:,} analog weights on {c['tiles']} tiles (ONNX {model.stat().st_size / 1e6:.0f} MB)")
             if c.get("physical_tiles", c["tiles"]) != c["tiles"]:
-                print(f"  packed       {c['physical_tiles']} physical tiles; packed layers run {c['passes']} passes "
-                      f"per input vector")
+                shared = f" ({c['shared_tiles']} shared by layers)" if c.get("shared_tiles") else ""
+                print(f"  packed       {c['physical_tiles']} physical tiles{shared}; packed layers run {c['passes']} "
+                      f"passes per input vector")
             print(f"  convert      {c['convert_s']:7.1f} s (CPU {c['convert_cpu_s']:.1f} s)  peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
                   f"{mib(c['rss_before_kib'])}); save {c['save_s']:.1f} s; bundle {c['bundle_bytes'] / 1e6:.1f} MB")
         for r in range(args.repeat):

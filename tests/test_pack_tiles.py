@@ -271,7 +271,9 @@ def test_cli_convert_pack_tiles_and_info(model, tmp_path):
     text = runner.invoke(cli, ["info", str(out)], catch_exceptions=False).output
     assert "partly used tiles of 3 layers share 13 tiles (--pack-tiles)" in text
     assert "13 of them shared by layers" in res.output
-    assert json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)["summary"]["pack_tiles"] is True
+    shown = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert shown["summary"]["pack_tiles"] is True and shown["summary"]["shared_tiles"] == 13
+    assert shown["pool"]["physical_tiles"] == 13 and shown["pool"]["layers"] == 3
 
 
 def test_ranges_and_calibration_of_a_packed_bundle(model, pair):
