@@ -135,7 +135,8 @@ def test_layers_share_tiles_and_every_pass_is_counted(pair):
         _, used = layer_tiles(packed, lq)
         per_layer += packing.shelf_fit(m[:, 2:4], packing.pass_heights(used, lq["K"], R), R // 2, R)[1]
     assert sorted(on_tile) == list(range(pool["physical_tiles"])) and pool["layers"] == 3
-    assert any(len(names) > 1 for names in on_tile.values())  # tiles hold passes of several layers
+    # tiles hold passes of several layers, and the pool record counts them
+    assert pool["multi_layer_tiles"] == sum(len(names) > 1 for names in on_tile.values()) == 4
     s, s0 = packed.manifest["summary"], plain.manifest["summary"]
     own = sum(l["tiles"]["packing"]["physical_tiles"] for l in packed.layers)
     assert s["pack_tiles"] and s["physical_tiles"] == own + pool["physical_tiles"] and s["shared_tiles"] == 13
@@ -268,9 +269,10 @@ def test_cli_convert_pack_tiles_and_info(model, tmp_path):
     assert res.exit_code == 0, res.output
     s = load_bundle(out).manifest["summary"]
     assert f"on {s['physical_tiles']} physical tiles ({s['tiles_used']} logical tiles" in res.output
-    text = runner.invoke(cli, ["info", str(out)], catch_exceptions=False).output
-    assert "partly used tiles of 3 layers share 13 tiles (--pack-tiles)" in text
-    assert "13 of them shared by layers" in res.output
+    text = " ".join(runner.invoke(cli, ["info", str(out)], catch_exceptions=False).output.split())  # unwrapped
+    assert ("partly used tiles of 3 layers packed together on 13 tiles, 4 of them holding passes of several "
+            "layers (--pack-tiles)") in text
+    assert "13 of them pooled across layers" in res.output
     shown = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
     assert shown["summary"]["pack_tiles"] is True and shown["summary"]["shared_tiles"] == 13
     assert shown["pool"]["physical_tiles"] == 13 and shown["pool"]["layers"] == 3
@@ -389,3 +391,40 @@ def test_a_format_5_bundle_still_loads_runs_and_remaps_as_it_was_packed(pair, tm
         assert ("pack_map" in e["arrays"]) == ("pack_map" in o["arrays"])
         if "pack_map" in o["arrays"]:
             np.testing.assert_array_equal(again.arrays[e["arrays"]["pack_map"]], old.arrays[o["arrays"]["pack_map"]])
+
+
+def test_bad_conductances_and_maps_are_refused_by_every_command(pair, tmp_path):
+    """A NaN or negative conductance (a hand-edited bundle with valid checksums) ran the
+    ideal path at chance accuracy and crashed a chip in the IR-drop solve; a bad pack_map
+    was shown by info as if it were fine. Now each is a BundleError naming where it is."""
+    from click.testing import CliRunner
+
+    from xbar.cli import cli
+
+    _, packed = pair
+    x = _x()
+    key = packed.manifest["pool"]["tiles"]
+    saved = packed.arrays[key]
+    for value, shown in ((np.nan, "nan"), (-1e-3, "-0.001")):
+        bad = saved.copy()
+        bad[3, 2, 5] = value
+        packed.arrays[key] = bad
+        try:
+            for run in (lambda: Runtime(packed)(x), lambda: Runtime(packed, preset("pcm"), seed=0)):
+                with pytest.raises(BundleError, match=rf"must be finite and >= 0, but tile \d+ holds {shown}"):
+                    run()
+        finally:
+            packed.arrays[key] = saved
+    entry = packed.layers[2]
+    mkey = entry["arrays"]["pack_map"]
+    good = packed.arrays[mkey]
+    bad = good.copy()
+    bad[0, 0] = 99
+    packed.arrays[mkey] = bad
+    try:
+        path = save_bundle(packed, tmp_path / "bad_map.xbar")
+    finally:
+        packed.arrays[mkey] = good
+    res = CliRunner().invoke(cli, ["info", str(path)])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"layer {entry['name']!r}: pack_map row 0" in " ".join(res.output.split())

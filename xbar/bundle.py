@@ -75,6 +75,19 @@ class Bundle:
         return self.manifest["graph"]
 
 
+def checked_conductances(values: np.ndarray, where: str) -> np.ndarray:
+    """`values` (siemens) if every one is finite and >= 0, else BundleError naming `where`
+    and the first bad tile: a NaN ran the ideal path to chance accuracy without a word, and
+    failed a chip deep in the IR-drop solve."""
+    if values.size and not ((values >= 0).all() and np.isfinite(values.max())):
+        bad = ~((values >= 0) & np.isfinite(values))
+        t = int(np.argmax(bad.reshape(len(values), -1).any(axis=1))) if values.ndim > 1 else int(np.argmax(bad))
+        raise BundleError(f"{where}: conductances must be finite and >= 0, but tile {t} holds "
+                          f"{float(values[t][bad[t]].ravel()[0])!r}; the bundle is corrupt or was edited by hand "
+                          "(convert the model again)")
+    return values
+
+
 def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """An analog layer's allocated (logical) tiles (T, R, C) siemens and its tile_used
     (nrb, ncb) bool, from any storage (format 3: `tiles`; 1 and 2: the grid `conductance`;
@@ -86,14 +99,15 @@ def layer_tiles(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.n
         from xbar.packing import pass_heights, unpack
 
         heights = pass_heights(used, entry["K"], packed[0].shape[1])
-        return unpack(*packed, bundle.manifest["mapping"]["g_min"], heights, shared_tiles(bundle)), used
-    if "tiles" in keys:
+        tiles = unpack(*packed, bundle.manifest["mapping"]["g_min"], heights, shared_tiles(bundle))
+    elif "tiles" in keys:
         tiles = bundle.array(keys["tiles"])
         if tiles.shape[0] != int(used.sum()):
             raise BundleError(f"layer {entry['name']!r}: {tiles.shape[0]} tiles stored but tile_used marks "
                               f"{int(used.sum())}; the bundle is corrupt or was edited by hand")
-        return tiles, used
-    return bundle.array(keys["conductance"])[used], used
+    else:
+        tiles = bundle.array(keys["conductance"])[used]
+    return checked_conductances(tiles, f"layer {entry['name']!r}"), used
 
 
 def layer_packing(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -106,7 +120,7 @@ def layer_packing(bundle: Bundle, entry: dict[str, Any]) -> tuple[np.ndarray, np
     from xbar.config import MappingConfig
     from xbar.packing import check_map, pass_heights
 
-    physical = bundle.array(keys["packed_tiles"])
+    physical = checked_conductances(bundle.array(keys["packed_tiles"]), f"layer {entry['name']!r}: packed_tiles")
     used = bundle.array(keys["tile_used"]).astype(bool)
     cw = MappingConfig.from_dict(bundle.manifest["mapping"]).weight_cols_per_tile
     r = physical.shape[1]
@@ -137,6 +151,7 @@ def shared_passes(bundle: Bundle) -> list[tuple[int, np.ndarray, np.ndarray]]:
             used = bundle.array(entry["arrays"]["tile_used"]).astype(bool)
             out.append((i, pack[1], pass_heights(used, entry["K"], pool.shape[1])))
     check_pool([(bundle.layers[i]["name"], m, h) for i, m, h in out], pool.shape)
+    checked_conductances(pool, "the shared tiles (pool/tiles)")
     return out
 
 

@@ -340,6 +340,7 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
 
     b = load_bundle(bundle)
     m = b.manifest
+    _check_packing(b)
     default_hardware, eval_seed, source = _eval_defaults(m)
     target, notes = _target(b, default_hardware)
     size = bundle.stat().st_size
@@ -442,8 +443,19 @@ def _tiles_text(summary: dict[str, Any]) -> str:
     phys = summary.get("physical_tiles", summary["tiles_used"])
     if phys == summary["tiles_used"]:
         return f"{phys:,} tiles"
-    shared = f"; {summary['shared_tiles']:,} of them shared by layers" if summary.get("shared_tiles") else ""
+    shared = f"; {summary['shared_tiles']:,} of them pooled across layers" if summary.get("shared_tiles") else ""
     return f"{phys:,} physical tiles ({summary['tiles_used']:,} logical tiles, packed ones run as passes{shared})"
+
+
+def _check_packing(b: Any) -> None:
+    """The pack maps (and shared tiles) as eval would read them: info shows their counts,
+    so a map eval refuses must not be shown as if it were fine."""
+    from xbar.bundle import layer_packing, shared_passes
+
+    for entry in b.layers:
+        if entry.get("placement") == "analog" and "pack_map" in entry.get("arrays", {}):
+            layer_packing(b, entry)
+    shared_passes(b)
 
 
 def _pack_tiles_text(m: dict[str, Any]) -> str:
@@ -453,8 +465,10 @@ def _pack_tiles_text(m: dict[str, Any]) -> str:
     rec = "; recurrent layers keep their own" if _recurrent_on_tiles(m["layers"]) else ""
     pool = m.get("pool")
     if pool:
-        return (f"; partly used tiles of {pool['layers']} layers share {pool['physical_tiles']:,} tiles "
-                f"(--pack-tiles{rec})")
+        several = pool.get("multi_layer_tiles")
+        several = "" if several is None else f", {several:,} of them holding passes of several layers"
+        return (f"; partly used tiles of {pool['layers']} layers packed together on {pool['physical_tiles']:,} "
+                f"tiles{several} (--pack-tiles{rec})")
     if any("shared_tiles" not in (l.get("tiles") or {}).get("packing", {"shared_tiles": 0}) for l in m["layers"]):
         return f"; partly used tiles packed within each layer (--pack-tiles, format 5{rec})"
     return f"; no partly used tiles to share (--pack-tiles{rec})"
@@ -583,12 +597,14 @@ def _layer_table(m: dict[str, Any], b: Any) -> str:
         notes += "; recurrent: one input and one output vector per time step"
         if _unnamed_steps(m):
             notes += " (T: their number, unnamed in the model)"
-    if any("packing" in (layer.get("tiles") or {}) for layer in m["layers"]):
+    packings = [layer["tiles"]["packing"] for layer in m["layers"] if "packing" in (layer.get("tiles") or {})]
+    if any("shared_tiles" not in pk for pk in packings):
         notes += ("; tiles 'P/L×n': L logical tiles packed on P physical tiles, up to n passes of one tile per "
                   "input vector; util of the physical tiles")
-        if m.get("pool"):
-            notes += ("; 'a+bs/L×n': a tiles of its own and passes on b of the tiles layers share (util counts "
-                      "those whole)")
+    if any("shared_tiles" in pk for pk in packings):
+        notes += ("; tiles 'a+bs/L×n': L logical tiles on a tiles of the layer's own and b of the tiles pooled "
+                  "across layers, up to n passes of one tile per input vector; util of those tiles, pooled ones "
+                  "counted whole")
     note = textwrap.fill(f"(out/sample: output shape without the batch dimension{notes})", width)
     return render(headers, rows, numeric=numeric) + "\n" + note
 

@@ -276,7 +276,10 @@ def pool_layers(layers: list[dict], arrays: dict[str, np.ndarray], live: dict[in
                         # of the tiles its passes reach, shared ones counted whole
                         "utilisation": t["cells_used"] / max(1, (int(full.sum()) + len(shared)) * rows * 2 * cw)}
     arrays[POOL_KEY] = pool
+    owners = np.unique(np.stack([where[:, 0], table[:, 0]], axis=1), axis=0)[:, 0]  # (tile, layer) pairs
     return {"tiles": POOL_KEY, "physical_tiles": int(n_pool), "passes": len(parts),
+            # tiles holding passes of more than one layer (the rest pack one layer's tiles)
+            "multi_layer_tiles": int((np.bincount(owners, minlength=n_pool) > 1).sum()),
             "layers": len({int(i) for i in table[:, 0]}), "max_passes_per_tile": int(per_tile.max(initial=0)),
             "utilisation": float(sum((hi - lo) * h for _, _, lo, hi, h in parts) / (n_pool * rows * cw))}
 
