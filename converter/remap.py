@@ -33,9 +33,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from xbar.affine import FIELDS as AFFINE_FIELDS, Affine
-from xbar.bundle import Bundle
+from xbar.bundle import Bundle, layer_tiles
 from xbar.config import MappingConfig
-from xbar.bundle import layer_tiles
 from xbar.converter.convert import _layer_arrays, adc_per_vector, is_depthwise, share_tiles, tile_totals
 from xbar.converter.layers import LayerSpec, conv_structure
 from xbar.errors import ConfigError, DataError, ModelError
