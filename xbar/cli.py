@@ -622,8 +622,14 @@ def _layer_tiles_text(t: dict[str, Any]) -> str:
     pk = t.get("packing")
     if not pk:
         return f"{t['tiles_used']:,}"
-    own = f"{pk['physical_tiles']:,}" + (f"+{pk['shared_tiles']:,}s" if "shared_tiles" in pk else "")
-    return f"{own}/{t['tiles_used']:,}×{pk['max_passes_per_tile']}"
+    cell = _tiles_cell(pk["physical_tiles"], pk.get("shared_tiles", 0), t["tiles_used"])
+    return f"{cell}×{pk['max_passes_per_tile']}"
+
+
+def _tiles_cell(own: int, shared: int, logical: int) -> str:
+    """A packed layer's tiles 'P/L' (P physical for L logical tiles), or 'a+bs/L' with b of
+    them pooled across layers: the one form info and eval --per-layer write."""
+    return f"{own:,}" + (f"+{shared:,}s" if shared else "") + f"/{logical:,}"
 
 
 def _per_layer_tiles(e: dict[str, Any]) -> str:
@@ -631,8 +637,7 @@ def _per_layer_tiles(e: dict[str, Any]) -> str:
     shared = e.get("shared_tiles", 0)
     if e["physical_tiles"] == e["tiles"] and not shared:
         return f"{e['tiles']:,}"
-    own = f"{e['physical_tiles'] - shared:,}" + (f"+{shared:,}s" if shared else "")
-    return f"{own}/{e['tiles']:,}"
+    return _tiles_cell(e["physical_tiles"] - shared, shared, e["tiles"])
 
 
 def _batch_record(m: dict[str, Any]) -> dict[str, Any]:

@@ -227,12 +227,10 @@ def pool_layers(layers: list[dict], arrays: dict[str, np.ndarray], live: dict[in
     Rewrites the layers' arrays and tile tables in place and adds `POOL_KEY` to `arrays`;
     returns the manifest's `pool` record, or None if no tile is partly used."""
     parts: list[tuple[int, int, int, int, int]] = []  # (layer, logical tile, lo, hi, height)
-    layer_heights: dict[int, np.ndarray] = {}
     for i, lv in live.items():
         e = layers[i]
         used = arrays[e["arrays"]["tile_used"]].astype(bool)
         h = pass_heights(used, e["K"], rows)
-        layer_heights[i] = h
         for j in np.nonzero((lv[:, 1] - lv[:, 0] < cw) | (h < rows))[0]:
             parts.append((i, int(j), int(lv[j, 0]), int(lv[j, 1]), int(h[j])))
     if not parts:
@@ -242,8 +240,9 @@ def pool_layers(layers: list[dict], arrays: dict[str, np.ndarray], live: dict[in
     placed, n_pool = shelf_fit(table[order, 2:4], table[order, 4], cw, rows)
     where = np.empty_like(placed)
     where[order] = placed
-    dtype = arrays[layers[table[0, 0]]["arrays"]["tiles"]].dtype
-    pool = np.full((n_pool, rows, 2 * cw), g_min, dtype=dtype)
+    logical = np.stack([arrays[layers[i]["arrays"]["tiles"]][j] for i, j in table[:, :2]])
+    pool = pack(logical, where, n_pool, g_min, table[:, 4])
+    del logical
     per_tile = np.bincount(where[:, 0], minlength=n_pool)
     for i, lv in live.items():
         e, keys = layers[i], layers[i]["arrays"]
@@ -251,18 +250,12 @@ def pool_layers(layers: list[dict], arrays: dict[str, np.ndarray], live: dict[in
         if not len(mine) and i not in keep_map:
             continue
         tiles = arrays.pop(keys.pop("tiles"))
-        h = layer_heights[i]
         full = np.ones(len(tiles), dtype=bool)
         full[table[mine, 1]] = False
         m = np.zeros((len(tiles), 6), dtype=np.int32)
         m[full, 0] = np.arange(int(full.sum()))
         m[:, 2:4] = lv
-        for k in mine:
-            j = table[k, 1]
-            p, off, _, _, row = where[k]
-            lo, hi = lv[j]
-            pool[p, row:row + h[j], 2 * off:2 * (off + hi - lo)] = tiles[j, :h[j], 2 * lo:2 * hi]
-            m[j, [0, 1, 4, 5]] = (p, off, row, 1)
+        m[table[mine, 1]] = np.column_stack([where[mine], np.ones(len(mine), dtype=where.dtype)])
         prefix = f"layers/{i:03d}"
         keys["packed_tiles"], keys["pack_map"] = f"{prefix}/packed_tiles", f"{prefix}/pack_map"
         arrays[keys["packed_tiles"]] = np.ascontiguousarray(tiles[full])
