@@ -384,7 +384,7 @@ def main(argv: list[str]) -> int:
             print(f"\n{kind}: {c['params'] / 1e6:.2f} M parameters, {c['analog_layers']} analog layers, "
                   f"{c['analog_weights']:,} analog weights on {c['tiles']} tiles (ONNX {model.stat().st_size / 1e6:.0f} MB)")
             if c.get("physical_tiles", c["tiles"]) != c["tiles"]:
-                shared = f" ({c['shared_tiles']} shared by layers)" if c.get("shared_tiles") else ""
+                shared = f" ({c['shared_tiles']} pooled across layers)" if c.get("shared_tiles") else ""
                 print(f"  packed       {c['physical_tiles']} physical tiles{shared}; packed layers run {c['passes']} "
                       f"passes per input vector")
             print(f"  convert      {c['convert_s']:7.1f} s (CPU {c['convert_cpu_s']:.1f} s)  peak RSS {mib(c['hwm_convert_kib'])}  (before convert "
