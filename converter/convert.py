@@ -23,7 +23,7 @@ from xbar.converter.mapping import map_weights
 from xbar.converter.recurrent import extract_recurrent
 from xbar.converter.rewrite import einsum_to_matmul
 from xbar.converter.time_major import batch_first
-from xbar.converter.vocabulary import unsupported_message
+from xbar.converter.vocabulary import check_attributes, unsupported_message
 from xbar.dims import vectors_per_sample
 from xbar.errors import ConfigError, UnsupportedOpError
 from xbar.ops import ANALOG_OPS, DIGITAL_OPS, LAYER_OP, RECURRENT_OP, RECURRENT_OPS
@@ -391,11 +391,12 @@ def convert(
     for node in graph.nodes:
         if node.op not in DIGITAL_OPS and node.op not in ANALOG_OPS and node.op not in RECURRENT_OPS:
             leftover.setdefault(node.op, []).append(node.name)
+    opset_text = f"opset {original_opset}" + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
     if leftover:
-        opset_text = f"opset {original_opset}" + (f", upgraded to {graph.opset}" if original_opset != graph.opset else "")
         raise UnsupportedOpError(unsupported_message(leftover, label, opset_text).replace(
             "Nothing was converted.", "They remain after constant folding (an If needs a condition known at "
             "conversion). Nothing was converted."))
+    check_attributes(graph.nodes, label, opset_text)
     for node in (progress(list(graph.nodes)) if progress else graph.nodes):
         if node.name in absorbed:
             continue

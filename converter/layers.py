@@ -50,6 +50,12 @@ def _const(graph: Graph, node: Node, idx: int, what: str, label: str) -> np.ndar
         )
     value = np.asarray(graph.constants[name], dtype=np.float64)
     refuse_nonfinite(value, name, node.name, node.op, label, what)
+    if what.startswith("weight") and value.size == 0:
+        raise ModelError(
+            f"{label}: node {node.name!r} ({node.op}) has an empty constant weight {name!r} of shape "
+            f"{list(value.shape)}: there is nothing to program onto crossbars (the layer's output is its bias "
+            "alone, or empty). Remove the layer from the model, or export it with its real weights."
+        )
     return value
 
 

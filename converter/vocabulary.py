@@ -2,15 +2,20 @@
 
 The check runs on the raw ONNX graph, before the checker's upgrade, shape inference and
 constant folding, so a model that cannot convert fails in milliseconds and names every
-offending op at once instead of one per attempt.
+offending op at once instead of one per attempt. The attribute values the runtime refuses
+(check_attributes) are checked after folding, on the nodes that will run, before mapping.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 
+from xbar.converter.ir import Node
 from xbar.errors import UnsupportedOpError
 from xbar.ops import ANALOG_OPS, DIGITAL_OPS, RECURRENT_OPS
+from xbar.runtime.ops import attribute_problem
 
 # Resolved at conversion time and never reach the runtime: Constant nodes are folded, an
 # If whose condition folds to a constant is replaced by the branch it takes (else it is
@@ -43,6 +48,26 @@ def unsupported_message(found: dict[str, list[str]], label: str, opset_text: str
         f"{len(DIGITAL_OPS)} ops run "
         "digitally); re-export the model without these ops or replace them in the network."
     )
+
+
+def check_attributes(nodes: Iterable[Node], label: str, opset_text: str) -> None:
+    """Raise UnsupportedOpError listing every attribute value of the digital nodes that the
+    runtime refuses whatever the data (a float16 stash_type, Resize's antialias): at
+    conversion, where it would otherwise convert and fail at its first run."""
+    found: dict[str, list[str]] = {}
+    for node in nodes:
+        problem = attribute_problem(node.op, node.attrs)
+        if problem:
+            found.setdefault(problem, []).append(node.name)
+    if not found:
+        return
+    parts = []
+    for problem, names in found.items():
+        shown = ", ".join(repr(n) for n in names[:SHOWN_NODES]) + (", ..." if len(names) > SHOWN_NODES else "")
+        parts.append(f"{problem} ({len(names)} node{'s' if len(names) != 1 else ''}: {shown})")
+    raise UnsupportedOpError(
+        f"{label} ({opset_text}) uses attribute values that xbar does not implement: {'; '.join(parts)}. "
+        "Nothing was converted, and nothing is approximated; re-export the model without them.")
 
 
 def check_vocabulary(model: onnx.ModelProto, label: str, opset_text: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from xbar.errors import UnsupportedOpError
-from xbar.runtime.ops import NUM_OUTPUTS, REGISTRY, SUPPORTED_OPS, get_op
+from xbar.runtime.ops import NUM_OUTPUTS, REGISTRY, SUPPORTED_OPS, attribute_problem, get_op
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
@@ -807,8 +807,9 @@ def test_resize_axes_and_integers():
     ({"mode": "nearest", "keep_aspect_ratio_policy": "not_larger"}, "keep_aspect_ratio_policy"),
 ])
 def test_resize_unimplemented_attributes_are_named(attrs, named):
-    with pytest.raises(UnsupportedOpError, match=named):
+    with pytest.raises(UnsupportedOpError, match=named) as info:
         get_op("Resize")([_RESIZE_X, None, None, np.array([2, 3, 4, 4], np.int64)], attrs)
+    assert attribute_problem("Resize", attrs) == str(info.value)  # what the converter refuses
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -1063,6 +1064,11 @@ def test_unsupported_attribute_values(op_type, inputs, attrs, needle):
         REGISTRY[op_type](inputs, attrs)
     message = str(info.value)
     assert message.startswith(op_type) and needle in message, message
+    # The converter refuses the same values with the same words (attribute_problem runs the
+    # op's own check), except where the refusal depends on the data: Dropout's training_mode
+    # is an input, Mod's fmod=0 is refused for floats only.
+    expected = None if op_type in ("Dropout", "Mod") else message
+    assert attribute_problem(op_type, attrs) == expected
 
 
 @pytest.mark.parametrize(
@@ -1073,6 +1079,8 @@ def test_unsupported_attribute_values(op_type, inputs, attrs, needle):
         ("GroupNormalization", [randn(2, 4, 3), randn(3), randn(3)], {"num_groups": 2}, "3/3 values fit neither"),
         ("LayerNormalization", [randn(2, 3), randn(3)], {"axis": 2}, "axis 2 out of range for rank 2"),
         ("Flatten", [randn(2, 3)], {"axis": -4}, "axis -4 out of range for rank 2"),
+        ("Range", [i64(0), i64(5), i64(0)], {}, "Range: delta is 0"),
+        ("Range", [np.float32(0), np.float32(1), np.float32(0)], {}, "Range: delta is 0"),
     ],
 )
 def test_invalid_attributes_are_named(op_type, inputs, attrs, needle):

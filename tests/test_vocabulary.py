@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from xbar.converter import convert
-from xbar.errors import UnsupportedOpError
+from xbar.errors import ModelError, UnsupportedOpError
 from xbar.runtime import Runtime
 
 
@@ -204,3 +204,58 @@ def test_optional_outputs_nobody_reads_are_dropped_and_a_read_maxpool_index_is_r
     graph.output.append(helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 2, 3, 3]))
     with pytest.raises(UnsupportedOpError, match="MaxPool node 'pool': its Indices output 'idx'"):
         convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_attribute_values_the_runtime_refuses_stop_the_conversion(tmp_path):
+    """Every such node at once, each problem with its node names, before any mapping; no
+    file. onnxruntime runs all three, so nothing but xbar's own refusal stops them."""
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "s"], ["a"], axis=-1, stash_type=10, name="ln1"),
+        helper.make_node("LayerNormalization", ["a", "s"], ["b"], axis=-1, stash_type=10, name="ln2"),
+        helper.make_node("Gelu", ["b"], ["y"], approximate="fast", name="gelu"),
+    ]
+    m = _model(nodes, {"s": np.ones(4, np.float32)}, opset=20)
+    with pytest.raises(UnsupportedOpError) as info:
+        convert(m)
+    msg = str(info.value)
+    assert "LayerNormalization: stash_type=10 is not supported (supported: 1, 11) (2 nodes: 'ln1', 'ln2')" in msg
+    assert "Gelu: approximate='fast' is not supported" in msg and "(1 node: 'gelu')" in msg
+    assert "Nothing was converted" in msg and "opset 20" in msg
+
+
+@pytest.mark.parametrize("attrs, named", [
+    ({"antialias": 1}, "antialias=1"),
+    ({"keep_aspect_ratio_policy": "not_larger"}, "keep_aspect_ratio_policy='not_larger'"),
+    ({"coordinate_transformation_mode": "tf_crop_and_resize"}, "'tf_crop_and_resize'"),
+])
+def test_resize_attributes_are_refused_at_conversion(attrs, named):
+    node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear", name="up", **attrs)
+    m = _model([node], {"sc": np.array([1, 1, 2, 2], np.float32)}, in_shape=("N", 1, 2, 2),
+               out_shape=("N", 1, 4, 4), opset=18)
+    with pytest.raises(UnsupportedOpError, match=f"Resize: .*{named}.*'up'"):
+        convert(m)
+
+
+def test_a_refused_attribute_on_a_folded_node_does_not_matter():
+    """Only nodes that will run are checked: casts through float8 on a constant were
+    evaluated at conversion (the values below are exact in float8 e4m3)."""
+    c = np.array([[1.0, -2.0, 0.5, 3.0]], np.float32)
+
+    def through_float8(src, name):
+        return [helper.make_node("Cast", [src], [name + "8"], to=TensorProto.FLOAT8E4M3FN, name=name),
+                helper.make_node("Cast", [name + "8"], [name + "f"], to=TensorProto.FLOAT)]
+
+    m = _model(through_float8("c", "q") + [helper.make_node("Add", ["x", "qf"], ["y"])], {"c": c})
+    with pytest.raises(UnsupportedOpError, match=r"Cast: to='FLOAT8E4M3FN' .*'q'"):  # on the data path
+        convert(_model(through_float8("x", "q") + [helper.make_node("Identity", ["qf"], ["y"])]))
+    x = np.ones((2, 4), np.float32)
+    assert np.array_equal(Runtime(convert(m)).run({"x": x})["y"], x + c)
+
+
+@pytest.mark.parametrize("w_shape", [(0, 5), (4, 0)])
+def test_an_empty_constant_weight_is_refused_by_name(w_shape):
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    m = _model([node], {"w": np.zeros(w_shape, np.float32)}, in_shape=("N", w_shape[0]), out_shape=("N", w_shape[1]))
+    with pytest.raises(ModelError, match=rf"node 'mm' \(MatMul\) has an empty constant weight 'w' of shape "
+                                         rf"\[{w_shape[0]}, {w_shape[1]}\]"):
+        convert(m)

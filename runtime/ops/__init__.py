@@ -20,7 +20,7 @@ from __future__ import annotations
 from xbar.ops import DIGITAL_OPS
 
 from . import elementwise, indexing, matmul, normalization, pooling, reduce, resize, shape  # noqa: F401  (register ops)
-from ._registry import NUM_OUTPUTS, REGISTRY, OpFn, OpNotImplementedError
+from ._registry import NUM_OUTPUTS, REGISTRY, OpFn, OpNotImplementedError, attribute_problem
 
 # The shared vocabulary (xbar.ops); tests keep the registry equal to it.
 SUPPORTED_OPS: frozenset[str] = DIGITAL_OPS
@@ -30,4 +30,4 @@ def get_op(op_type: str) -> OpFn | None:
     return REGISTRY.get(op_type)
 
 
-__all__ = ["NUM_OUTPUTS", "REGISTRY", "SUPPORTED_OPS", "OpFn", "OpNotImplementedError", "get_op"]
+__all__ = ["NUM_OUTPUTS", "REGISTRY", "SUPPORTED_OPS", "OpFn", "OpNotImplementedError", "attribute_problem", "get_op"]

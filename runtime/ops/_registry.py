@@ -14,8 +14,13 @@ import numpy as np
 from xbar.errors import UnsupportedOpError
 
 OpFn = Callable[[list[np.ndarray | None], dict[str, Any]], list[np.ndarray]]
+AttrCheck = Callable[[str, dict[str, Any]], Any]
 
 REGISTRY: dict[str, OpFn] = {}
+# Per op, the check of those attribute values it refuses whatever its inputs: the op runs it
+# itself, and the converter runs it on every node (attribute_problem), so that a model the
+# runtime would refuse is refused at conversion, naming the node, not at its first run.
+ATTR_CHECKS: dict[str, AttrCheck] = {}
 
 # ONNX lets several ops infer their behaviour from how many outputs the node
 # declares (Split without sizes, Dropout's mask, MaxPool's Indices); the op
@@ -41,6 +46,31 @@ def register(*op_types: str) -> Callable[[OpFn], OpFn]:
         return fn
 
     return deco
+
+
+def checks(*op_types: str) -> Callable[[AttrCheck], AttrCheck]:
+    """Register `fn(op, attrs)`, which raises OpNotImplementedError for a value the op does
+    not implement, as the attribute check of `op_types`."""
+    def deco(fn: AttrCheck) -> AttrCheck:
+        for op_type in op_types:
+            if op_type in ATTR_CHECKS:
+                raise RuntimeError(f"attribute check of {op_type!r} registered twice")
+            ATTR_CHECKS[op_type] = fn
+        return fn
+
+    return deco
+
+
+def attribute_problem(op: str, attrs: dict[str, Any]) -> str | None:
+    """What the runtime would refuse in a node's attributes, before it runs; None if nothing."""
+    check = ATTR_CHECKS.get(op)
+    if check is None:
+        return None
+    try:
+        check(op, attrs)
+    except OpNotImplementedError as exc:
+        return str(exc)
+    return None
 
 
 def unsupported(op: str, attr: str, value: Any, supported: Sequence[Any] | None = None) -> OpNotImplementedError:

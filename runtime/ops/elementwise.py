@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from ._registry import num_outputs, opt_input, register, unsupported
+from ._registry import checks, num_outputs, opt_input, register, unsupported
 
 
 def _like(result: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -160,16 +160,21 @@ def softplus(inputs, attrs):
     return [_like(np.logaddexp(x.dtype.type(0), x), x)]
 
 
+@checks("Gelu")
+def _approximation(op: str, attrs) -> str:
+    approximate = attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise unsupported(op, "approximate", approximate, ["none", "tanh"])
+    return approximate
+
+
 @register("Gelu")
 def gelu(inputs, attrs):
     x = inputs[0]
-    approximate = attrs.get("approximate", "none")
-    if approximate == "none":
+    if _approximation("Gelu", attrs) == "none":
         inner = special.erf(x * (1 / math.sqrt(2)))
-    elif approximate == "tanh":
-        inner = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x)))
     else:
-        raise unsupported("Gelu", "approximate", approximate, ["none", "tanh"])
+        inner = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x)))
     return [_like(0.5 * x * (1 + inner), x)]
 
 

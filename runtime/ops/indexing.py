@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._registry import ints, norm_axis, opt_input, register, unsupported
+from ._registry import checks, ints, norm_axis, opt_input, register, unsupported
 
 # reduction attribute -> unbuffered NumPy ufunc (every duplicate index contributes).
 _REDUCTIONS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
+@checks("ScatterND", "ScatterElements")
 def _reduction(op: str, attrs) -> np.ufunc | None:
     reduction = attrs.get("reduction", "none")
     if reduction == "none":

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._registry import num_outputs, register, unsupported
+from ._registry import checks, num_outputs, register, unsupported
+
+
+@checks("BatchNormalization")
+def _inference_mode(op: str, attrs) -> None:
+    if int(attrs.get("training_mode", 0)):
+        raise unsupported(op, "training_mode", 1, [0])
 
 
 @register("BatchNormalization")
 def batch_normalization(inputs, attrs):
-    if int(attrs.get("training_mode", 0)):
-        raise unsupported("BatchNormalization", "training_mode", 1, [0])
+    _inference_mode("BatchNormalization", attrs)
     x, scale, bias, mean, var = inputs[:5]
     eps = float(attrs.get("epsilon", 1e-5))
     # Folded to one multiply-add per element. The per-channel coefficients are
@@ -29,6 +34,7 @@ def batch_normalization(inputs, attrs):
 _STASH = {1: np.float32, 11: np.float64}
 
 
+@checks("LayerNormalization", "GroupNormalization")
 def stash_dtype(op: str, attrs) -> type:
     """The NumPy float type of a node's stash_type (the torch executor maps it to its own)."""
     stash = int(attrs.get("stash_type", 1))

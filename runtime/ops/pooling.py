@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._registry import num_outputs, register, unsupported
+from ._registry import checks, num_outputs, register, unsupported
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class _Geometry:
     extent: tuple[int, ...]  # padded length the windows actually touch, per axis
 
 
+@checks("MaxPool", "AveragePool")
+def _auto_pad(op: str, attrs: dict[str, Any]) -> str:
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise unsupported(op, "auto_pad", auto_pad, ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"])
+    return auto_pad
+
+
 def _geometry(op: str, spatial: tuple[int, ...], attrs: dict[str, Any]) -> _Geometry:
     if "kernel_shape" not in attrs:
         raise ValueError(f"{op}: attribute kernel_shape is required")
@@ -41,9 +49,7 @@ def _geometry(op: str, spatial: tuple[int, ...], attrs: dict[str, Any]) -> _Geom
     dilations = tuple(int(d) for d in attrs.get("dilations") or [1] * nd)
     pads = [int(p) for p in attrs.get("pads") or [0] * (2 * nd)]
     ceil_mode = bool(attrs.get("ceil_mode", 0))
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        raise unsupported(op, "auto_pad", auto_pad, ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"])
+    auto_pad = _auto_pad(op, attrs)
 
     out, begin, end, extent = [], [], [], []
     for i, n in enumerate(spatial):

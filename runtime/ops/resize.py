@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._registry import ints, opt_input, register, unsupported
+from ._registry import checks, ints, opt_input, register, unsupported
 
 # Attributes that shape the taps, with the ONNX defaults.
 _DEFAULTS = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
@@ -38,6 +38,11 @@ _F = np.float32
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+@checks("Resize")
+def _check(op: str, attrs: dict[str, Any]) -> None:
+    tap_attrs(attrs)
 
 
 def tap_attrs(attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -135,8 +140,6 @@ def axis_taps(length: int, scale: float | None, size: int | None,
 def plan(shape: tuple[int, ...], inputs: list[Any], attrs: dict[str, Any]) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(axis, index, weight) for every axis the node resizes, in axis order; `inputs` the
     node's (X, roi, scales, sizes) as NumPy arrays or None."""
-    if _text(attrs.get("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize":
-        raise unsupported("Resize", "coordinate_transformation_mode", "tf_crop_and_resize", _TRANSFORMS)
     key = tap_attrs(attrs)
     rank = len(shape)
     axes = [a + rank if a < 0 else a for a in ints(attrs["axes"])] if attrs.get("axes") is not None else list(range(rank))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from ._registry import NUM_OUTPUTS, norm_axis, num_outputs, ints, opt_input, register, unsupported
+from ._registry import NUM_OUTPUTS, checks, norm_axis, num_outputs, ints, opt_input, register, unsupported
 
 
 @register("Identity")
@@ -150,11 +150,20 @@ _CASTABLE = {
 }  # fmt: skip
 
 
-def _cast(x: np.ndarray, to: int, op: str) -> np.ndarray:
+def _castable(to: int, op: str) -> None:
     # Strings, float8 (with its saturate semantics) and sub-byte types are out of scope.
     if to not in _CASTABLE:
         name = TensorProto.DataType.Name(to) if to in TensorProto.DataType.values() else to
         raise unsupported(op, "to", name)
+
+
+@checks("Cast")
+def _cast_to(op: str, attrs) -> None:
+    _castable(int(attrs["to"]), op)
+
+
+def _cast(x: np.ndarray, to: int, op: str) -> np.ndarray:
+    _castable(to, op)
     with np.errstate(all="ignore"):  # nan/inf -> int is undefined in ONNX; no warning noise
         return x.astype(helper.tensor_dtype_to_np_dtype(to), copy=False)
 
@@ -193,6 +202,8 @@ def tile(inputs, attrs):
 @register("Range")
 def range_(inputs, attrs):
     start, limit, delta = (np.asarray(v).reshape(()) for v in inputs[:3])
+    if delta == 0:  # the spec's loop would never end; onnxruntime refuses it too
+        raise ValueError("Range: delta is 0, so the range has no end")
     dtype = start.dtype
     if dtype.kind in "iu":
         s, l, d = int(start), int(limit), int(delta)
@@ -204,13 +215,19 @@ def range_(inputs, attrs):
     return [start + np.arange(n, dtype=dtype) * delta]
 
 
+@checks("Pad")
+def _pad_mode(op: str, attrs) -> str:
+    mode = attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise unsupported(op, "mode", mode, ["constant", "reflect", "edge", "wrap"])
+    return mode
+
+
 @register("Pad")
 def pad(inputs, attrs):
     x, pads = inputs[0], ints(inputs[1])
     value, axes_in = opt_input(inputs, 2), opt_input(inputs, 3)
-    mode = attrs.get("mode", "constant")
-    if mode not in ("constant", "reflect", "edge", "wrap"):
-        raise unsupported("Pad", "mode", mode, ["constant", "reflect", "edge", "wrap"])
+    mode = _pad_mode("Pad", attrs)
     rank = x.ndim
     axes = [norm_axis(a, rank, "Pad") for a in ints(axes_in)] if axes_in is not None else list(range(rank))
     if len(pads) != 2 * len(axes):
@@ -242,20 +259,26 @@ def _depth_space_check(x: np.ndarray, op: str) -> None:
         raise ValueError(f"{op}: expected a 4-D NCHW input, got shape {x.shape}")
 
 
+@checks("DepthToSpace")
+def _depth_to_space_mode(op: str, attrs) -> str:
+    mode = attrs.get("mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise unsupported(op, "mode", mode, ["DCR", "CRD"])
+    return mode
+
+
 @register("DepthToSpace")
 def depth_to_space(inputs, attrs):
     x = inputs[0]
     _depth_space_check(x, "DepthToSpace")
     bs = int(attrs["blocksize"])
-    mode = attrs.get("mode", "DCR")
+    mode = _depth_to_space_mode("DepthToSpace", attrs)
     n, c, h, w = x.shape
     oc = c // (bs * bs)
     if mode == "DCR":
         y = x.reshape(n, bs, bs, oc, h, w).transpose(0, 3, 4, 1, 5, 2)
-    elif mode == "CRD":
-        y = x.reshape(n, oc, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
-        raise unsupported("DepthToSpace", "mode", mode, ["DCR", "CRD"])
+        y = x.reshape(n, oc, bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     return [y.reshape(n, oc, h * bs, w * bs)]
 
 
