@@ -92,6 +92,14 @@ def relax(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, list[str], st
     for vi in graph_inputs(m):
         _set_leading(vi, name)
     leading_one = [vi.name for vi in g.output if (value_dims(vi) or [None])[0] == 1]
+    # An output declared without a batch axis ([10] of a [1, 3, H, W] input) cannot follow a
+    # batch: relaxed, a flattened batch of 2 would come out as [20], which the comparison
+    # below cannot tell from two samples stacked. Such a graph runs at its fixed batch.
+    for vi in g.output:
+        dims = value_dims(vi)
+        if dims is not None and (not dims or isinstance(dims[0], int) and dims[0] != 1):
+            return None, [], (f"not relaxed: output {vi.name!r} is declared {list(dims)}, without a leading "
+                              "batch dimension")
     for vi in g.output:
         if vi.name in leading_one:
             _set_leading(vi, name)

@@ -361,6 +361,29 @@ def test_fixed_batch_model_without_batch_axis_in_its_output(tmp_path, data):
     assert json.loads(r.output)["reference"]["agreement"] == 1.0
 
 
+def test_an_output_flattened_across_the_batch_is_not_relaxed(tmp_path, data):
+    """Output [10] through Reshape [-1] (torch's h.view(-1)): relaxed, a batch of 2 gives
+    [20], the two samples' outputs end to end, so the onnxruntime comparison cannot catch it
+    and eval failed. The declared output has no batch axis: fixed, one row per sample."""
+    path, x = data
+    model = cnn("flatten")
+    g = model.graph
+    g.node.append(helper.make_node("Reshape", ["y", "flat"], ["z"], name="view_flat"))
+    g.initializer.append(_init("flat", np.array([-1], dtype=np.int64)))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [10]))
+    onnx.checker.check_model(model)
+    src, out = tmp_path / "flat.onnx", tmp_path / "flat.xbar"
+    onnx.save(model, src)
+    r = run("convert", src, "-o", out)
+    assert r.exit_code == 0, r.output
+    batch = load_bundle(out).manifest["batch"]
+    assert batch["mode"] == "fixed" and "output 'z' is declared [10], without a leading batch" in batch["reason"]
+    r = run("eval", out, "--data", path, "--reference", src, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["reference"]["agreement"] == 1.0
+
+
 def test_fixed_batch_output_without_a_row_per_sample_is_an_error(tmp_path):
     """A graph fixed at batch 4 whose output keeps only 2 of its rows: each chunk of 4
     samples gives 2 rows, not one per sample, so eval says so (with the shape) instead of
