@@ -153,11 +153,27 @@ def test_fixed_batch_of_two_runs_in_pairs(tmp_path, data):
     np.testing.assert_allclose(Runtime(b)(x[:8]), _per_sample(model, x[:8], 2), rtol=1e-5, atol=1e-5)
     r = run("eval", out, "--data", path, "--reference", src, "--json", "--batch-size", "5")  # rounded up to 6
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["reference"]["agreement"] == 1.0
+    got = json.loads(r.stdout)
+    assert got["reference"]["agreement"] == 1.0 and got["batch_size"] == 6  # what ran, and said so
+    assert "--batch-size 5 runs as 6, the next multiple of the batch of 2 this model fixes" in r.stderr
     odd = tmp_path / "odd.npz"
     np.savez(odd, x=x[:5])
     r = run("eval", out, "--data", odd)
     assert r.exit_code == 1 and "multiple of 2" in r.output and "Traceback" not in r.output
+
+
+def test_per_layer_takes_whole_fixed_batches(tmp_path):
+    """--per-layer diagnoses up to 256 samples: for a model fixed at batch 3 that is 255,
+    not 256 (which the model refused, naming a count the user never gave)."""
+    model = cnn("flatten", batch=3)
+    src, out, path = tmp_path / "three.onnx", tmp_path / "three.xbar", tmp_path / "x300.npz"
+    onnx.save(model, src)
+    np.savez(path, x=np.random.default_rng(4).standard_normal((300, 1, 6, 6)).astype(np.float32))
+    r = run("convert", src, "-o", out, "--hardware", "pcm")
+    assert r.exit_code == 0, r.output
+    r = run("eval", out, "--data", path, "--per-layer", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["per_layer"]["samples"] == 255
 
 
 def test_symbolic_batch_model_is_left_alone(tmp_path):

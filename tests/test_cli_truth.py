@@ -13,7 +13,7 @@ from xbar.runtime import Runtime
 from xbar.runtime.evaluate import predict
 
 #: Top-level fields of `xbar eval --json`, present whatever the options (README: schema).
-EVAL_FIELDS = {"xbar_version", "bundle", "data", "n", "labels", "ideal_network", "ideal_accuracy", "reference",
+EVAL_FIELDS = {"xbar_version", "bundle", "data", "n", "batch_size", "labels", "ideal_network", "ideal_accuracy", "reference",
                "calibration", "hardware", "hardware_notes", "seeds", "rows", "per_layer", "warnings"}
 ROW_FIELDS = {"t", "time", "accuracy", "agreement_with_ideal"}
 SUMMARY_FIELDS = {"n", "mean", "std", "ci95", "min", "max", "values"}

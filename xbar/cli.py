@@ -923,7 +923,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
     from xbar.source_affines import has_source_affines, source_network
-    from xbar.runtime.evaluate import predict, summarise
+    from xbar.runtime.evaluate import aligned, predict, summarise
     from xbar.runtime.ranges import effective_spec
 
     b = load_bundle(bundle)
@@ -948,6 +948,13 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
               if reference is not None else None)
     show = not as_json and sys.stderr.isatty()
     warnings = []
+    # A model fixed at batch B runs in whole batches of B; read noise is drawn per batch, so
+    # the size that ran is the one reported.
+    fixed = (b.manifest.get("batch") or {}).get("size") if (b.manifest.get("batch") or {}).get("mode") == "fixed" else None
+    if aligned(batch_size, fixed) != batch_size:
+        warnings.append(f"--batch-size {batch_size} runs as {aligned(batch_size, fixed)}, the next multiple of the "
+                        f"batch of {fixed} this model fixes")
+        batch_size = aligned(batch_size, fixed)
     # "Ideal" is the network as converted, also for a calibrated bundle: its chip-fitted
     # affines on exact hardware would be a correction applied where nothing needs one.
     exact = has_source_affines(b)
@@ -980,7 +987,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
         click.echo(f"warning: {w}", err=True)
     scored = summarise(ideal, ds, ref)
     result: dict[str, Any] = {
-        "xbar_version": __version__, "bundle": str(bundle), "data": str(data), "n": len(ds),
+        "xbar_version": __version__, "bundle": str(bundle), "data": str(data), "n": len(ds), "batch_size": batch_size,
         "labels": ds.y is not None,
         "ideal_network": "source" if exact else "calibrated",
         "ideal_accuracy": scored.get("accuracy"),
@@ -1009,7 +1016,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     if per_layer and not spec.is_ideal:
         from xbar.runtime.diagnose import diagnose
 
-        x = take(ds.x, slice(0, min(len(ds), 256)))
+        # Up to 256 samples, in whole batches of a fixed-batch model.
+        x = take(ds.x, slice(0, min(len(ds), max(256 // (fixed or 1), 1) * (fixed or 1))))
         result["per_layer"] = {"seed": seed_list[0], "t": times[-1], "samples": n_samples(x),
                                "layers": diagnose(b, spec.override(t_inference=times[-1]), x, seed_list[0])}
     if as_json:
