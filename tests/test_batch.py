@@ -272,6 +272,18 @@ def test_info_follows_the_terminal_width(deep_bundle, monkeypatch, width):
         assert max(len(line) for line in lines) > 100
 
 
+def test_info_summary_fits_80_columns(deep_bundle, monkeypatch):
+    """Without the table, the summary's last line (how to get it) wraps too."""
+    import os
+
+    monkeypatch.setattr(os, "isatty", lambda fd: fd == 1)
+    monkeypatch.setenv("COLUMNS", "80")
+    r = run("info", deep_bundle)
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80, max(r.output.splitlines(), key=len)
+    assert "121 layers: the per-layer table with `xbar info --layers`" in r.output
+
+
 def test_info_names_symbolic_dimensions(tmp_path):
     w = _init("w", np.ones((8, 3), dtype=np.float32))
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")

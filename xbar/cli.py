@@ -432,7 +432,9 @@ def info(bundle: Path, layers: bool | None, as_json: bool) -> None:
     if layers is None:
         layers = n_layers <= AUTO_TABLE_LAYERS
     if not layers:
-        click.echo(f"\n{n_layers} layers: the per-layer table with `xbar info --layers`, every field with `--json`.")
+        click.echo()
+        click.echo(textwrap.fill(f"{n_layers} layers: the per-layer table with `xbar info --layers`, every field "
+                                 "with `--json`.", _info_width(), break_long_words=False, break_on_hyphens=False))
         return
     click.echo()
     click.echo(_layer_table(m, b))
