@@ -11,6 +11,7 @@ import numpy as np
 
 from xbar.bundle import Bundle
 from xbar.data import as_feeds
+from xbar.dims import fixed_batch
 from xbar.errors import BundleError, DataError, XbarError
 from xbar.ops import LAYER_OP, RECURRENT_OP
 from xbar.runtime.chip import CHUNK_CELLS, load_circuit_code
@@ -49,9 +50,8 @@ class Runtime:
         self.inputs = graph["inputs"]
         self.outputs = graph["outputs"]
         self.input_names = [i["name"] for i in self.inputs]
-        batch = bundle.manifest.get("batch") or {}
         # A graph with a fixed batch size runs in chunks of it; None: any batch runs whole.
-        self.fixed_batch = int(batch["size"]) if batch.get("mode") == "fixed" and batch.get("size") else None
+        self.fixed_batch = fixed_batch(bundle.manifest.get("batch"))
         # A fixed-batch graph whose first output does not lead with that batch (a batch of 1
         # squeezed away): one call of one chunk returns the chunk's output without a chunk axis.
         lead = (self.outputs[0].get("shape") or [None])[:1] if self.outputs else [None]

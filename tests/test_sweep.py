@@ -373,6 +373,25 @@ def test_a_failing_model_is_named_by_its_path_in_the_spec(tmp_path):
     assert f"{bad} is not a readable ONNX model" in " ".join(r.output.split()) and "xbar-sweep-" not in r.output
 
 
+def test_sample_counts_a_fixed_batch_model_cannot_run_are_named(tmp_path):
+    """A model fixed at batch 4 and test_samples = 10: the point failed naming '2 samples',
+    the size of the last partial batch, a number the spec never gave; now the setting."""
+    import onnx
+
+    model = onnx.load(MODELS / "cnn_bn.onnx")
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    fixed = tmp_path / "fixed4.onnx"
+    onnx.save(model, fixed)
+    text = BASE_SPEC.replace(str(MODELS / "cnn_bn.onnx"), str(fixed)).replace('seeds = "0-2"', 'seeds = "0"') \
+        .replace('"hardware.adc.bits" = [4, 8]', '"hardware.adc.bits" = [8]').replace(f"test_samples = {N_TEST}",
+                                                                                    "test_samples = 10")
+    r = CliRunner().invoke(cli, ["sweep", str(_spec(tmp_path, text)), "-o", str(tmp_path / "res"), "--workers", "1"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert ("test_samples = 10, but the model fixes its batch at 4 and runs whole batches of it; set test_samples "
+            "to a multiple of 4") in " ".join(r.output.split())
+
+
 @pytest.mark.parametrize("entry", ["command", "module"])
 def test_ctrl_c_stops_the_sweep_with_one_message(tmp_path, entry):
     """Ctrl-C reaches every process of the terminal's foreground group; the local cluster's

@@ -925,6 +925,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     from xbar.reference import file_sha256, onnxruntime_fn
     from xbar.runtime import Runtime
     from xbar.source_affines import has_source_affines, source_network
+    from xbar.dims import fixed_batch
     from xbar.runtime.evaluate import aligned, predict, summarise
     from xbar.runtime.ranges import effective_spec
 
@@ -952,7 +953,7 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     warnings = []
     # A model fixed at batch B runs in whole batches of B; read noise is drawn per batch, so
     # the size that ran is the one reported.
-    fixed = (b.manifest.get("batch") or {}).get("size") if (b.manifest.get("batch") or {}).get("mode") == "fixed" else None
+    fixed = fixed_batch(b.manifest.get("batch"))
     if aligned(batch_size, fixed) != batch_size:
         warnings.append(f"--batch-size {batch_size} runs as {aligned(batch_size, fixed)}, the next multiple of the "
                         f"batch of {fixed} this model fixes")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from xbar.dims import fixed_batch
 from xbar.errors import DataError
 
 
@@ -270,7 +271,7 @@ def _fit_one(x: np.ndarray, input_spec: dict[str, Any], batch: dict[str, Any] | 
              label: str, shared: bool = False) -> np.ndarray:
     if input_spec.get("shape") is not None:
         want = input_spec["shape"]
-        fixed = int(batch["size"]) if batch and batch.get("mode") == "fixed" and batch.get("size") else None
+        fixed = fixed_batch(batch)
         if fixed is not None and want and x.ndim:
             want = [None] + list(want[1:])
             if x.shape[0] % fixed:
@@ -329,7 +330,7 @@ def scored_shape(output_spec: dict[str, Any], batch: dict[str, Any] | None = Non
     names = [n if n and not re.fullmatch(r"unk__\d+", n) else None
              for n in output_spec.get("dim_names") or [None] * len(shape)]
     named = [d if d is not None else n for d, n in zip(shape, names)]
-    fixed = batch.get("size") if batch and batch.get("mode") == "fixed" else None
+    fixed = fixed_batch(batch)
     if fixed and shape[0] != fixed:  # the rows per sample are a guess here (predict checks them): one axis
         return [int(np.prod(shape, dtype=np.int64)) if all(isinstance(d, int) for d in shape) else None]
     return named[1:]

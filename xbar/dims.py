@@ -71,6 +71,13 @@ def per_sample(shape: Shape | None, names: Names | None, batch: dict[str, Any] |
     return None
 
 
+def fixed_batch(batch: dict[str, Any] | None) -> int | None:
+    """The batch a model's manifest `batch` record fixes (it then runs in whole batches of
+    it); None where any batch runs."""
+    b = batch or {}
+    return int(b["size"]) if b.get("mode") == "fixed" and b.get("size") else None
+
+
 def vectors_per_sample(shape: Shape | None, names: Names | None, batch: dict[str, Any] | None, n: int) -> int | None:
     """Output vectors of n values a layer produces per sample (conv: per output pixel), if the
     shape per sample is all numbers."""
@@ -78,8 +85,7 @@ def vectors_per_sample(shape: Shape | None, names: Names | None, batch: dict[str
     if rest is None:
         # A fixed batch: each call runs `size` samples through the whole tensor, wherever in
         # its shape they are (a time-major attention's [seq, batch, d], say).
-        b = batch or {}
-        size = b.get("size") if b.get("mode") == "fixed" else None
+        size = fixed_batch(batch)
         if size and shape and all(isinstance(d, int) for d in shape) and math.prod(shape) % (n * size) == 0:
             return math.prod(shape) // (n * size)
         return None

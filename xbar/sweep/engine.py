@@ -79,9 +79,12 @@ def connect(scheduler: str | None, workers: int | None):
     # one opens here; off, the chip work runs 1-4 % faster (measured on 8 ResNet chips).
     import dask
 
+    # Workers log only what is critical: a failing task is reported by the sweep itself (its
+    # point, chip and error), and the worker's own "Compute Failed" with a traceback only
+    # repeated it on the terminal.
     with dask.config.set({"distributed.worker.profile.enabled": False}), _workers_ignore_ctrl_c():
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
+                                           scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.CRITICAL)
     return distributed.Client(cluster), cluster
 
 

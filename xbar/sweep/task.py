@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xbar.data import Dataset, take
-from xbar.errors import XbarError
+from xbar.dims import fixed_batch
+from xbar.errors import ConfigError, XbarError
 
 #: Fault injection for tests of lost workers: when this names a file that does not exist yet,
 #: the first chip task to see it creates the file and kills its own worker process.
@@ -193,10 +194,15 @@ def run_chip(job: ChipJob, blob: bytes, test: Dataset, calib: Dataset | None) ->
     _maybe_crash()
     with one_thread():
         bundle = _load(job.prepare_key, blob)
-        test = _fit(bundle, test)
-        if job.test_samples is not None:
+        fixed = fixed_batch(bundle.manifest.get("batch"))
+        for name, n in (("test_samples", job.test_samples), ("snr_samples", job.snr_samples)):
+            if fixed and n and n % fixed:  # else the model refuses the last partial batch, by its size
+                raise ConfigError(f"[study] {name} = {n}, but the model fixes its batch at {fixed} and runs "
+                                  f"whole batches of it; set {name} to a multiple of {fixed}")
+        if job.test_samples is not None:  # only these are run, so only these need to fit the model
             test = Dataset(take(test.x, slice(0, job.test_samples)),
                            None if test.y is None else test.y[:job.test_samples], test.path)
+        test = _fit(bundle, test)
         calib = _fit(bundle, calib)
         ideal_out = _IDEAL.get_or((job.prepare_key, job.test_samples, job.batch_size),
                                   lambda: predict(Runtime(bundle), test.x, job.batch_size))
