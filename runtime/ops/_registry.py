@@ -80,6 +80,14 @@ def unsupported(op: str, attr: str, value: Any, supported: Sequence[Any] | None 
     return OpNotImplementedError(msg)
 
 
+def choice(op: str, attrs: dict[str, Any], name: str, default: str, allowed: Sequence[str]) -> str:
+    """String attribute `name` (`default` when absent), refused unless one of `allowed`."""
+    value = attrs.get(name, default)
+    if value not in allowed:
+        raise unsupported(op, name, value, list(allowed))
+    return value
+
+
 def opt_input(inputs: Sequence[np.ndarray | None], index: int) -> np.ndarray | None:
     """Optional input ``index``; trailing optional inputs may be absent from the list entirely."""
     return inputs[index] if len(inputs) > index else None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from ._registry import checks, num_outputs, opt_input, register, unsupported
+from ._registry import checks, choice, num_outputs, opt_input, register, unsupported
 
 
 def _like(result: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -162,10 +162,7 @@ def softplus(inputs, attrs):
 
 @checks("Gelu")
 def _approximation(op: str, attrs) -> str:
-    approximate = attrs.get("approximate", "none")
-    if approximate not in ("none", "tanh"):
-        raise unsupported(op, "approximate", approximate, ["none", "tanh"])
-    return approximate
+    return choice(op, attrs, "approximate", "none", ("none", "tanh"))
 
 
 @register("Gelu")

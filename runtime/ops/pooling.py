@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._registry import checks, num_outputs, register, unsupported
+from ._registry import checks, choice, num_outputs, register, unsupported
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,7 @@ class _Geometry:
 
 @checks("MaxPool", "AveragePool")
 def _auto_pad(op: str, attrs: dict[str, Any]) -> str:
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        raise unsupported(op, "auto_pad", auto_pad, ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"])
-    return auto_pad
+    return choice(op, attrs, "auto_pad", "NOTSET", ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
 
 
 def _geometry(op: str, spatial: tuple[int, ...], attrs: dict[str, Any]) -> _Geometry:

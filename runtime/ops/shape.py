@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from ._registry import NUM_OUTPUTS, checks, norm_axis, num_outputs, ints, opt_input, register, unsupported
+from ._registry import NUM_OUTPUTS, checks, choice, norm_axis, num_outputs, ints, opt_input, register, unsupported
 
 
 @register("Identity")
@@ -217,10 +217,7 @@ def range_(inputs, attrs):
 
 @checks("Pad")
 def _pad_mode(op: str, attrs) -> str:
-    mode = attrs.get("mode", "constant")
-    if mode not in ("constant", "reflect", "edge", "wrap"):
-        raise unsupported(op, "mode", mode, ["constant", "reflect", "edge", "wrap"])
-    return mode
+    return choice(op, attrs, "mode", "constant", ("constant", "reflect", "edge", "wrap"))
 
 
 @register("Pad")
@@ -261,10 +258,7 @@ def _depth_space_check(x: np.ndarray, op: str) -> None:
 
 @checks("DepthToSpace")
 def _depth_to_space_mode(op: str, attrs) -> str:
-    mode = attrs.get("mode", "DCR")
-    if mode not in ("DCR", "CRD"):
-        raise unsupported(op, "mode", mode, ["DCR", "CRD"])
-    return mode
+    return choice(op, attrs, "mode", "DCR", ("DCR", "CRD"))
 
 
 @register("DepthToSpace")
