@@ -173,7 +173,10 @@ def test_per_layer_takes_whole_fixed_batches(tmp_path):
     assert r.exit_code == 0, r.output
     r = run("eval", out, "--data", path, "--per-layer", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["per_layer"]["samples"] == 255
+    got = json.loads(r.stdout)
+    assert got["per_layer"]["samples"] == 255
+    # The default 128 runs as 129, as reported; a size nobody gave is rounded without a warning.
+    assert got["batch_size"] == 129 and got["warnings"] == [] and "batch-size" not in r.stderr
 
 
 def test_symbolic_batch_model_is_left_alone(tmp_path):

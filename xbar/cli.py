@@ -952,11 +952,13 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     show = not as_json and sys.stderr.isatty()
     warnings = []
     # A model fixed at batch B runs in whole batches of B; read noise is drawn per batch, so
-    # the size that ran is the one reported.
+    # the size that ran is the one reported (--json), and a size the user gave is not
+    # changed without a word.
     fixed = fixed_batch(b.manifest.get("batch"))
     if aligned(batch_size, fixed) != batch_size:
-        warnings.append(f"--batch-size {batch_size} runs as {aligned(batch_size, fixed)}, the next multiple of the "
-                        f"batch of {fixed} this model fixes")
+        if click.get_current_context().get_parameter_source("batch_size") is not click.core.ParameterSource.DEFAULT:
+            warnings.append(f"--batch-size {batch_size} runs as {aligned(batch_size, fixed)}, the next multiple of "
+                            f"the batch of {fixed} this model fixes")
         batch_size = aligned(batch_size, fixed)
     # "Ideal" is the network as converted, also for a calibrated bundle: its chip-fitted
     # affines on exact hardware would be a correction applied where nothing needs one.
