@@ -26,7 +26,11 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
 
     A model that fixes its batch size (`fn.fixed_batch`) gets batches of a multiple of it."""
     parts = []
-    chunks: Iterable[slice] = list(batches(n_samples(x), aligned(batch_size, getattr(fn, "fixed_batch", None))))
+    fixed = getattr(fn, "fixed_batch", None)
+    if fixed and n_samples(x) % fixed:  # else the model refuses the last chunk, naming its size, not this
+        raise DataError(f"{n_samples(x)} samples, but the model fixes its batch at {fixed} and runs whole batches "
+                        f"of it; give a multiple of {fixed} samples")
+    chunks: Iterable[slice] = list(batches(n_samples(x), aligned(batch_size, fixed)))
     if progress is not None:
         chunks = progress(chunks)
     for sl in chunks:
@@ -34,7 +38,6 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: i
         n = sl.stop - sl.start
         # A fixed-batch graph whose output does not declare that batch returns one part per
         # chunk of `fixed` samples, stacked: rows per sample only if each part holds `fixed`.
-        fixed = getattr(fn, "fixed_batch", None)
         if getattr(fn, "squeezes_batch", False) and n == fixed:
             out = out[None]  # one chunk comes back without the chunk axis several are stacked on
         stacked = (bool(fixed) and out.ndim >= 2 and out.shape[0] != n and out.shape[0] * fixed == n

@@ -156,6 +156,11 @@ def test_fixed_batch_of_two_runs_in_pairs(tmp_path, data):
     got = json.loads(r.stdout)
     assert got["reference"]["agreement"] == 1.0 and got["batch_size"] == 6  # what ran, and said so
     assert "--batch-size 5 runs as 6, the next multiple of the batch of 2 this model fixes" in r.stderr
+    from xbar.errors import DataError
+    from xbar.runtime.evaluate import predict
+
+    with pytest.raises(DataError, match="^5 samples, but the model fixes its batch at 2"):  # not "1 sample"
+        predict(Runtime(b), x[:5], 4)
     odd = tmp_path / "odd.npz"
     np.savez(odd, x=x[:5])
     r = run("eval", out, "--data", odd)

@@ -955,11 +955,12 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     # the size that ran is the one reported (--json), and a size the user gave is not
     # changed without a word.
     fixed = fixed_batch(b.manifest.get("batch"))
-    if aligned(batch_size, fixed) != batch_size:
-        if click.get_current_context().get_parameter_source("batch_size") is not click.core.ParameterSource.DEFAULT:
-            warnings.append(f"--batch-size {batch_size} runs as {aligned(batch_size, fixed)}, the next multiple of "
-                            f"the batch of {fixed} this model fixes")
-        batch_size = aligned(batch_size, fixed)
+    ran = aligned(batch_size, fixed)
+    if ran != batch_size and (click.get_current_context().get_parameter_source("batch_size")
+                              is not click.core.ParameterSource.DEFAULT):
+        warnings.append(f"--batch-size {batch_size} runs as {ran}, the next multiple of the batch of {fixed} "
+                        "this model fixes")
+    batch_size = ran
     # "Ideal" is the network as converted, also for a calibrated bundle: its chip-fitted
     # affines on exact hardware would be a correction applied where nothing needs one.
     exact = has_source_affines(b)
@@ -1021,8 +1022,8 @@ def evaluate(bundle: Path, data: Path, reference: Path | None, hardware: str | N
     if per_layer and not spec.is_ideal:
         from xbar.runtime.diagnose import diagnose
 
-        # Up to 256 samples, in whole batches of a fixed-batch model.
-        x = take(ds.x, slice(0, min(len(ds), max(256 // (fixed or 1), 1) * (fixed or 1))))
+        step = fixed or 1  # up to 256 samples, in whole batches of a fixed-batch model
+        x = take(ds.x, slice(0, min(len(ds), max(256 // step, 1) * step)))
         result["per_layer"] = {"seed": seed_list[0], "t": times[-1], "samples": n_samples(x),
                                "layers": diagnose(b, spec.override(t_inference=times[-1]), x, seed_list[0])}
     if as_json:

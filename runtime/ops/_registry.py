@@ -37,28 +37,26 @@ class OpNotImplementedError(UnsupportedOpError, NotImplementedError):
     """
 
 
-def register(*op_types: str) -> Callable[[OpFn], OpFn]:
-    def deco(fn: OpFn) -> OpFn:
-        for op_type in op_types:
-            if op_type in REGISTRY:
-                raise RuntimeError(f"op {op_type!r} registered twice")
-            REGISTRY[op_type] = fn
-        return fn
+def _registrar(table: dict[str, Any], what: str) -> Callable[..., Callable[[Any], Any]]:
+    """A decorator factory: `@name(*op_types)` enters the function into `table` under each."""
+    def named(*op_types: str) -> Callable[[Any], Any]:
+        def deco(fn: Any) -> Any:
+            for op_type in op_types:
+                if op_type in table:
+                    raise RuntimeError(f"{what} {op_type!r} registered twice")
+                table[op_type] = fn
+            return fn
 
-    return deco
+        return deco
+
+    return named
 
 
-def checks(*op_types: str) -> Callable[[AttrCheck], AttrCheck]:
-    """Register `fn(op, attrs)`, which raises OpNotImplementedError for a value the op does
-    not implement, as the attribute check of `op_types`."""
-    def deco(fn: AttrCheck) -> AttrCheck:
-        for op_type in op_types:
-            if op_type in ATTR_CHECKS:
-                raise RuntimeError(f"attribute check of {op_type!r} registered twice")
-            ATTR_CHECKS[op_type] = fn
-        return fn
-
-    return deco
+#: `@register(*op_types)`: the op function of these ops.
+register = _registrar(REGISTRY, "op")
+#: `@checks(*op_types)`: `fn(op, attrs)`, raising OpNotImplementedError for an attribute value
+#: the op does not implement, as the attribute check of these ops.
+checks = _registrar(ATTR_CHECKS, "attribute check of")
 
 
 def attribute_problem(op: str, attrs: dict[str, Any]) -> str | None:
